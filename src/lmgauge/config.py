@@ -1,0 +1,152 @@
+"""Settings: defaults < config file (TOML) < environment (LMGAUGE_*) < explicit arguments.
+
+The file is `$LMGAUGE_CONFIG`, else `~/.lmgauge/config.toml`. Nested sections map to
+environment variables with a double underscore: `[aliases] "llama3.2:1b" = "smollm2"` in the
+file; `LMGAUGE_NUM_CTX=8192` or `LMGAUGE_ALIASES='{"fast": "smollm2"}'` in the environment.
+
+Example config.toml:
+
+    default_model = "smollm2"
+    num_ctx = 4096
+    keep_alive = "10m"
+    [aliases]
+    "llama3.2:1b" = "smollm2"                        # any name -> any model lmgauge can run
+    "qwen" = "~/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"
+    "big" = "ollama:qwen2.5:7b"                      # a model served by Ollama
+    "vllm" = "openai:Qwen/Qwen2.5-7B@http://gpu-box:8000/v1"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import InvalidOptionError
+
+KVType = Literal["f16", "q8_0", "q4_0"]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LMGAUGE_HOME", "~/.lmgauge")).expanduser()
+
+
+def default_ollama_host() -> str:
+    """Ollama's own OLLAMA_HOST convention: host[:port], scheme optional."""
+    return normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"), default_port=11434)
+
+
+def normalize_host(value: str, default_port: int) -> str:
+    value = value.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + value
+    scheme, rest = value.split("://", 1)
+    host = rest.split("/", 1)[0]
+    if host.startswith("0.0.0.0"):
+        host = host.replace("0.0.0.0", "127.0.0.1", 1)
+    if ":" not in host.rsplit("]", 1)[-1]:
+        host = f"{host}:{default_port}"
+    return f"{scheme}://{host}"
+
+
+def parse_duration(value: Any) -> float:
+    """Ollama-style keep_alive: seconds as a number, or "5m", "1h30m", "300ms"; <0 = forever."""
+    if isinstance(value, bool):
+        raise InvalidOptionError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise InvalidOptionError(f"invalid duration {value!r}; use seconds or e.g. 30s, 5m, 1h")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LMGAUGE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=default_home)
+    db: Path | None = None  # default: <home>/lmgauge.db
+    default_model: str = "smollm2"
+    aliases: dict[str, str] = Field(default_factory=dict)
+    model_dirs: list[Path] = Field(default_factory=list)  # extra folders scanned for *.gguf
+
+    # embedded engine
+    num_ctx: int = 4096  # like Ollama's default; capped at the model's trained context
+    keep_alive: float = 300.0  # seconds a model stays loaded after its last request
+    threads: int | None = None  # default: physical cores
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    kv_type: KVType = "f16"
+    parallel: int = 1  # sequences decoded together in one batch (continuous batching)
+    n_batch: int = 512
+
+    # remote engines
+    ollama_host: str = Field(default_factory=default_ollama_host)
+    request_timeout: float = 600.0  # seconds, for remote engines
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("ollama_host", mode="before")
+    @classmethod
+    def _host(cls, value: Any) -> str:
+        return normalize_host(str(value), default_port=11434)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        return (self.db or self.home / "lmgauge.db").expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_path())
+        return (init_settings, env_settings, toml)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("LMGAUGE_CONFIG") or default_home() / "config.toml").expanduser()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; a malformed file or value becomes one clear InvalidOptionError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise InvalidOptionError(
+            f"invalid setting {where}: {first['msg']} (check {config_path()} and LMGAUGE_* variables)"
+        ) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise InvalidOptionError(f"cannot read config {config_path()}: {exc}") from None

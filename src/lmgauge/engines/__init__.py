@@ -1,0 +1,1 @@
+"""Engines behind one protocol (base.Engine): embedded llama.cpp, Ollama, OpenAI-compatible."""

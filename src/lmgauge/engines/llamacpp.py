@@ -1,0 +1,473 @@
+"""The default engine: llama.cpp embedded in this process, through llama-cpp-python's low-level API.
+
+Why the low-level API rather than `llama_cpp.Llama`: the decode loop is ours (scheduler.py), so
+several requests can share one `llama_decode` per step, prompt prefixes can be reused across
+requests, and the engine's own clock is taken right at the decode calls. Flash attention is left
+on "auto" (llama.cpp's default, which the high-level class turns off) and threads match the
+physical cores.
+
+A loaded model (a `Runner`) stays in memory for a keep-alive period after its last request
+(default 5 minutes, like Ollama), then a reaper thread unloads it. Loading is timed and
+reported as `load_ns` of the request that caused it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+import psutil
+
+from ..config import Settings
+from ..errors import ContextOverflowError, EngineError, InvalidOptionError, ModelFileError
+from ..models import GGUFInfo, inspect_gguf, local_models
+from ..types import (
+    ChatRequest,
+    Chunk,
+    Embeddings,
+    GenerateRequest,
+    LoadedModel,
+    Message,
+    ModelInfo,
+    Options,
+    Result,
+    Timings,
+)
+from .chat_template import ChatTemplate
+from .sampling import Sampler, StopMatcher, grammar_for
+from .scheduler import Job, Scheduler
+
+log = logging.getLogger("lmgauge.llama")
+
+KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+
+
+@L.llama_log_callback
+def _llama_log(level: int, text: bytes, _user_data: Any) -> None:
+    log.debug(text.decode("utf-8", "replace").rstrip())
+
+
+def _init_backend() -> None:
+    L.llama_log_set(_llama_log, ctypes.c_void_p(0))
+    L.llama_backend_init()
+
+
+def default_threads() -> int:
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+class Runner:
+    """One model loaded for generation: weights, a context with `n_slots` KV sequences of
+    `num_ctx` tokens each, and the scheduler thread that decodes for it."""
+
+    def __init__(self, path: str, num_ctx: int, settings: Settings, embedding: bool = False):
+        t0 = time.perf_counter_ns()
+        self.path = path
+        self.info: GGUFInfo = inspect_gguf(path)
+        self.num_ctx = num_ctx
+        self.embedding = embedding
+        self.n_slots = 1 if embedding else max(settings.parallel, 1)
+        mparams = L.llama_model_default_params()
+        self.model = L.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise ModelFileError(
+                f"llama.cpp could not load {path} (unsupported architecture or corrupt file; "
+                "run with LMGAUGE_LOG=debug to see llama.cpp's reason)"
+            )
+        cparams = L.llama_context_default_params()
+        threads = settings.threads or default_threads()
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.n_seq_max = self.n_slots
+        cparams.n_ctx = num_ctx * self.n_slots
+        cparams.kv_unified = True  # any sequence may use any cell, so prefixes can be shared
+        cparams.flash_attn_type = FLASH_ATTN[settings.flash_attn]
+        cparams.type_k = cparams.type_v = KV_TYPES[settings.kv_type]
+        cparams.no_perf = False
+        if embedding:
+            cparams.embeddings = True
+            cparams.n_batch = cparams.n_ubatch = num_ctx  # a whole input in one pass
+            if self.info.pooling in (None, "NONE"):
+                cparams.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+        else:
+            cparams.n_batch = cparams.n_ubatch = max(settings.n_batch, self.n_slots)
+        self.ctx = L.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            L.llama_model_free(self.model)
+            raise EngineError(
+                f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {path} "
+                "(out of memory? try a smaller num_ctx, see `lmgauge size`)"
+            )
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_ctx_seq = L.llama_n_ctx(self.ctx) // self.n_slots
+        self.threads = threads
+        self.template = make_template(self.info, self.vocab)
+        self.scheduler = (
+            None if embedding else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, cparams.n_batch)
+        )
+        self.lock = threading.Lock()  # serialises embedding calls
+        self.users = 0
+        self.expires_at: float | None = None  # time.monotonic(); None while in use or forever
+        self.keep_alive = settings.keep_alive
+        self.load_ns = time.perf_counter_ns() - t0
+
+    # --- tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        return tokenize(self.vocab, text, add_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return detokenize(self.vocab, tokens)
+
+    def prompt_tokens(self, text: str) -> list[int]:
+        return prompt_tokens(self.vocab, self.template, text)
+
+    def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+        return self.prompt_tokens(self.template.render(messages, tools))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def size_bytes(self) -> int:
+        """Weights plus the KV cache as allocated (what this runner holds in memory)."""
+        kv_state = L.llama_state_get_size(self.ctx) if self.embedding else 0
+        per_token = 2 * self.info.n_layer * self.info.n_head_kv * self.info.head_dim_k * 2
+        return int(L.llama_model_size(self.model)) + max(kv_state, per_token * self.num_ctx * self.n_slots)
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        L.llama_free(self.ctx)
+        L.llama_model_free(self.model)
+
+
+def make_template(info: GGUFInfo, vocab: Any) -> ChatTemplate:
+    return ChatTemplate(
+        info.chat_template,
+        bos_token=_token_text(vocab, L.llama_vocab_bos(vocab)),
+        eos_token=_token_text(vocab, L.llama_vocab_eos(vocab)),
+    )
+
+
+def _token_text(vocab: Any, token: int) -> str:
+    if token < 0:
+        return ""
+    text = L.llama_vocab_get_text(vocab, token)
+    return text.decode("utf-8", "replace") if text else ""
+
+
+def prompt_tokens(vocab: Any, template: ChatTemplate, text: str) -> list[int]:
+    """Tokens for a full prompt: BOS added when the model wants it and the text lacks it."""
+    bos = template.bos_token
+    add = L.llama_vocab_get_add_bos(vocab) and not (bos and text.startswith(bos))
+    return tokenize(vocab, text, add_special=add)
+
+
+def tokenize(vocab: Any, text: str, add_special: bool) -> list[int]:
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    buf = (L.llama_token * capacity)()
+    n = L.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, True)
+    if n < 0:  # buffer too small: -n is the size needed
+        capacity = -n
+        buf = (L.llama_token * capacity)()
+        n = L.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, True)
+    return list(buf[:n])
+
+
+def detokenize(vocab: Any, tokens: list[int]) -> str:
+    arr = (L.llama_token * len(tokens))(*tokens)
+    capacity = 8 * len(tokens) + 16
+    buf = ctypes.create_string_buffer(capacity)
+    n = L.llama_detokenize(vocab, arr, len(tokens), buf, capacity, False, False)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = L.llama_detokenize(vocab, arr, len(tokens), buf, -n, False, False)
+    return buf.raw[:n].decode("utf-8", "replace")
+
+
+class LlamaCppEngine:
+    """The Engine protocol over embedded llama.cpp; `model` arguments are GGUF paths."""
+
+    name = "llamacpp"
+
+    def __init__(self, settings: Settings):
+        _init_backend()
+        self.settings = settings
+        self._runners: dict[tuple[str, int, bool], Runner] = {}
+        self._vocab_models: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    # --- loading and keep-alive ----------------------------------------------------------------
+    def default_num_ctx(self, path: str) -> int:
+        trained = inspect_gguf(path).n_ctx_train or self.settings.num_ctx
+        return min(self.settings.num_ctx, trained)
+
+    def _num_ctx(self, path: str, options: Options) -> int:
+        if options.num_ctx is None:
+            return self.default_num_ctx(path)
+        trained = inspect_gguf(path).n_ctx_train
+        if options.num_ctx < 16:
+            raise InvalidOptionError(f"num_ctx {options.num_ctx} is too small (minimum 16)")
+        if trained and options.num_ctx > trained:
+            raise InvalidOptionError(
+                f"num_ctx {options.num_ctx} exceeds the model's trained context of {trained} tokens"
+            )
+        return options.num_ctx
+
+    def acquire(self, path: str, options: Options, embedding: bool = False) -> tuple[Runner, int]:
+        """A runner for this model and window (loading it if needed) and the load time in ns.
+        The caller must `release()` it."""
+        num_ctx = self._num_ctx(path, options)
+        key = (path, num_ctx, embedding)
+        with self._lock:
+            runner = self._runners.get(key)
+            load_ns = 0
+            if runner is None:
+                # Like Ollama: a new window size replaces an idle instance of the same model.
+                for other_key, other in list(self._runners.items()):
+                    if other_key[0] == path and other_key[2] == embedding and other.users == 0:
+                        self._unload(other_key)
+                runner = Runner(path, num_ctx, self.settings, embedding=embedding)
+                self._runners[key] = runner
+                load_ns = runner.load_ns
+                self._start_reaper()
+            runner.users += 1
+            runner.expires_at = None
+            return runner, load_ns
+
+    def release(self, runner: Runner, keep_alive: float | None) -> None:
+        with self._lock:
+            runner.users -= 1
+            if keep_alive is not None:
+                runner.keep_alive = keep_alive
+            if runner.users > 0:
+                return
+            if runner.keep_alive == 0:
+                key = (runner.path, runner.num_ctx, runner.embedding)
+                if self._runners.get(key) is runner:
+                    self._unload(key)
+            elif runner.keep_alive < 0:
+                runner.expires_at = None
+            else:
+                runner.expires_at = time.monotonic() + runner.keep_alive
+
+    def _unload(self, key: tuple[str, int, bool]) -> None:
+        runner = self._runners.pop(key)
+        runner.close()
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or not self._reaper.is_alive():
+            self._reaper = threading.Thread(target=self._reap, name="lmgauge-keepalive", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while not self._closed.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                for key, runner in list(self._runners.items()):
+                    if runner.users == 0 and runner.expires_at is not None and runner.expires_at <= now:
+                        self._unload(key)
+                if not self._runners:
+                    self._reaper = None
+                    return
+
+    # --- generation ----------------------------------------------------------------------------
+    def chat(self, request: ChatRequest) -> Iterator[Chunk]:
+        return self._stream(
+            request.model,
+            request.options,
+            request.keep_alive,
+            request.format,
+            lambda r: r.chat_tokens(request.messages, request.tools),
+        )
+
+    def generate(self, request: GenerateRequest) -> Iterator[Chunk]:
+        def prompt(runner: Runner) -> list[int]:
+            if request.raw:
+                return runner.prompt_tokens(request.prompt)
+            messages = [Message("system", request.system)] if request.system else []
+            messages.append(Message("user", request.prompt))
+            return runner.chat_tokens(messages)
+
+        return self._stream(
+            request.model, request.options, request.keep_alive, request.format, prompt, keep_ids=True
+        )
+
+    def _stream(
+        self,
+        path: str,
+        options: Options,
+        keep_alive: float | None,
+        fmt: Any,
+        make_prompt: Callable[[Runner], list[int]],
+        keep_ids: bool = False,
+    ) -> Iterator[Chunk]:
+        t_call = time.perf_counter_ns()
+        grammar = grammar_for(fmt)  # validate before loading anything
+        runner, load_ns = self.acquire(path, options)
+        job: Job | None = None
+        try:
+            tokens = make_prompt(runner)
+            window = runner.n_ctx_seq
+            if len(tokens) >= window:
+                raise ContextOverflowError(len(tokens), window)
+            room = window - len(tokens)
+            limit = options.num_predict if options.num_predict and options.num_predict > 0 else room
+            sampler = Sampler(runner.vocab, options, grammar)
+            job = runner.scheduler.submit(
+                Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop))
+            )
+            while True:
+                event = job.events.get()
+                if event[0] == "text":
+                    yield Chunk(content=event[1])
+                elif event[0] == "error":
+                    raise event[1]
+                else:
+                    _, reason, stats = event
+                    timings = Timings(
+                        load_ns=load_ns,
+                        prompt_tokens=stats.prompt_tokens,
+                        cached_tokens=stats.cached_tokens,
+                        prompt_eval_tokens=stats.prompt_tokens - stats.cached_tokens,
+                        prompt_eval_ns=stats.prompt_eval_ns,
+                        output_tokens=stats.output_tokens,
+                        eval_ns=stats.eval_ns,
+                        total_ns=time.perf_counter_ns() - t_call,
+                    )
+                    result = Result(
+                        model=path,
+                        content=runner.detokenize(job.output_ids),
+                        done_reason=reason,
+                        timings=timings,
+                        engine=self.name,
+                        context=tokens + job.output_ids if keep_ids else None,
+                    )
+                    yield Chunk(done=True, result=result)
+                    return
+        finally:
+            if job is not None:
+                job.cancel()  # no-op when finished; frees the slot when the caller stopped early
+            self.release(runner, keep_alive)
+
+    # --- the rest of the protocol ----------------------------------------------------------------
+    def embed(self, model: str, inputs: list[str]) -> Embeddings:
+        t0 = time.perf_counter_ns()
+        trained = inspect_gguf(model).n_ctx_train or 2048
+        runner, load_ns = self.acquire(model, Options(num_ctx=min(trained, 8192)), embedding=True)
+        vectors: list[list[float]] = []
+        n_tokens = 0
+        try:
+            with runner.lock:
+                for text in inputs:
+                    tokens = runner.tokenize(text, add_special=True)
+                    if len(tokens) > runner.n_ctx_seq:
+                        raise ContextOverflowError(len(tokens), runner.n_ctx_seq, what="embedding input")
+                    n_tokens += len(tokens)
+                    vectors.append(_embed_one(runner, tokens))
+        finally:
+            self.release(runner, None)
+        return Embeddings(model=model, vectors=vectors, prompt_tokens=n_tokens, load_ns=load_ns,
+                          total_ns=time.perf_counter_ns() - t0)
+
+    def _vocab(self, path: str) -> Any:
+        with self._lock:
+            for (p, _, _), runner in self._runners.items():
+                if p == path:
+                    return runner.vocab
+            if path not in self._vocab_models:
+                inspect_gguf(path)  # clear error for non-GGUF files
+                params = L.llama_model_default_params()
+                params.vocab_only = True
+                model = L.llama_model_load_from_file(path.encode(), params)
+                if not model:
+                    raise ModelFileError(f"llama.cpp could not read the vocabulary of {path}")
+                self._vocab_models[path] = model
+            return L.llama_model_get_vocab(self._vocab_models[path])
+
+    def tokenize(self, model: str, text: str) -> list[int]:
+        return tokenize(self._vocab(model), text, add_special=False)
+
+    def detokenize(self, model: str, tokens: list[int]) -> str:
+        return detokenize(self._vocab(model), tokens)
+
+    def chat_tokens(self, model: str, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+        """The exact prompt tokens a chat request would evaluate (template included)."""
+        vocab = self._vocab(model)
+        template = make_template(inspect_gguf(model), vocab)
+        return prompt_tokens(vocab, template, template.render(messages, tools))
+
+    def info(self, model: str) -> ModelInfo:
+        gguf_info = inspect_gguf(model)
+        details = gguf_info.summary()
+        details["template"] = gguf_info.chat_template or "(none: ChatML is used)"
+        return ModelInfo(name=model, engine=self.name, source="file", path=model,
+                         size_bytes=gguf_info.file_size, details=details)
+
+    def list_models(self) -> list[ModelInfo]:
+        return local_models(self.settings)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            now_mono, now = time.monotonic(), time.time()
+            return [
+                LoadedModel(
+                    name=r.path,
+                    engine=self.name,
+                    size_bytes=r.size_bytes,
+                    context_length=r.num_ctx,
+                    expires_at=None if r.expires_at is None else now + (r.expires_at - now_mono),
+                    path=r.path,
+                    details={"slots": r.n_slots, "threads": r.threads, "embedding": r.embedding,
+                             "active": r.users},
+                )
+                for r in self._runners.values()
+            ]
+
+    def unload(self, model: str) -> None:
+        with self._lock:
+            for key in [k for k in self._runners if k[0] == model]:
+                self._unload(key)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            for key in list(self._runners):
+                self._unload(key)
+            for model in self._vocab_models.values():
+                L.llama_model_free(model)
+            self._vocab_models.clear()
+
+
+def _embed_one(runner: Runner, tokens: list[int]) -> list[float]:
+    """One pooled, L2-normalised embedding (runner.lock held)."""
+    L.llama_memory_clear(L.llama_get_memory(runner.ctx), True)
+    batch = L.llama_batch_init(len(tokens), 0, 1)
+    try:
+        for i, tok in enumerate(tokens):
+            batch.token[i] = tok
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True
+        batch.n_tokens = len(tokens)
+        encoder_only = L.llama_model_has_encoder(runner.model) and not L.llama_model_has_decoder(runner.model)
+        rc = (L.llama_encode if encoder_only else L.llama_decode)(runner.ctx, batch)
+        if rc != 0:
+            raise EngineError(f"llama.cpp failed to embed the input (code {rc})")
+        n_embd = L.llama_model_n_embd(runner.model)
+        ptr = L.llama_get_embeddings_seq(runner.ctx, 0)
+        if not ptr:
+            raise EngineError("this model returned no pooled embedding")
+        vec = [float(ptr[i]) for i in range(n_embd)]
+    finally:
+        L.llama_batch_free(batch)
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]

@@ -1,0 +1,128 @@
+"""Per-request sampling for the embedded engine: a native llama.cpp sampler chain, stop strings.
+
+Defaults are Ollama's, so the same request gives the same kind of answer on either engine.
+Temperature 0 means greedy decoding (deterministic, what benchmarks use).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from ..errors import InvalidOptionError
+from ..types import Format, Options
+
+# Ollama's defaults (api/types.go DefaultOptions).
+DEFAULTS = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "repeat_penalty": 1.1,
+    "repeat_last_n": 64,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+
+
+def grammar_for(fmt: Format) -> str | None:
+    """GBNF text constraining output to JSON (any object) or to a JSON schema."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return JSON_GBNF
+    if isinstance(fmt, dict):
+        try:
+            return json_schema_to_gbnf(json.dumps(fmt))
+        except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
+            raise InvalidOptionError(f"unsupported JSON schema in format: {exc}") from None
+    raise InvalidOptionError(f"format must be 'json' or a JSON schema object, not {fmt!r}")
+
+
+class Sampler:
+    """Owns one native sampler chain; sample() picks the next token from a batch row's logits."""
+
+    def __init__(self, vocab: Any, options: Options, grammar: str | None):
+        def opt(name: str) -> Any:
+            value = getattr(options, name)
+            return DEFAULTS[name] if value is None else value
+
+        params = L.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self._chain = L.llama_sampler_chain_init(params)
+        add = lambda s: L.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        penalty = opt("repeat_penalty")
+        freq, presence = opt("frequency_penalty"), opt("presence_penalty")
+        if penalty != 1.0 or freq or presence:
+            # The binding declares an old leading n_vocab argument that the C function no longer
+            # has; passing last_n in both integer slots is right for either signature.
+            last_n = opt("repeat_last_n")
+            add(L.llama_sampler_init_penalties(last_n, last_n, penalty, freq, presence))
+        if grammar:
+            g = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not g:
+                L.llama_sampler_free(self._chain)
+                raise InvalidOptionError("the JSON schema could not be compiled to a grammar")
+            add(g)
+        temperature = opt("temperature")
+        if temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+        else:
+            if opt("top_k") > 0:
+                add(L.llama_sampler_init_top_k(opt("top_k")))
+            if 0 < opt("top_p") < 1:
+                add(L.llama_sampler_init_top_p(opt("top_p"), 1))
+            if opt("min_p") > 0:
+                add(L.llama_sampler_init_min_p(opt("min_p"), 1))
+            add(L.llama_sampler_init_temp(temperature))
+            seed = options.seed if options.seed is not None and options.seed >= 0 else random.getrandbits(32)
+            add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: Any, batch_index: int) -> int:
+        """Sample from the logits of batch row `batch_index` and accept the token."""
+        return L.llama_sampler_sample(self._chain, ctx, batch_index)
+
+    def close(self) -> None:
+        if self._chain:
+            L.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class StopMatcher:
+    """Streams text while holding back anything that could be the start of a stop string.
+
+    feed() returns (text safe to emit, stopped). Nothing after a stop string is ever emitted,
+    and the stop string itself is not emitted (Ollama's behaviour).
+    """
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buf = self._held + text
+        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return buf[:cut], True
+        keep = 0
+        for s in self.stops:  # longest suffix of buf that is a proper prefix of a stop string
+            for n in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:n]):
+                    keep = n
+                    break
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held

@@ -1,0 +1,302 @@
+"""The embedded engine's decode loop: continuous batching over llama.cpp's low-level API.
+
+One thread owns a llama context and runs steps. Each step builds one `llama_batch` holding
+  - one token for every running sequence (its last sampled token), then
+  - chunks of newcomers' prompts, filling the rest of the batch (chunked prefill, so running
+    streams keep flowing while a long prompt is evaluated),
+calls `llama_decode` once, and samples the next token of every sequence whose logits were
+requested, each with its own sampler chain (options, grammar), stop strings and output queue.
+
+Requests join between steps and leave when they finish or are cancelled. Each slot (a KV
+sequence id) remembers which tokens its KV cells hold, so a request whose prompt starts with
+tokens already in the cache (a shared system prompt, the previous turn of a conversation)
+reuses them instead of recomputing: in place when the slot is idle, or by copying cells from a
+running sequence (`llama_memory_seq_cp`). Reused tokens are reported as cached, never as work.
+
+With one slot this is exactly a plain single-stream decode loop; timings are taken here, on the
+engine's side, and sent with the final event.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+
+from ..errors import EngineError
+from .sampling import Sampler, StopMatcher
+
+# Below this many shared tokens, copying another sequence's cells is not worth a KV copy.
+MIN_SHARED_PREFIX = 16
+
+
+@dataclass
+class EngineStats:
+    """The engine-side clock for one request (ns, perf_counter_ns) and its token counts."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    t_submit: int = 0
+    t_start: int = 0  # admitted to a slot: prompt evaluation starts
+    t_first_sample: int = 0  # first token sampled: prompt evaluation ends
+    t_first_out: int = 0  # first output token (differs from t_first_sample if it was EOG)
+    t_last_out: int = 0
+    t_end: int = 0
+
+    @property
+    def prompt_eval_ns(self) -> int:
+        return max(self.t_first_sample - self.t_start, 0)
+
+    @property
+    def eval_ns(self) -> int:
+        return max(self.t_last_out - self.t_first_out, 0) if self.output_tokens else 0
+
+    @property
+    def queue_ns(self) -> int:
+        return max(self.t_start - self.t_submit, 0)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the scheduler. Events go to `events` (read by the caller's thread):
+    ("text", str) per piece of output, then ("done", reason, EngineStats) or ("error", exc)."""
+
+    tokens: list[int]
+    sampler: Sampler
+    max_tokens: int  # output tokens allowed (already capped by the window)
+    stops: StopMatcher
+    reuse_cache: bool = True
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+    # scheduler state
+    slot: Slot | None = None
+    pending: list[int] = field(default_factory=list)
+    n_past: int = 0
+    last: int = -1
+    out_index: int = -1
+    stats: EngineStats | None = None
+    _utf8: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    output_ids: list[int] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV cells this seq holds
+    job: Job | None = None
+
+
+class Scheduler:
+    def __init__(self, ctx: Any, vocab: Any, n_slots: int, n_ctx_seq: int, n_batch: int):
+        self.ctx = ctx
+        self.vocab = vocab
+        self.mem = L.llama_get_memory(ctx)
+        self.n_ctx_seq = n_ctx_seq
+        self.n_batch = max(n_batch, n_slots)
+        self.slots = [Slot(seq=i) for i in range(n_slots)]
+        self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.busy_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="lmgauge-decode", daemon=True)
+        self._thread.start()
+
+    # --- caller side ---------------------------------------------------------------------------
+    def submit(self, job: Job) -> Job:
+        job.stats = EngineStats(prompt_tokens=len(job.tokens), t_submit=time.perf_counter_ns())
+        with self._cond:
+            if self._stopping:
+                raise EngineError("the model is being unloaded; retry the request")
+            self._waiting.append(job)
+            self._cond.notify()
+        return job
+
+    @property
+    def active(self) -> int:
+        """Requests running or waiting."""
+        return len(self._waiting) + sum(1 for s in self.slots if s.job is not None)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        L.llama_batch_free(self._batch)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._running():
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            if self._running():
+                self._step()
+        for job in list(self._waiting) + [s.job for s in self.slots if s.job]:
+            self._finish(job, error=EngineError("the model was unloaded while serving this request"))
+
+    def _running(self) -> list[Job]:
+        return [s.job for s in self.slots if s.job is not None]
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free slots, reusing the longest cached prefix available."""
+        while self._waiting:
+            idle = [s for s in self.slots if s.job is None]
+            if not idle:
+                return
+            job = self._waiting.popleft()
+            if job.cancelled:
+                self._finish(job, reason="cancel")
+                continue
+            slot, reuse, source = self._pick_slot(job, idle)
+            if source is not None:  # copy the shared prefix from another sequence's cells
+                L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+                L.llama_memory_seq_cp(self.mem, source.seq, slot.seq, 0, reuse)
+                slot.cache = source.cache[:reuse]
+            elif not L.llama_memory_seq_rm(self.mem, slot.seq, reuse, -1):
+                L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)  # cannot cut: start over
+                reuse = 0
+            del slot.cache[reuse:]
+            slot.job, job.slot = job, slot
+            job.pending = job.tokens[reuse:]
+            job.n_past = reuse
+            job.stats.cached_tokens = reuse
+            job.stats.t_start = time.perf_counter_ns()
+
+    def _pick_slot(self, job: Job, idle: list[Slot]) -> tuple[Slot, int, Slot | None]:
+        """The idle slot to use, how many prompt tokens are already cached, and where from."""
+        limit = len(job.tokens) - 1  # always evaluate at least one token, to get logits
+        if not job.reuse_cache:
+            return min(idle, key=lambda s: len(s.cache)), 0, None
+        best_idle = max(idle, key=lambda s: _common_prefix(s.cache, job.tokens))
+        reuse = min(_common_prefix(best_idle.cache, job.tokens), limit)
+        others = [s for s in self.slots if s is not best_idle]
+        donor = max(others, key=lambda s: _common_prefix(s.cache, job.tokens), default=None)
+        if donor is not None:
+            shared = min(_common_prefix(donor.cache, job.tokens), limit)
+            if shared >= MIN_SHARED_PREFIX and shared > reuse:
+                # Take an idle slot whose own cache is least useful and copy the donor's prefix.
+                target = min((s for s in idle if s is not donor), key=lambda s: len(s.cache))
+                return target, shared, donor
+        return best_idle, reuse, None
+
+    def _drop_cancelled(self) -> None:
+        for job in self._running():
+            if job.cancelled:
+                # Free the cancelled sequence's cells: its cache is not worth the space.
+                L.llama_memory_seq_rm(self.mem, job.slot.seq, -1, -1)
+                job.slot.cache.clear()
+                self._finish(job, reason="cancel")
+
+    def _step(self) -> None:
+        batch, n = self._batch, 0
+        decoding = [j for j in self._running() if not j.pending]
+        prefilling = [j for j in self._running() if j.pending]
+        chunks: list[tuple[Job, list[int]]] = []
+        for job in decoding:
+            self._put(n, job.last, job.n_past, job.slot.seq, True)
+            job.out_index = n
+            n += 1
+        for job in prefilling:
+            take = min(len(job.pending), self.n_batch - n)
+            if take <= 0:
+                job.out_index = -1
+                continue
+            chunk = job.pending[:take]
+            completes = take == len(job.pending)
+            for i, tok in enumerate(chunk):
+                self._put(n + i, tok, job.n_past + i, job.slot.seq, completes and i == take - 1)
+            job.out_index = n + take - 1 if completes else -1
+            chunks.append((job, chunk))
+            n += take
+        batch.n_tokens = n
+        rc = L.llama_decode(self.ctx, batch)
+        if rc != 0:
+            for job in decoding + [j for j, _ in chunks]:
+                L.llama_memory_seq_rm(self.mem, job.slot.seq, -1, -1)
+                job.slot.cache.clear()
+                self._finish(job, error=EngineError(f"llama_decode failed (code {rc})"))
+            return
+        for job in decoding:
+            job.slot.cache.append(job.last)
+            job.n_past += 1
+        for job, chunk in chunks:
+            job.slot.cache.extend(chunk)
+            job.n_past += len(chunk)
+            job.pending = job.pending[len(chunk) :]
+        for job in decoding + [j for j, _ in chunks]:
+            if job.out_index >= 0:
+                self._sample(job)
+
+    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+
+    def _sample(self, job: Job) -> None:
+        tok = job.sampler.sample(self.ctx, job.out_index)
+        now = time.perf_counter_ns()
+        stats = job.stats
+        if not stats.t_first_sample:
+            stats.t_first_sample = now
+        if L.llama_vocab_is_eog(self.vocab, tok):
+            self._finish(job, reason="stop")
+            return
+        stats.output_tokens += 1
+        job.output_ids.append(tok)
+        if not stats.t_first_out:
+            stats.t_first_out = now
+        stats.t_last_out = now
+        n = L.llama_token_to_piece(self.vocab, tok, self._piece, len(self._piece), 0, False)
+        text, stopped = job.stops.feed(job._utf8.decode(self._piece.raw[: max(n, 0)]))
+        if text:
+            job.events.put(("text", text))
+        if stopped:
+            self._finish(job, reason="stop")
+        elif stats.output_tokens >= job.max_tokens or job.n_past + 1 >= self.n_ctx_seq:
+            self._finish(job, reason="length")
+        else:
+            job.last = tok
+
+    def _finish(self, job: Job, reason: str = "", error: Exception | None = None) -> None:
+        if job.slot is not None:
+            job.slot.job = None
+            job.slot = None
+        job.stats.t_end = time.perf_counter_ns()
+        job.sampler.close()
+        if error is not None:
+            job.events.put(("error", error))
+            return
+        if reason != "cancel":  # text held back as a possible stop-string start is real output
+            tail = job.stops.flush() + job._utf8.decode(b"", final=True)
+            if tail:
+                job.events.put(("text", tail))
+        job.events.put(("done", reason, job.stats))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+

