@@ -1,0 +1,298 @@
+"""The `lmgauge` command: parses arguments, calls the library, prints. Nothing else lives here.
+
+Every error a user can cause is a LmgaugeError: printed on one line to stderr, exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import Client
+from .errors import InvalidOptionError, LmgaugeError
+from .types import Format, Message, Result, Timings
+
+app = typer.Typer(
+    name="lmgauge",
+    help="Measure, size, route and serve local language models (embedded llama.cpp, Ollama, "
+    "OpenAI-compatible servers). Start with `lmgauge demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Model name (see `lmgauge models`), a .gguf path, "
+                                         "ollama:NAME or openai:NAME@URL.")]
+OptionFlag = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Model option as key=value, repeatable (e.g. -o temperature=0 "
+                 "-o num_ctx=8192 -o stop='[\"\\n\"]'). Names as in Ollama's Modelfile."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(1)
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """-o key=value pairs; values parse as JSON when they can (numbers, booleans, lists)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidOptionError(f"option {pair!r} must look like key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def parse_format(value: str | None) -> Format:
+    """--format json | a JSON schema file | an inline JSON schema."""
+    if not value:
+        return None
+    if value == "json":
+        return "json"
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise InvalidOptionError(f"--format must be 'json', a JSON schema file or inline JSON; no file {value!r}")
+        text = path.read_text()
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise InvalidOptionError(f"--format schema is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise InvalidOptionError("--format schema must be a JSON object")
+    return schema
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f}s" if value >= 1000 else f"{value:.1f}ms"
+
+
+def stats_rows(t: Timings) -> list[tuple[str, str]]:
+    """The `--verbose` block: Ollama's fields plus TTFT and TPOT, both clocks labelled."""
+    cached = f" ({t.cached_tokens} from cache)" if t.cached_tokens else ""
+    rate = lambda v: "-" if v is None else f"{v:.2f} tokens/s"  # noqa: E731
+    return [
+        ("total duration", _ms(t.total_ns / 1e6 if t.total_ns else None)),
+        ("load duration", _ms(t.load_ns / 1e6)),
+        ("prompt eval count", f"{t.prompt_tokens} token(s){cached}"),
+        ("prompt eval duration", _ms(t.prompt_eval_ns / 1e6 if t.prompt_eval_ns is not None else None)),
+        ("prompt eval rate", rate(t.prefill_tps)),
+        ("eval count", f"{t.output_tokens} token(s)"),
+        ("eval duration", _ms(t.eval_ns / 1e6 if t.eval_ns is not None else None)),
+        ("eval rate", rate(t.decode_tps)),
+        ("time to first token", _ms(t.ttft_ms) + "  (client clock)"),
+        ("time per output token", _ms(t.tpot_ms) + "  (client clock)"),
+        ("end to end", _ms(t.e2e_ms) + "  (client clock)"),
+    ]
+
+
+def print_stats(t: Timings, console: Console = err) -> None:
+    for label, value in stats_rows(t):
+        console.print(f"{label + ':':<24}{value}")
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "engine": result.engine,
+        "content": result.content,
+        "done_reason": result.done_reason,
+        "timings": result.timings.to_dict(),
+    }
+
+
+def _log(client: Client, result: Result, source: str = "cli") -> None:
+    """Keep every CLI request in the store, like the gateway does (best effort)."""
+    import sqlite3
+
+    from .store import RequestRecord, Store
+
+    try:
+        Store(client.settings.db_path).log_request(RequestRecord.from_result(result, source))
+    except (sqlite3.Error, OSError) as exc:
+        err.print(f"warning: could not write the request log at {client.settings.db_path}: {exc}")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    model: ModelArg,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt. Omit it for an interactive chat; "
+                                                 "'-' reads it from stdin.")] = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and token counts "
+                                          "(like `ollama run --verbose`, plus TTFT and TPOT).")] = False,
+    json_out: JsonFlag = False,
+    format: Annotated[str | None, typer.Option("--format", help="'json', or a JSON schema (file or "
+                                               "inline) the answer must follow.")] = None,
+    option: OptionFlag = None,
+    keep_alive: Annotated[str | None, typer.Option(help="How long the model stays loaded (5m, 0, -1).")] = None,
+) -> None:
+    """Answer one prompt (streamed), or chat interactively when no prompt is given."""
+    options = parse_options(option)
+    fmt = parse_format(format)
+    with Client() as client:
+        client.resolve(model)  # unknown model: fail before anything else
+        if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+            prompt = sys.stdin.read()
+        if prompt is None:
+            _interactive(client, model, system, options, fmt, verbose, keep_alive)
+            return
+        messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+        result = _answer(client, model, messages, options, fmt, keep_alive, stream=not json_out)
+        if json_out:
+            out.print_json(data=result_json(result))
+        elif verbose:
+            print_stats(result.timings)
+        _log(client, result)
+
+
+def _answer(client: Client, model: str, messages: list[Message], options: dict, fmt: Format,
+            keep_alive: str | None, stream: bool) -> Result:
+    chunks = client.chat_stream(model, messages, options=options, format=fmt, keep_alive=keep_alive)
+    result = None
+    for chunk in chunks:
+        if stream and chunk.content:
+            sys.stdout.write(chunk.content)
+            sys.stdout.flush()
+        if chunk.done:
+            result = chunk.result
+    assert result is not None
+    if stream:
+        sys.stdout.write("\n")
+        if result.done_reason == "length":
+            err.print("[yellow](stopped at the num_predict / context limit)[/]", markup=True)
+    return result
+
+
+def _interactive(client: Client, model: str, system: str | None, options: dict, fmt: Format,
+                 verbose: bool, keep_alive: str | None) -> None:
+    err.print(f"Chatting with {model}. /bye to quit, /clear to forget, /verbose to toggle stats.")
+    history: list[Message] = [Message("system", system)] if system else []
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            err.print()
+            return
+        if not line.strip():
+            continue
+        if line.strip() in ("/bye", "/exit", "/quit"):
+            return
+        if line.strip() == "/clear":
+            history = history[:1] if system else []
+            err.print("(conversation cleared)")
+            continue
+        if line.strip() == "/verbose":
+            verbose = not verbose
+            err.print(f"(stats {'on' if verbose else 'off'})")
+            continue
+        history.append(Message("user", line))
+        try:
+            result = _answer(client, model, history, options, fmt, keep_alive, stream=True)
+        except KeyboardInterrupt:
+            history.pop()
+            err.print("\n(interrupted)")
+            continue
+        except LmgaugeError as exc:
+            history.pop()  # the turn is not lost: the user still has it on screen and can retry
+            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            continue
+        history.append(result.message)
+        if verbose:
+            print_stats(result.timings)
+        _log(client, result)
+
+
+@app.command()
+def models(json_out: JsonFlag = False) -> None:
+    """List the models lmgauge can run without a download, and where each comes from."""
+    with Client() as client:
+        found = client.list_models()
+        if json_out:
+            out.print_json(data=[{"name": m.name, "engine": m.engine, "source": m.source, "path": m.path,
+                                  "size_bytes": m.size_bytes, "names": m.details.get("names", [])} for m in found])
+            return
+        table = Table("name", "size", "source", "path", box=None)
+        for m in found:
+            table.add_row(m.name, _size(m.size_bytes), m.source, m.path or "")
+        out.print(table)
+        err.print(f"\nRemote models: ollama:NAME (Ollama at {client.settings.ollama_host}) and openai:NAME@URL.")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def show(model: ModelArg, json_out: JsonFlag = False) -> None:
+    """Show a model's metadata: architecture, parameters, quantization, layers, heads, context."""
+    with Client() as client:
+        info = client.show(model)
+        if json_out:
+            out.print_json(data={"name": info.name, "engine": info.engine, "source": info.source,
+                                 "path": info.path, "size_bytes": info.size_bytes, "details": info.details})
+            return
+        table = Table(box=None, show_header=False)
+        table.add_row("name", info.name)
+        table.add_row("source", info.source)
+        if info.path:
+            table.add_row("path", info.path)
+        for key, value in info.details.items():
+            if key in ("template", "modelfile", "license"):
+                continue
+            table.add_row(key, _size(value) if key.endswith("size") and isinstance(value, int) else str(value))
+        out.print(table)
+
+
+def main() -> None:
+    """Entry point: one-line errors, never a traceback (unless LMGAUGE_DEBUG is set)."""
+    debug = os.environ.get("LMGAUGE_DEBUG")
+    if os.environ.get("LMGAUGE_LOG"):
+        import logging
+
+        logging.basicConfig(level=os.environ["LMGAUGE_LOG"].upper())
+    try:
+        app()
+    except LmgaugeError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
+                  "(set LMGAUGE_DEBUG=1 to see the traceback, and please report it)", markup=True)
+        sys.exit(2)

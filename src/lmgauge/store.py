@@ -1,0 +1,147 @@
+"""One SQLite database for everything lmgauge remembers: request log, benchmark runs, memories,
+cache. WAL mode, so readers never block the writer and a killed writer loses nothing committed.
+
+Each feature declares its tables in `SCHEMA` (CREATE ... IF NOT EXISTS, applied on open) and
+keeps its queries next to its own code, using `Store.connect()`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS request_log (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,                 -- unix time the request finished
+        source TEXT NOT NULL,             -- cli | gateway | bench | batch | library
+        model TEXT NOT NULL,
+        engine TEXT,
+        status TEXT NOT NULL,             -- ok | error | cancel
+        error TEXT,
+        done_reason TEXT,
+        prompt_tokens INTEGER,
+        cached_tokens INTEGER,
+        output_tokens INTEGER,
+        ttft_ms REAL,
+        tpot_ms REAL,
+        e2e_ms REAL,
+        prefill_tps REAL,
+        decode_tps REAL,
+        load_ms REAL,
+        upstream TEXT,
+        cache_hit INTEGER DEFAULT 0,
+        compacted INTEGER DEFAULT 0,
+        extra TEXT                        -- JSON: anything else worth keeping
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS request_log_ts ON request_log(ts)",
+    "CREATE INDEX IF NOT EXISTS request_log_model ON request_log(model, ts)",
+]
+
+
+@dataclass
+class RequestRecord:
+    model: str
+    source: str
+    status: str = "ok"
+    engine: str | None = None
+    error: str | None = None
+    done_reason: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    output_tokens: int | None = None
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    prefill_tps: float | None = None
+    decode_tps: float | None = None
+    load_ms: float | None = None
+    upstream: str | None = None
+    cache_hit: bool = False
+    compacted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_result(cls, result: Any, source: str, **kw: Any) -> RequestRecord:
+        """From a types.Result: the stats every request carries."""
+        t = result.timings
+        return cls(
+            model=result.model, source=source, engine=result.engine, done_reason=result.done_reason,
+            prompt_tokens=t.prompt_tokens, cached_tokens=t.cached_tokens, output_tokens=t.output_tokens,
+            ttft_ms=t.ttft_ms, tpot_ms=t.tpot_ms, e2e_ms=t.e2e_ms, prefill_tps=t.prefill_tps,
+            decode_tps=t.decode_tps, load_ms=t.load_ns / 1e6, **kw,
+        )
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self.connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            for statement in SCHEMA:
+                db.execute(statement)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A per-thread connection; commits on success, rolls back on error."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        try:
+            yield db
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+
+    def log_request(self, record: RequestRecord) -> int:
+        row = dict(record.__dict__)
+        row["extra"] = json.dumps(row["extra"]) if row["extra"] else None
+        row["cache_hit"] = int(row["cache_hit"])
+        row["compacted"] = int(row["compacted"])
+        cols = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self.connect() as db:
+            return db.execute(f"INSERT INTO request_log ({cols}) VALUES ({marks})", row).lastrowid
+
+    def requests(
+        self, model: str | None = None, status: str | None = None, source: str | None = None,
+        since: float | None = None, limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Newest first, filtered."""
+        where, args = [], []
+        for column, value in (("model", model), ("status", status), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        sql = "SELECT * FROM request_log"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        with self.connect() as db:
+            rows = db.execute(sql, [*args, limit]).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["extra"] = json.loads(d["extra"]) if d["extra"] else {}
+            out.append(d)
+        return out
