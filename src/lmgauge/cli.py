@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,11 +39,6 @@ OptionFlag = Annotated[
                  "-o num_ctx=8192 -o stop='[\"\\n\"]'). Names as in Ollama's Modelfile."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
-    raise typer.Exit(1)
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -271,6 +266,63 @@ def show(model: ModelArg, json_out: JsonFlag = False) -> None:
                 continue
             table.add_row(key, _size(value) if key.endswith("size") and isinstance(value, int) else str(value))
         out.print(table)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Model to tour.")] = "smollm2",
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("lmgauge-demo"),
+    reps: Annotated[int, typer.Option(min=1, help="Benchmark repetitions (after one warmup).")] = 5,
+) -> None:
+    """A two-minute tour on the embedded default: answer, JSON output, benchmark, memory, budget, report."""
+    from .demo import run_demo
+
+    with Client() as client:
+        run_demo(client, out, model, out_dir, reps=reps)
+
+
+@app.command()
+def size(
+    model: ModelArg,
+    ctx: Annotated[list[int] | None, typer.Option("--ctx", help="Context size(s) to estimate (repeatable). "
+                                                  "Default: 2048, 4096 and the model's maximum.")] = None,
+    kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
+    parallel: Annotated[int, typer.Option(min=1, help="Sequences served at once (each gets num_ctx).")] = 1,
+    fit_memory: Annotated[str | None, typer.Option(help="Instead: the largest num_ctx that fits this "
+                                                   "much memory, e.g. 4GiB or 512MB.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Predict memory (weights + KV cache + compute buffers) before loading a model."""
+    from .models import inspect_gguf
+    from .sizing import estimate, max_context, parse_size
+
+    if kv_type not in ("f16", "q8_0", "q4_0"):
+        raise InvalidOptionError(f"--kv-type must be f16, q8_0 or q4_0, not {kv_type!r}")
+    with Client() as client:
+        ref = client.resolve(model)
+        if ref.engine != "llamacpp":
+            raise InvalidOptionError(f"sizing needs the model's GGUF file; {model} is served by {ref.source}")
+        info = inspect_gguf(ref.target)
+    if fit_memory:
+        budget = parse_size(fit_memory)
+        n = max_context(info, budget, kv_type=kv_type, n_parallel=parallel)
+        e = estimate(info, n, kv_type=kv_type, n_parallel=parallel)
+        if json_out:
+            out.print_json(data={"model": model, "budget_bytes": budget, "max_num_ctx": n, "estimate": e.to_dict()})
+            return
+        out.print(f"{model}: num_ctx up to [bold]{n}[/] fits {fit_memory} ({_size(e.total_bytes)} estimated, "
+                  f"kv {kv_type}, {parallel} parallel)")
+        return
+    contexts = ctx or sorted({min(2048, info.n_ctx_train), min(4096, info.n_ctx_train), info.n_ctx_train})
+    estimates = [estimate(info, c, kv_type=kv_type, n_parallel=parallel) for c in contexts]
+    if json_out:
+        out.print_json(data={"model": model, "estimates": [e.to_dict() for e in estimates]})
+        return
+    table = Table("num_ctx", "weights", "KV cache", "compute", "total", box=None,
+                  title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel")
+    for c, e in zip(contexts, estimates):
+        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(e.total_bytes))
+    out.print(table)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """One SQLite database for everything lmgauge remembers: request log, benchmark runs, memories,
 cache. WAL mode, so readers never block the writer and a killed writer loses nothing committed.
 
-Each feature declares its tables in `SCHEMA` (CREATE ... IF NOT EXISTS, applied on open) and
-keeps its queries next to its own code, using `Store.connect()`.
+The request log's table is declared here; every other feature keeps its own DDL and queries next
+to its code and calls `Store.ensure(its_schema)` (idempotent CREATE ... IF NOT EXISTS) before use.
 """
 
 from __future__ import annotations
@@ -88,10 +88,21 @@ class Store:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._ensured: set[tuple[str, ...]] = set()
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             for statement in SCHEMA:
                 db.execute(statement)
+
+    def ensure(self, statements: list[str]) -> None:
+        """Apply a feature's DDL (CREATE TABLE/INDEX IF NOT EXISTS ...) once per Store."""
+        key = tuple(statements)
+        if key in self._ensured:
+            return
+        with self.connect() as db:
+            for statement in statements:
+                db.execute(statement)
+        self._ensured.add(key)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
