@@ -31,6 +31,11 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# Command groups several features add to (each adds its own commands to the group).
+eval_app = typer.Typer(help="Rerunnable, seeded, offline evaluations (context, routing, cache).",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
 ModelArg = Annotated[str, typer.Argument(help="Model name (see `lmgauge models`), a .gguf path, "
                                          "ollama:NAME or openai:NAME@URL.")]
 OptionFlag = Annotated[
