@@ -256,7 +256,7 @@ def parse_size(value: str | int) -> int:
 
 
 def format_size(n: int) -> str:
-    """Human-readable binary size for messages: 1536 -> "1.5 KiB"."""
+    """Human-readable binary size for messages: 1536 -> "1.50 KiB"."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(size) < 1024 or unit == "TiB":
@@ -277,22 +277,23 @@ def kv_cells(
     kv_unified: bool = True,
     swa_full: bool = True,
 ) -> list[int]:
-    """KV cells per layer (llama.cpp's kv_size, with n_ctx already padded to 256).
+    """KV cells per layer, all sequences together (llama.cpp's kv_size x streams; n_ctx is
+    already padded to 256).
 
-    Per-sequence caches (kv_unified=False) give each sequence pad(n_ctx / n_parallel, 256).
-    A sliding-window layer gets pad(min(n_ctx, n_swa * streams + n_ubatch), 256) cells unless
-    swa_full (llama.cpp's default, which the engine keeps) gives it the full context.
+    Per-sequence caches (kv_unified=False) give each of the n_parallel streams
+    pad(n_ctx / n_parallel, 256) cells. A sliding-window layer gets, per stream,
+    pad(min(stream cells, n_swa x sequences sharing the stream + n_ubatch), 256) cells, unless
+    swa_full (llama.cpp's default, which the engine keeps) gives it the full stream.
     """
-    if not kv_unified:
-        n_ctx = _pad(n_ctx // n_parallel, N_CTX_PAD) * n_parallel
-    swa = swa_layers(info)
+    streams = 1 if kv_unified else n_parallel
+    per_stream = n_ctx if kv_unified else _pad(n_ctx // n_parallel, N_CTX_PAD)
     n_swa = info.sliding_window or 0
     if swa_full or not n_swa:
-        swa_cells = n_ctx
+        swa_per_stream = per_stream
     else:
-        streams = n_parallel if kv_unified else 1
-        swa_cells = _pad(min(n_ctx, n_swa * streams + n_ubatch), N_CTX_PAD)
-    return [swa_cells if sliding else n_ctx for sliding in swa]
+        seqs_per_stream = n_parallel if kv_unified else 1
+        swa_per_stream = _pad(min(per_stream, n_swa * seqs_per_stream + n_ubatch), N_CTX_PAD)
+    return [streams * (swa_per_stream if sliding else per_stream) for sliding in swa_layers(info)]
 
 
 def kv_cache_sizes(
@@ -304,13 +305,16 @@ def kv_cache_sizes(
     kv_unified: bool = True,
     swa_full: bool = True,
 ) -> list[int]:
-    """Cells of each distinct KV cache llama.cpp creates: one, or two for a model with
-    sliding-window layers (a global and a sliding cache, each with its own attention mask)."""
+    """Cells per stream of each distinct KV cache llama.cpp creates: one cache, or two for a
+    model with sliding-window layers (global and sliding), each with its own attention mask of
+    n_kv x n_tokens (with per-sequence streams, each stream's mask covers its share of the
+    ubatch, so the masks add up to stream cells x n_tokens)."""
     cells = kv_cells(info, n_ctx, n_parallel, n_ubatch, kv_unified=kv_unified, swa_full=swa_full)
+    streams = 1 if kv_unified else n_parallel
     swa = swa_layers(info)
     if any(swa) and not all(swa):
-        return [cells[swa.index(False)], cells[swa.index(True)]]
-    return [cells[0] if cells else n_ctx]
+        return [cells[swa.index(False)] // streams, cells[swa.index(True)] // streams]
+    return [(cells[0] if cells else n_ctx) // streams]
 
 
 def kv_cache_bytes(
