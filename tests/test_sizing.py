@@ -120,13 +120,13 @@ def test_bad_options(bad):
 
 
 def test_reserved_compute_matches_llamacpp_log_for_smollm2_shape():
-    # llama.cpp logs "CPU compute buffer size = 98.25 MiB" for SmolLM2 at n_ctx 512, n_ubatch 512:
-    # logits for 512 outputs (512 x 49152 x 4) plus two 512 x 576 f32 tensors.
+    # The engine sets n_outputs_max = 1 per sequence, and llama.cpp then logs "CPU compute buffer
+    # size = 14.01 MiB" for SmolLM2 at n_ctx 512, n_ubatch 512: the feed-forward peak plus the
+    # f16 mask (with llama.cpp's default of 512 outputs it reserved 98.25 MiB: 512 x 49152 x 4
+    # of logits plus two 512 x 576 f32 tensors).
     est = sizing.estimate(make_info(), 512)
-    assert est.compute_reserved_bytes == 512 * 49152 * 4 + 2 * 512 * 576 * 4
-    # lmgauge asks for one output per sequence: the feed-forward peak plus the f16 mask
-    # (logged 14.01 MiB with n_outputs_max = 1), plus the CPU work buffer
     touched = 512 * 4 * (3 * 1536 + 4 * 576) + 512 * 512 * 2
+    assert est.compute_reserved_bytes == touched
     assert est.compute_bytes == touched + sizing.work_buffer_bytes(make_info(), 512)
 
 

@@ -15,9 +15,9 @@ Parts (all bytes; see `estimate`):
   kv        the KV cache buffer, exactly as llama.cpp sizes it (it zeroes it, so it is resident).
   compute   the compute-buffer pages the engine's worst step touches (a full ubatch with the
             window full) plus the CPU backend's work buffer. llama.cpp reserves more address
-            space than that (`compute_reserved_bytes`, the "compute buffer size" it logs): its
-            reservation assumes every token of a ubatch wants logits, which lmgauge never asks
-            for, so on CPU those pages are never touched and never count in RSS.
+            space than that (`compute_reserved_bytes`, the "compute buffer size" it logs), since
+            it plans for the worst graph; the engine limits logits to one row per sequence
+            (llama.cpp's n_outputs_max), which keeps that reservation small.
   output    the logits buffer: one row of n_vocab floats per sequence.
   overhead  what the rest of a loaded model costs: llama.cpp's tokenizer tables (per token and
             per BPE merge), the loader's transient heap, threads, code pages, Python objects.
@@ -144,11 +144,12 @@ def estimate(
     kv = kv_cache_bytes(info, n_ctx, kv_type, n_parallel, n_ubatch, kv_unified=kv_unified, swa_full=swa_full)
     caches = kv_cache_sizes(info, n_ctx, n_parallel, n_ubatch, kv_unified=kv_unified, swa_full=swa_full)
     # The engine's worst step: a full ubatch with the window full, logits for one token per
-    # sequence. llama.cpp reserves for logits of every token of the ubatch (its n_outputs_max
-    # defaults to n_batch, and the engine leaves it there).
+    # sequence. The engine sets llama.cpp's n_outputs_max to n_parallel, so llama.cpp reserves
+    # logits space for that many rows too (its default, n_batch rows, reserved 98 MiB more for
+    # SmolLM2 that was never touched).
     compute = compute_buffer_bytes(info, n_ubatch, caches, n_parallel, flash_attn, kv_type)
     compute += work_buffer_bytes(info, n_ubatch)
-    reserved = compute_buffer_bytes(info, n_ubatch, caches, n_ubatch, flash_attn, kv_type)
+    reserved = compute_buffer_bytes(info, n_ubatch, caches, n_parallel, flash_attn, kv_type)
     output = n_parallel * info.n_vocab * F32
     overhead = overhead_bytes(info)
     total = weights + kv + compute + output + overhead
