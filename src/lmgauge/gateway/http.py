@@ -31,7 +31,8 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def status_of(exc: BaseException) -> int:
-    return exc.http_status if isinstance(exc, LmgaugeError) else 500
+    status = getattr(exc, "http_status", 500)
+    return status if isinstance(status, int) else 500
 
 
 def retry_headers(exc: BaseException) -> dict[str, str] | None:
