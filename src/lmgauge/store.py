@@ -86,7 +86,7 @@ class RequestRecord:
 
 def _row(record: RequestRecord) -> dict[str, Any]:
     row = dict(record.__dict__)
-    row["extra"] = json.dumps(row["extra"]) if row["extra"] else None
+    row["extra"] = json.dumps(row["extra"], separators=(",", ":")) if row["extra"] else None
     row["cache_hit"] = int(row["cache_hit"])
     row["compacted"] = int(row["compacted"])
     return row

@@ -8,6 +8,7 @@ when Prometheus scrapes, by a collector, so the request path pays nothing for th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -48,29 +49,46 @@ class GatewayMetrics:
         self.failovers = Counter("lmgauge_upstream_failovers", "Requests moved to another node before "
                                  "their first token", ["model", "url"], registry=r)
         r.register(_LiveCollector(monitor, gauges))
+        self._per_model: dict[str, _ModelMetrics] = {}
 
     def observe(self, api: str, sample: Sample) -> None:
         model = sample.model
         self.requests.labels(model, api, sample.status).inc()
         if sample.status != "ok":
             return
+        m = self._per_model.get(model)
+        if m is None:  # label lookups take a lock and a hash each: do them once per model
+            m = self._per_model[model] = _ModelMetrics(*(metric.labels(model) for metric in (
+                self.ttft, self.tpot, self.e2e, self.prompt_tokens, self.output_tokens, self.context,
+                self.cache_hits)))
         if sample.ttft_ms is not None:
-            self.ttft.labels(model).observe(sample.ttft_ms / 1000)
+            m.ttft.observe(sample.ttft_ms / 1000)
         if sample.tpot_ms is not None:
-            self.tpot.labels(model).observe(sample.tpot_ms / 1000)
+            m.tpot.observe(sample.tpot_ms / 1000)
         if sample.e2e_ms is not None:
-            self.e2e.labels(model).observe(sample.e2e_ms / 1000)
+            m.e2e.observe(sample.e2e_ms / 1000)
         if sample.prompt_tokens:
-            self.prompt_tokens.labels(model).inc(sample.prompt_tokens)
+            m.prompt_tokens.inc(sample.prompt_tokens)
         if sample.output_tokens:
-            self.output_tokens.labels(model).inc(sample.output_tokens)
+            m.output_tokens.inc(sample.output_tokens)
         if sample.context_used is not None:
-            self.context.labels(model).observe(sample.context_used)
+            m.context.observe(sample.context_used)
         if sample.cache_hit:
-            self.cache_hits.labels(model).inc()
+            m.cache_hits.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass
+class _ModelMetrics:
+    ttft: Any
+    tpot: Any
+    e2e: Any
+    prompt_tokens: Any
+    output_tokens: Any
+    context: Any
+    cache_hits: Any
 
 
 class _LiveCollector(Collector):
