@@ -202,7 +202,9 @@ if __name__ == "__main__":  # a standalone stub for benchmarks, as fast as uvico
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     args = parser.parse_args()
     stub = StubUpstream(tokens=args.tokens, port=args.port)
+    stub.token_delay_s = args.token_delay
     uvicorn.run(stub, host="127.0.0.1", port=args.port, log_level="error", lifespan="off", access_log=False,
                 loop="uvloop", http="httptools")
