@@ -317,3 +317,16 @@ def test_monitor_command_without_a_gateway_is_one_line():
 def test_dashboard_page_is_served(http):
     page = http.get("/dashboard")
     assert page.status_code == 200 and "<canvas" in page.text and Path(__file__).exists()
+
+
+def test_grafana_dashboard_uses_only_exposed_metrics(http):
+    import re
+
+    http.post("/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    text = http.get("/metrics").text
+    exposed = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    exposed |= {f.name for f in text_string_to_metric_families(text)}
+    dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-lmgauge-gateway.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"lmgauge_[a-z0-9_]+", target["expr"])}
+    assert used and used <= exposed, used - exposed
