@@ -36,7 +36,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": False,
         "options": {"num_predict": 8}}
@@ -143,7 +142,7 @@ def summary(result: dict) -> dict:
 # --- servers ----------------------------------------------------------------------------------------
 
 def start_stub(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "upstream_stub.py"), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, str(HERE / "stub_upstream.py"), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc

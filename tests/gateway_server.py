@@ -1,7 +1,9 @@
-"""Start a real gateway (uvicorn) on a free 127.0.0.1 port in a thread, for tests."""
+"""Start a real gateway (uvicorn) on a free 127.0.0.1 port in a thread, for tests; and the
+stand-in upstreams (tests/standins.py) the gateway tests put behind it."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -9,7 +11,12 @@ import uvicorn
 
 from lmgauge.config import Settings
 from lmgauge.gateway.app import create_app
-from upstream_stub import free_port
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class GatewayServer:
@@ -48,3 +55,20 @@ class GatewayServer:
         deadline = time.time() + timeout
         while self.gateway.log.written < n and time.time() < deadline:
             time.sleep(0.02)
+
+
+REPLY = "The sky is blue because of Rayleigh scattering."  # 8 stand-in tokens
+
+
+def ollama_stub(**kwargs):
+    """An Ollama stand-in serving the model `stub` (started; stop() it)."""
+    from standins import OllamaStandin
+
+    return OllamaStandin(models=("stub",), reply=kwargs.pop("reply", REPLY), **kwargs).start()
+
+
+def openai_stub(**kwargs):
+    """An OpenAI-compatible stand-in serving the model `stub` (started; stop() it)."""
+    from standins import OpenAIStandin
+
+    return OpenAIStandin(models=("stub",), reply=kwargs.pop("reply", REPLY), **kwargs).start()

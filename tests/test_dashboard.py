@@ -11,9 +11,8 @@ import time
 import httpx
 import pytest
 
-from gateway_server import GatewayServer
+from gateway_server import GatewayServer, ollama_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
-from upstream_stub import StubUpstream
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -37,8 +36,7 @@ def drive_traffic(url: str, seconds: float, model: str, pause: float) -> None:
 def test_dashboard_charts_render_live_data(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    fast, slow = StubUpstream().start(), StubUpstream().start()
-    slow.token_delay_s = 0.03
+    fast, slow = ollama_stub(), ollama_stub(token_delay=0.03)
     settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=[
         UpstreamSettings(model="stub", urls=[fast.url], num_ctx=256, tokenizer="smollm2"),
         UpstreamSettings(model="slow", target="stub", urls=[slow.url], max_concurrency=2)]))

@@ -16,10 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_server import GatewayServer
+from gateway_server import GatewayServer, free_port, ollama_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.store import Store
-from upstream_stub import StubUpstream, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
@@ -27,7 +26,7 @@ CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
 
 @pytest.fixture
 def stub():
-    s = StubUpstream().start()
+    s = ollama_stub()
     yield s
     s.stop()
 
@@ -44,8 +43,8 @@ def log_rows(srv: GatewayServer, n: int) -> list[dict]:
 
 def test_failover_before_the_first_token(tmp_path, stub):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    failing = StubUpstream().start()
-    failing.fault = "500"
+    failing = ollama_stub()
+    failing.faults.status, failing.faults.paths = 500, ["/api/chat"]  # healthy to health checks
     try:
         with GatewayServer(settings_for(tmp_path, [dead, failing.url, stub.url], health_interval=3600)) as srv:
             for stream in (False, True):
@@ -77,9 +76,9 @@ def test_every_node_down_is_a_clean_502(tmp_path):
 
 def test_health_checks_bring_a_node_back(tmp_path, stub):
     with GatewayServer(settings_for(tmp_path, [stub.url], health_interval=0.2)) as srv:
-        stub.fault = "500"
+        stub.faults.status = 500
         assert httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30).status_code == 502
-        stub.fault = None
+        stub.faults.status = None
         deadline = time.time() + 10
         while not srv.gateway.gauges()["upstreams"][0]["healthy"] and time.time() < deadline:
             time.sleep(0.1)
@@ -87,7 +86,7 @@ def test_health_checks_bring_a_node_back(tmp_path, stub):
 
 
 def test_upstream_killed_mid_stream_gives_a_clean_error_event(tmp_path, stub):
-    stub.fault, stub.drop_after = "drop", 3
+    stub.faults.drop_after = 3
     with GatewayServer(settings_for(tmp_path, [stub.url])) as srv:
         r = httpx.post(srv.url + "/api/chat", json=CHAT, timeout=30)
         lines = [json.loads(line) for line in r.text.splitlines()]
@@ -102,7 +101,7 @@ def test_upstream_killed_mid_stream_gives_a_clean_error_event(tmp_path, stub):
 
 
 def test_upstream_that_hangs_times_out(tmp_path, stub):
-    stub.fault = "hang"
+    stub.faults.hang = True
     with GatewayServer(settings_for(tmp_path, [stub.url], first_token_timeout=0.5)) as srv:
         t0 = time.perf_counter()
         r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": True}, timeout=30)
@@ -114,7 +113,7 @@ def test_upstream_that_hangs_times_out(tmp_path, stub):
 
 
 def test_slow_stream_after_first_token_is_cut_by_the_total_timeout(tmp_path, stub):
-    stub.token_delay_s = 0.4
+    stub.token_delay = 0.4
     with GatewayServer(settings_for(tmp_path, [stub.url], request_timeout=1.0)) as srv:
         r = httpx.post(srv.url + "/api/chat", json=CHAT, timeout=30)
         lines = [json.loads(line) for line in r.text.splitlines()]
@@ -186,7 +185,7 @@ def test_sigkill_while_logging_keeps_every_committed_row(tmp_path, stub):
 
 
 def test_graceful_shutdown_finishes_the_stream_in_flight(tmp_path, stub):
-    stub.token_delay_s = 0.25
+    stub.token_delay = 0.25
     port = free_port()
     proc = _serve(tmp_path, stub.url, port)
     try:

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway_server import GatewayServer
+from gateway_server import GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
-from upstream_stub import StubUpstream
 
 MIN_REQUESTS = 1000
 
@@ -102,13 +101,14 @@ requests = st.one_of(
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    stub = StubUpstream(tokens=3).start()
+    stub, ostub = ollama_stub(reply="Three short tokens."), openai_stub(reply="Three short tokens.")
     settings = Settings(home=tmp_path_factory.mktemp("fuzz"), gateway=GatewaySettings(upstreams=[
         UpstreamSettings(model="stub", urls=[stub.url], num_ctx=512),
-        UpstreamSettings(model="ostub", kind="openai", target="stub", urls=[stub.url + "/v1"])]))
+        UpstreamSettings(model="ostub", kind="openai", target="stub", urls=[ostub.base_url])]))
     with GatewayServer(settings) as srv:
         yield srv
     stub.stop()
+    ostub.stop()
 
 
 def test_fuzz_no_5xx_and_still_answering(fuzz_server, caplog):

@@ -1,6 +1,8 @@
-"""A fast stand-in upstream: Ollama's /api/chat, /api/generate, /api/embed, /api/version and
-OpenAI's /v1/chat/completions, /v1/completions, /v1/models, as a bare ASGI app (no framework,
-so it costs as little as possible and the gateway benchmark measures the gateway, not this).
+"""The gateway benchmarks' upstream: Ollama's /api/chat, /api/generate, /api/embed, /api/version
+and OpenAI's /v1/chat/completions, /v1/completions, /v1/models, as a bare ASGI app on uvloop and
+httptools. Tests use tests/standins.py (complete, checked against Ollama's docs); this exists
+because the benchmarks need the cheapest possible upstream: on a 2-core machine the upstream's
+CPU competes with the gateway's, and the figure must be the gateway's.
 
 Fault knobs, changeable while it runs: `fault` = None | "500" | "hang" | "drop" (close the
 connection after `drop_after` chunks) | "refuse-stream" (500 only for streaming requests);
@@ -11,7 +13,7 @@ connection after `drop_after` chunks) | "refuse-stream" (500 only for streaming 
     stub.fault = "drop"
     stub.stop()
 
-Run as a script for benchmarks: `python tests/upstream_stub.py --port 9000`.
+Run as a script for benchmarks: `python benchmarks/stub_upstream.py --port 9000`.
 """
 
 from __future__ import annotations
