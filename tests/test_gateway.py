@@ -332,3 +332,21 @@ def test_grafana_dashboard_uses_only_exposed_metrics(http):
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"lmgauge_[a-z0-9_]+", target["expr"])}
     assert used and used <= exposed, used - exposed
+
+
+def test_library_remote_engines_behind_the_gateway(tmp_path):
+    """`ollama:NAME` and `openai:NAME@URL` models go through the library's own engines."""
+    remote, oremote = ollama_stub(), openai_stub()
+    try:
+        settings = Settings(home=tmp_path, ollama_host=remote.url,
+                            aliases={"remote": "ollama:stub", "oremote": f"openai:stub@{oremote.base_url}"})
+        with GatewayServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            for model in ("remote", "oremote", "ollama:stub"):
+                r = c.post("/api/chat", json={"model": model, "messages": [{"role": "user", "content": "x"}],
+                                              "stream": False, "options": {"num_predict": 3}})
+                assert r.status_code == 200 and r.json()["message"]["content"] == "The sky is", r.text
+                lines = c.post("/api/generate", json={"model": model, "prompt": "x"}).text.splitlines()
+                assert json.loads(lines[-1])["done"] is True and len(lines) == 9
+    finally:
+        remote.stop()
+        oremote.stop()
