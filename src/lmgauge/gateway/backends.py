@@ -29,7 +29,7 @@ from ..config import UpstreamSettings
 from ..engines.base import Engine
 from ..errors import EngineError, EngineUnavailableError, LmgaugeError
 from ..models import ModelRef
-from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options, Result
+from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options
 from . import ollama_api, openai_api
 
 log = logging.getLogger("lmgauge.gateway")
