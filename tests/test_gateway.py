@@ -350,3 +350,35 @@ def test_library_remote_engines_behind_the_gateway(tmp_path):
     finally:
         remote.stop()
         oremote.stop()
+
+
+def test_tool_calls_pass_through_both_ways(tmp_path):
+    calls = [{"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    olla, oai = ollama_stub(tool_calls=calls), openai_stub(tool_calls=calls)
+    try:
+        settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=[
+            UpstreamSettings(model="o", target="stub", urls=[olla.url]),
+            UpstreamSettings(model="v", kind="openai", target="stub", urls=[oai.base_url])]))
+        with GatewayServer(settings) as srv:
+            import ollama
+            from openai import OpenAI
+
+            client = ollama.Client(host=srv.url)
+            openai_client = OpenAI(base_url=srv.url + "/v1", api_key="unused")
+            messages = [{"role": "user", "content": "Weather in Tokyo?"}]
+            for model in ("o", "v"):
+                answer = client.chat(model=model, messages=messages, tools=tools)
+                assert answer.message.tool_calls[0].function.name == "get_weather"
+                assert answer.message.tool_calls[0].function.arguments == {"city": "Tokyo"}
+                streamed = [c for c in client.chat(model=model, messages=messages, tools=tools, stream=True)
+                            if c.message.tool_calls]
+                assert streamed and streamed[-1].message.tool_calls[0].function.arguments == {"city": "Tokyo"}
+                chat = openai_client.chat.completions.create(model=model, messages=messages, tools=tools)
+                call = chat.choices[0].message.tool_calls[0]
+                assert chat.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments) == {"city": "Tokyo"}
+            assert olla.requests[-1].body["tools"] == tools  # passed through unchanged
+    finally:
+        olla.stop()
+        oai.stop()

@@ -280,16 +280,22 @@ class UpstreamPool:
 
     async def _ollama_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
         parts: list[str] = []
+        calls: list[dict[str, Any]] = []  # Ollama streams tool calls in a chunk of their own
         async for line in _lines(response):
             obj = orjson.loads(line)
             if "error" in obj:
                 raise EngineError(f"upstream error: {obj['error']}")
             text = ollama_api.chunk_text(obj)
+            message = obj.get("message")
+            if isinstance(message, dict) and message.get("tool_calls"):
+                calls.extend(message["tool_calls"])
             if obj.get("done"):
                 if text:
                     parts.append(text)
                     yield Chunk(content=text)
-                yield Chunk(done=True, result=ollama_api.parse_result(obj, self.name, "".join(parts)))
+                result = ollama_api.parse_result(obj, self.name, "".join(parts))
+                result.tool_calls = calls or None
+                yield Chunk(done=True, result=result)
                 return
             if text:
                 parts.append(text)
@@ -300,12 +306,14 @@ class UpstreamPool:
         parts: list[str] = []
         reason = None
         final: dict[str, Any] | None = None
+        calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, by index
         async for line in _lines(response):
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
                 result = openai_api.parse_result(final or {}, self.name, "".join(parts), reason)
+                result.tool_calls = openai_api.ollama_tool_calls(list(calls.values())) or None
                 yield Chunk(done=True, result=result)
                 return
             obj = orjson.loads(data)
@@ -314,6 +322,11 @@ class UpstreamPool:
                 raise EngineError(f"upstream error: {error.get('message') if isinstance(error, dict) else error}")
             text = openai_api.delta_text(obj)
             reason = openai_api.finish_reason(obj) or reason
+            for fragment in openai_api.delta_tool_calls(obj):
+                call = calls.setdefault(int(fragment.get("index", 0)), {"function": {"name": "", "arguments": ""}})
+                function = fragment.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
             if obj.get("usage"):
                 final = obj
             if text:

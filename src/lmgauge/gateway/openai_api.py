@@ -335,15 +335,40 @@ def finish_reason(obj: dict[str, Any]) -> str | None:
     return choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
 
 
+def delta_tool_calls(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = obj.get("choices") or []
+    delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+
+
+def ollama_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI tool calls (arguments as a JSON string) in Ollama's shape (arguments as an object)."""
+    out = []
+    for call in calls:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or {}
+        if isinstance(arguments, str):
+            try:
+                arguments = orjson.loads(arguments) if arguments.strip() else {}
+            except orjson.JSONDecodeError:
+                arguments = {"_raw": arguments}  # kept, not dropped: the model produced it
+        out.append({"function": {"name": function.get("name", ""), "arguments": arguments}})
+    return out
+
+
 def parse_result(obj: dict[str, Any], model: str, content: str | None = None, reason: str | None = None) -> Result:
     """A non-streamed completion (or the usage event of a stream) as a Result."""
     u = obj.get("usage") or {}
+    tool_calls = None
     if content is None:
         choice = (obj.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         content = content if content is not None else choice.get("text") or ""
         reason = reason or choice.get("finish_reason")
+        if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
+            tool_calls = ollama_tool_calls(message["tool_calls"]) or None
     timings = Timings(prompt_tokens=int(u.get("prompt_tokens") or 0), output_tokens=int(u.get("completion_tokens") or 0))
     return Result(model=model, content=content or "", done_reason="length" if reason == "length" else "stop",
-                  timings=timings, engine="openai")
+                  timings=timings, engine="openai", tool_calls=tool_calls)
