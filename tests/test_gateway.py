@@ -382,3 +382,23 @@ def test_tool_calls_pass_through_both_ways(tmp_path):
     finally:
         olla.stop()
         oai.stop()
+
+
+def test_client_gone_mid_stream_cancels_and_frees_the_slot(server):
+    before = server.gateway.log.written
+    with httpx.stream("POST", server.url + "/api/generate", timeout=60,
+                      json={"model": "smollm2", "prompt": "Count from 1 to 500.",
+                            "options": {"num_predict": 400, "temperature": 0}}) as r:
+        first = next(r.iter_lines())
+        assert json.loads(first)["done"] is False
+    # The gateway notices, cancels the engine's job and gives the admission slot back.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        slots = server.gateway.gauges()["models"]
+        if all(g["in_flight"] == 0 for g in slots.values()):
+            break
+        time.sleep(0.05)
+    assert all(g["in_flight"] == 0 for g in server.gateway.gauges()["models"].values())
+    server.wait_logged(before + 1)
+    row = Store(server.settings.db_path).requests(model="smollm2", limit=1)[0]
+    assert row["status"] == "cancel" and (row["output_tokens"] or 0) < 400

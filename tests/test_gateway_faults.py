@@ -120,13 +120,17 @@ def test_slow_stream_after_first_token_is_cut_by_the_total_timeout(tmp_path, stu
         assert lines[0]["message"]["content"] == "The" and "within 1s" in lines[-1]["error"]
 
 
-def _serve(tmp_path: Path, stub_url: str, port: int, extra: str = "") -> subprocess.Popen:
+def _serve(tmp_path: Path, stub_url: str, port: int, extra: str = "", ollama_host: bool = False) -> subprocess.Popen:
     config = tmp_path / "config.toml"
     config.write_text(f"[gateway]\n{extra}\n[[gateway.upstreams]]\nmodel = \"stub\"\nurls = [\"{stub_url}\"]\n")
     env = {**os.environ, "LMGAUGE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("OLLAMA_HOST", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--port", str(port), "--config", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [sys.executable, "-m", "lmgauge", "serve", "--config", str(config)]
+    if ollama_host:  # as an Ollama user would: the address in OLLAMA_HOST, no flags
+        env["OLLAMA_HOST"] = f"127.0.0.1:{port}"
+    else:
+        args += ["--port", str(port)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -205,3 +209,15 @@ def test_graceful_shutdown_finishes_the_stream_in_flight(tmp_path, stub):
             proc.kill()
     rows = Store(tmp_path / "lmgauge.db").requests(source="gateway")
     assert rows and rows[0]["status"] == "ok"  # the log was flushed on the way out
+
+
+def test_serve_listens_where_ollama_host_says(tmp_path, stub):
+    port = free_port()
+    proc = _serve(tmp_path, stub.url, port, ollama_host=True)
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/api/chat", json={**CHAT, "stream": False}, timeout=30)
+        assert r.status_code == 200 and r.json()["done"] is True
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert b"Traceback" not in proc.stderr.read()
