@@ -10,6 +10,7 @@ own error shapes, and the hot path stays short (see benchmarks/gateway_overhead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -51,13 +52,15 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     app.include_router(ollama_router)
     app.include_router(openai_router)
 
+    # Both compute percentiles over the rolling window: off the event loop, so a scrape or an
+    # open dashboard never stalls the requests in flight.
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await asyncio.to_thread(gateway.metrics.render), media_type=CONTENT_TYPE)
 
     @app.get("/api/lmgauge/stats")
     async def stats() -> Response:
-        return json_response(gateway.stats())
+        return json_response(await asyncio.to_thread(gateway.stats))
 
     @app.get("/dashboard")
     async def dashboard() -> Response:

@@ -197,7 +197,11 @@ class Gateway:
                     raise UnknownModelError("auto", hint=" (`auto` routes to a model once routing is configured; "
                                             "see docs/routing.md)")
                 name = self.router.choose(request)
-            backend = self.backend(name)
+            cached = self._resolved.get(name)
+            if cached and cached[0] > time.monotonic():
+                backend = cached[1]
+            else:  # resolution may scan model folders: not on the event loop
+                backend = await asyncio.to_thread(self.backend, name)
             window = backend.window(request.options)
             policy = guard.overflow_policy(self.settings)
             if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
