@@ -384,8 +384,12 @@ def log_cmd(
     if not rows:
         err.print(f"no requests logged in {settings.db_path} match")
         return
-    table = Table("time", "source", "model", "status", "prompt", "out", "TTFT", "E2E", "tok/s", "upstream",
-                  "error", box=None)
+    table = Table(box=None)
+    for column in ("time", "source", "model", "status", "prompt", "out", "TTFT", "E2E", "tok/s"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("prompt", "out", "TTFT", "E2E",
+                                                                             "tok/s") else "left")
+    table.add_column("upstream", overflow="fold")
+    table.add_column("error", overflow="fold")
     for r in rows:
         flags = (" cache" if r["cache_hit"] else "") + (" compacted" if r["compacted"] else "")
         table.add_row(

@@ -124,7 +124,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     config = uvicorn.Config(
         app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
         lifespan="on", log_level="warning", access_log=False,
-        timeout_graceful_shutdown=settings.gateway.shutdown_grace or None, server_header=False,
+        timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
     )
     server = uvicorn.Server(config)
     if on_ready is not None:
