@@ -67,16 +67,18 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
 async def _load(spec: dict) -> dict:
     import aiohttp
 
-    url, body, concurrency = spec["url"], json.dumps(spec["body"]).encode(), spec["concurrency"]
+    concurrency = spec["concurrency"]
     stream = spec.get("stream", False)
     headers = {"Content-Type": "application/json", **spec.get("headers", {})}
-    latencies: list[float] = []
+    targets = [(spec["url"], json.dumps(spec["body"]).encode(), [])]
+    if spec.get("pair"):  # paired: every iteration calls both, in alternating order
+        targets.append((spec["pair"]["url"], json.dumps(spec["pair"]["body"]).encode(), []))
     errors = 0
     stop_at = None
     count = spec.get("requests")
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async def one() -> None:
+        async def call(url: str, body: bytes, latencies: list[float]) -> None:
             nonlocal errors
             t0 = time.perf_counter_ns()
             async with session.post(url, data=body, headers=headers) as r:
@@ -91,9 +93,18 @@ async def _load(spec: dict) -> dict:
                     errors += 1
             latencies.append((t1 - t0) / 1e6)
 
+        flip = 0
+
+        async def one() -> None:
+            nonlocal flip
+            flip ^= 1
+            for url, body, latencies in (targets if flip else targets[::-1]):
+                await call(url, body, latencies)
+
         for _ in range(spec.get("warmup", 50)):
             await one()
-        latencies.clear()
+        for _, _, latencies in targets:
+            latencies.clear()
         started = time.perf_counter()
         if spec.get("seconds"):
             stop_at = started + spec["seconds"]
@@ -111,7 +122,10 @@ async def _load(spec: dict) -> dict:
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"latencies": latencies, "elapsed": elapsed, "errors": errors}
+    out = {"latencies": targets[0][2], "elapsed": elapsed, "errors": errors}
+    if len(targets) > 1:
+        out["pair_latencies"] = targets[1][2]
+    return out
 
 
 def run_load(spec: dict, cpu_pid: int | None = None) -> dict:
@@ -254,27 +268,26 @@ def main() -> None:
     try:
         stub_url, gw_url = f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{gw_port}"
         n = args.requests
-        print(f"\n== concurrency 1, {n} requests each (after 200 warmup), Ollama /api/chat, 8 tokens")
-        d = summary(run_load({"url": stub_url + "/api/chat", "body": CHAT, "concurrency": 1, "requests": n, "warmup": 200}))
-        g = summary(run_load({"url": gw_url + "/api/chat", "body": CHAT, "concurrency": 1, "requests": n, "warmup": 200},
-                             gateway.pid))
-        figures["c1_ollama"] = compare("non-streaming /api/chat", d, g, 1.0, 3.0)
-        print(f"{'':<34} gateway CPU per request: {g['cpu_ms_per_req']:.3f} ms")
+        print(f"\n== concurrency 1, {n} requests each (after 200 warm-up), paired: each iteration calls the stub "
+              "directly and through the gateway, alternating which goes first, so both see the same machine")
 
+        def paired(label: str, path: str, body: dict, gw_body: dict, stream: bool = False) -> dict:
+            result = run_load({"url": stub_url + path, "body": body, "pair": {"url": gw_url + path, "body": gw_body},
+                               "concurrency": 1, "requests": n, "warmup": 200, "stream": stream}, gateway.pid)
+            d = summary({**result, "cpu_s": None})
+            g = summary({"latencies": result["pair_latencies"], "elapsed": result["elapsed"], "errors": 0,
+                         "cpu_s": result["cpu_s"]})
+            fig = compare(label, d, g, 1.0, 3.0)
+            print(f"{'':<34} gateway CPU per request: {g['cpu_ms_per_req']:.3f} ms; errors {result['errors']}")
+            return fig
+
+        figures["c1_ollama"] = paired("non-streaming /api/chat", "/api/chat", CHAT, CHAT)
         stream_body = {**CHAT, "stream": True}
-        d = summary(run_load({"url": stub_url + "/api/chat", "body": stream_body, "concurrency": 1, "requests": n,
-                              "warmup": 200, "stream": True}))
-        g = summary(run_load({"url": gw_url + "/api/chat", "body": stream_body, "concurrency": 1, "requests": n,
-                              "warmup": 200, "stream": True}, gateway.pid))
-        figures["c1_ollama_stream_ttft"] = compare("streaming /api/chat, TTFT", d, g, 1.0, 3.0)
-        print(f"{'':<34} gateway CPU per request: {g['cpu_ms_per_req']:.3f} ms")
-
-        d = summary(run_load({"url": stub_url + "/v1/chat/completions", "body": OPENAI, "concurrency": 1,
-                              "requests": n, "warmup": 200}))
-        g = summary(run_load({"url": gw_url + "/v1/chat/completions", "body": {**OPENAI, "model": "ostub"},
-                              "concurrency": 1, "requests": n, "warmup": 200}, gateway.pid))
-        figures["c1_openai"] = compare("non-streaming /v1/chat/completions", d, g, 1.0, 3.0)
-        direct_openai_c1 = d
+        figures["c1_ollama_stream_ttft"] = paired("streaming /api/chat, TTFT", "/api/chat", stream_body, stream_body,
+                                                  stream=True)
+        figures["c1_openai"] = paired("non-streaming /v1/chat/completions", "/v1/chat/completions", OPENAI,
+                                      {**OPENAI, "model": "ostub"})
+        direct_openai_c1 = figures["c1_openai"]["direct"]
 
         print(f"\n== throughput, {args.seconds:g} s per level, Ollama /api/chat non-streaming")
         for c in (4, 16):

@@ -123,7 +123,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
-        lifespan="on", log_level="warning", access_log=False,
+        lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
     )
     server = uvicorn.Server(config)
