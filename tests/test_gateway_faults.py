@@ -221,3 +221,15 @@ def test_serve_listens_where_ollama_host_says(tmp_path, stub):
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_busy_port_is_a_one_line_error(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "LMGAUGE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run([sys.executable, "-m", "lmgauge", "serve", "--port", str(taken.getsockname()[1])],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "cannot listen on" in out.stderr and "Traceback" not in out.stderr

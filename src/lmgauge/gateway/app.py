@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import socket
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..client import Client
 from ..config import Settings
+from ..errors import EngineUnavailableError
 from .core import Gateway
 from .env import BindAddress, serve_settings
 from .http import UnauthorizedError, json_response, ollama_error, openai_error
@@ -127,9 +129,26 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
     )
     server = uvicorn.Server(config)
+    sock = _listen(bind)  # bind first: a busy port is a one-line error, not a uvicorn log
     if on_ready is not None:
         on_ready(bind)
-    server.run()
+    server.run(sockets=[sock])
+
+
+def _listen(bind: BindAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind.host, bind.port))
+    except OSError as exc:
+        sock.close()
+        raise EngineUnavailableError(
+            f"cannot listen on {bind.host}:{bind.port}: {exc.strerror or exc} (is Ollama or another gateway "
+            "running there? choose another with --port or OLLAMA_HOST)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _best(module: str, fallback: str) -> str:
