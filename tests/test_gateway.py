@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_server import GatewayServer, ollama_stub, openai_stub
+from gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.store import Store
 
@@ -402,3 +402,42 @@ def test_client_gone_mid_stream_cancels_and_frees_the_slot(server):
     server.wait_logged(before + 1)
     row = Store(server.settings.db_path).requests(model="smollm2", limit=1)[0]
     assert row["status"] == "cancel" and (row["output_tokens"] or 0) < 400
+
+
+def test_router_and_cache_hooks_drive_requests(tmp_path):
+    """The hooks routing.py and cache.py will fill: `auto` asks the router; a cache hit is replayed
+    without touching the backend, and counted."""
+    from lmgauge.types import Result, Timings
+
+    class Router:
+        def choose(self, request):
+            return "stub"
+
+    class Cache:
+        def __init__(self):
+            self.store = {}
+
+        def get(self, model, request):
+            return self.store.get(request.messages[-1].content)
+
+        def put(self, model, request, result):
+            self.store[request.messages[-1].content] = Result(model, result.content, "stop",
+                                                              Timings(prompt_tokens=1, output_tokens=2))
+
+    stub = ollama_stub()
+    try:
+        settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=[UpstreamSettings(model="stub",
+                                                                                             urls=[stub.url])]))
+        with GatewayServer(settings) as srv:
+            srv.gateway.router, srv.gateway.cache = Router(), Cache()
+            body = {"model": "auto", "messages": [{"role": "user", "content": "same question"}], "stream": False}
+            first = httpx.post(srv.url + "/api/chat", json=body, timeout=30).json()
+            second = httpx.post(srv.url + "/api/chat", json=body, timeout=30).json()
+            assert first["message"]["content"] == second["message"]["content"] == REPLY
+            assert len([r for r in stub.requests if r.path == "/api/chat"]) == 1  # the second came from the cache
+            assert 'lmgauge_cache_hits_total{model="stub"} 1.0' in httpx.get(srv.url + "/metrics").text
+            srv.wait_logged(2)
+            rows = Store(settings.db_path).requests(limit=2)
+            assert [r["cache_hit"] for r in rows] == [1, 0] and rows[0]["model"] == "auto"
+    finally:
+        stub.stop()

@@ -193,3 +193,4 @@ def test_openai_fields_become_ollama_options():
 def test_non_finite_option_is_refused():
     with pytest.raises(InvalidOptionError):
         parse_options({"temperature": float("inf")})
+

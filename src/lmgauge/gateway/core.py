@@ -95,8 +95,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self.monitor, self.gauges)
         self.log = LogWriter(Store(settings.db_path)) if gw.log_requests else None
         self.upstreams: dict[str, UpstreamPool] = {}
-        self.router: Router | None = None  # set by routing.py's integration
-        self.cache: ResponseCache | None = None  # set by cache.py's integration
+        self.router: Router | None = _hook("routing", "gateway_router", settings, self.client)
+        self.cache: ResponseCache | None = _hook("cache", "gateway_cache", settings, self.client)
         self.compactor = guard.find_compactor()
         self._engines: dict[tuple[str, str, str | None], EngineBackend] = {}
         self._resolved: dict[str, tuple[float, Backend]] = {}
@@ -446,6 +446,20 @@ class Gateway:
             "timeline": self.monitor.timeline(bucket_s=2.0),
             "samples": [{k: getattr(s, k) for k in Sample.__slots__} for s in recent],
         }
+
+
+def _hook(module: str, factory: str, settings: Settings, client: Client) -> Any:
+    """The routing / cache modules plug in by defining `gateway_router(settings, client)` /
+    `gateway_cache(settings, client)` (returning None when not configured). Until they exist,
+    the gateway runs without them."""
+    import importlib
+
+    try:
+        found = importlib.import_module(f"lmgauge.{module}")
+    except ImportError:
+        return None
+    make = getattr(found, factory, None)
+    return make(settings, client) if make is not None else None
 
 
 async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
