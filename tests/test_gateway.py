@@ -36,7 +36,7 @@ def stubs():
 def server(tmp_path_factory, stubs):
     home = tmp_path_factory.mktemp("gateway-home")
     a, b, o = stubs
-    settings = Settings(home=home, keep_alive=-1, aliases={"llama3.2:1b": "smollm2"}, gateway=GatewaySettings(
+    settings = Settings(home=home, keep_alive=-1, aliases={"llama3.2:1b": "smollm2", "big": "stub"}, gateway=GatewaySettings(
         upstreams=[UpstreamSettings(model="stub", urls=[a.url, b.url], num_ctx=64),
                    UpstreamSettings(model="ostub", kind="openai", target="stub", urls=[o.base_url])]))
     with GatewayServer(settings) as srv:
@@ -167,6 +167,8 @@ def test_raw_generate_and_upstream_generate(http):
     assert r["response"] and r["prompt_eval_count"] >= 5
     r = http.post("/api/generate", json={"model": "stub", "prompt": "x", "stream": False, "options": {"num_predict": 2}})
     assert r.json()["response"] == "The sky"
+    r = http.post("/api/generate", json={"model": "big", "prompt": "x", "stream": False, "options": {"num_predict": 2}})
+    assert r.json()["response"] == "The sky" and r.json()["model"] == "big"  # an alias of an upstream model
 
 
 # --- errors, in each API's shape --------------------------------------------------------------------
