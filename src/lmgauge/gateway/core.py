@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
 import math
 import time
@@ -60,7 +61,8 @@ class Router(Protocol):
 
 
 class ResponseCache(Protocol):
-    """Hook for cache.py: a stored answer for a request, and storing new ones."""
+    """Hook for cache.py: a stored answer for a request, and storing new ones. Called on the event
+    loop: either fast plain functions or coroutines (for a network store such as Redis)."""
 
     def get(self, model: str, request: Request) -> Result | None: ...
 
@@ -254,7 +256,7 @@ class Gateway:
         status, error, result = "cancel", None, None
         cache_hit = False
         try:
-            cached = self.cache.get(p.model, p.request) if self.cache is not None else None
+            cached = await _maybe_await(self.cache.get(p.model, p.request)) if self.cache is not None else None
             if cached is not None:
                 cache_hit = True
                 chunks: AsyncIterator[Chunk] = _replay(cached)
@@ -280,7 +282,7 @@ class Gateway:
                         self._stamp(p, result, first_ns)
                         status = "ok"
                         if self.cache is not None and not cache_hit:
-                            self.cache.put(p.model, p.request, result)
+                            await _maybe_await(self.cache.put(p.model, p.request, result))
                     yield chunk
                     if chunk.done:
                         return
@@ -446,6 +448,11 @@ class Gateway:
             "timeline": self.monitor.timeline(bucket_s=2.0),
             "samples": [{k: getattr(s, k) for k in Sample.__slots__} for s in recent],
         }
+
+
+async def _maybe_await(value: Any) -> Any:
+    """Cache hooks may be plain functions (an in-process lookup) or coroutines (a network store)."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def _hook(module: str, factory: str, settings: Settings, client: Client) -> Any:
