@@ -321,8 +321,9 @@ async def root_get(request: Request) -> Response:
     return PlainTextResponse("Ollama is running")
 
 
-# Plain Starlette routes, not FastAPI APIRoutes: the handlers parse their own bodies, and
-# skipping FastAPI's per-request dependency solving is measurably cheaper on the hot path.
+# Plain Starlette routes, not FastAPI APIRoutes: the handlers parse their own bodies, and skipping
+# FastAPI's per-request dependency solving saves CPU on the hot path (measured at concurrency 16:
+# 0.56-0.57 vs 0.63-0.69 ms of gateway CPU per request).
 router.add_route("/api/generate", api_generate, methods=["POST"])
 router.add_route("/api/chat", api_chat, methods=["POST"])
 router.add_route("/api/embed", api_embed, methods=["POST"])

@@ -276,8 +276,9 @@ def new_request_id(kind: str = "chat") -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-# Plain Starlette routes, not FastAPI APIRoutes: the handlers parse their own bodies, and
-# skipping FastAPI's per-request dependency solving is measurably cheaper on the hot path.
+# Plain Starlette routes, not FastAPI APIRoutes: the handlers parse their own bodies, and skipping
+# FastAPI's per-request dependency solving saves CPU on the hot path (measured at concurrency 16:
+# 0.56-0.57 vs 0.63-0.69 ms of gateway CPU per request).
 router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 router.add_route("/v1/completions", completions, methods=["POST"])
 router.add_route("/v1/embeddings", embeddings, methods=["POST"])
