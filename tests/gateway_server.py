@@ -23,7 +23,7 @@ class GatewayServer:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.port = free_port()
-        self.app = create_app(settings)
+        self.app = create_app(settings, own_url=f"http://127.0.0.1:{self.port}")
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)

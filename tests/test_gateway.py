@@ -443,3 +443,11 @@ def test_router_and_cache_hooks_drive_requests(tmp_path):
             assert [r["cache_hit"] for r in rows] == [1, 0] and rows[0]["model"] == "auto"
     finally:
         stub.stop()
+
+
+def test_an_ollama_engine_address_that_is_the_gateway_itself_is_refused(tmp_path):
+    settings = Settings(home=tmp_path)
+    with GatewayServer(settings) as srv:
+        srv.settings.ollama_host = srv.url  # e.g. OLLAMA_HOST taken for both meanings
+        r = httpx.post(srv.url + "/api/chat", json={"model": "ollama:llama3.2", "messages": []}, timeout=10)
+        assert r.status_code == 502 and "this gateway itself" in r.json()["error"]

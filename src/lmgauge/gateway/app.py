@@ -38,8 +38,8 @@ from .openai_api import router as openai_router
 log = logging.getLogger("lmgauge.gateway")
 
 
-def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
-    gateway = Gateway(settings, client)
+def create_app(settings: Settings, client: Client | None = None, own_url: str | None = None) -> FastAPI:
+    gateway = Gateway(settings, client, own_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,7 +122,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
 
     if settings is None or bind is None:
         settings, bind = serve_settings(host, port)
-    app = create_app(settings)
+    app = create_app(settings, own_url=bind.url)
     config = uvicorn.Config(
         app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
         lifespan="on", log_level="warning", access_log=False, proxy_headers=False,

@@ -34,6 +34,7 @@ from ..errors import (
     ContextOverflowError,
     EngineBusyError,
     EngineError,
+    EngineUnavailableError,
     InvalidOptionError,
     LmgaugeError,
     RequestTimeoutError,
@@ -89,8 +90,9 @@ class Prepared:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, client: Client | None = None):
+    def __init__(self, settings: Settings, client: Client | None = None, own_url: str | None = None):
         self.settings = settings
+        self.own_url = own_url  # where this gateway listens: never a backend of itself
         self.client = client or Client(settings)
         gw = settings.gateway
         self.monitor = Monitor(max_samples=gw.monitor_samples, window_s=gw.monitor_seconds)
@@ -154,6 +156,10 @@ class Gateway:
     # --- model resolution ------------------------------------------------------------------------
     def _engine_backend(self, name: str) -> EngineBackend:
         ref = self.client.resolve(name)
+        if ref.engine != "llamacpp" and self.own_url and ref.url and ref.url.rstrip("/").startswith(self.own_url):
+            raise EngineUnavailableError(
+                f"{name} would be served by {ref.url}, which is this gateway itself; set ollama_host in the "
+                "config file or LMGAUGE_OLLAMA_HOST to the real Ollama server")
         key = (ref.engine, ref.target, ref.url)
         if key not in self._engines:
             self._engines[key] = EngineBackend(self.client, ref)
@@ -196,8 +202,7 @@ class Gateway:
         try:
             if name == "auto":
                 if self.router is None:
-                    raise UnknownModelError("auto", hint=" (`auto` routes to a model once routing is configured; "
-                                            "see docs/routing.md)")
+                    raise UnknownModelError("auto", hint=" (`auto` picks a model once routing is configured)")
                 name = self.router.choose(request)
             cached = self._resolved.get(name)
             if cached and cached[0] > time.monotonic():
