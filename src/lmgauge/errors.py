@@ -83,3 +83,9 @@ class RequestCancelled(LmgaugeError):
     """The caller cancelled the request (client disconnect, Ctrl-C)."""
 
     http_status = 499
+
+
+class RequestTimeoutError(LmgaugeError, TimeoutError):
+    """A request took longer than its configured timeout (first token or total)."""
+
+    http_status = 504

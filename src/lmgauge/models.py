@@ -72,7 +72,10 @@ def _resolve_plain(name: str, settings: Settings) -> ModelRef:
         url = normalize_host(url, default_port=80) + _url_path(url)
         return ModelRef(name, "openai", target, f"OpenAI-compatible server at {url}", url)
 
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~user" naming no user: not a path, maybe still a model name
+        path = Path(name)
     if name.lower().endswith(".gguf") or path.is_file():
         if not path.is_file():
             raise UnknownModelError(name, hint=" (no such file)")

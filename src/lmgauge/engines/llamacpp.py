@@ -439,6 +439,11 @@ class LlamaCppEngine:
         template = make_template(inspect_gguf(model), vocab)
         return prompt_tokens(vocab, template, template.render(messages, tools))
 
+    def prompt_tokens(self, model: str, text: str) -> list[int]:
+        """The exact tokens a raw (untemplated) prompt evaluates, BOS included when the model wants it."""
+        vocab = self._vocab(model)
+        return prompt_tokens(vocab, make_template(inspect_gguf(model), vocab), text)
+
     def info(self, model: str) -> ModelInfo:
         gguf_info = inspect_gguf(model)
         details = gguf_info.summary()
