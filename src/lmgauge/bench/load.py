@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -244,20 +245,19 @@ class _Level:
 
     def open_loop(self, rate: float) -> None:
         """Poisson arrivals at `rate` per second (seeded: the same schedule on every run)."""
-        rng = random.Random(self.config.seed)
         pool = ThreadPoolExecutor(max_workers=self.config.max_in_flight, thread_name_prefix="lmgauge-load")
         futures = []
         try:
-            at, index = self.t0, 0
-            while self.config.requests is None or index < self.config.requests:
-                at += rng.expovariate(rate)
+            for index, offset in enumerate(poisson_arrivals(rate, self.config.seed)):
+                at = self.t0 + offset
+                if self.config.requests is not None and index >= self.config.requests:
+                    break
                 if self.deadline is not None and at >= self.deadline:
                     break
                 delay = at - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 futures.append(pool.submit(self.send, index, at))
-                index += 1
             while not all(f.done() for f in futures):
                 self._cancel_if_overdue()
                 time.sleep(0.05)
@@ -270,6 +270,16 @@ class _Level:
     def _cancel_if_overdue(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline + self.config.grace_s:
             self.cancel.set()
+
+
+def poisson_arrivals(rate: float, seed: int) -> Iterator[float]:
+    """Arrival times (seconds from the start) of a Poisson process: independent exponential
+    gaps with mean 1/rate, from a seeded generator, so every run offers the same schedule."""
+    rng = random.Random(seed)
+    at = 0.0
+    while True:
+        at += rng.expovariate(rate)
+        yield at
 
 
 # --- analysis ------------------------------------------------------------------------------------

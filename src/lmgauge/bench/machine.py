@@ -182,6 +182,8 @@ def engine_version(ref: ModelRef, timeout: float = 5.0) -> str | None:
     `Server` header (vLLM and llama-server have no common version endpoint)."""
     if ref.engine == "llamacpp":
         return f"llama-cpp-python {_version('llama-cpp-python')} ({llama_system_info()})"
+    if not ref.url:
+        return None
     import httpx
 
     try:
