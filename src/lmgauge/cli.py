@@ -343,7 +343,12 @@ PromptsFlag = Annotated[str | None, typer.Option(
     "(prefill-heavy); or a file: .txt (one prompt per line), .json/.jsonl ({name, prompt|messages, num_predict}).")]
 SeedFlag = Annotated[int, typer.Option(help="Sampling seed (temperature is 0 unless -o temperature=... ).")]
 ParallelFlag = Annotated[int | None, typer.Option(
-    min=1, help="Embedded engine: sequences decoded together in one batch (default: settings.parallel).")]
+    help="Embedded engine: sequences decoded together in one batch (default: settings.parallel).")]
+
+
+def _check_parallel(parallel: int | None) -> None:
+    if parallel is not None and parallel < 1:
+        raise InvalidOptionError(f"--parallel must be at least 1 (got {parallel})")
 
 
 def _run_measured(kind: str, runner: Any, client: Client, config: Any, outputs: list[Path], json_out: bool) -> None:
@@ -423,6 +428,7 @@ def bench(
     from .bench.runner import BenchConfig, SweepConfig, parse_token_counts, run_bench, run_sweep
 
     options = parse_options(option)
+    _check_parallel(parallel)
     with Client(parallel=parallel) as client:
         if ctx_sweep:
             if len(models) != 1:
@@ -470,6 +476,7 @@ def load(
 
     if concurrency and rate:
         raise InvalidOptionError("give either --concurrency (closed loop) or --rate (open loop), not both")
+    _check_parallel(parallel)
     overrides: dict[str, Any] = {"parallel": parallel}
     name = target
     if target.startswith(("http://", "https://")):
@@ -521,8 +528,7 @@ def report(
 def compare(
     run_a: Annotated[str, typer.Argument(help="The baseline run (id, prefix, latest~1, ...).")],
     run_b: Annotated[str, typer.Argument(help="The run compared with it.")],
-    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level of the "
-                                         "Mann-Whitney U test.")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Significance level of the Mann-Whitney U test.")] = 0.05,
     json_out: JsonFlag = False,
 ) -> None:
     """Per metric, B's change against A and whether it is significant (Mann-Whitney U, bootstrap CI)."""
@@ -532,6 +538,8 @@ def compare(
     from .config import load_settings
     from .store import Store
 
+    if not 0 < alpha < 1:
+        raise InvalidOptionError(f"--alpha must be between 0 and 1, e.g. 0.05 (got {alpha})")
     runs = RunStore(Store(load_settings().db_path))
     a, b = runs.load(run_a), runs.load(run_b)
     rows = compare_runs(a, b, alpha=alpha)
@@ -555,7 +563,7 @@ def compare(
 
 @app.command()
 def runs(
-    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     kind: Annotated[str | None, typer.Option(help="Only bench, sweep or load runs.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -566,6 +574,8 @@ def runs(
     from .config import load_settings
     from .store import Store
 
+    if limit < 1:
+        raise InvalidOptionError("--limit must be at least 1")
     if kind not in (None, "bench", "sweep", "load"):
         raise InvalidOptionError(f"--kind must be bench, sweep or load, not {kind!r}")
     rows = RunStore(Store(load_settings().db_path)).list(limit=limit, kind=kind)

@@ -359,21 +359,27 @@ def resolve_url_target(url: str, model: str | None, timeout: float = 10.0) -> tu
     from ..errors import EngineUnavailableError
 
     base = url.rstrip("/")
-    try:
-        if not base.endswith("/v1"):
-            response = httpx.get(f"{base}/api/tags", timeout=timeout)
-            if response.status_code == 200 and "models" in response.json():
-                names = [m.get("name") or m.get("model") for m in response.json()["models"]]
-                return f"ollama:{_pick(model, names, url)}", {"ollama_host": base}
-        api = base if base.endswith("/v1") else f"{base}/v1"
-        response = httpx.get(f"{api}/models", timeout=timeout)
-        if response.status_code == 200 and "data" in response.json():
-            names = [m.get("id") for m in response.json()["data"]]
-            return f"openai:{_pick(model, names, url)}@{api}", {}
-    except httpx.HTTPError as exc:
-        raise EngineUnavailableError(f"cannot reach {url}: {exc}") from None
-    except ValueError:
-        pass
+
+    def listing(endpoint: str, key: str) -> list[dict[str, Any]] | None:
+        try:
+            response = httpx.get(endpoint, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise EngineUnavailableError(f"cannot reach {url}: {exc}") from None
+        try:
+            data = response.json() if response.status_code == 200 else None
+        except ValueError:
+            return None
+        return data.get(key) if isinstance(data, dict) and isinstance(data.get(key), list) else None
+
+    if not base.endswith("/v1"):
+        models = listing(f"{base}/api/tags", "models")
+        if models is not None:
+            names = [m.get("name") or m.get("model") for m in models]
+            return f"ollama:{_pick(model, names, url)}", {"ollama_host": base}
+    api = base if base.endswith("/v1") else f"{base}/v1"
+    models = listing(f"{api}/models", "data")
+    if models is not None:
+        return f"openai:{_pick(model, [m.get('id') for m in models], url)}@{api}", {}
     raise EngineUnavailableError(f"{url} answers neither /api/tags (Ollama) nor /v1/models (OpenAI-compatible)")
 
 

@@ -377,7 +377,7 @@ def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
     Options.from_dict(options)
     config.num_ctx = window
     count = token_counter(client, ref)
-    prompts = {n: sized_prompt(n, count, nonce=uuid.uuid4().hex[:8])[0] for n in config.points}
+    sized_prompt(largest, count, nonce="probe")  # the model can fill the largest point, or fail now
     run = Run(id=Run.new_id(), kind="sweep", config=config.to_dict(), machine=describe_machine())
     recorder = Recorder(run, runs, on_sample)
     total = config.warmup + config.reps * len(config.points)
@@ -391,7 +391,7 @@ def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
             if progress:
                 progress(f"{config.model} · {n} tokens · " + ("warmup" if rep < 0 else f"rep {rep + 1}"), done, total)
             done += 1
-            messages = _renonce(prompts[n])
+            messages, _ = sized_prompt(n, count, nonce=nonce(False))  # exact length with this request's nonce
             sample, _ = measure(client, messages, options, run_id=run.id, seq=0, model=config.model,
                                 prompt=f"ctx-{n}", rep=rep, ctx=n, t_start_s=time.time() - run.started)
             sample.engine_rss_bytes = proc.rss()
@@ -408,13 +408,6 @@ def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
     if runs is not None:
         runs.finish(run)
     return run
-
-
-def _renonce(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The same prompt with a fresh nonce (same length: 8 hex digits) for every request."""
-    out = [dict(m) for m in messages]
-    out[0]["content"] = f"[{uuid.uuid4().hex[:8]}]" + out[0]["content"].split("]", 1)[1]
-    return out
 
 
 def _round_up(n: int, step: int) -> int:
