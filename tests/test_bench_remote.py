@@ -82,3 +82,16 @@ def test_remote_server_elsewhere_has_unknown_memory():
 
     proc = engine_process(ModelRef("m", "openai", "m", "x", url="http://192.0.2.1:8000/v1"))
     assert proc.pid is None and proc.rss() is None and "unknown" in proc.label
+
+
+def test_a_server_without_token_counts_is_measured_in_streamed_chunks(start_standin, runs):
+    server = start_standin(OpenAIStandin, reply="a b c d e", token_delay=0.002, usage=False, flavor="plain")
+    name = f"openai:standin-model@{server.base_url}"
+    with Client() as client:
+        run = run_bench(client, BenchConfig(models=[name], prompts=load_prompts("short"), reps=2), runs)
+    from lmgauge.bench.report import tables
+
+    for s in run.samples:
+        assert s.status == "ok" and s.tokens_from == "chunks" and s.output_tokens == 5
+        assert s.tpot_ms == pytest.approx((s.e2e_ms - s.ttft_ms) / 4) and s.prompt_tokens is None
+    assert any("no token counts" in note for t in tables(run) for note in t.notes)

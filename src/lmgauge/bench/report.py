@@ -201,6 +201,9 @@ def _errors(g: dict[str, Any]) -> str:
 
 def _status_notes(run: Run) -> list[str]:
     notes = []
+    if any(s.tokens_from == "chunks" for s in run.samples):
+        notes.append("The server reported no token counts: output tokens are the streamed chunks (one token each "
+                     "on llama.cpp servers), and prompt tokens are unknown.")
     if run.status == "interrupted":
         notes.append(f"INTERRUPTED: partial results ({len(run.samples)} requests measured before Ctrl-C).")
     errors = [s for s in run.samples if s.status == "error"]
@@ -298,20 +301,28 @@ def load_findings(a: dict[str, Any]) -> list[str]:
 
 def memory_table(run: Run) -> TableData:
     t = TableData("Memory: the engine process, measured, beside the sizing estimate",
-                  ["model", "engine process", "RSS", "peak RSS", "growth since before load", "estimate",
-                   "num_ctx", "load ms"])
+                  ["model", "engine process", "RSS", "peak RSS", "RSS growth", "estimate", "num_ctx", "load ms"])
+    kinds = set()
     for name, info in run.models.items():
         mem = info.get("memory") or {}
         est = info.get("estimate") or {}
+        kinds.add("embedded" if info.get("engine") == "llamacpp" else "local" if mem.get("pid") else "unknown")
         t.rows.append([
             name, mem.get("process", "unknown"), fmt_bytes(mem.get("rss_bytes")), fmt_bytes(mem.get("peak_rss_bytes")),
             fmt_bytes(mem.get("rss_growth_bytes")) if mem.get("rss_growth_bytes") is not None else "-",
             fmt_bytes(est.get("total_bytes")) if est else "-", str(info.get("num_ctx") or "-"),
             fmt_ms(info.get("load_ms")),
         ])
-    t.notes.append("RSS is the engine process's resident memory (the embedded engine runs in this process, "
-                   "so it includes Python); the growth since before the model was loaded is the model's share, "
-                   "comparable with the estimate (weights + KV cache + buffers).")
+    if "embedded" in kinds:
+        t.notes.append("Embedded engine: it runs in this process, so RSS includes Python; the growth from before the "
+                       "model was loaded to the end of the run is the model's share, comparable with the estimate "
+                       "(weights + KV cache + buffers, `lmgauge size`).")
+    if "local" in kinds:
+        t.notes.append("Local server: the RSS of the process listening on its port, children included (Ollama runs "
+                       "models in child processes); growth is during the run (it may have loaded the model before).")
+    if "unknown" in kinds:
+        t.notes.append("unknown: the server is not on this machine (or its process is not visible), so its memory "
+                       "cannot be measured; the client's own memory is never reported in its place.")
     return t
 
 

@@ -24,7 +24,7 @@ from ..errors import InvalidOptionError
 from ..models import file_sha256
 from ..store import Store
 from ..types import Result
-from .metrics import Summary, pooled_itl, summarize
+from .metrics import Summary, pooled_itl, summarize, tpot_ms
 
 SCHEMA_VERSION = 1
 
@@ -98,6 +98,7 @@ class Sample:
     load_ms: float | None = None
     engine_rss_bytes: int | None = None
     queue_delay_ms: float | None = None  # load, open loop: scheduled arrival -> actually sent
+    tokens_from: str = "engine"  # engine: the engine's counts; chunks: a server that reports none
     itl_ms: list[float] = field(default_factory=list)
 
     @classmethod
@@ -106,10 +107,19 @@ class Sample:
         engine_tpot = None
         if t.eval_ns and t.output_tokens >= 2:
             engine_tpot = t.eval_ns / 1e6 / (t.output_tokens - 1)
+        output_tokens, tokens_from = t.output_tokens, "engine"
+        if not output_tokens and t.chunk_ns:
+            # A server that streams without token counts (llama-cpp-python's server ignores
+            # stream_options.include_usage): count the streamed chunks, one token each on llama.cpp
+            # servers, and say so, rather than report no TPOT at all.
+            output_tokens, tokens_from = len(t.chunk_ns), "chunks"
+        tpot = None
+        if t.ttft_ms is not None and t.e2e_ms is not None:
+            tpot = tpot_ms(t.ttft_ms, t.e2e_ms, output_tokens)
         return cls(
-            **kw, done_reason=result.done_reason, ttft_ms=t.ttft_ms, tpot_ms=t.tpot_ms, e2e_ms=t.e2e_ms,
-            prompt_tokens=t.prompt_tokens, cached_tokens=t.cached_tokens, output_tokens=t.output_tokens,
-            prefill_tps=t.prefill_tps, decode_tps=t.decode_tps,
+            **kw, done_reason=result.done_reason, ttft_ms=t.ttft_ms, tpot_ms=tpot, e2e_ms=t.e2e_ms,
+            prompt_tokens=t.prompt_tokens or None, cached_tokens=t.cached_tokens, output_tokens=output_tokens,
+            tokens_from=tokens_from, prefill_tps=t.prefill_tps, decode_tps=t.decode_tps,
             engine_prefill_ms=None if t.prompt_eval_ns is None else t.prompt_eval_ns / 1e6,
             engine_decode_ms=None if t.eval_ns is None else t.eval_ns / 1e6,
             engine_tpot_ms=engine_tpot, load_ms=t.load_ns / 1e6, itl_ms=t.itl_ms,
