@@ -246,9 +246,10 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
             f"{fit['c'] * 1e6:.4f} ms per 1M token pairs x n² (R² {fit['r2']:.3f}, {fit['n']} samples)"
         )
         if at["quadratic_share"] is not None:
-            notes.append(f"at {at['tokens']:.0f} tokens the n² term is {at['quadratic_share']:.0%} of the "
-                         f"{which} time; measured scaling exponent {fit['exponent']:.2f} "
-                         "(1 = linear, 2 = quadratic)" if fit["exponent"] is not None else "")
+            notes.append(f"at {at['tokens']:.0f} tokens the n² term is {at['quadratic_share']:.0%} of the {which} time")
+        if fit["exponent"] is not None:
+            notes.append(f"measured scaling exponent {fit['exponent']:.2f} (slope of log time over log tokens: "
+                         "1 = linear, 2 = quadratic)")
     theory = a.get("theory", {})
     if theory.get("c_measured_over_theory") is not None:
         notes.append(
@@ -260,7 +261,7 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
     if d:
         notes.append(f"decode: {d['ms_per_token_at_0']:.2f} ms per token at an empty context, "
                      f"+{d['ms_per_token_per_1k_ctx']:.3f} ms per token for every 1k tokens of context")
-    return [n for n in notes if n]
+    return notes
 
 
 def _load_tables(run: Run) -> list[TableData]:
