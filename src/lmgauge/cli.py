@@ -585,7 +585,12 @@ def runs(
     if not rows:
         err.print("no stored runs yet; `lmgauge bench smollm2` makes one")
         return
-    table = Table("id", "kind", "status", "started", "models", "requests", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True)  # ids are typed back into report/compare: never cut
+    for name in ("kind", "status", "started"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("models", overflow="fold")
+    table.add_column("requests", justify="right")
     for r in rows:
         table.add_row(r["id"], r["kind"], r["status"],
                       _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started"])), r["models"], str(r["samples"]))

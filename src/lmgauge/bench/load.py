@@ -95,6 +95,7 @@ class LoadConfig:
         out["prompts"] = [{"name": p.name, "kind": p.kind, "num_predict": p.num_predict} for p in self.prompts]
         out["models"] = [self.model]
         out["mode"] = self.mode
+        out["request_options"] = self.request_options(self.prompts[0])
         return out
 
 

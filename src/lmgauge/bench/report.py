@@ -23,6 +23,7 @@ import html
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -228,7 +229,8 @@ def _sweep_tables(run: Run) -> list[TableData]:
     for p in a.get("points", []):
         t.rows.append([str(p["ctx"]), fmt_num(p["prompt_tokens"], 0), fmt_ms(p["engine_prefill_ms"]),
                        fmt_ms(p["ttft_ms"]), fmt_num(p["prefill_tps"]), fmt_num(p["decode_tps"]),
-                       fmt_ms(p["tpot_ms"]), fmt_bytes(p.get("kv_bytes")), fmt_bytes(p["engine_rss_bytes"]),
+                       fmt_ms(p["tpot_ms"]), fmt_bytes(p["kv_bytes"]) if p.get("kv_bytes") else "-",
+                       fmt_bytes(p["engine_rss_bytes"]),
                        str(p["n"])])
     t.notes += sweep_findings(a)
     t.notes += _status_notes(run)
@@ -241,10 +243,8 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
     if fit:
         which = "prefill" if "prefill_fit" in a else "TTFT"
         at = fit["at_largest"]
-        notes.append(
-            f"{which} time fit: {fit['a']:.2f} ms + {fit['b'] * 1000:.3f} ms per 1k tokens x n + "
-            f"{fit['c'] * 1e6:.4f} ms per 1M token pairs x n² (R² {fit['r2']:.3f}, {fit['n']} samples)"
-        )
+        notes.append(f"{which} time fit: {fit['a']:.4g} ms + {fit['b']:.4g} ms x n + {fit['c']:.3g} ms x n² "
+                     f"(n = prompt tokens; R² {fit['r2']:.3f} over {fit['n']} samples)")
         if at["quadratic_share"] is not None:
             notes.append(f"at {at['tokens']:.0f} tokens the n² term is {at['quadratic_share']:.0%} of the {which} time")
         if fit["exponent"] is not None:
@@ -253,14 +253,14 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
     theory = a.get("theory", {})
     if theory.get("c_measured_over_theory") is not None:
         notes.append(
-            f"FLOP theory predicts an n² coefficient of {theory['c_theory'] * 1e6:.4f} ms per 1M pairs "
-            f"(attention/weights MAC ratio {theory['attention_per_linear']:.2e} per token); measured "
+            f"FLOP theory: if time followed multiply-adds, the n² coefficient would be b x "
+            f"{theory['attention_per_linear']:.3g} = {theory['c_theory']:.3g} ms; measured "
             f"{theory['c_measured_over_theory']:.2f}x that"
         )
     d = a.get("decode_fit")
     if d:
         notes.append(f"decode: {d['ms_per_token_at_0']:.2f} ms per token at an empty context, "
-                     f"+{d['ms_per_token_per_1k_ctx']:.3f} ms per token for every 1k tokens of context")
+                     f"{d['ms_per_token_per_1k_ctx']:+.3f} ms per token for every 1k tokens of context")
     return notes
 
 
@@ -352,7 +352,9 @@ def render(run: Run) -> RenderableType:
     """The run's tables for a rich console."""
     parts: list[RenderableType] = []
     for t in tables(run):
-        table = Table(*t.columns, title=t.title, title_justify="left", box=None, header_style="bold")
+        table = Table(title=t.title, title_justify="left", box=None, header_style="bold")
+        for column in t.columns:
+            table.add_column(column, overflow="fold")  # a narrow terminal wraps values, never hides them
         for row in t.rows:
             table.add_row(*row)
         parts.append(table)
@@ -646,9 +648,15 @@ details { margin-top: 1em; } summary { cursor: pointer; font-weight: 600; }
 """
 
 
+_NUMERIC = re.compile(r"^[-+~]?[\d,.]+( ?(%|ms|s|[KMG]iB|B))?( ?[(±/].*)?$")
+
+
 def _html_table(t: TableData) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in t.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{'' if _NUMERIC.match(v) else ' class=l'}>{html.escape(v)}</td>" for v in row) + "</tr>"
+        for row in t.rows
+    )
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in t.notes)
     return f"<h2>{html.escape(t.title)}</h2><div class=scroll><table><tr>{head}</tr>{body}</table></div>{notes}"
 

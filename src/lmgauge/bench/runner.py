@@ -378,7 +378,8 @@ def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
     config.num_ctx = window
     count = token_counter(client, ref)
     sized_prompt(largest, count, nonce="probe")  # the model can fill the largest point, or fail now
-    run = Run(id=Run.new_id(), kind="sweep", config=config.to_dict(), machine=describe_machine())
+    run = Run(id=Run.new_id(), kind="sweep", config={**config.to_dict(), "request_options": options},
+              machine=describe_machine())
     recorder = Recorder(run, runs, on_sample)
     total = config.warmup + config.reps * len(config.points)
     done = 0
