@@ -546,7 +546,7 @@ def compare(
     if json_out:
         out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows]})
         return
-    table = Table("group", "metric", "A p50", "B p50", "delta", "95% CI", "p", "n A/B", "", box=None,
+    table = Table("group", "metric", "A p50", "B p50", "delta", f"{1 - alpha:.0%} CI", "p", "n A/B", "", box=None,
                   title=f"B = {b.id} vs A = {a.id} (Mann-Whitney U, alpha {alpha:g}; ~ = no significant change)",
                   title_justify="left")
     for r in rows:

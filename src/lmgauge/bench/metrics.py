@@ -174,7 +174,8 @@ def compare_samples(
     a: list[float | None], b: list[float | None], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
 ) -> Comparison:
     """Is B different from A? Significant when the two-sided Mann-Whitney U test gives p < alpha
-    (rank-based: no normality assumed, robust to outliers, the test benchstat uses)."""
+    (rank-based: no normality assumed, robust to outliers, the test benchstat uses) and the
+    bootstrap CI of the delta excludes 0 (both agree, so a verdict never contradicts its CI)."""
     xa, xb = np.asarray(clean(a)), np.asarray(clean(b))
     if len(xa) == 0 or len(xb) == 0:
         return Comparison(len(xa), len(xb), None, None, None, None, None, None, False)
@@ -185,8 +186,9 @@ def compare_samples(
         from scipy.stats import mannwhitneyu  # imported here: scipy takes a while to load
 
         p = float(mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
-    lo, hi = bootstrap_delta_ci(xa, xb, n_boot=n_boot, seed=seed) if ma else (None, None)
-    return Comparison(len(xa), len(xb), ma, mb, delta, p, lo, hi, p is not None and p < alpha)
+    lo, hi = bootstrap_delta_ci(xa, xb, conf=1 - alpha, n_boot=n_boot, seed=seed) if ma else (None, None)
+    ci_excludes_zero = lo is None or hi is None or lo > 0 or hi < 0
+    return Comparison(len(xa), len(xb), ma, mb, delta, p, lo, hi, p is not None and p < alpha and ci_excludes_zero)
 
 
 def bootstrap_delta_ci(
