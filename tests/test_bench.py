@@ -394,3 +394,46 @@ def test_generated_passages_are_deterministic_prose_and_sized_prompts_hit_the_ta
         messages, n = sized_prompt(target, count, nonce="abcd1234")
         assert n == count(messages) and target - 1 <= n <= target
         assert messages[0]["content"].startswith("[abcd1234]")
+
+
+# --- sweep analysis ------------------------------------------------------------------------------
+
+
+def test_sweep_analysis_fits_the_measured_points_and_the_decode_slowdown():
+    from lmgauge.bench.results import Run, Sample
+    from lmgauge.bench.runner import analyze_sweep
+
+    run = Run(id="r", kind="sweep", config={"model": "m", "models": ["m"]})
+    for rep in range(3):
+        for n in (256, 512, 1024, 2048, 4096):
+            prefill = 2.0 + 0.5 * n + 2e-5 * n * n + rep * 0.01
+            tpot = 10 + 0.002 * n
+            run.samples.append(Sample(
+                run_id="r", seq=len(run.samples), model="m", prompt=f"ctx-{n}", rep=rep, ctx=n, prompt_tokens=n,
+                cached_tokens=0, engine_prefill_ms=prefill, ttft_ms=prefill + 1, engine_tpot_ms=tpot, tpot_ms=tpot,
+                decode_tps=1000 / tpot, prefill_tps=n / prefill * 1000, output_tokens=32,
+            ))
+    run.samples.append(Sample(run_id="r", seq=99, model="m", prompt="ctx-4096", rep=3, ctx=4096, status="error",
+                              error="boom"))
+    a = analyze_sweep(run)
+    fit = a["prefill_fit"]
+    assert fit["b"] == pytest.approx(0.5, rel=1e-3) and fit["c"] == pytest.approx(2e-5, rel=1e-2)
+    assert fit["n"] == 15 and fit["r2"] > 0.9999
+    share = 2e-5 * 4096**2 / (2 + 0.5 * 4096 + 2e-5 * 4096**2)
+    assert fit["at_largest"]["quadratic_share"] == pytest.approx(share, rel=1e-2)
+    assert [p["ctx"] for p in a["points"]] == [256, 512, 1024, 2048, 4096]
+    assert a["points"][-1]["n"] == 3  # the error row is not a measurement
+    assert a["decode_fit"]["ms_per_token_per_1k_ctx"] == pytest.approx(2.048)
+    assert a["ttft_fit"]["a"] == pytest.approx(3.01, abs=0.05)
+
+
+def test_attention_to_weights_ratio_of_a_llama_layer():
+    from types import SimpleNamespace
+
+    from lmgauge.bench.runner import attention_ratio
+
+    smollm2 = SimpleNamespace(n_embd=576, n_head=9, n_head_kv=3, head_dim_k=64, head_dim_v=64, architecture="llama",
+                              metadata={"llama.feed_forward_length": 1536})
+    # per layer: q 576x576 + k,v 2 x 576x192 + o 576x576 + ffn 3 x 576x1536 = 3,538,944 weights;
+    # attention per token pair: 9 heads x (64 + 64) / 2 = 576
+    assert attention_ratio(smollm2) == pytest.approx(576 / 3_538_944)
