@@ -23,6 +23,7 @@ from typing import Any
 from ..client import Client
 from ..errors import EngineError, InvalidOptionError, LmgaugeError, RequestCancelled
 from ..models import ModelRef, file_sha256, inspect_gguf
+from ..sizing import estimate
 from ..store import RequestRecord
 from ..types import Message, Options, Result
 from .machine import EngineProcess, describe_machine, engine_process, engine_version
@@ -208,10 +209,6 @@ def _default_threads() -> int:
 
 def memory_estimate(info: Any, num_ctx: int, kv_type: str, parallel: int) -> dict[str, Any] | None:
     """sizing.estimate for this window, as a dict (None if the model is outside its rules)."""
-    try:
-        from ..sizing import estimate
-    except ImportError:  # sizing.py not present in this build
-        return None
     try:
         return estimate(info, num_ctx, kv_type=kv_type, n_parallel=parallel).to_dict()
     except LmgaugeError:
