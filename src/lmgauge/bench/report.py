@@ -266,11 +266,12 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
 
 def _load_tables(run: Run) -> list[TableData]:
     a = run.analysis
+    open_loop = a.get("mode") == "open"
     slo = ", ".join(f"{k.removesuffix('_ms')} <= {v:g} ms" for k, v in (a.get("slo") or {}).items())
     t = TableData(
         f"Load test ({a.get('mode', '?')} loop): per level; goodput = requests/s meeting the SLO ({slo})",
         ["level", "ok/sent", "err %", "req/s", "out tok/s", "goodput", "TTFT p50/p95/p99 ms",
-         "TPOT p50/p95 ms", "ITL p95 ms", "E2E p50/p99 ms", "queue p50 ms"],
+         "TPOT p50/p95 ms", "ITL p95 ms", "E2E p50/p99 ms"] + (["send lag p50 ms"] if open_loop else []),
     )
     for lv in a.get("levels", []):
         ttft, tpot, e2e = lv["ttft_ms"], lv["tpot_ms"], lv["e2e_ms"]
@@ -279,8 +280,8 @@ def _load_tables(run: Run) -> list[TableData]:
             fmt_num(lv["throughput_rps"], 2), fmt_num(lv["output_tps"]), fmt_num(lv["goodput_rps"], 2),
             f"{fmt_ms(ttft['p50'])} / {fmt_ms(ttft['p95'])} / {fmt_ms(ttft['p99'])}",
             f"{fmt_ms(tpot['p50'])} / {fmt_ms(tpot['p95'])}", fmt_ms(lv["itl_ms"]["p95"]),
-            f"{fmt_ms(e2e['p50'])} / {fmt_ms(e2e['p99'])}", fmt_ms(lv["queue_delay_ms"]["p50"]),
-        ])
+            f"{fmt_ms(e2e['p50'])} / {fmt_ms(e2e['p99'])}",
+        ] + ([fmt_ms(lv["queue_delay_ms"]["p50"])] if open_loop else []))
     t.notes += load_findings(a)
     t.notes += _status_notes(run)
     return [t]
