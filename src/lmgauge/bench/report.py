@@ -645,7 +645,7 @@ table.kv td { text-align: left; white-space: normal; }
 .status-interrupted { color: #b35c00; font-weight: bold; } .status-complete { color: #2a7d2a; }
 img { max-width: 100%; border: 1px solid #eee; }
 details { margin-top: 1em; } summary { cursor: pointer; font-weight: 600; }
-.scroll { overflow-x: auto; max-height: 480px; }
+.scroll { overflow-x: auto; } .raw { max-height: 480px; }
 """
 
 
