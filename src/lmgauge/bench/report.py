@@ -673,7 +673,7 @@ def html_report(run: Run) -> str:
         for s in run.samples
     )
     raw = (f"<details><summary>Raw samples ({len(run.samples)} requests; every value is also in the JSON and CSV "
-           f"outputs)</summary><div class="scroll raw"><table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
+           f"outputs)</summary><div class='scroll raw'><table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
            f"{raw_rows}</table></div></details>")
     title = f"lmgauge {run.kind} {run.id}: {', '.join(run.model_names)}"
     return (
