@@ -121,7 +121,7 @@ def test_context_sweep_fills_the_context_it_names_and_fits_a_curve(tmp_path):
     for p in points:
         assert p["ctx"] - 3 <= p["prompt_tokens"] <= p["ctx"]
     fit = data["analysis"]["prefill_fit"]
-    assert fit["n"] == 4 and fit["b"] > 0
+    assert fit["n"] == 4 and {"a", "b", "c", "r2", "exponent"} <= set(fit)  # values are timings: not asserted
     assert data["analysis"]["theory"]["attention_per_linear"] == pytest.approx(576 / 3538944)
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
