@@ -3,7 +3,8 @@
   embedded      smollm2 in this process, `parallel` = the highest concurrency (continuous batching)
   llama-server  llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`) on
                 the same GGUF, started here as a subprocess on 127.0.0.1: a real local server
-                (it serves one request at a time, so concurrency only queues)
+                (it serves one request at a time, so concurrency only queues; started with
+                --interrupt_requests False, else each new request cuts off the one running)
   stand-in      tests/standins.py's OpenAI server with a fixed per-token delay: a server that scales
                 perfectly, which checks the load generator itself (throughput should grow with
                 concurrency, TPOT stay at the delay)
@@ -49,7 +50,10 @@ def free_port() -> int:
 def start_llama_server(path: str, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--model_alias", "smollm2"],
+         "--n_ctx", "2048", "--model_alias", "smollm2",
+         # By default this server cuts off the stream it is serving when a new request arrives (an
+         # empty answer for the first); a load test wants the requests queued instead.
+         "--interrupt_requests", "False"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120

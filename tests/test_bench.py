@@ -437,3 +437,17 @@ def test_attention_to_weights_ratio_of_a_llama_layer():
     # per layer: q 576x576 + k,v 2 x 576x192 + o 576x576 + ffn 3 x 576x1536 = 3,538,944 weights;
     # attention per token pair: 9 heads x (64 + 64) / 2 = 576
     assert attention_ratio(smollm2) == pytest.approx(576 / 3_538_944)
+
+
+def test_empty_answers_are_counted_and_explained(runs):
+    from lmgauge.types import Chunk, Result, Timings
+
+    class Silent(ScriptedEngine):  # answers with an immediate end of sequence
+        def _stream(self, model, prompt, num_predict):
+            yield Chunk(done=True, result=Result(model=model, content="", done_reason="stop",
+                                                 timings=Timings(prompt_tokens=3), engine=self.name))
+
+    client = ScriptedClient({"m": Silent(models=("m",))})
+    run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=3), runs)
+    assert run.analysis["levels"][0]["empty"] == 3 and run.analysis["levels"][0]["ok"] == 3
+    assert any("empty answer" in note for t in tables(run) for note in t.notes)

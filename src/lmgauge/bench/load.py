@@ -295,6 +295,7 @@ def level_summary(label: str, concurrency: int | None, rate: float | None, sampl
     entry: dict[str, Any] = {
         "level": label, "concurrency": concurrency, "rate": rate, "requests": len(samples), "ok": len(ok),
         "errors": sum(s.status == "error" for s in samples), "cancelled": sum(s.status == "cancel" for s in samples),
+        "empty": sum(not s.output_tokens for s in ok),
         "duration_s": elapsed_s,
         "throughput_rps": len(ok) / elapsed_s if elapsed_s > 0 else None,
         "output_tps": out_tokens / elapsed_s if elapsed_s > 0 else None,

@@ -207,6 +207,11 @@ def _status_notes(run: Run) -> list[str]:
                      "on llama.cpp servers), and prompt tokens are unknown.")
     if run.status == "interrupted":
         notes.append(f"INTERRUPTED: partial results ({len(run.samples)} requests measured before Ctrl-C).")
+    empty = [s for s in run.samples if s.status == "ok" and not s.output_tokens]
+    if empty:
+        notes.append(f"{len(empty)} request(s) succeeded with an empty answer (0 output tokens): an immediate "
+                     "end of sequence, or a server that cut the stream off (llama-cpp-python's server does when "
+                     "a new request arrives, unless started with --interrupt_requests False).")
     errors = [s for s in run.samples if s.status == "error"]
     if errors:
         first = errors[0]
