@@ -403,6 +403,237 @@ def log_cmd(
     out.print(table)
 
 
+# --- benchmarks (lmgauge.bench) -----------------------------------------------------------------
+
+OutputFlag = Annotated[
+    list[Path] | None,
+    typer.Option("--output", "-O", help="Write results: .json (everything, with machine and environment), "
+                 ".csv / .jsonl (one row per request), .png (plots), .html (report); a directory gets all "
+                 "five. Repeatable."),
+]
+PromptsFlag = Annotated[str | None, typer.Option(
+    "--prompts", help="Built-in set: default (short+medium+long), short/tg (decode-heavy), medium, long/pp "
+    "(prefill-heavy); or a file: .txt (one prompt per line), .json/.jsonl ({name, prompt|messages, num_predict}).")]
+SeedFlag = Annotated[int, typer.Option(help="Sampling seed (temperature is 0 unless -o temperature=... ).")]
+ParallelFlag = Annotated[int | None, typer.Option(
+    help="Embedded engine: sequences decoded together in one batch (default: settings.parallel).")]
+
+
+def _check_parallel(parallel: int | None) -> None:
+    if parallel is not None and parallel < 1:
+        raise InvalidOptionError(f"--parallel must be at least 1 (got {parallel})")
+
+
+def _run_measured(kind: str, runner: Any, client: Client, config: Any, outputs: list[Path], json_out: bool) -> None:
+    """Run a benchmark with a progress bar, stream .jsonl outputs, then print and write results.
+    Ctrl-C: what was measured is still printed, stored and written; exit code 130."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench.report import check_output_paths, render, sample_line, write_outputs
+    from .bench.results import RunStore
+    from .store import Store
+
+    check_output_paths(outputs)
+    runs = RunStore(Store(client.settings.db_path))
+    streams = [open(p, "w") for p in outputs if p.suffix.lower() == ".jsonl"]
+
+    def on_sample(sample: Any) -> None:
+        for f in streams:
+            f.write(sample_line(sample))
+            f.flush()
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(kind, total=None)
+
+            def progress(description: str, done: int, total: int) -> None:
+                bar.update(task, description=description, completed=done, total=total or None)
+
+            run = runner(client, config, runs, progress=progress, on_sample=on_sample)
+    finally:
+        for f in streams:
+            f.close()
+    rest = [p for p in outputs if p.suffix.lower() != ".jsonl"]
+    written = write_outputs(run, rest) + [p for p in outputs if p.suffix.lower() == ".jsonl"]
+    if json_out:
+        out.print_json(data=run.to_dict(), default=str)
+    else:
+        out.print(render(run))
+    for path in written:
+        err.print(f"wrote {path}")
+    err.print(f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -o report.html` "
+              "makes a report, `lmgauge compare` compares runs", markup=True)
+    if run.status == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command()
+def bench(
+    models: Annotated[list[str], typer.Argument(help="Model(s) to measure (names, .gguf paths, ollama:NAME, "
+                                                "openai:NAME@URL).")],
+    prompts: PromptsFlag = None,
+    reps: Annotated[int, typer.Option(help="Measured repetitions of every model x prompt.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Unmeasured warmup rounds first (load, caches).")] = 1,
+    num_predict: Annotated[int, typer.Option(help="Tokens to generate per request (prefill-heavy prompts "
+                                             "cap it lower).")] = 128,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context window (num_ctx); default: the engine's "
+                                            "(settings.num_ctx, capped at the model's limit).")] = None,
+    ctx_sweep: Annotated[str | None, typer.Option(
+        "--ctx-sweep", help="Instead: measure prefill, TTFT, decode speed and KV memory at these filled "
+        "context sizes, e.g. 256,512,1k,2k,4k (one model), and fit the cost curve.")] = None,
+    allow_cache: Annotated[bool, typer.Option("--allow-cache", help="Send identical prompts so the prefix "
+                                              "cache can serve them (measures its benefit). Default: every "
+                                              "request starts with a unique nonce.")] = False,
+    seed: SeedFlag = 42,
+    parallel: ParallelFlag = None,
+    option: OptionFlag = None,
+    output: OutputFlag = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Measure models: TTFT, TPOT, ITL, E2E, prefill and decode tok/s, memory; every model x prompt x rep.
+
+    Temperature 0 and a fixed seed; warmup excluded; prefix caching defeated unless --allow-cache;
+    raw samples kept. Every run is stored (see `lmgauge runs`). Ctrl-C stops early and keeps what
+    was measured.
+    """
+    from .bench.prompts import load_prompts
+    from .bench.runner import BenchConfig, SweepConfig, parse_token_counts, run_bench, run_sweep
+
+    options = parse_options(option)
+    _check_parallel(parallel)
+    with Client(parallel=parallel) as client:
+        if ctx_sweep:
+            if len(models) != 1:
+                raise InvalidOptionError("--ctx-sweep measures one model at a time")
+            sweep = SweepConfig(model=models[0], points=parse_token_counts(ctx_sweep), reps=reps, warmup=warmup,
+                                num_predict=num_predict, num_ctx=ctx, seed=seed, options=options)
+            _run_measured("context sweep", run_sweep, client, sweep, output or [], json_out)
+            return
+        config = BenchConfig(models=models, prompts=load_prompts(prompts), reps=reps, warmup=warmup,
+                             num_predict=num_predict, num_ctx=ctx, allow_cache=allow_cache, seed=seed, options=options)
+        _run_measured("bench", run_bench, client, config, output or [], json_out)
+
+
+@app.command()
+def load(
+    target: Annotated[str, typer.Argument(help="A model (as for `bench`), or a server URL: http://host:11434 "
+                                          "(Ollama) or http://host:port/v1 (OpenAI-compatible).")],
+    model: Annotated[str | None, typer.Option("--model", help="With a URL: the server's model (default: its "
+                                              "only one).")] = None,
+    concurrency: Annotated[str | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 "
+                                                    "(default 1,2,4).")] = None,
+    rate: Annotated[str | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. "
+                                             "0.5,1,2.")] = None,
+    requests: Annotated[int | None, typer.Option(help="Requests per level (default 20 unless --duration).")] = None,
+    duration: Annotated[str | None, typer.Option(help="Time per level, e.g. 30s or 2m (with --requests: "
+                                                 "whichever ends first).")] = None,
+    slo: Annotated[str, typer.Option(help="Goodput counts requests meeting all of these: ttft, tpot, e2e, itl "
+                                     "(ms or s).")] = "ttft=500ms,tpot=50ms",
+    prompts: PromptsFlag = None,
+    num_predict: Annotated[int, typer.Option(help="Tokens to generate per request.")] = 128,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context window (num_ctx).")] = None,
+    warmup: Annotated[int, typer.Option(help="Unmeasured requests first.")] = 1,
+    allow_cache: Annotated[bool, typer.Option("--allow-cache", help="Identical prompts (prefix cache hits).")] = False,
+    seed: SeedFlag = 42,
+    parallel: ParallelFlag = None,
+    option: OptionFlag = None,
+    output: OutputFlag = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Load-test a model or server: throughput, output tok/s, TTFT/TPOT/ITL/E2E percentiles, errors,
+    goodput under an SLO, and the saturation point, at each concurrency or arrival rate."""
+    from .bench.load import LoadConfig, parse_levels, parse_slo, resolve_url_target, run_load
+    from .bench.prompts import load_prompts
+    from .config import parse_duration
+
+    if concurrency and rate:
+        raise InvalidOptionError("give either --concurrency (closed loop) or --rate (open loop), not both")
+    _check_parallel(parallel)
+    overrides: dict[str, Any] = {"parallel": parallel}
+    name = target
+    if target.startswith(("http://", "https://")):
+        name, extra = resolve_url_target(target, model)
+        overrides.update(extra)
+    elif model:
+        raise InvalidOptionError("--model goes with a server URL; for a model, name it as the argument")
+    config = LoadConfig(
+        model=name, prompts=load_prompts(prompts or "short"),
+        concurrency=parse_levels(concurrency or "1,2,4", int) if not rate else None,
+        rates=parse_levels(rate, float) if rate else None, requests=requests,
+        duration_s=parse_duration(duration) if duration else None, num_predict=num_predict, num_ctx=ctx,
+        warmup=warmup, seed=seed, allow_cache=allow_cache, slo=parse_slo(slo), options=parse_options(option),
+    )
+    with Client(**overrides) as client:
+        ref = client.resolve(name)
+        top = max(config.concurrency or [1])
+        if ref.engine == "llamacpp" and client.settings.parallel < top and not rate:
+            err.print(f"note: the embedded engine decodes {client.settings.parallel} request(s) at a time; "
+                      f"the others queue. --parallel {top} batches them.")
+        _run_measured("load", run_load, client, config, output or [], json_out)
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix), `latest` or `latest~N`.")],
+    output: Annotated[list[Path] | None, typer.Option("--output", "-o", help="File(s) to write: .html, .json, "
+                                                      ".csv, .jsonl, .png, or a directory for all.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show a stored run, or write it as an HTML report (self-contained, plots embedded) or data files."""
+    from .bench.report import check_output_paths, render, write_outputs
+    from .bench.results import RunStore
+    from .config import load_settings
+    from .store import Store
+
+    check_output_paths(output or [])
+    run = RunStore(Store(load_settings().db_path)).load(run_id)
+    if output:
+        for path in write_outputs(run, output):
+            err.print(f"wrote {path}")
+    elif json_out:
+        out.print_json(data=run.to_dict(), default=str)
+    else:
+        out.print(render(run))
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="The baseline run (id, prefix, latest~1, ...).")],
+    run_b: Annotated[str, typer.Argument(help="The run compared with it.")],
+    alpha: Annotated[float, typer.Option(help="Significance level of the Mann-Whitney U test.")] = 0.05,
+    json_out: JsonFlag = False,
+) -> None:
+    """Per metric, B's change against A and whether it is significant (Mann-Whitney U, bootstrap CI)."""
+    from .bench.compare import compare_runs
+    from .bench.report import fmt_ms, fmt_num, fmt_pct
+    from .bench.results import RunStore
+    from .config import load_settings
+    from .store import Store
+
+    if not 0 < alpha < 1:
+        raise InvalidOptionError(f"--alpha must be between 0 and 1, e.g. 0.05 (got {alpha})")
+    runs = RunStore(Store(load_settings().db_path))
+    a, b = runs.load(run_a), runs.load(run_b)
+    rows = compare_runs(a, b, alpha=alpha)
+    if json_out:
+        out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows]})
+        return
+    table = Table("group", "metric", "A p50", "B p50", "delta", f"{1 - alpha:.0%} CI", "p", "n A/B", "", box=None,
+                  title=f"B = {b.id} vs A = {a.id} (Mann-Whitney U, alpha {alpha:g}; ~ = no significant change)",
+                  title_justify="left")
+    for r in rows:
+        c = r.comparison
+        fmt = fmt_num if r.metric.endswith("tps") else fmt_ms
+        style = {"better": "green", "worse": "red"}.get(r.verdict, "dim")
+        ci = f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]" if c.ci_low is not None else "-"
+        table.add_row(r.group, r.metric, fmt(c.median_a), fmt(c.median_b),
+                      ("~ " if not c.significant else "") + (f"{c.delta:+.1%}" if c.delta is not None else "-"),
+                      ci, "-" if c.p_value is None else f"{c.p_value:.3f}", f"{c.n_a}/{c.n_b}",
+                      f"[{style}]{r.verdict}[/]")
+    out.print(table)
+
+
 @app.command()
 def monitor(
     url: Annotated[str, typer.Argument(help="The gateway's address.")] = "http://127.0.0.1:11434",
@@ -449,6 +680,42 @@ def monitor(
                 live.update(mon.stats_table(stats))
         except KeyboardInterrupt:
             pass
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    kind: Annotated[str | None, typer.Option(help="Only bench, sweep or load runs.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List stored benchmark runs (for `lmgauge report` and `lmgauge compare`)."""
+    import time as _time
+
+    from .bench.results import RunStore
+    from .config import load_settings
+    from .store import Store
+
+    if limit < 1:
+        raise InvalidOptionError("--limit must be at least 1")
+    if kind not in (None, "bench", "sweep", "load"):
+        raise InvalidOptionError(f"--kind must be bench, sweep or load, not {kind!r}")
+    rows = RunStore(Store(load_settings().db_path)).list(limit=limit, kind=kind)
+    if json_out:
+        out.print_json(data=rows)
+        return
+    if not rows:
+        err.print("no stored runs yet; `lmgauge bench smollm2` makes one")
+        return
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True)  # ids are typed back into report/compare: never cut
+    for name in ("kind", "status", "started"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("models", overflow="fold")
+    table.add_column("requests", justify="right")
+    for r in rows:
+        table.add_row(r["id"], r["kind"], r["status"],
+                      _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started"])), r["models"], str(r["samples"]))
+    out.print(table)
 
 
 def main() -> None:

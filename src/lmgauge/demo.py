@@ -2,15 +2,14 @@
 
 It answers a prompt with stats, extracts JSON under a schema, measures the model for a few
 repetitions, sizes its memory against what this process really grew by, shows a conversation's
-exact token budget, and writes a small report (Markdown + JSON) that a user can keep.
+exact token budget, and writes a small report (Markdown + JSON) that a user can keep, plus
+the benchmark's HTML report (lmgauge.bench: tables and plots in one file).
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from .bench.prompts import BenchPrompt
+from .bench.report import write_outputs
+from .bench.results import Run, RunStore, summarize_run
+from .bench.runner import BenchConfig, run_bench
 from .client import Client
 from .models import inspect_gguf
 from .sizing import estimate
+from .store import Store
 from .types import Message, Timings
 
 QUESTION = "Why is the sky blue? Answer in three sentences."
@@ -32,15 +36,11 @@ EXTRACT_SCHEMA = {
     "required": ["name", "born", "city"],
 }
 GREEDY = {"temperature": 0, "seed": 42}
+DEMO_PROMPT = BenchPrompt("poem", [{"role": "user", "content": "Write a short poem about the sea."}], kind="tg")
 
 
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
-
-
-def _p(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: int = 5) -> dict[str, Any]:
@@ -79,23 +79,23 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
     console.print_json(data=parsed)
     report["structured"] = {"schema": EXTRACT_SCHEMA, "output": parsed}
 
-    # 4. A small benchmark: warmup excluded, unique prefixes so nothing is served from cache
+    # 4. A small benchmark: lmgauge bench's own runner (warmup excluded, a unique nonce per
+    # request so nothing is served from cache, every request stored as a run)
     console.rule(f"[bold]4. Measured over {reps} repetitions")
-    samples: list[Timings] = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=reps + 1)
-        for i in range(reps + 1):
-            prompt = f"[run {uuid.uuid4().hex[:8]}] Write a short poem about the sea."
-            r = client.chat(model, [Message("user", prompt)], options={**GREEDY, "num_predict": 64})
-            if i > 0:
-                samples.append(r.timings)
-            progress.advance(task)
-    bench = _summarize(samples)
+        bench_run = run_bench(
+            client, BenchConfig(models=[model], prompts=[DEMO_PROMPT], reps=reps, warmup=1, num_predict=64),
+            RunStore(Store(client.settings.db_path)),
+            progress=lambda what, done, total: progress.update(task, completed=done, description=what),
+        )
+    bench = _summarize(bench_run)
     table = Table("metric", "p50", "p90", "n", box=None)
     for name, values in bench.items():
         table.add_row(name, f"{values['p50']:.1f}", f"{values['p90']:.1f}", str(values["n"]))
     console.print(table)
     report["benchmark"] = bench
+    report["benchmark_run"] = bench_run.id
 
     # 5. Memory: the estimate before loading vs what this process really grew by
     console.rule("[bold]5. Memory: estimated vs measured")
@@ -132,8 +132,11 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out_dir / "report.md").write_text(_markdown(report))
+    write_outputs(bench_run, [out_dir / "benchmark.html"])
     console.rule("[bold]Done")
-    console.print(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.json'}")
+    console.print(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.json'}; the benchmark "
+                  f"with its plots to {out_dir / 'benchmark.html'} (run {bench_run.id}: `lmgauge report "
+                  f"{bench_run.id}`, `lmgauge compare`)")
     return report
 
 
@@ -144,20 +147,12 @@ def _stats_table(console: Console, t: Timings) -> None:
         console.print(f"[dim]{label + ':':<24}[/]{value}")
 
 
-def _summarize(samples: list[Timings]) -> dict[str, dict[str, float]]:
-    metrics = {
-        "TTFT ms": [t.ttft_ms for t in samples],
-        "TPOT ms": [t.tpot_ms for t in samples],
-        "decode tok/s": [t.decode_tps for t in samples],
-        "prefill tok/s": [t.prefill_tps for t in samples],
-        "E2E ms": [t.e2e_ms for t in samples],
-    }
-    out = {}
-    for name, values in metrics.items():
-        values = [v for v in values if v is not None]
-        if values:
-            out[name] = {"p50": statistics.median(values), "p90": _p(values, 0.9), "n": len(values)}
-    return out
+def _summarize(run: Run) -> dict[str, dict[str, float]]:
+    group = summarize_run(run)[0]["metrics"]
+    names = {"TTFT ms": "ttft_ms", "TPOT ms": "tpot_ms", "decode tok/s": "decode_tps",
+             "prefill tok/s": "prefill_tps", "E2E ms": "e2e_ms"}
+    return {label: {"p50": group[key]["p50"], "p90": group[key]["p90"], "n": group[key]["n"]}
+            for label, key in names.items() if group[key]["n"]}
 
 
 def _markdown(report: dict[str, Any]) -> str:
