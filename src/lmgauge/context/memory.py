@@ -241,7 +241,7 @@ def grounding(value: str, source: str) -> float:
 class Memory:
     """Memories and archived turns in one Store, with hybrid recall."""
 
-    def __init__(self, store: Store, embedder: Embedder | None = None, min_grounding: float = 0.5):
+    def __init__(self, store: Store, embedder: Embedder | None = None, min_grounding: float = 0.75):
         self.store = store
         self.embedder = embedder
         self.min_grounding = min_grounding
