@@ -37,7 +37,7 @@ from .compaction import CompactionResult, Summarizer, compact, compose_system, s
 from .memory import Extraction, Extractor, Memory, MemoryItem, Recalled, recall_block
 from .retrieval import DocChunk, DocIndex, docs_block
 from .tokens import ServerTokens
-from .window import Budget, ContextWindow
+from .window import Budget, ContextWindow, default_num_ctx
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -146,8 +146,15 @@ class Conversation:
         self.client = client
         self.model = model
         self.cfg = config or client.settings.context
-        self.window = window or ContextWindow.for_model(
-            client, model, num_ctx, reserve=self.cfg.reserve, alert_at=self.cfg.alert_at)
+        # The answer's reserve: num_predict when the caller caps the answer, else context.reserve
+        # (either at most a quarter of the window).
+        if window is None:
+            num_ctx = num_ctx or default_num_ctx(client, model)
+            predict = (options or {}).get("num_predict")
+            reserve = predict if isinstance(predict, int) and predict > 0 else self.cfg.reserve
+            window = ContextWindow.for_model(client, model, num_ctx, reserve=min(reserve, num_ctx // 4),
+                                             alert_at=self.cfg.alert_at)
+        self.window = window
         self.counter = self.window.counter
         self.memory = memory
         self.docs = docs

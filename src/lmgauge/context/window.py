@@ -108,16 +108,14 @@ class ContextWindow:
         on_alert: AlertHandler | None = None,
     ) -> ContextWindow:
         """The window a model runs with: `num_ctx` if given, else the engine's default (the
-        configured num_ctx, capped at the model's trained context)."""
+        configured num_ctx, capped at the model's trained context). The configured reserve is
+        capped at a quarter of the window, so that a small window (-o num_ctx=256) still works."""
         cfg = client.settings.context
         if num_ctx is None:
-            ref = client.resolve(model)
-            engine = client.engine(ref)
-            default = getattr(engine, "default_num_ctx", None)
-            num_ctx = default(ref.target) if default and ref.engine == "llamacpp" else client.settings.num_ctx
+            num_ctx = default_num_ctx(client, model)
         return cls(
             counter_for(client, model), num_ctx,
-            reserve=cfg.reserve if reserve is None else reserve,
+            reserve=min(cfg.reserve, num_ctx // 4) if reserve is None else reserve,
             alert_at=cfg.alert_at if alert_at is None else alert_at,
             on_alert=on_alert,
         )
@@ -125,6 +123,7 @@ class ContextWindow:
     @property
     def limit(self) -> int:
         return self.num_ctx - self.reserve
+
 
     def measure(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> Budget:
         """The budget of a prompt; never raises for size."""
@@ -159,3 +158,11 @@ class ContextWindow:
                     what=f"message {i + 1} ({message.role}) alone, with {self.reserve} tokens reserved "
                     f"for the answer,",
                 )
+
+
+def default_num_ctx(client: Client, model: str) -> int:
+    """The window a model gets when none is asked for (what the engine will use)."""
+    ref = client.resolve(model)
+    if ref.engine == "llamacpp":
+        return client.engine(ref).default_num_ctx(ref.target)  # type: ignore[attr-defined]
+    return client.settings.num_ctx
