@@ -212,19 +212,12 @@ class Scheduler:
                 # Take an idle slot whose own cache is least useful and copy the donor's prefix.
                 target = min((s for s in idle if s is not donor), key=lambda s: len(s.cache))
                 return target, shared, donor
-        others_idle = [s for s in idle if s is not best_idle]
         if reuse < MIN_SHARED_PREFIX:
             # Nothing worth reusing (a few template tokens at most): take the least recently used
             # slot, so an unrelated request (a memory extraction between two chat turns) does not
             # evict the cache of the conversation that will come back.
             lru = min(idle, key=lambda s: s.last_used)
             return lru, min(_common_prefix(lru.cache, job.tokens), limit), None
-        if others_idle and len(best_idle.cache) - reuse > reuse:
-            # Reusing in place would throw away more cached tokens than it saves (another request
-            # that only shares the system prompt with a conversation): copy the shared prefix
-            # into the least recently used other slot and leave the conversation's cache intact.
-            target = min(others_idle, key=lambda s: s.last_used)
-            return target, reuse, best_idle
         return best_idle, reuse, None
 
     def _drop_cancelled(self) -> None:
