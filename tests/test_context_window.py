@@ -89,3 +89,19 @@ def test_window_for_model_uses_the_engines_default_window(settings):
         window = ContextWindow.for_model(client, "smollm2")
         assert window.num_ctx == min(settings.num_ctx, 8192) and window.reserve == settings.context.reserve
         assert ContextWindow.for_model(client, "smollm2", num_ctx=1024, reserve=100).limit == 924
+
+
+def test_a_remote_model_is_counted_by_its_server_after_the_fact(settings):
+    from lmgauge.context.conversation import Conversation
+    from standins import OllamaStandin
+
+    with OllamaStandin(reply="Fine, thanks.") as server, \
+            Client(settings.model_copy(update={"ollama_host": server.url})) as client:
+        conv = Conversation(client, "ollama:standin", num_ctx=2048)
+        assert isinstance(conv.counter, ServerTokens)
+        first = conv.send("Hello, how are you?")
+        assert not first.budget.exact and first.budget.used >= first.result.timings.prompt_tokens
+        # The prompt the server counted is now known exactly; only the new turn is bounded.
+        assert conv.counter.count(first.prepared.messages) == first.result.timings.prompt_tokens
+        second = conv.prepare("And the weather?")
+        assert second.budget.used >= server.prompt_tokens({"messages": [m.to_dict() for m in second.messages]})

@@ -470,8 +470,9 @@ def chat(
                 if scripted:
                     sys.exit(1)
                 continue
-            if json_out:
-                out.print_json(data=turn.to_dict())
+            if json_out:  # one object per line (JSON Lines), so a script can read turn by turn
+                sys.stdout.write(json.dumps(turn.to_dict(), default=str) + "\n")
+                sys.stdout.flush()
             else:
                 sys.stdout.write("\n")
             _turn_report(turn, verbose)

@@ -50,6 +50,7 @@ DOCS_MIN_SIMILARITY = 0.3
 # Caps on the per-turn context, as shares of the prompt budget (see Conversation._budgets).
 MEMORY_SHARE = 0.15
 DOCS_SHARE = 0.3
+SUMMARY_SHARE = 0.15
 
 
 @dataclass
@@ -165,15 +166,17 @@ class Conversation:
         self.options = {**(options or {}), "num_ctx": self.window.num_ctx}
         self.on_alert = on_alert
         helper = self.cfg.summary_model or model
+        summary_tokens = max(16, min(self.cfg.summary_tokens, int(self.window.limit * SUMMARY_SHARE)))
         self.summarizer = (
-            Summarizer(client, helper, self.counter, self.window.num_ctx, self.cfg.summary_tokens, store)
+            Summarizer(client, helper, self.counter, self.window.num_ctx, summary_tokens, store)
             if self.cfg.strategy in ("summarize", "hybrid") else None
         )
         self.extractor = Extractor(client, helper, memory, {"num_ctx": self.window.num_ctx}) if memory and extract else None
 
         base = system if system is not None else (DEFAULT_SYSTEM if (memory or docs) else "")
         if docs is not None and self.cfg.docs_summary_tokens > 0:
-            base = (base + "\n\n" if base else "") + docs.summary(self.counter, self.cfg.docs_summary_tokens)
+            listing = min(self.cfg.docs_summary_tokens, int(self.window.limit * SUMMARY_SHARE))
+            base = (base + "\n\n" if base else "") + docs.summary(self.counter, listing)
         self.base_system = base
         self.history: list[Message] = []
         self._history_turns: list[int] = []  # the turn each history message belongs to
@@ -190,7 +193,8 @@ class Conversation:
 
     def _budgets(self) -> tuple[int, int]:
         """Tokens for recalled memory and for document excerpts per turn: the configured values,
-        each capped at a share of the prompt budget so that a small window still works."""
+        each capped at a share of the prompt budget so that a small window still works (the
+        summary's length is capped the same way)."""
         limit = self.window.limit
         return min(self.cfg.memory_tokens, int(limit * MEMORY_SHARE)), min(self.cfg.docs_tokens, int(limit * DOCS_SHARE))
 

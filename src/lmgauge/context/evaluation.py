@@ -237,7 +237,7 @@ def eval_retrieval(
             out["chunks"] = len(index.chunks)
             evidence = [{c.id for c in index.chunks if q.evidence in c.text} for q in data.questions]
             assert all(evidence), "every question's evidence must be in a chunk"
-            modes = [m for m in index._search.modes if m != "bm25" or not bm25_done]
+            modes = [m for m in index.modes if m != "bm25" or not bm25_done]
             for mode in modes:
                 row: dict[str, Any] = {"method": mode if mode == "bm25" else f"{mode} ({emb_name})"}
                 hits_at: dict[int, int] = {k: 0 for k in ks}

@@ -240,6 +240,11 @@ class DocIndex:
     def vectors(self) -> np.ndarray | None:
         return self._search.vectors
 
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        """The search modes this index supports (BM25 only without embeddings)."""
+        return self._search.modes
+
     @classmethod
     def build(
         cls,
