@@ -13,35 +13,46 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+SHORT = {"keep-everything": "keep all", "keep-everything (same window)": "keep all, same window",
+         "truncation": "truncation", "summarize": "summarize", "hybrid": "hybrid memory",
+         "hybrid (oracle memories)": "hybrid, oracle memories"}
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
-    console.rule(f"[bold]Context evaluation: {report['model']}  (seed {report['seed']}, "
-                 f"{report['conversations']} x {report['turns']} turns, managed window {report['num_ctx']})")
-    table = Table("strategy", "window", "in prompt", "answer ok", "stale", "prompt tokens: first",
-                  "max", "mean 2nd half", "alert (turn @ share)", "refused at", "compactions", "ms each",
-                  box=None, title="Needles: is the current value in the prompt, and in the model's answer?")
+    console.rule(f"[bold]Context evaluation: {report['model']}")
+    console.print(f"seed {report['seed']}, {report['conversations']} conversation(s) of {report['turns']} turns, "
+                  f"managed window {report['num_ctx']} tokens, keep-all window {report['full_ctx']}")
+    needles = Table("strategy", "window", "in prompt", "answer ok", "stale", "n", box=None,
+                    title="Needles: is the current value in the prompt? in the answer?", title_justify="left")
+    tokens = Table("strategy", "first", "max", "limit", "mean 2nd half", "alert", "refused", "compactions", "s each",
+                   box=None, title="Prompt tokens per turn", title_justify="left")
     for s in report["strategies"]:
-        alerts = ", ".join(f"{t} @ {f:.0%}" for t, f in zip(s["alert_turn"], s["alert_fraction"]) if t) or "-"
-        refused = ", ".join(str(r) for r in s["refused_at"] if r) or "-"
+        name = SHORT.get(s["name"], s["name"])
+        needles.add_row(name, str(s["num_ctx"]), _pct(s["in_prompt"]),
+                        _pct(s["correct"]) if s["answered"] else "not asked",
+                        _pct(s["stale"]) if s["answered"] else "-", str(s["questions"]))
+        alerts = ", ".join(f"t{t} {f:.0%}" for t, f in zip(s["alert_turn"], s["alert_fraction"]) if t) or "-"
+        refused = ", ".join(f"t{r}" for r in s["refused_at"] if r) or "-"
         run = next(r for r in report["runs"] if r["name"] == s["name"])
-        table.add_row(
-            s["name"], str(s["num_ctx"]), _pct(s["in_prompt"]), _pct(s["correct"]) if s["answered"] else "(not asked)",
-            _pct(s["stale"]) if s["answered"] else "-", str(run["tokens_first"]), str(s["tokens_max"]),
-            f"{s['tokens_mean_second_half']:.0f}", alerts, refused, str(s["compactions"]),
-            f"{s['compaction_ms_mean']:.0f}" if s["compaction_ms_mean"] else "-",
-        )
-    console.print(table)
+        tokens.add_row(name, str(run["tokens_first"]), str(s["tokens_max"]), str(s["limit"]),
+                       f"{s['tokens_mean_second_half']:.0f}", alerts, refused, str(s["compactions"]),
+                       f"{s['compaction_ms_mean'] / 1000:.1f}" if s["compaction_ms_mean"] else "-")
+    console.print(needles)
+    console.print(tokens)
     for s in report["strategies"]:
         if s["extraction_precision"] is not None or s["supersession_accuracy"] is not None:
-            console.print(
-                f"{s['name']}: extraction precision {_pct(s['extraction_precision'])}, recall "
-                f"{_pct(s['extraction_recall'])}; supersession accuracy {_pct(s['supersession_accuracy'])}; "
-                f"stale values recalled as current memories: {s['stale_recalled']}")
+            extraction = ("" if s["extraction_precision"] is None and s["extraction_recall"] is None else
+                          f"extraction precision {_pct(s['extraction_precision'])}, recall "
+                          f"{_pct(s['extraction_recall'])}; ")
+            console.print(f"{SHORT.get(s['name'], s['name'])}: {extraction}supersession accuracy "
+                          f"{_pct(s['supersession_accuracy'])}; stale values recalled as current memories: "
+                          f"{s['stale_recalled']}")
     if "retrieval" in report:
         r = report["retrieval"]
         keys = [k for k in r["rows"][0] if k != "method"] if r["rows"] else []
-        table = Table("method", *keys, box=None,
+        table = Table("method", *[k.replace("budget ", "in ") for k in keys], box=None, title_justify="left",
                       title=f"Documents: evidence recall ({r['questions']} questions, {r['documents']} files, "
-                            f"{r.get('chunks', '?')} chunks)")
+                            f"{r.get('chunks', '?')} chunks; 'in N': within an N-token budget)")
         for row in r["rows"]:
             table.add_row(row["method"], *[_pct(row.get(k)) for k in keys])
         console.print(table)

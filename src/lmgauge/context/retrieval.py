@@ -371,7 +371,8 @@ class DocIndex:
         t0 = time.perf_counter()
         paths = [d.path for d in self.documents]
         schema = {"type": "object", "properties": {"documents": {
-            "type": "array", "maxItems": 3, "items": {"type": "string", "enum": paths}}}, "required": ["documents"]}
+            "type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "enum": paths}}},
+            "required": ["documents"]}
         messages = [
             Message("system", self.summary(counter, summary_tokens) + "\n\nName the documents (at most 3) "
                     "that answer the question, as JSON: {\"documents\": [paths]}."),

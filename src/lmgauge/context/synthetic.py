@@ -3,7 +3,8 @@ document corpus whose questions have their evidence in known places. Same seed, 
 
 A conversation introduces facts about the user (home city, job, dog's name, ...), repeats some,
 updates some ("I moved from Lyon to Oslo") and asks about all of them much later; in between
-it is small talk whose canned answers never mention a fact's value. Every user message carries
+it is small talk (questions, and some statements) whose canned answers never mention a fact's
+value. Every user message carries
 its ground truth (the facts it states), so extraction can be scored too.
 
 The corpus is a folder of Markdown service descriptions, Python modules and meeting notes about
@@ -164,6 +165,19 @@ FILLER: tuple[tuple[str, str], ...] = (
      "and add a little running time each week. Rest days matter."),
 )
 
+# Small talk that states something, but none of the facts asked about.
+STATEMENTS: tuple[tuple[str, str], ...] = (
+    ("I watched a documentary about octopuses yesterday.",
+     "Octopuses are remarkable: they can change colour in a fraction of a second and solve simple puzzles."),
+    ("Work has been really busy this week.", "That sounds tiring. Try to keep some time for yourself this weekend."),
+    ("I finally fixed the leaking tap in the kitchen.", "Well done! A new washer is often all it takes."),
+    ("The weekend was quiet, I mostly read.", "A quiet weekend with a good book is a fine way to recharge."),
+    ("I think I'll go for a walk later.", "Good idea, a walk is great for clearing the head."),
+    ("My neighbour's garden looks amazing this spring.", "Spring gardens can be spectacular, especially with tulips."),
+    ("I tried a new bakery downtown and liked it.", "Nice find! Local bakeries often have the best bread."),
+    ("I need to remember to call the bank tomorrow.", "A reminder on your phone can help you not forget it."),
+)
+
 ACKS = ("Thanks for telling me, I'll keep that in mind.", "Good to know!", "Noted, thank you.",
         "Got it. Anything else I can help with?", "Understood.")
 
@@ -249,13 +263,13 @@ def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5)
         olds = [t.value for _, t in said if t.value != current]
         plan[i] = SynthTurn(rng.choice(spec.question), f"{current}.", "question", spec.key, current,
                             old=sorted(set(olds)))
-    fillers = list(FILLER)
     out = []
     for i in range(turns):
         if i in plan:
             out.append(plan[i])
-        else:
-            q, a = fillers[rng.randrange(len(fillers))]
+        else:  # a quarter of the small talk are statements, the rest questions
+            pool = STATEMENTS if rng.random() < 0.25 else FILLER
+            q, a = pool[rng.randrange(len(pool))]
             out.append(SynthTurn(q, a, "filler"))
     return SynthConversation(seed, out)
 
