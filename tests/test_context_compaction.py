@@ -184,3 +184,20 @@ def test_split_text_cuts_at_line_ends_into_pieces_that_fit():
     assert "".join(pieces) == text and all(len(p) <= 100 for p in pieces)
     assert all(p.endswith("\n") for p in pieces[:-1])
     assert "".join(split_text("y" * 250, lambda t: len(t) <= 100)) == "y" * 250
+
+
+def test_the_gateway_guard_entry_point_trims_to_its_budget_by_its_own_count():
+    from lmgauge.gateway.guard import find_compactor
+
+    compactor = find_compactor()
+    assert compactor is not None  # the gateway finds it by name
+    counter = ServerTokens()
+    messages = conversation(10, words=10)
+    for i in range(11, 14):
+        messages += tool_turn(i)
+    out = compactor(messages, 500, counter.count)
+    assert counter.count(out) <= 500 < counter.count(messages)
+    assert out[0].role == "system" and out[-5:] == messages[-5:]
+    assert all(b[0].role == "user" for b in turn_blocks(out)[1])
+    with pytest.raises(ContextOverflowError):
+        compactor(messages, 100, counter.count)

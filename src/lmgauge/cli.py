@@ -324,10 +324,12 @@ def size(
     if json_out:
         out.print_json(data={"model": model, "estimates": [e.to_dict() for e in estimates]})
         return
-    table = Table("num_ctx", "weights", "KV cache", "compute", "total", box=None,
+    table = Table("num_ctx", "weights", "KV cache", "compute", "other", "total", box=None,
                   title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel")
     for c, e in zip(contexts, estimates):
-        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(e.total_bytes))
+        other = e.total_bytes - e.weights_bytes - e.kv_bytes - e.compute_bytes  # logits + runtime
+        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
+                      _size(e.total_bytes))
     out.print(table)
 
 # --- context: chat with managed context, long-term memory, the context evaluation -------------
@@ -638,6 +640,125 @@ def eval_context(
         out.print_json(data=report)
     else:
         print_report(report, out)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1, or OLLAMA_HOST's). "
+                                             "0.0.0.0 exposes the gateway to your network.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 11434, Ollama's, or OLLAMA_HOST's).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Config file (TOML) instead of ~/.lmgauge/config.toml.")] = None,
+) -> None:
+    """Serve the Ollama and OpenAI APIs (plus /metrics and /dashboard) in front of lmgauge's engines.
+
+    Existing Ollama and OpenAI clients work unchanged: point them at http://HOST:PORT (Ollama) or
+    http://HOST:PORT/v1 (OpenAI). Ctrl-C stops it after in-flight requests finish.
+    """
+    from .gateway.app import serve as run_server
+    from .gateway.env import serve_settings
+
+    if config is not None:
+        if not config.expanduser().is_file():
+            raise InvalidOptionError(f"--config {config}: no such file")
+        os.environ["LMGAUGE_CONFIG"] = str(config.expanduser())
+    settings, bind = serve_settings(host, port)
+
+    def ready(b: Any) -> None:
+        upstreams = ", ".join(u.model for u in settings.gateway.upstreams) or "none"
+        err.print(f"lmgauge gateway on [bold]{b.url}[/] (Ollama API), {b.url}/v1 (OpenAI), "
+                  f"{b.url}/dashboard, {b.url}/metrics; upstream models: {upstreams}", markup=True)
+
+    run_server(settings=settings, bind=bind, on_ready=ready)
+
+
+@app.command("log")
+def log_cmd(
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status: ok, error, timeout, busy, overflow, "
+                                               "invalid, cancel.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only this source: gateway, cli, bench, batch.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only the last ... (e.g. 30m, 2h).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
+    json_out: JsonFlag = False,
+) -> None:
+    """List logged requests (every gateway and CLI request lands in the store), newest first."""
+    import time as _time
+
+    from .config import load_settings, parse_duration
+    from .store import Store
+
+    settings = load_settings()
+    cutoff = _time.time() - parse_duration(since) if since else None
+    rows = Store(settings.db_path).requests(model=model, status=status, source=source, since=cutoff, limit=limit)
+    if json_out:
+        out.print_json(data=rows)
+        return
+    if not rows:
+        err.print(f"no requests logged in {settings.db_path} match")
+        return
+    table = Table(box=None)
+    for column in ("time", "source", "model", "status", "prompt", "out", "TTFT", "E2E", "tok/s"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("prompt", "out", "TTFT", "E2E",
+                                                                             "tok/s") else "left")
+    table.add_column("upstream", overflow="fold")
+    table.add_column("error", overflow="fold")
+    for r in rows:
+        flags = (" cache" if r["cache_hit"] else "") + (" compacted" if r["compacted"] else "")
+        table.add_row(
+            _time.strftime("%m-%d %H:%M:%S", _time.localtime(r["ts"])), r["source"], r["model"],
+            r["status"] + flags, str(r["prompt_tokens"] or "-"), str(r["output_tokens"] or "-"),
+            _ms(r["ttft_ms"]), _ms(r["e2e_ms"]), "-" if not r["decode_tps"] else f"{r['decode_tps']:.1f}",
+            r["upstream"] or "", (r["error"] or "")[:60],
+        )
+    out.print(table)
+
+
+@app.command()
+def monitor(
+    url: Annotated[str, typer.Argument(help="The gateway's address.")] = "http://127.0.0.1:11434",
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write latency-over-time and histogram PNGs to this "
+                                              "folder and exit.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LMGAUGE_GATEWAY__API_KEY",
+                                                help="The gateway's API key, if it has one.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """A live view of a running gateway: per model p50/p95/p99 TTFT, TPOT, E2E, tok/s, errors, queue."""
+    import time as _time
+
+    from rich.live import Live
+
+    from . import monitor as mon
+
+    if "://" not in url:
+        url = "http://" + url
+    stats = mon.fetch_stats(url, api_key)
+    stats["url"] = url
+    if plot is not None:
+        plot.mkdir(parents=True, exist_ok=True)
+        samples = mon.samples_from_stats(stats)
+        paths = [mon.plot_latency_over_time(samples, plot / "latency_over_time.png"),
+                 mon.plot_histogram(samples, plot / "latency_histogram.png")]
+        for p in paths:
+            out.print(str(p))
+        return
+    if json_out:
+        stats.pop("samples", None)
+        out.print_json(data=stats)
+        return
+    if once:
+        out.print(mon.stats_table(stats))
+        return
+    with Live(mon.stats_table(stats), console=out, refresh_per_second=4) as live:
+        try:
+            while True:
+                _time.sleep(interval)
+                stats = mon.fetch_stats(url, api_key)
+                stats["url"] = url
+                live.update(mon.stats_table(stats))
+        except KeyboardInterrupt:
+            pass
 
 
 def main() -> None:

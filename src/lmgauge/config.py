@@ -99,14 +99,63 @@ class ContextSettings(BaseModel):
     # any model lmgauge can run that embeds (a GGUF embedding model, ollama:nomic-embed-text).
     embed_model: str = "wordllama"
     summary_model: str | None = None  # the model that summarizes/extracts; default: the chat model
-    # What the gateway's context guard does with a conversation over the window.
-    overflow: Literal["refuse", "compact"] = "refuse"
+    # What the gateway's context guard does with a conversation over the window (None: the
+    # gateway's own `[gateway] overflow` setting, which defaults to refuse).
+    overflow: Literal["refuse", "compact"] | None = None
 
     @model_validator(mode="after")
     def _order(self) -> ContextSettings:
         if self.target >= self.compact_at:
             raise ValueError(f"target ({self.target}) must be below compact_at ({self.compact_at})")
         return self
+
+
+class UpstreamSettings(BaseModel):
+    """One model served by remote nodes: `[[gateway.upstreams]]` in the config file.
+
+        [[gateway.upstreams]]
+        model = "llama3.2:3b"                         # the name clients ask for
+        kind = "ollama"                               # or "openai" (vLLM, llama-server, LM Studio)
+        urls = ["http://gpu1:11434", "http://gpu2:11434"]
+        target = "llama3.2:3b"                        # the nodes' own name (default: model)
+        num_ctx = 8192                                # the window the context guard checks against
+        tokenizer = "~/models/llama-3.2-3b.gguf"      # a local GGUF with the same vocabulary, for
+                                                      # exact token counts before sending
+    """
+
+    model: str
+    urls: list[str]
+    kind: Literal["ollama", "openai"] = "ollama"
+    target: str | None = None
+    max_concurrency: int = Field(default=32, ge=1)  # in-flight requests per node
+    num_ctx: int | None = Field(default=None, ge=16)
+    tokenizer: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("an upstream needs at least one URL")
+        return [v.rstrip("/") if "://" in v else "http://" + v.rstrip("/") for v in value]
+
+
+class GatewaySettings(BaseModel):
+    """`lmgauge serve`: the `[gateway]` section of the config file (env LMGAUGE_GATEWAY__*)."""
+
+    host: str | None = None  # default: OLLAMA_HOST's host, else 127.0.0.1 (localhost only)
+    port: int | None = Field(default=None, ge=0, le=65535)  # default: OLLAMA_HOST's port, else 11434
+    api_key: str | None = None  # when set, every request but GET / needs Authorization: Bearer KEY
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024)
+    max_queue: int = Field(default=512, ge=0)  # waiting requests per model beyond its concurrency
+    request_timeout: float = Field(default=600.0, gt=0)  # seconds, whole request
+    first_token_timeout: float | None = Field(default=None, gt=0)  # seconds; None = request_timeout
+    shutdown_grace: float = Field(default=30.0, ge=0)  # seconds to finish in-flight requests
+    health_interval: float = Field(default=5.0, gt=0)  # seconds between upstream health checks
+    overflow: Literal["refuse", "compact"] = "refuse"  # used until a [context] section says otherwise
+    log_requests: bool = True
+    monitor_samples: int = Field(default=2000, ge=10)  # rolling window by count ...
+    monitor_seconds: float = Field(default=300.0, gt=0)  # ... and by time
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -129,12 +178,15 @@ class Settings(BaseSettings):
     parallel: int = 1  # sequences decoded together in one batch (continuous batching)
     n_batch: int = 512
     prefix_cache: bool = True  # reuse KV of prompt prefixes already computed (reported as cached)
+    memory_limit: str | None = None  # e.g. "4GiB": refuse to load models estimated above it
 
     # remote engines
     ollama_host: str = Field(default_factory=default_ollama_host)
     request_timeout: float = 600.0  # seconds, for remote engines
 
     context: ContextSettings = Field(default_factory=ContextSettings)
+    # `lmgauge serve`
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("keep_alive", mode="before")
     @classmethod

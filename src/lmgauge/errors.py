@@ -67,6 +67,12 @@ class EngineBusyError(LmgaugeError):
     http_status = 503
 
 
+class InsufficientMemoryError(LmgaugeError):
+    """Loading the model with these settings would not fit in memory (checked before loading)."""
+
+    http_status = 500  # Ollama answers 500 "model requires more system memory ... than is available"
+
+
 class EngineError(LmgaugeError):
     """The engine failed while serving a request (llama.cpp decode error, server error)."""
 
@@ -77,3 +83,9 @@ class RequestCancelled(LmgaugeError):
     """The caller cancelled the request (client disconnect, Ctrl-C)."""
 
     http_status = 499
+
+
+class RequestTimeoutError(LmgaugeError, TimeoutError):
+    """A request took longer than its configured timeout (first token or total)."""
+
+    http_status = 504

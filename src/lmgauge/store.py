@@ -7,6 +7,7 @@ to its code and calls `Store.ensure(its_schema)` (idempotent CREATE ... IF NOT E
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -83,6 +84,19 @@ class RequestRecord:
         )
 
 
+def _row(record: RequestRecord) -> dict[str, Any]:
+    row = dict(record.__dict__)
+    row["extra"] = json.dumps(row["extra"], separators=(",", ":")) if row["extra"] else None
+    row["cache_hit"] = int(row["cache_hit"])
+    row["compacted"] = int(row["compacted"])
+    return row
+
+
+_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+_INSERT = (f"INSERT INTO request_log ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join(':' + c for c in _COLUMNS)})")
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -122,14 +136,14 @@ class Store:
             raise
 
     def log_request(self, record: RequestRecord) -> int:
-        row = dict(record.__dict__)
-        row["extra"] = json.dumps(row["extra"]) if row["extra"] else None
-        row["cache_hit"] = int(row["cache_hit"])
-        row["compacted"] = int(row["compacted"])
-        cols = ", ".join(row)
-        marks = ", ".join(f":{k}" for k in row)
+        row = _row(record)
         with self.connect() as db:
-            return db.execute(f"INSERT INTO request_log ({cols}) VALUES ({marks})", row).lastrowid
+            return db.execute(_INSERT, row).lastrowid
+
+    def log_requests(self, records: list[RequestRecord]) -> None:
+        """Many rows in one transaction (the gateway's log writer batches what accumulated)."""
+        with self.connect() as db:
+            db.executemany(_INSERT, [_row(r) for r in records])
 
     def requests(
         self, model: str | None = None, status: str | None = None, source: str | None = None,

@@ -25,6 +25,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -382,6 +383,30 @@ def compact(
     if store is not None:
         log_compaction(store, result, conversation=conversation, model=model, counter=counter)
     return result
+
+
+class _CountedBy:
+    """A TokenCounter over a caller's own count function (the gateway counts with its backend)."""
+
+    exact = True
+
+    def __init__(self, count: Callable[[list[Message]], int]):
+        self._count = count
+
+    def count(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        return self._count(messages)
+
+    def count_text(self, text: str) -> int:
+        return self._count([Message("user", text)])
+
+
+def compact_to_budget(messages: list[Message], budget: int, count: Callable[[list[Message]], int]) -> list[Message]:
+    """The gateway's context guard: the conversation trimmed to at most `budget` tokens by its
+    own counter: system prompt + as many whole recent turns as fit (a tool call never loses its
+    results; the last turn always stays). Trim only: the guard has no model to summarize with.
+    Raises ContextOverflowError when the system prompt and the last turn alone do not fit."""
+    window = ContextWindow(_CountedBy(count), num_ctx=max(budget, 16), reserve=0)
+    return compact(messages, "trim", window, keep_turns=len(messages) + 1, target=1.0).messages
 
 
 def log_compaction(store: Store, result: CompactionResult, conversation: str | None = None,

@@ -1,0 +1,159 @@
+"""The gateway's FastAPI app and `serve()`.
+
+    from lmgauge.gateway import create_app, serve
+    serve()                                  # what `lmgauge serve` runs: 127.0.0.1:11434
+
+Handlers read raw requests and answer with orjson-encoded Responses rather than declaring
+pydantic bodies: validation is done once, by the wire-format modules, with Ollama's and OpenAI's
+own error shapes, and the hot path stays short (see benchmarks/gateway_overhead.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import socket
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..client import Client
+from ..config import Settings
+from ..errors import EngineUnavailableError
+from .core import Gateway
+from .env import BindAddress, serve_settings
+from .http import UnauthorizedError, json_response, ollama_error, openai_error
+from .metrics import CONTENT_TYPE
+from .ollama_api import router as ollama_router
+from .openai_api import router as openai_router
+
+log = logging.getLogger("lmgauge.gateway")
+
+
+def create_app(settings: Settings, client: Client | None = None, own_url: str | None = None) -> FastAPI:
+    gateway = Gateway(settings, client, own_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = FastAPI(title="lmgauge gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
+    app.include_router(ollama_router)
+    app.include_router(openai_router)
+
+    # Both compute percentiles over the rolling window: off the event loop, so a scrape or an
+    # open dashboard never stalls the requests in flight.
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(await asyncio.to_thread(gateway.metrics.render), media_type=CONTENT_TYPE)
+
+    @app.get("/api/lmgauge/stats")
+    async def stats() -> Response:
+        return json_response(await asyncio.to_thread(gateway.stats))
+
+    @app.get("/dashboard")
+    async def dashboard() -> Response:
+        page = resources.files("lmgauge.gateway").joinpath("static/dashboard.html").read_text()
+        return HTMLResponse(page)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """404 / 405 in the caller's API's error shape."""
+        message = f"{request.method} {request.url.path}: " + (
+            "not found" if exc.status_code == 404 else exc.detail or "error")
+        error = _Status(message, exc.status_code)
+        return openai_error(error) if request.url.path.startswith("/v1/") else ollama_error(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover - a bug
+        log.exception("unexpected error on %s", request.url.path)
+        return ollama_error(exc)
+
+    if settings.gateway.api_key:
+        app.add_middleware(BearerAuth, key=settings.gateway.api_key)
+    return app
+
+
+class _Status(Exception):
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.http_status = status
+
+
+class BearerAuth:
+    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): `Authorization: Bearer KEY`
+    on every request except GET/HEAD / (the liveness check Ollama clients do)."""
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app = app
+        self.key = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        error = UnauthorizedError("missing or wrong API key: send Authorization: Bearer <key> (gateway.api_key)")
+        response = openai_error(error) if scope["path"].startswith("/v1/") else ollama_error(error)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+
+def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
+          bind: BindAddress | None = None, on_ready: Any = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM; in-flight requests finish first (shutdown_grace)."""
+    import uvicorn
+
+    if settings is None or bind is None:
+        settings, bind = serve_settings(host, port)
+    app = create_app(settings, own_url=bind.url)
+    config = uvicorn.Config(
+        app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
+        lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
+        timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
+    )
+    server = uvicorn.Server(config)
+    sock = _listen(bind)  # bind first: a busy port is a one-line error, not a uvicorn log
+    if on_ready is not None:
+        on_ready(bind)
+    server.run(sockets=[sock])
+
+
+def _listen(bind: BindAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind.host, bind.port))
+    except OSError as exc:
+        sock.close()
+        raise EngineUnavailableError(
+            f"cannot listen on {bind.host}:{bind.port}: {exc.strerror or exc} (is Ollama or another gateway "
+            "running there? choose another with --port or OLLAMA_HOST)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _best(module: str, fallback: str) -> str:
+    """uvloop and httptools when installed (they are dependencies; the fallback keeps odd
+    platforms working)."""
+    import importlib.util
+
+    return module if importlib.util.find_spec(module) else fallback

@@ -1,0 +1,446 @@
+"""Where the gateway's answers come from, behind one async interface.
+
+- `EngineBackend`: any lmgauge engine through the library (`Client`): the embedded llama.cpp
+  engine by default, or `ollama:` / `openai:` models. Engines are synchronous iterators, so each
+  request's stream runs on a worker thread and its chunks cross to the event loop through a queue.
+- `UpstreamPool`: one model served by several Ollama or OpenAI-compatible nodes (config
+  `[[gateway.upstreams]]`). Requests go to the healthy node with the fewest outstanding
+  requests; a node that fails before the first token is marked down and the request moves to
+  the next one; a failure after it becomes a clean error (the client has already seen text).
+  Health checks run in the background. The nodes are spoken to directly over a pooled aiohttp
+  session, asynchronously: a thread per upstream request would cap the gateway's throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..client import Client
+from ..config import UpstreamSettings
+from ..engines.base import Engine
+from ..errors import EngineError, EngineUnavailableError, LmgaugeError
+from ..models import ModelRef
+from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options
+from . import ollama_api, openai_api
+
+log = logging.getLogger("lmgauge.gateway")
+Request = ChatRequest | GenerateRequest
+
+
+@dataclass
+class Trace:
+    """What happened to one request on its way through a backend (for the log and metrics)."""
+
+    upstream: str | None = None
+    failovers: list[str] = field(default_factory=list)
+
+
+# --- library engines ------------------------------------------------------------------------------
+
+class EngineBackend:
+    """A model served by an lmgauge engine (embedded llama.cpp unless the name says otherwise)."""
+
+    kind = "engine"
+
+    def __init__(self, client: Client, ref: ModelRef):
+        self.client = client
+        self.ref = ref
+        self.engine: Engine = client.engine(ref)
+        self.concurrency = max(client.settings.parallel, 1) if ref.engine == "llamacpp" else 32
+
+    @property
+    def embedded(self) -> bool:
+        return self.ref.engine == "llamacpp"
+
+    # The context guard's questions: exact prompt tokens and the window, where the engine knows them.
+    def prompt_tokens(self, request: Request) -> int | None:
+        if not self.embedded:
+            return None
+        engine: Any = self.engine
+        if isinstance(request, ChatRequest):
+            return len(engine.chat_tokens(self.ref.target, request.messages, request.tools))
+        if request.raw:
+            return len(engine.prompt_tokens(self.ref.target, request.prompt))
+        from ..types import Message
+
+        messages = ([Message("system", request.system)] if request.system else []) + [Message("user", request.prompt)]
+        return len(engine.chat_tokens(self.ref.target, messages))
+
+    def window(self, options: Options) -> int | None:
+        if not self.embedded:
+            return None
+        engine: Any = self.engine
+        return options.num_ctx or engine.default_num_ctx(self.ref.target)
+
+    def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
+        request.model = self.ref.target
+        trace.upstream = self.ref.url
+        method = self.engine.chat if isinstance(request, ChatRequest) else self.engine.generate
+        return _threaded(lambda: method(request))
+
+    async def embed(self, inputs: list[str]) -> Embeddings:
+        return await asyncio.to_thread(self.engine.embed, self.ref.target, inputs)
+
+    async def load(self, options: Options, keep_alive: float | None) -> None:
+        engine: Any = self.engine
+        if self.embedded:
+            runner, _ = await asyncio.to_thread(engine.acquire, self.ref.target, options)
+            engine.release(runner, keep_alive)
+
+    async def unload(self) -> None:
+        await asyncio.to_thread(self.engine.unload, self.ref.target)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _threaded(make: Any) -> AsyncIterator[Chunk]:
+    """Run a synchronous chunk iterator on its own thread; hand its chunks to the event loop.
+
+    When the consumer stops early (client gone, timeout), the thread is told to close the
+    engine's iterator, which cancels the request inside the engine and frees its slot.
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        iterator: Iterator[Chunk] | None = None
+        try:
+            iterator = make()
+            for chunk in iterator:
+                if stop.is_set():
+                    break
+                loop.call_soon_threadsafe(items.put_nowait, ("chunk", chunk))
+                if chunk.done:
+                    return
+            if not stop.is_set():
+                loop.call_soon_threadsafe(items.put_nowait, ("error", EngineError("the engine ended a stream without a result")))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            if not stop.is_set():
+                loop.call_soon_threadsafe(items.put_nowait, ("error", exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=pump, name="lmgauge-gateway-stream", daemon=True).start()
+    try:
+        while True:
+            what, value = await items.get()
+            if what == "error":
+                raise value
+            yield value
+            if value.done:
+                return
+    finally:
+        stop.set()
+
+
+# --- upstream nodes -------------------------------------------------------------------------------
+
+class UpstreamStatusError(LmgaugeError):
+    """A node answered with an HTTP error status."""
+
+    def __init__(self, url: str, status: int, message: str):
+        self.http_status = status if 400 <= status < 500 else 502
+        self.status = status
+        super().__init__(message if 400 <= status < 500 else f"upstream {url} answered {status}: {message}")
+
+
+@dataclass
+class Node:
+    url: str
+    kind: str  # "ollama" | "openai"
+    max_concurrency: int
+    outstanding: int = 0
+    healthy: bool = True
+    last_error: str | None = None
+    checked_at: float = 0.0
+
+
+class UpstreamPool:
+    kind = "upstream"
+
+    def __init__(self, spec: UpstreamSettings, session: aiohttp.ClientSession, connect_timeout: float = 5.0):
+        self.spec = spec
+        self.name = spec.model
+        self.target = spec.target or spec.model
+        self.nodes = [Node(url, spec.kind, spec.max_concurrency) for url in spec.urls]
+        self.session = session
+        self.concurrency = spec.max_concurrency * len(self.nodes)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout)
+        self._rr = 0
+        self._tokenizer: EngineBackend | None = None
+
+    # --- context guard ---------------------------------------------------------------------------
+    def attach_tokenizer(self, backend: EngineBackend) -> None:
+        """A local GGUF with the nodes' vocabulary (config `tokenizer`) gives exact prompt counts."""
+        self._tokenizer = backend
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self._tokenizer is not None
+
+    def prompt_tokens(self, request: Request) -> int | None:
+        return self._tokenizer.prompt_tokens(request) if self._tokenizer else None
+
+    def window(self, options: Options) -> int | None:
+        return options.num_ctx or self.spec.num_ctx
+
+    # --- choosing a node -------------------------------------------------------------------------
+    def ranked(self) -> list[Node]:
+        """Healthy nodes by fewest outstanding requests (ties rotate), then the unhealthy ones as
+        a last resort: a health check may be stale, and trying beats refusing."""
+        self._rr = (self._rr + 1) % len(self.nodes)
+        order = self.nodes[self._rr:] + self.nodes[: self._rr]
+        healthy = sorted((n for n in order if n.healthy), key=lambda n: n.outstanding)
+        return healthy + [n for n in order if not n.healthy]
+
+    def _down(self, node: Node, why: str) -> None:
+        if node.healthy:
+            log.warning("upstream %s for %s marked down: %s", node.url, self.name, why)
+        node.healthy, node.last_error = False, why
+
+    # --- generation ------------------------------------------------------------------------------
+    async def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
+        errors: list[str] = []
+        for node in self.ranked():
+            node.outstanding += 1
+            started = False
+            try:
+                trace.upstream = node.url
+                async for chunk in self._call(node, request, stream):
+                    started = True
+                    yield chunk
+                return
+            except UpstreamStatusError as exc:
+                if exc.status < 500:
+                    raise  # the request's fault (unknown model, bad option): another node agrees
+                failure = str(exc)
+            except (aiohttp.ClientError, OSError, ValueError, EngineUnavailableError) as exc:
+                failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            finally:
+                node.outstanding -= 1
+            if started:
+                self._down(node, failure)
+                raise EngineUnavailableError(f"upstream {node.url} failed mid-stream: {failure}")
+            self._down(node, failure)
+            errors.append(f"{node.url}: {failure}")
+            trace.failovers.append(node.url)
+        raise EngineUnavailableError(f"every upstream for {self.name} failed: " + "; ".join(errors))
+
+    async def _post(self, node: Node, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        response = await self.session.post(node.url + path, data=orjson.dumps(body), timeout=self._timeout,
+                                           headers={"Content-Type": "application/json"})
+        if response.status != 200:
+            text = (await response.read()).decode("utf-8", "replace")
+            response.release()
+            try:
+                message = orjson.loads(text).get("error", text)
+                if isinstance(message, dict):
+                    message = message.get("message", text)
+            except (orjson.JSONDecodeError, AttributeError):
+                message = text
+            raise UpstreamStatusError(node.url, response.status, str(message)[:500])
+        return response
+
+    async def _call(self, node: Node, request: Request, stream: bool) -> AsyncIterator[Chunk]:
+        if node.kind == "ollama":
+            path = "/api/chat" if isinstance(request, ChatRequest) else "/api/generate"
+            body = ollama_api.upstream_body(request, self.target, stream)
+        else:
+            path, body = openai_api.upstream_request(request, self.target, stream)
+        response = await self._post(node, path, body)
+        try:
+            if not stream:
+                obj = orjson.loads(await response.read())
+                if node.kind == "ollama":
+                    result = ollama_api.parse_result(obj, self.name, ollama_api.chunk_text(obj))
+                else:
+                    result = openai_api.parse_result(obj, self.name)
+                if result.content:
+                    yield Chunk(content=result.content)
+                yield Chunk(done=True, result=result)
+                return
+            parse = self._ollama_events if node.kind == "ollama" else self._openai_events
+            async for chunk in parse(response):
+                yield chunk
+        finally:
+            response.release()
+
+    async def _ollama_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+        parts: list[str] = []
+        calls: list[dict[str, Any]] = []  # Ollama streams tool calls in a chunk of their own
+        async for line in _lines(response):
+            obj = orjson.loads(line)
+            if "error" in obj:
+                raise EngineError(f"upstream error: {obj['error']}")
+            text = ollama_api.chunk_text(obj)
+            message = obj.get("message")
+            if isinstance(message, dict) and message.get("tool_calls"):
+                calls.extend(message["tool_calls"])
+            if obj.get("done"):
+                if text:
+                    parts.append(text)
+                    yield Chunk(content=text)
+                result = ollama_api.parse_result(obj, self.name, "".join(parts))
+                result.tool_calls = calls or None
+                yield Chunk(done=True, result=result)
+                return
+            if text:
+                parts.append(text)
+                yield Chunk(content=text)
+        raise EngineUnavailableError("the upstream closed the stream before its final message")
+
+    async def _openai_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+        parts: list[str] = []
+        reason = None
+        final: dict[str, Any] | None = None
+        calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, by index
+        async for line in _lines(response):
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                result = openai_api.parse_result(final or {}, self.name, "".join(parts), reason)
+                result.tool_calls = openai_api.ollama_tool_calls(list(calls.values())) or None
+                yield Chunk(done=True, result=result)
+                return
+            obj = orjson.loads(data)
+            if "error" in obj:
+                error = obj["error"]
+                raise EngineError(f"upstream error: {error.get('message') if isinstance(error, dict) else error}")
+            text = openai_api.delta_text(obj)
+            reason = openai_api.finish_reason(obj) or reason
+            for fragment in openai_api.delta_tool_calls(obj):
+                call = calls.setdefault(int(fragment.get("index", 0)), {"function": {"name": "", "arguments": ""}})
+                function = fragment.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
+            if obj.get("usage"):
+                final = obj
+            if text:
+                parts.append(text)
+                yield Chunk(content=text)
+        raise EngineUnavailableError("the upstream closed the stream before [DONE]")
+
+    # --- the rest --------------------------------------------------------------------------------
+    async def embed(self, inputs: list[str]) -> Embeddings:
+        errors = []
+        t0 = time.perf_counter_ns()
+        for node in self.ranked():
+            node.outstanding += 1
+            try:
+                if node.kind == "ollama":
+                    response = await self._post(node, "/api/embed", {"model": self.target, "input": inputs})
+                    obj = orjson.loads(await response.read())
+                    vectors = obj.get("embeddings") or []
+                    tokens = int(obj.get("prompt_eval_count") or 0)
+                else:
+                    response = await self._post(node, "/embeddings", {"model": self.target, "input": inputs})
+                    obj = orjson.loads(await response.read())
+                    vectors = [d["embedding"] for d in sorted(obj.get("data", []), key=lambda d: d.get("index", 0))]
+                    tokens = int((obj.get("usage") or {}).get("prompt_tokens") or 0)
+                response.release()
+                return Embeddings(model=self.name, vectors=vectors, prompt_tokens=tokens,
+                                  total_ns=time.perf_counter_ns() - t0)
+            except UpstreamStatusError as exc:
+                if exc.status < 500:
+                    raise
+                errors.append(f"{node.url}: {exc}")
+                self._down(node, str(exc))
+            except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+                errors.append(f"{node.url}: {exc}")
+                self._down(node, str(exc))
+            finally:
+                node.outstanding -= 1
+        raise EngineUnavailableError(f"every upstream for {self.name} failed: " + "; ".join(errors))
+
+    async def load(self, options: Options, keep_alive: float | None) -> None:
+        await self._broadcast(keep_alive)
+
+    async def unload(self) -> None:
+        await self._broadcast(0)
+
+    async def _broadcast(self, keep_alive: float | None) -> None:
+        """Load/unload on every Ollama node (an empty generate request, Ollama's convention)."""
+        body: dict[str, Any] = {"model": self.target}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        for node in self.nodes:
+            if node.kind != "ollama":
+                continue
+            try:
+                response = await self._post(node, "/api/generate", body)
+                response.release()
+            except (LmgaugeError, aiohttp.ClientError, OSError) as exc:
+                log.warning("load/unload on %s failed: %s", node.url, exc)
+
+    async def show(self) -> dict[str, Any] | None:
+        for node in self.ranked():
+            if node.kind != "ollama":
+                return None
+            try:
+                response = await self._post(node, "/api/show", {"model": self.target})
+                obj = orjson.loads(await response.read())
+                response.release()
+                return obj
+            except (LmgaugeError, aiohttp.ClientError, OSError, ValueError):
+                continue
+        return None
+
+    async def check_health(self) -> None:
+        """Each node's liveness: Ollama's GET / (or /api/version), an OpenAI server's /models."""
+        timeout = aiohttp.ClientTimeout(total=2.0)
+
+        async def check(node: Node) -> None:
+            path = "/api/version" if node.kind == "ollama" else "/models"
+            try:
+                async with self.session.get(node.url + path, timeout=timeout) as response:
+                    await response.read()
+                    ok = response.status == 200
+                    why = f"health check answered {response.status}"
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                ok, why = False, f"health check failed: {type(exc).__name__} {exc}"
+            node.checked_at = time.time()
+            if ok:
+                if not node.healthy:
+                    log.warning("upstream %s for %s is back", node.url, self.name)
+                node.healthy, node.last_error = True, None
+            else:
+                self._down(node, why)
+
+        await asyncio.gather(*(check(n) for n in self.nodes))
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"model": self.name, "url": n.url, "kind": n.kind, "healthy": n.healthy,
+                 "outstanding": n.outstanding, "last_error": n.last_error} for n in self.nodes]
+
+    async def close(self) -> None:
+        pass
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Lines of a streamed body of any length (aiohttp's readline caps line length)."""
+    buffer = b""
+    async for data in response.content.iter_any():
+        buffer += data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line, buffer = buffer[:end].strip(), buffer[end + 1:]
+            if line:
+                yield line
+    if buffer.strip():
+        yield buffer.strip()

@@ -1,0 +1,564 @@
+"""One request's way through the gateway, whichever API it came in by:
+
+    prepare:  resolve the model (aliases, upstream pools, `auto` via the router hook, else the
+              library's resolution), count its exact prompt tokens against the window (guard.py),
+              take an admission slot (admission.py)
+    run:      the backend's chunks, with first-token and total deadlines; the first chunk is
+              awaited before the HTTP status is sent, so anything that fails before it (every
+              upstream down, a timeout) is still a proper error status
+    record:   metrics, the rolling monitor and the request log (queued, written off the path)
+
+The API modules translate wire formats and call `prepare` / `start_stream` / `complete`; the
+gateway-specific concerns live here and in the modules it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..client import Client
+from ..config import Settings
+from ..errors import (
+    ContextOverflowError,
+    EngineBusyError,
+    EngineError,
+    EngineUnavailableError,
+    InvalidOptionError,
+    LmgaugeError,
+    RequestTimeoutError,
+    UnknownModelError,
+)
+from ..monitor import Monitor, Sample
+from ..store import RequestRecord, Store
+from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options, Result
+from . import guard
+from .admission import Admission
+from .backends import EngineBackend, Trace, UpstreamPool
+from .metrics import GatewayMetrics
+from .reqlog import LogWriter
+
+log = logging.getLogger("lmgauge.gateway")
+Request = ChatRequest | GenerateRequest
+Backend = EngineBackend | UpstreamPool
+RESOLVE_TTL_S = 10.0  # how long a resolved name is reused (resolution scans model folders)
+
+
+class Router(Protocol):
+    """Hook for routing.py: the model that should answer a request sent to `auto`."""
+
+    def choose(self, request: Request) -> str: ...
+
+
+class ResponseCache(Protocol):
+    """Hook for cache.py: a stored answer for a request, and storing new ones. Called on the event
+    loop: either fast plain functions or coroutines (for a network store such as Redis)."""
+
+    def get(self, model: str, request: Request) -> Result | None: ...
+
+    def put(self, model: str, request: Request, result: Result) -> None: ...
+
+
+@dataclass
+class Prepared:
+    api: str  # "ollama" | "openai"
+    model: str  # the name the client asked for
+    request: Request
+    stream: bool
+    backend: Backend
+    admission: Admission
+    verdict: guard.Verdict
+    arrived_ns: int
+    request_id: str
+    trace: Trace = field(default_factory=Trace)
+    released: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.verdict.header()
+
+
+class Gateway:
+    def __init__(self, settings: Settings, client: Client | None = None, own_url: str | None = None):
+        self.settings = settings
+        self.own_url = own_url  # where this gateway listens: never a backend of itself
+        self.client = client or Client(settings)
+        gw = settings.gateway
+        self.monitor = Monitor(max_samples=gw.monitor_samples, window_s=gw.monitor_seconds)
+        self.metrics = GatewayMetrics(self.monitor, self.gauges)
+        self.log = LogWriter(Store(settings.db_path)) if gw.log_requests else None
+        self.upstreams: dict[str, UpstreamPool] = {}
+        self.router: Router | None = _hook("routing", "gateway_router", settings, self.client)
+        self.cache: ResponseCache | None = _hook("cache", "gateway_cache", settings, self.client)
+        self.compactor = guard.find_compactor()
+        self._engines: dict[tuple[str, str, str | None], EngineBackend] = {}
+        self._resolved: dict[str, tuple[float, Backend]] = {}
+        self._admission: dict[str, Admission] = {}
+        self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        for spec in self.settings.gateway.upstreams:
+            pool = UpstreamPool(spec, self._session)
+            if spec.tokenizer:
+                pool.attach_tokenizer(self._engine_backend(spec.tokenizer))
+            self.upstreams[spec.model] = pool
+        loop = asyncio.get_running_loop()
+        if self.upstreams:
+            self._tasks.append(loop.create_task(self._health_loop()))
+        self._tasks.append(loop.create_task(self._gauge_loop()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        if self.log is not None:
+            await asyncio.to_thread(self.log.close)
+        await asyncio.to_thread(self.client.close)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(p.check_health() for p in self.upstreams.values()), return_exceptions=True)
+            await asyncio.sleep(self.settings.gateway.health_interval)
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            state = self.gauges()["models"]
+            self.monitor.record_gauges({m: g["queued"] for m, g in state.items()},
+                                       {m: g["in_flight"] for m, g in state.items()})
+            await asyncio.sleep(1.0)
+
+    def gauges(self) -> dict[str, Any]:
+        return {
+            "models": {name: {"queued": a.queued, "in_flight": a.active, "limit": a.limit}
+                       for name, a in self._admission.items()},
+            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()],
+        }
+
+    # --- model resolution ------------------------------------------------------------------------
+    def _engine_backend(self, name: str) -> EngineBackend:
+        ref = self.client.resolve(name)
+        if ref.engine != "llamacpp" and self.own_url and ref.url and ref.url.rstrip("/").startswith(self.own_url):
+            raise EngineUnavailableError(
+                f"{name} would be served by {ref.url}, which is this gateway itself; set ollama_host in the "
+                "config file or LMGAUGE_OLLAMA_HOST to the real Ollama server")
+        key = (ref.engine, ref.target, ref.url)
+        if key not in self._engines:
+            self._engines[key] = EngineBackend(self.client, ref)
+        self._served_names.setdefault(ref.target, name)
+        return self._engines[key]
+
+    def backend(self, name: str) -> Backend:
+        cached = self._resolved.get(name)
+        now = time.monotonic()
+        if cached and cached[0] > now:
+            return cached[1]
+        current, seen = name, set()
+        while current not in self.upstreams and current in self.settings.aliases and current not in seen:
+            seen.add(current)
+            current = self.settings.aliases[current]
+        backend: Backend = self.upstreams[current] if current in self.upstreams else self._engine_backend(name)
+        if len(self._resolved) > 1024:
+            self._resolved.clear()
+        self._resolved[name] = (now + RESOLVE_TTL_S, backend)
+        return backend
+
+    def _admission_for(self, backend: Backend) -> Admission:
+        key = backend.name if isinstance(backend, UpstreamPool) else backend.ref.target
+        admission = self._admission.get(key)
+        if admission is None:
+            label = backend.name if isinstance(backend, UpstreamPool) else self._served_names.get(key, key)
+            admission = Admission(label, backend.concurrency, self.settings.gateway.max_queue)
+            self._admission[key] = admission
+        return admission
+
+    def _label(self, backend: Backend) -> str:
+        """The model label for metrics: one per backend, whatever alias the client used."""
+        return self._admission_for(backend).name
+
+    # --- a request -------------------------------------------------------------------------------
+    async def prepare(self, api: str, request: Request, stream: bool) -> Prepared:
+        arrived = time.perf_counter_ns()
+        name = request.model
+        backend: Backend | None = None
+        try:
+            if name == "auto":
+                if self.router is None:
+                    raise UnknownModelError("auto", hint=" (`auto` picks a model once routing is configured)")
+                name = self.router.choose(request)
+            cached = self._resolved.get(name)
+            if cached and cached[0] > time.monotonic():
+                backend = cached[1]
+            else:  # resolution may scan model folders: not on the event loop
+                backend = await asyncio.to_thread(self.backend, name)
+            window = backend.window(request.options)
+            policy = guard.overflow_policy(self.settings)
+            if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
+                verdict = guard.check(backend, request, window, policy, self.compactor)  # nothing to count
+            else:  # tokenizing a long prompt takes a while: keep it off the event loop
+                verdict = await asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor)
+            admission = self._admission_for(backend)
+            await admission.acquire(self.settings.gateway.request_timeout)
+        except Exception as exc:
+            self._record(api, request.model, backend, None, _status(exc), exc, arrived, None, None)
+            raise
+        request_id = ("chatcmpl-" if isinstance(request, ChatRequest) else "cmpl-") + uuid.uuid4().hex[:24]
+        if verdict.compacted:
+            self.metrics.compactions.labels(self._label(backend)).inc()
+        return Prepared(api, request.model, request, stream, backend, admission, verdict, arrived, request_id)
+
+    def _release(self, p: Prepared) -> None:
+        if not p.released:
+            p.released = True
+            p.admission.release()
+
+    async def start_stream(self, p: Prepared) -> AsyncIterator[Chunk]:
+        """The answer's chunks; the first is already here, so a failure before it raised."""
+        chunks = self._run(p)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:  # pragma: no cover - _run always ends with a done chunk or raises
+            raise EngineError("the backend produced nothing") from None
+        return _prepend(first, chunks)
+
+    async def complete(self, p: Prepared) -> Result:
+        parts: list[str] = []
+        async with contextlib.aclosing(self._run(p)) as chunks:
+            async for chunk in chunks:
+                if chunk.done:
+                    result = chunk.result
+                    if parts:
+                        result.content = "".join(parts)
+                    return result
+                parts.append(chunk.content)
+        raise EngineError("the backend ended without a result")  # pragma: no cover
+
+    async def _run(self, p: Prepared) -> AsyncIterator[Chunk]:
+        gw = self.settings.gateway
+        loop = asyncio.get_running_loop()
+        start = loop.time() - (time.perf_counter_ns() - p.arrived_ns) / 1e9
+        first_deadline = start + (gw.first_token_timeout or gw.request_timeout)
+        total_deadline = start + gw.request_timeout
+        first_ns: int | None = None
+        status, error, result = "cancel", None, None
+        cache_hit = False
+        try:
+            cached = await _maybe_await(self.cache.get(p.model, p.request)) if self.cache is not None else None
+            if cached is not None:
+                cache_hit = True
+                chunks: AsyncIterator[Chunk] = _replay(cached)
+            else:
+                chunks = p.backend.stream(p.request, p.stream, p.trace)
+            try:
+                while True:
+                    deadline = total_deadline if first_ns is not None else min(first_deadline, total_deadline)
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await chunks.__anext__()
+                    except TimeoutError:
+                        what = "the first token" if first_ns is None else "the answer"
+                        limit = gw.first_token_timeout if first_ns is None and gw.first_token_timeout else gw.request_timeout
+                        raise RequestTimeoutError(f"{p.model}: no {what} within {limit:g}s "
+                                                  "(gateway.first_token_timeout / gateway.request_timeout)") from None
+                    except StopAsyncIteration:
+                        raise EngineError("the backend ended a stream without a result") from None
+                    if chunk.content and first_ns is None:
+                        first_ns = time.perf_counter_ns()
+                    if chunk.done:
+                        result = chunk.result
+                        self._stamp(p, result, first_ns)
+                        status = "ok"
+                        if self.cache is not None and not cache_hit:
+                            await _maybe_await(self.cache.put(p.model, p.request, result))
+                    yield chunk
+                    if chunk.done:
+                        return
+            finally:
+                await chunks.aclose()
+        except (GeneratorExit, asyncio.CancelledError):
+            if status != "ok":  # closed after its final chunk is a finished request, not a cancel
+                status = "cancel"
+            raise
+        except Exception as exc:
+            status, error = _status(exc), exc
+            raise
+        finally:
+            self._release(p)
+            self._record(p.api, p.model, p.backend, p, status, error, p.arrived_ns, first_ns, result, cache_hit)
+
+    def _stamp(self, p: Prepared, result: Result, first_ns: int | None) -> None:
+        """Fill the durations a node did not report with the gateway's own measurements."""
+        now = time.perf_counter_ns()
+        t = result.timings
+        t.sent_ns, t.first_token_ns, t.end_ns = p.arrived_ns, first_ns, now
+        if t.total_ns is None:
+            t.total_ns = now - p.arrived_ns
+        if t.eval_ns is None and first_ns is not None:
+            t.eval_ns = now - first_ns
+        if t.prompt_eval_ns is None and first_ns is not None:
+            t.prompt_eval_ns = first_ns - p.arrived_ns
+        if not t.prompt_tokens and p.verdict.prompt_tokens:
+            t.prompt_tokens = p.verdict.prompt_tokens
+        result.model = p.model
+
+    def _record(self, api: str, model: str, backend: Backend | None, p: Prepared | None, status: str,
+                error: BaseException | None, arrived_ns: int, first_ns: int | None, result: Result | None,
+                cache_hit: bool = False) -> None:
+        end = time.perf_counter_ns()
+        t = result.timings if result is not None else None
+        ttft = (first_ns - arrived_ns) / 1e6 if first_ns is not None else None
+        e2e = (end - arrived_ns) / 1e6
+        output_tokens = t.output_tokens if t else 0
+        tpot = (e2e - ttft) / (output_tokens - 1) if ttft is not None and output_tokens >= 2 else None
+        verdict = p.verdict if p else None
+        window = verdict.window if verdict else None
+        prompt_tokens = t.prompt_tokens if t else verdict.prompt_tokens if verdict else None
+        used = prompt_tokens / window if prompt_tokens and window else None
+        if backend is not None:
+            sample = Sample(model=self._label(backend), status=status, ttft_ms=ttft, tpot_ms=tpot,
+                            e2e_ms=e2e if status == "ok" else None, prompt_tokens=prompt_tokens or 0,
+                            output_tokens=output_tokens, cache_hit=cache_hit, context_used=used)
+            self.monitor.add(sample)
+            self.metrics.observe(api, sample)
+            if p is not None:
+                for url in p.trace.failovers:
+                    self.metrics.failovers.labels(sample.model, url).inc()
+        else:
+            self.metrics.requests.labels("-", api, status).inc()
+        if self.log is None:
+            return
+        extra: dict[str, Any] = {"api": api}
+        if window:
+            extra["window"] = window
+        if p is not None:
+            extra["stream"] = p.stream
+            if p.trace.failovers:
+                extra["failed_over"] = p.trace.failovers
+        if error is not None:
+            extra["http_status"] = getattr(error, "http_status", 500)
+        self.log.put(RequestRecord(
+            model=model, source="gateway", status=status,
+            engine=(result.engine if result else backend.kind if backend is not None else None),
+            error=str(error) if error is not None else None, done_reason=result.done_reason if result else None,
+            prompt_tokens=prompt_tokens, cached_tokens=t.cached_tokens if t else None, output_tokens=output_tokens,
+            ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e, prefill_tps=t.prefill_tps if t else None,
+            decode_tps=t.decode_tps if t else None, load_ms=t.load_ns / 1e6 if t else None,
+            upstream=p.trace.upstream if p else None, cache_hit=cache_hit,
+            compacted=bool(verdict and verdict.compacted), extra=extra,
+        ))
+
+    # --- the rest of the API ---------------------------------------------------------------------
+    async def load_or_unload(self, name: str, keep_alive: float | None, options: Options) -> str | None:
+        backend = self.backend(name)
+        if keep_alive == 0:
+            await backend.unload()
+            return "unload"
+        await backend.load(options, keep_alive)
+        return None
+
+    async def embed(self, name: str, inputs: list[str], truncate: bool = True, dimensions: int | None = None) -> Embeddings:
+        if dimensions is not None and dimensions < 1:
+            raise InvalidOptionError("dimensions must be at least 1")
+        backend = self.backend(name)
+        admission = self._admission_for(backend)
+        await admission.acquire(self.settings.gateway.request_timeout)
+        try:
+            emb = await backend.embed(inputs)
+        finally:
+            admission.release()
+        if dimensions is not None:  # Matryoshka-style: keep the first N, renormalise
+            cut = []
+            for v in emb.vectors:
+                head = v[:dimensions]
+                norm = math.sqrt(sum(x * x for x in head)) or 1.0
+                cut.append([x / norm for x in head])
+            emb.vectors = cut
+        emb.model = name
+        return emb
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """/api/tags: local models, aliases and upstream models."""
+        infos = await asyncio.to_thread(self.client.list_models)
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for info in infos:
+            entry = _tag_entry(info.name, info.path, info.size_bytes)
+            out.append(entry)
+            seen.add(info.name)
+        for alias in self.settings.aliases:
+            if alias not in seen:
+                out.append({"name": alias, "model": alias, "modified_at": _iso(self.started_at), "size": 0,
+                            "digest": _digest(alias), "details": {"format": "", "family": "", "families": [],
+                                                                  "parameter_size": "", "quantization_level": ""}})
+                seen.add(alias)
+        for name, pool in self.upstreams.items():
+            if name not in seen:
+                out.append({"name": name, "model": name, "modified_at": _iso(self.started_at), "size": 0,
+                            "digest": _digest(name), "remote_host": pool.nodes[0].url, "remote_model": pool.target,
+                            "details": {"format": "", "family": "", "families": [], "parameter_size": "",
+                                        "quantization_level": ""}})
+        return out
+
+    async def show(self, name: str) -> dict[str, Any]:
+        backend = self.backend(name)
+        if isinstance(backend, UpstreamPool):
+            shown = await backend.show()
+            return shown or {"details": {"format": "", "family": "", "families": []}, "model_info": {},
+                             "capabilities": ["completion"], "parameters": "", "template": "",
+                             "modified_at": _iso(self.started_at)}
+        info = await asyncio.to_thread(self.client.show, name)
+        return _show_entry(info)
+
+    async def running(self) -> list[dict[str, Any]]:
+        out = []
+        for backend in list(self._engines.values()):
+            for m in await asyncio.to_thread(backend.engine.loaded):
+                if m.details.get("embedding"):
+                    continue
+                name = self._served_names.get(m.name, m.name)
+                entry = _tag_entry(name, m.path, m.size_bytes)
+                entry.update(size=m.size_bytes, size_vram=0, context_length=m.context_length,
+                             expires_at=_iso(m.expires_at) if m.expires_at else "0001-01-01T00:00:00Z")
+                entry.pop("modified_at", None)
+                out.append(entry)
+        return out
+
+    def stats(self, samples: int = 500) -> dict[str, Any]:
+        """/api/lmgauge/stats: what the dashboard and `lmgauge monitor` show."""
+        state = self.gauges()
+        recent = self.monitor.samples()[-samples:]
+        return {
+            "window_s": self.monitor.window_s, "max_samples": self.monitor.max_samples,
+            "uptime_s": time.time() - self.started_at,
+            "models": {m: s.to_dict() for m, s in self.monitor.snapshot().items()},
+            "gauges": state["models"], "upstreams": state["upstreams"],
+            "timeline": self.monitor.timeline(bucket_s=2.0),
+            "samples": [{k: getattr(s, k) for k in Sample.__slots__} for s in recent],
+        }
+
+
+async def _maybe_await(value: Any) -> Any:
+    """Cache hooks may be plain functions (an in-process lookup) or coroutines (a network store)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def _hook(module: str, factory: str, settings: Settings, client: Client) -> Any:
+    """The routing / cache modules plug in by defining `gateway_router(settings, client)` /
+    `gateway_cache(settings, client)` (returning None when not configured). Until they exist,
+    the gateway runs without them."""
+    import importlib
+
+    try:
+        found = importlib.import_module(f"lmgauge.{module}")
+    except ImportError:
+        return None
+    make = getattr(found, factory, None)
+    return make(settings, client) if make is not None else None
+
+
+async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    try:
+        yield first
+        if first.done:
+            return
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
+
+
+async def _replay(result: Result) -> AsyncIterator[Chunk]:
+    if result.content:
+        yield Chunk(content=result.content)
+    yield Chunk(done=True, result=result)
+
+
+def _status(exc: BaseException) -> str:
+    if isinstance(exc, ContextOverflowError):
+        return "overflow"
+    if isinstance(exc, EngineBusyError):
+        return "busy"
+    if isinstance(exc, RequestTimeoutError):
+        return "timeout"
+    if isinstance(exc, LmgaugeError) and 400 <= exc.http_status < 500:
+        return "invalid"
+    return "error"
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+
+def _digest(text: str) -> str:
+    """An identity for a model entry (not a hash of the file's bytes, which would mean reading it)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _gguf_details(path: str | None) -> dict[str, Any]:
+    details = {"parent_model": "", "format": "gguf", "family": "", "families": [], "parameter_size": "",
+               "quantization_level": ""}
+    if not path:
+        return details
+    try:
+        from ..models import inspect_gguf
+
+        info = inspect_gguf(path)
+    except (LmgaugeError, OSError):
+        return details
+    n = info.parameters
+    size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+    details.update(family=info.architecture, families=[info.architecture], parameter_size=size,
+                   quantization_level=info.quantization)
+    return details
+
+
+def _tag_entry(name: str, path: str | None, size: int | None) -> dict[str, Any]:
+    import os
+
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        stat = None
+    modified = _iso(stat.st_mtime) if stat else _iso(time.time())
+    ident = f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else name
+    return {"name": name, "model": name, "modified_at": modified, "size": size or 0, "digest": _digest(ident),
+            "details": _gguf_details(path)}
+
+
+def _show_entry(info: Any) -> dict[str, Any]:
+    d = dict(info.details)
+    template = d.pop("template", "")
+    arch = d.get("architecture", "")
+    model_info = {"general.architecture": arch, "general.parameter_count": d.get("parameters"),
+                  "general.name": d.get("name")}
+    for key, gguf_key in (("n_ctx_train", "context_length"), ("n_embd", "embedding_length"),
+                          ("n_layer", "block_count"), ("n_head", "attention.head_count"),
+                          ("n_head_kv", "attention.head_count_kv")):
+        if d.get(key) is not None:
+            model_info[f"{arch}.{gguf_key}"] = d[key]
+    capabilities = ["completion"]
+    if isinstance(template, str) and "tools" in template:
+        capabilities.append("tools")
+    details = _gguf_details(info.path)
+    return {"license": "", "modelfile": f"# lmgauge: {info.source}\nFROM {info.path}\n", "parameters": "",
+            "template": template if isinstance(template, str) else "", "details": details,
+            "model_info": model_info, "capabilities": capabilities,
+            "modified_at": _tag_entry(info.name, info.path, info.size_bytes)["modified_at"]}

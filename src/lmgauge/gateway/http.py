@@ -1,0 +1,160 @@
+"""What both APIs share at the HTTP edge: reading a JSON body safely, checking field types,
+and turning an error into the response its API expects.
+
+Every malformed request becomes a 4xx with a message that names the field; nothing a client
+sends can make the gateway answer 500.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import InvalidOptionError, LmgaugeError
+from ..types import Format, Options
+
+
+class BodyTooLargeError(InvalidOptionError):
+    http_status = 413
+
+
+class UnauthorizedError(LmgaugeError):
+    http_status = 401
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def status_of(exc: BaseException) -> int:
+    status = getattr(exc, "http_status", 500)
+    return status if isinstance(status, int) else 500
+
+
+def retry_headers(exc: BaseException) -> dict[str, str] | None:
+    return {"Retry-After": "1"} if status_of(exc) == 503 else None
+
+
+def ollama_error(exc: BaseException) -> Response:
+    """Ollama's shape: {"error": "..."} with the status the error carries."""
+    return json_response({"error": str(exc) or type(exc).__name__}, status_of(exc), retry_headers(exc))
+
+
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                      413: "invalid_request_error", 503: "server_busy", 504: "timeout"}
+
+
+def openai_error(exc: BaseException) -> Response:
+    """OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+    status = status_of(exc)
+    code = "model_not_found" if status == 404 else None
+    body = {"error": {"message": str(exc) or type(exc).__name__,
+                      "type": OPENAI_ERROR_TYPES.get(status, "api_error"), "param": None, "code": code}}
+    return json_response(body, status, retry_headers(exc))
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over `limit` bytes before reading them."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InvalidOptionError("invalid Content-Length header")
+        if int(length) > limit:
+            raise BodyTooLargeError(f"request body is {length} bytes; the limit is {limit} "
+                                    "(gateway.max_body_bytes)")
+        body = await request.body()
+    else:  # chunked: count while reading
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes (gateway.max_body_bytes)")
+            parts.append(part)
+        body = b"".join(parts)
+    if not body:
+        raise InvalidOptionError("missing request body (send a JSON object)")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidOptionError(f"invalid JSON in request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidOptionError("request body must be a JSON object")
+    return data
+
+
+# --- field checks ---------------------------------------------------------------------------------
+
+_TYPE_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "an array",
+               int: "an integer", float: "a number"}
+
+
+def get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None,
+        required: bool = False) -> Any:
+    """body[name] checked against `kind` (None counts as absent); a clear 400 otherwise."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidOptionError(f"{name} is required")
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kinds)
+    if ok and isinstance(value, bool) and bool not in kinds:
+        ok = False  # JSON true is not a number
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise InvalidOptionError(f"{name} must be {wanted}, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def model_name(body: dict[str, Any]) -> str:
+    name = get(body, "model", str, required=True).strip()
+    if not name:
+        raise InvalidOptionError("model is required")
+    return name
+
+
+def parse_format(value: Any) -> Format:
+    """Ollama's `format`: absent, "" (none), "json" or a JSON schema object."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return "json"
+    if isinstance(value, dict):
+        return value
+    raise InvalidOptionError(f"format must be \"json\" or a JSON schema object, not {value!r:.60}")
+
+
+# Ranges llama.cpp's samplers accept; outside them a value is a mistake, not a request.
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 1 << 31),
+    "repeat_penalty": (0.0, 100.0), "repeat_last_n": (-1, 1 << 31), "presence_penalty": (-100.0, 100.0),
+    "frequency_penalty": (-100.0, 100.0), "num_ctx": (1, 1 << 31), "num_predict": (-2, 1 << 31),
+    "seed": (-(1 << 63), (1 << 64) - 1), "num_thread": (0, 1 << 16), "num_batch": (1, 1 << 31),
+}
+
+
+def parse_options(value: Any) -> Options:
+    if value is not None and not isinstance(value, dict):
+        raise InvalidOptionError("options must be an object of name: value")
+    options = Options.from_dict(value)
+    for name, (low, high) in _RANGES.items():
+        v = getattr(options, name)
+        if v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v) or not low <= v <= high:
+            raise InvalidOptionError(f"option {name!r} is out of range: {v!r}")
+    if any(not s for s in options.stop):
+        raise InvalidOptionError("option 'stop' must not contain empty strings")
+    return options

@@ -1,0 +1,74 @@
+"""Start a real gateway (uvicorn) on a free 127.0.0.1 port in a thread, for tests; and the
+stand-in upstreams (tests/standins.py) the gateway tests put behind it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from lmgauge.config import Settings
+from lmgauge.gateway.app import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayServer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.port = free_port()
+        self.app = create_app(settings, own_url=f"http://127.0.0.1:{self.port}")
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway(self):
+        return self.app.state.gateway
+
+    def __enter__(self) -> GatewayServer:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def wait_logged(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until the log writer has written at least n rows."""
+        deadline = time.time() + timeout
+        while self.gateway.log.written < n and time.time() < deadline:
+            time.sleep(0.02)
+
+
+REPLY = "The sky is blue because of Rayleigh scattering."  # 8 stand-in tokens
+
+
+def ollama_stub(**kwargs):
+    """An Ollama stand-in serving the model `stub` (started; stop() it)."""
+    from standins import OllamaStandin
+
+    return OllamaStandin(models=("stub",), reply=kwargs.pop("reply", REPLY), **kwargs).start()
+
+
+def openai_stub(**kwargs):
+    """An OpenAI-compatible stand-in serving the model `stub` (started; stop() it)."""
+    from standins import OpenAIStandin
+
+    return OpenAIStandin(models=("stub",), reply=kwargs.pop("reply", REPLY), **kwargs).start()
