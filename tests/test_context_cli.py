@@ -68,3 +68,29 @@ def test_eval_context_tiny_run(isolated_home, tmp_path):
     assert all(s["tokens_max"] <= s["limit"] for s in report["strategies"])
     assert {r["method"] for r in report["retrieval"]["rows"]} == {"bm25", "embed (wordllama)", "hybrid (wordllama)"}
     assert (tmp_path / "report.json").exists() and (tmp_path / "tokens.png").stat().st_size > 1000
+
+
+@pytest.mark.integration
+def test_interactive_chat_shows_the_budget_each_turn(isolated_home):
+    import os
+    import sys
+
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "lmgauge", "chat", "smollm2", "-v", "--strategy", "trim",
+                                           "-o", "temperature=0", "-o", "num_predict=8", "-o", "num_ctx=512"],
+                          env={**os.environ}, encoding="utf-8", timeout=240)
+    try:
+        child.expect("window 512 tokens, strategy trim")
+        child.expect(">>> ")
+        child.sendline("Hello there!")
+        child.expect(r"turn 1: \d+/\d+ tokens \(\d+%\) of a 512-token window")
+        child.expect(">>> ")
+        child.sendline("word " * 700)  # bigger than the window: refused, the session goes on
+        child.expect("this message alone")
+        child.expect(">>> ")
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
