@@ -106,7 +106,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--num-ctx", type=int, default=1024, help="window with compaction")
     ap.add_argument("--full-ctx", type=int, default=8192, help="window without compaction")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    ap.add_argument("--save", help="also write the JSON report to this file")
     args = ap.parse_args()
 
     settings = load_settings(keep_alive=-1)
@@ -137,6 +138,8 @@ def main() -> None:
                 "ttft_ms_on_compaction_turns_p50": statistics.median(after) if after else None,
                 "prompt_tokens_per_turn": [p["prompt_tokens"] for p in played],
             }
+    if args.save:
+        Path(args.save).write_text(json.dumps(report, indent=2, default=str))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return

@@ -337,10 +337,12 @@ class DocIndex:
         used = counter.count_text(head + "\n")
         shown = []
         for i, line in enumerate(lines):
-            more = f"- ... and {len(lines) - i} more"
             cost = counter.count_text(line + "\n")
-            if used + cost + counter.count_text(more) > budget and i < len(lines) - 1 or used + cost > budget:
-                shown.append(more)
+            left = len(lines) - i - 1
+            # keep room for the "... and N more" line unless this is the last document
+            room_for_more = counter.count_text(f"- ... and {left} more") if left else 0
+            if used + cost + room_for_more > budget:
+                shown.append(f"- ... and {left + 1} more")
                 break
             shown.append(line)
             used += cost
