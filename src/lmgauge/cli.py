@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import Client
+from .config import load_settings
 from .errors import InvalidOptionError, LmgaugeError
 from .types import Format, Message, Result, Timings
 
@@ -330,6 +331,315 @@ def size(
         table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
                       _size(e.total_bytes))
     out.print(table)
+
+# --- context: chat with managed context, long-term memory, the context evaluation -------------
+
+memory_app = typer.Typer(help="Long-term memory: the facts, preferences and decisions `lmgauge chat --memory` "
+                         "keeps about you (list, search, edit, forget).", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+
+
+def _context_settings(client: Client, strategy: str | None):
+    cfg = client.settings.context
+    if strategy is None:
+        return cfg
+    if strategy not in ("trim", "summarize", "hybrid", "none"):
+        raise InvalidOptionError(f"--strategy must be trim, summarize, hybrid or none, not {strategy!r}")
+    return cfg.model_copy(update={"strategy": strategy})
+
+
+def _memory(client: Client):
+    from .context.embeddings import make_embedder
+    from .context.memory import Memory
+    from .store import Store
+
+    return Memory(Store(client.settings.db_path), make_embedder(client.settings.context.embed_model, client))
+
+
+def _turn_report(turn: Any, verbose: bool) -> None:
+    """What the context manager did this turn: always the alert and warnings, details with -v."""
+    from rich.markup import escape
+
+    p = turn.prepared
+    if p.alert:
+        err.print(f"[yellow]context alert:[/] the conversation reached {p.before.fraction:.0%} of the prompt budget "
+                  f"({p.before.used}/{p.before.limit} tokens)", markup=True)
+    if p.compaction and not verbose:
+        err.print(f"[dim](compacted: {escape(str(p.compaction))})[/]", markup=True)
+    for w in turn.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", markup=True)
+    if not verbose:
+        return
+    b = p.budget
+    lines = [f"turn {p.turn}: {b.used}/{b.limit} tokens ({b.fraction:.0%}) of a {b.window}-token window, "
+             f"{b.reserve} reserved for the answer{'' if b.exact else ' (upper bound: no local tokenizer)'}"]
+    if p.compaction:
+        lines.append(f"  compacted ({p.compaction.reason}): {p.compaction}")
+    if p.recalled:
+        lines.append("  recalled: " + "; ".join(
+            r.text if r.source == "memory" else f"(turn {r.turn}) {r.text}" for r in p.recalled))
+    if p.retrieved:
+        lines.append("  documents: " + "; ".join(f"{c.path}:{c.start_line}-{c.end_line}" for c in p.retrieved))
+    if turn.extraction is not None and turn.extraction.stored:
+        lines.append("  remembered: " + "; ".join(f"{r.action} {r.item.kind} {r.item.text}"
+                                                  for r in turn.extraction.stored))
+    if turn.result is not None:
+        t = turn.result.timings
+        lines.append(f"  {t.prompt_tokens} prompt tokens ({t.cached_tokens} from cache), {t.output_tokens} out, "
+                     f"TTFT {_ms(t.ttft_ms)}")
+    for line in lines:
+        err.print(f"[dim]{escape(line)}[/]", markup=True)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Model name, .gguf path, ollama:NAME or openai:NAME@URL.")] = "smollm2",
+    memory: Annotated[bool, typer.Option("--memory", help="Remember facts across turns and sessions "
+                                         "(extracted by the model; see `lmgauge memory list`).")] = False,
+    docs: Annotated[Path | None, typer.Option("--docs", help="A folder of documents (txt, md, code) to "
+                                              "consult: only the relevant excerpts enter the prompt.")] = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="When the window fills: trim, summarize, hybrid or "
+                                                 "none (refuse). Default: context.strategy (hybrid).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Per turn: tokens used / window, what was "
+                                          "compacted, recalled, loaded and remembered.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per turn on stdout (answer, "
+                                           "budget, compaction, recall).")] = False,
+    option: OptionFlag = None,
+    conversation_id: Annotated[str | None, typer.Option("--id", help="Conversation id for the memory "
+                                                        "archive (default: a new one).")] = None,
+) -> None:
+    """Chat with managed context: exact token budget, compaction, long-term memory, documents.
+
+    Interactive on a terminal; with stdin from a pipe or file, each line is one message
+    (`lmgauge chat smollm2 --memory < questions.txt`)."""
+    from .context.conversation import Conversation
+    from .context.embeddings import make_embedder
+    from .context.retrieval import DocIndex
+    from .store import RequestRecord, Store
+
+    options = parse_options(option)
+    num_ctx = options.pop("num_ctx", None)
+    # A second decode slot keeps the chat's prefix cache when memory extraction or summarizing
+    # run between turns (each has its own prompt): that is what keeps the time to first token flat.
+    settings = load_settings()
+    settings.parallel = max(settings.parallel, 2)
+    with Client(settings) as client:
+        client.resolve(model)
+        cfg = _context_settings(client, strategy)
+        store = Store(client.settings.db_path)
+        embedder = make_embedder(cfg.embed_model, client) if (memory or docs) else None
+        mem = _memory(client) if memory else None
+        index = None
+        if docs is not None:
+            from .context.tokens import counter_for
+
+            with err.status(f"indexing {docs} ..."):
+                index = DocIndex.open(docs, counter_for(client, model), embedder, cfg.chunk_tokens,
+                                      cache_dir=client.settings.home / "docs")
+            err.print(f"[dim]{len(index.documents)} documents, {len(index.chunks)} chunks indexed from {docs}"
+                      + (f" ({len(index.skipped)} skipped)" if index.skipped else "") + "[/]", markup=True)
+        conv = Conversation(client, model, system=system, num_ctx=num_ctx, config=cfg, memory=mem, docs=index,
+                            store=store, conversation_id=conversation_id, options=options)
+        scripted = not sys.stdin.isatty()
+        if not scripted:
+            err.print(f"Chatting with {model} (window {conv.window.num_ctx} tokens, strategy {cfg.strategy}"
+                      f"{', memory on' if memory else ''}). /bye to quit.")
+        while True:
+            try:
+                line = sys.stdin.readline() if scripted else input(">>> ")
+            except (EOFError, KeyboardInterrupt):
+                err.print()
+                return
+            if scripted and not line:
+                return
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/bye", "/exit", "/quit"):
+                return
+            stream = not json_out
+            try:
+                turn = conv.send(text, on_text=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+                                 if stream else None)
+            except KeyboardInterrupt:
+                err.print("\n(interrupted)")
+                continue
+            except LmgaugeError as exc:
+                # The turn is not lost: it is on screen (and archived when memory is on); the
+                # conversation is unchanged, so the user can shorten it or retry.
+                err.print(f"[bold red]error:[/] {exc}", markup=True)
+                if scripted:
+                    sys.exit(1)
+                continue
+            if json_out:  # one object per line (JSON Lines), so a script can read turn by turn
+                sys.stdout.write(json.dumps(turn.to_dict(), default=str) + "\n")
+                sys.stdout.flush()
+            else:
+                sys.stdout.write("\n")
+            _turn_report(turn, verbose)
+            if turn.result is not None:
+                try:
+                    store.log_request(RequestRecord.from_result(turn.result, "chat", compacted=turn.compaction is not None))
+                except Exception as exc:  # noqa: BLE001 - the log is best effort
+                    err.print(f"warning: could not write the request log: {exc}")
+
+
+def _memory_rows(items: list, scores: list[float] | None = None) -> Table:
+    table = Table("id", "kind", "key", "value", "status", "mentions", "confidence", "turn", "updated", box=None)
+    if scores is not None:
+        table.add_column("score")
+    import time as _time
+
+    for i, m in enumerate(items):
+        row = [str(m.id), m.kind, m.key, m.value, m.status + (f" -> {m.superseded_by}" if m.superseded_by else ""),
+               str(m.mentions), f"{m.confidence:.2f}", "-" if m.source_turn is None else str(m.source_turn),
+               _time.strftime("%Y-%m-%d %H:%M", _time.localtime(m.updated))]
+        if scores is not None:
+            row.append(f"{scores[i]:.3f}")
+        table.add_row(*row)
+    return table
+
+
+@memory_app.command("list")
+def memory_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include superseded and forgotten memories (history).")] = False,
+    kind: Annotated[str | None, typer.Option(help="Only this kind: fact, preference or decision.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List current memories, newest first."""
+    from .context.memory import Memory
+    from .store import Store
+
+    with Client() as client:
+        items = Memory(Store(client.settings.db_path)).list(None if all_ else "current", kind)
+    if json_out:
+        out.print_json(data=[m.to_dict() for m in items])
+    elif not items:
+        err.print("no memories yet (`lmgauge chat --memory` collects them)")
+    else:
+        out.print(_memory_rows(items))
+
+
+@memory_app.command("search")
+def memory_search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="How many results.")] = 10,
+    all_: Annotated[bool, typer.Option("--all", help="Search superseded and forgotten memories too.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Search memories with hybrid search (BM25 + embeddings), as recall does."""
+    with Client() as client:
+        hits = _memory(client).search(query, k=k, status=None if all_ else "current")
+    if json_out:
+        out.print_json(data=[{**m.to_dict(), "score": s} for m, s in hits])
+    elif not hits:
+        err.print("nothing found")
+    else:
+        out.print(_memory_rows([m for m, _ in hits], [s for _, s in hits]))
+
+
+@memory_app.command("edit")
+def memory_edit(
+    memory_id: Annotated[int, typer.Argument(help="The memory's id (see `lmgauge memory list`).")],
+    value: Annotated[str | None, typer.Option(help="The corrected value.")] = None,
+    key: Annotated[str | None, typer.Option(help="The corrected key.")] = None,
+    kind: Annotated[str | None, typer.Option(help="fact, preference or decision.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Correct a memory in place."""
+    if value is None and key is None and kind is None:
+        raise InvalidOptionError("give at least one of --value, --key or --kind")
+    with Client() as client:
+        item = _memory(client).edit(memory_id, key=key, value=value, kind=kind)
+    if json_out:
+        out.print_json(data=item.to_dict())
+    else:
+        out.print(_memory_rows([item]))
+
+
+@memory_app.command("forget")
+def memory_forget(
+    memory_ids: Annotated[list[int], typer.Argument(help="Ids of the memories to forget.")],
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete every forgotten memory for good.")] = False,
+) -> None:
+    """Forget memories: never recalled again (kept as 'forgotten' until --purge)."""
+    from .context.memory import Memory
+    from .store import Store
+
+    with Client() as client:
+        memory = Memory(Store(client.settings.db_path))
+        for memory_id in memory_ids:
+            item = memory.forget(memory_id)
+            out.print(f"forgot {item.id}: {item.text}")
+        if purge:
+            out.print(f"purged {memory.purge()} forgotten memories")
+
+
+@eval_app.command("context")
+def eval_context(
+    model: Annotated[str, typer.Option(help="Model to evaluate (name, .gguf path, ollama:NAME).")] = "smollm2",
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 0,
+    turns: Annotated[int, typer.Option(min=12, help="Turns per conversation.")] = 100,
+    conversations: Annotated[int, typer.Option(min=1, help="Conversations (seed, seed+1, ...).")] = 1,
+    num_ctx: Annotated[int, typer.Option(help="The managed window: small enough that the conversation "
+                                         "must be compacted.")] = 2048,
+    full_ctx: Annotated[int | None, typer.Option(help="Window of the keep-everything reference "
+                                                 "(default: the model's trained context, at most 8192).")] = None,
+    strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of: keep-everything, "
+                                                   "keep-everything (same window), truncation, summarize, hybrid, "
+                                                   "hybrid (oracle memories).")] = None,
+    answers: Annotated[bool, typer.Option(help="Ask the model the questions (--no-answers: score only "
+                                          "whether the answer reached the prompt).")] = True,
+    retrieval: Annotated[bool, typer.Option(help="Run the document retrieval part.")] = True,
+    ask: Annotated[bool, typer.Option(help="Also evaluate the 'ask the model which documents' strategy.")] = True,
+    embed_model: Annotated[str | None, typer.Option(help="Another embedding model to compare with wordllama "
+                                                    "in retrieval (e.g. a GGUF embedding model).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write report.json and tokens.png here.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Fact recall after compaction vs truncation vs keep-everything, prompt tokens per turn,
+    extraction and supersession, document retrieval recall (BM25 / embeddings / hybrid)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .context.embeddings import ClientEmbedder, WordLlamaEmbedder
+    from .context.evaluation import evaluate
+    from .context.report import plot_tokens, print_report
+
+    plan_names = ("keep-everything", "keep-everything (same window)", "truncation", "summarize", "hybrid",
+                  "hybrid (oracle memories)")
+    chosen = tuple(s.strip() for s in strategies.split(",")) if strategies else plan_names
+    unknown = [s for s in chosen if s not in plan_names]
+    if unknown:
+        raise InvalidOptionError(f"unknown strategy {unknown[0]!r}; choose from: {', '.join(plan_names)}")
+    settings = load_settings()
+    settings.parallel = max(settings.parallel, 2)  # the chat's prefix cache survives extraction calls
+    with Client(settings) as client:
+        client.resolve(model)
+        extra = {embed_model: ClientEmbedder(client, embed_model)} if embed_model else None
+        if embed_model:
+            client.resolve(embed_model)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(name: str, i: int, n: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=n)
+                bar.update(tasks[name], completed=i + 1)
+
+            report = evaluate(client, model, seed=seed, turns=turns, conversations=conversations, num_ctx=num_ctx,
+                              full_ctx=full_ctx, embedder=WordLlamaEmbedder(), extra_embedders=extra,
+                              strategies=chosen, answer=answers, retrieval=retrieval, ask=ask, progress=progress)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        plot_tokens(report, out_dir / "tokens.png")
+        err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'tokens.png'}")
+    if json_out:
+        out.print_json(data=report)
+    else:
+        print_report(report, out)
 
 
 @app.command()

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,6 +74,40 @@ def parse_duration(value: Any) -> float:
         raise InvalidOptionError(f"invalid duration {value!r}; use seconds or e.g. 30s, 5m, 1h")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     return sum(float(n) * scale[u] for n, u in parts)
+
+
+class ContextSettings(BaseModel):
+    """`[context]` in config.toml (LMGAUGE_CONTEXT__STRATEGY=trim in the environment): how
+    conversations are kept inside the model's window. See docs/context.md."""
+
+    reserve: int = Field(512, ge=0)  # tokens kept free for the answer
+    alert_at: float = Field(0.75, gt=0, le=1)  # share of the prompt budget that raises the alert
+    # What a full conversation becomes: trim (drop old turns), summarize (running summary),
+    # hybrid (summary + recent turns + facts from long-term memory), none (refuse at 100%).
+    strategy: Literal["trim", "summarize", "hybrid", "none"] = "hybrid"
+    compact_at: float = Field(0.75, gt=0, le=1)  # trigger: share of the prompt budget...
+    compact_at_tokens: int | None = Field(None, gt=0)  # ...or this many prompt tokens...
+    compact_at_messages: int | None = Field(None, gt=0)  # ...or this many messages
+    target: float = Field(0.5, gt=0, lt=1)  # a compaction brings the prompt down to this share
+    keep_turns: int = Field(4, ge=1)  # at most this many recent turns stay verbatim
+    summary_tokens: int = Field(200, ge=16)  # the running summary's length limit
+    memory_tokens: int = Field(256, ge=0)  # recalled memories per turn (and pinned facts)
+    docs_tokens: int = Field(1024, ge=0)  # document excerpts per turn
+    docs_summary_tokens: int = Field(256, ge=0)  # the document index summary in the system prompt
+    chunk_tokens: int = Field(200, ge=32)  # target size of a document chunk
+    # Embeddings for recall: "wordllama" (offline, ships in its wheel), "none" (BM25 only), or
+    # any model lmgauge can run that embeds (a GGUF embedding model, ollama:nomic-embed-text).
+    embed_model: str = "wordllama"
+    summary_model: str | None = None  # the model that summarizes/extracts; default: the chat model
+    # What the gateway's context guard does with a conversation over the window (None: the
+    # gateway's own `[gateway] overflow` setting, which defaults to refuse).
+    overflow: Literal["refuse", "compact"] | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> ContextSettings:
+        if self.target >= self.compact_at:
+            raise ValueError(f"target ({self.target}) must be below compact_at ({self.compact_at})")
+        return self
 
 
 class UpstreamSettings(BaseModel):
@@ -150,6 +184,7 @@ class Settings(BaseSettings):
     ollama_host: str = Field(default_factory=default_ollama_host)
     request_timeout: float = 600.0  # seconds, for remote engines
 
+    context: ContextSettings = Field(default_factory=ContextSettings)
     # `lmgauge serve`
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 

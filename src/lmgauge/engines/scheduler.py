@@ -95,6 +95,7 @@ class Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV cells this seq holds
     job: Job | None = None
+    last_used: int = 0  # perf_counter_ns when it last took a job (unrelated jobs take the oldest)
 
 
 class Scheduler:
@@ -182,6 +183,7 @@ class Scheduler:
                 reuse = 0
             del slot.cache[reuse:]
             slot.job, job.slot = job, slot
+            slot.last_used = time.perf_counter_ns()
             job.pending = job.tokens[reuse:]
             job.n_past = reuse
             job.stats.cached_tokens = reuse
@@ -210,6 +212,12 @@ class Scheduler:
                 # Take an idle slot whose own cache is least useful and copy the donor's prefix.
                 target = min((s for s in idle if s is not donor), key=lambda s: len(s.cache))
                 return target, shared, donor
+        if reuse < MIN_SHARED_PREFIX:
+            # Nothing worth reusing (a few template tokens at most): take the least recently used
+            # slot, so an unrelated request (a memory extraction between two chat turns) does not
+            # evict the cache of the conversation that will come back.
+            lru = min(idle, key=lambda s: s.last_used)
+            return lru, min(_common_prefix(lru.cache, job.tokens), limit), None
         return best_idle, reuse, None
 
     def _drop_cancelled(self) -> None:

@@ -1,0 +1,388 @@
+"""Seeded synthetic data for `lmgauge eval context`: long conversations with needles, and a
+document corpus whose questions have their evidence in known places. Same seed, same data.
+
+A conversation introduces facts about the user (home city, job, dog's name, ...), repeats some,
+updates some ("I moved from Lyon to Oslo") and asks about all of them much later; in between
+it is small talk (questions, and some statements) whose canned answers never mention a fact's
+value. Every user message carries
+its ground truth (the facts it states), so extraction can be scored too.
+
+The corpus is a folder of Markdown service descriptions, Python modules and meeting notes about
+fictional services. Every service has the same sections (storage, security, deployment, ...),
+so the other services are distractors; each question's answer sits in one section of one file.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+TurnKind = Literal["filler", "state", "repeat", "update", "question"]
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    key: str
+    kind: str  # fact | preference | decision
+    values: tuple[str, ...]
+    state: tuple[str, ...]  # templates with {v}
+    question: tuple[str, ...]
+    update: tuple[str, ...] = ()  # templates with {old} and {v}; empty: never changes
+    repeat: tuple[str, ...] = ()
+
+
+SLOTS: tuple[SlotSpec, ...] = (
+    SlotSpec("home city", "fact",
+             ("Lyon", "Oslo", "Porto", "Tallinn", "Kyoto", "Quito", "Dublin", "Perth", "Graz", "Bergen"),
+             ("By the way, I live in {v}.", "I'm based in {v} these days."),
+             ("Which city do I live in now?", "Remind me, where do I live?"),
+             ("Big news: I moved from {old} to {v} last month.", "We relocated from {old} to {v}."),
+             ("It's raining again here in {v}.",)),
+    SlotSpec("job", "fact",
+             ("nurse", "pilot", "architect", "baker", "librarian", "electrician", "translator", "geologist"),
+             ("I work as a {v}.", "I'm a {v} by profession."),
+             ("What is my job?", "What do I do for a living?"),
+             ("I changed careers: I'm a {v} now, no longer a {old}.",),
+             ("Long shift today, being a {v} is tiring.",)),
+    SlotSpec("dog name", "fact",
+             ("Rex", "Biscuit", "Pepper", "Mochi", "Ziggy", "Bruno", "Nala"),
+             ("My dog is called {v}.", "I have a dog named {v}."),
+             ("What is my dog's name?", "Do you remember what my dog is called?"),
+             (), ("{v} chewed my slippers again.",)),
+    SlotSpec("sister name", "fact",
+             ("Clara", "Ingrid", "Marta", "Yuki", "Sofia", "Amara"),
+             ("My sister's name is {v}.", "I have a sister called {v}."),
+             ("What is my sister's name?",), (), ()),
+    SlotSpec("car", "fact",
+             ("Volvo", "Skoda", "Toyota", "Fiat", "Subaru", "Renault", "Mazda"),
+             ("I drive a {v}.", "My car is a {v}."),
+             ("What car do I drive?", "Which brand is my car?"),
+             ("I sold the {old} and bought a {v}.",), ()),
+    SlotSpec("morning drink", "preference",
+             ("green tea", "black coffee", "oat latte", "hot chocolate", "chai", "espresso"),
+             ("I always start my day with {v}.", "In the morning I prefer {v}."),
+             ("What do I like to drink in the morning?",),
+             ("I've switched from {old} to {v} in the mornings.",), ()),
+    SlotSpec("project review day", "decision",
+             ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday"),
+             ("Let's hold the project review on {v}.", "We decided the project review will be on {v}."),
+             ("On which day is the project review?", "When is the project review?"),
+             ("Let's move the project review from {old} to {v}.",), ()),
+    SlotSpec("instrument", "fact",
+             ("cello", "banjo", "piano", "clarinet", "ukulele", "trumpet"),
+             ("I play the {v} in a local band.", "I've been learning the {v}."),
+             ("Which instrument do I play?",),
+             ("I gave up the {old}; I play the {v} now.",), ()),
+    SlotSpec("allergy", "fact",
+             ("peanuts", "shellfish", "pollen", "penicillin", "sesame"),
+             ("I'm allergic to {v}.",),
+             ("What am I allergic to?",), (), ()),
+    SlotSpec("language learning", "decision",
+             ("Portuguese", "Japanese", "Finnish", "Swahili", "Korean", "Greek"),
+             ("I've decided to learn {v} this year.",),
+             ("Which language did I decide to learn?",),
+             ("I dropped {old}; I'm learning {v} instead.",), ()),
+    SlotSpec("employer", "fact",
+             ("Nordlys Labs", "Acme Foods", "Bluefin Robotics", "Quarry Bank", "Tern Logistics"),
+             ("I work at {v}.", "My employer is {v}."),
+             ("Which company do I work for?",),
+             ("I left {old} and joined {v}.",), ()),
+    SlotSpec("diet", "preference",
+             ("vegetarian", "vegan", "pescatarian", "gluten-free"),
+             ("I'm {v}, just so you know.",),
+             ("What is my diet?",),
+             ("I'm not {old} anymore, I'm {v} now.",), ()),
+)
+
+FILLER: tuple[tuple[str, str], ...] = (
+    ("Can you explain how tides work?",
+     "Tides are caused mainly by the Moon's gravity pulling on the oceans. The side of the Earth facing the "
+     "Moon bulges, and so does the opposite side, which gives most coasts two high tides a day."),
+    ("What is a good recipe for pancakes?",
+     "Mix one cup of flour, one egg, a cup of milk, a spoon of sugar and a pinch of salt. Rest the batter for "
+     "ten minutes, then cook small ladles in a hot buttered pan until bubbles form, and flip."),
+    ("How does recursion work in programming?",
+     "A recursive function calls itself on a smaller version of the problem until it reaches a base case "
+     "that it can answer directly; the answers are then combined on the way back up."),
+    ("What is photosynthesis?",
+     "Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen. It happens in "
+     "the chloroplasts, where chlorophyll captures the light energy."),
+    ("Why is the sky blue?",
+     "Sunlight is scattered by the molecules of the air, and short blue wavelengths are scattered much more "
+     "than red ones, so blue light reaches our eyes from every direction of the sky."),
+    ("Any tips for sleeping better?",
+     "Keep a regular schedule, avoid screens for an hour before bed, keep the bedroom cool and dark, and "
+     "limit caffeine after lunch. A short wind-down routine helps too."),
+    ("How do vaccines work?",
+     "A vaccine shows the immune system a harmless piece or copy of a germ, so it learns to recognise it; "
+     "if the real germ arrives later, the body responds quickly."),
+    ("What's the difference between weather and climate?",
+     "Weather is what the atmosphere does over hours or days; climate is the long-term pattern of weather "
+     "in a region, usually averaged over thirty years or more."),
+    ("Can you suggest a short stretching routine?",
+     "Try one minute each of neck rolls, shoulder circles, a standing forward fold, a hip flexor lunge on "
+     "each side and a gentle spinal twist. Breathe slowly throughout."),
+    ("How do I keep basil alive indoors?",
+     "Give it at least six hours of light, water when the top of the soil is dry, and pinch off the flower "
+     "buds so the plant keeps producing leaves."),
+    ("What is a black hole?",
+     "A black hole is a region where gravity is so strong that nothing, not even light, can escape. It forms "
+     "when a very massive star collapses at the end of its life."),
+    ("How do I make a good cup of tea?",
+     "Use freshly boiled water, warm the pot, and steep for three to five minutes depending on the leaves; "
+     "remove the leaves so it does not turn bitter."),
+    ("Explain what an API is.",
+     "An API is a contract that lets one program ask another for data or actions through well-defined "
+     "requests and responses, without knowing how the other program works inside."),
+    ("Why do leaves change colour in autumn?",
+     "As days shorten, trees stop making chlorophyll, the green fades, and yellow and orange pigments that "
+     "were there all along become visible; some trees also make red pigments."),
+    ("How can I save money on groceries?",
+     "Plan meals for the week, shop with a list, buy staples in bulk, compare unit prices, and cook larger "
+     "batches that can be frozen for later."),
+    ("What causes thunder?",
+     "Lightning heats the air around it to tens of thousands of degrees in an instant; the air expands "
+     "explosively and the shock wave is what we hear as thunder."),
+    ("How does a bicycle stay upright?",
+     "Mostly through steering: when a bike leans, the rider and the geometry of the fork turn the front "
+     "wheel into the lean, which brings the wheels back under the rider."),
+    ("Give me an idea for a weekend project.",
+     "Build a small bird feeder from scrap wood: it takes an afternoon, needs only a saw, a drill and some "
+     "screws, and you get visitors to watch for months."),
+    ("What is compound interest?",
+     "Compound interest is interest earned on both the original amount and the interest already added, so "
+     "savings grow faster over time, like a snowball rolling downhill."),
+    ("How do noise-cancelling headphones work?",
+     "Microphones pick up the ambient sound and the headphones play the same wave inverted; the two cancel "
+     "out, which works best for steady low-frequency noise."),
+    ("What should I read to learn about history?",
+     "Start with a broad survey such as a world history overview, then pick one period that interests you "
+     "and read a well-reviewed narrative book about it."),
+    ("How do I start running?",
+     "Begin with walk-run intervals three times a week, for example one minute running and two walking, "
+     "and add a little running time each week. Rest days matter."),
+)
+
+# Small talk that states something, but none of the facts asked about.
+STATEMENTS: tuple[tuple[str, str], ...] = (
+    ("I watched a documentary about octopuses yesterday.",
+     "Octopuses are remarkable: they can change colour in a fraction of a second and solve simple puzzles."),
+    ("Work has been really busy this week.", "That sounds tiring. Try to keep some time for yourself this weekend."),
+    ("I finally fixed the leaking tap in the kitchen.", "Well done! A new washer is often all it takes."),
+    ("The weekend was quiet, I mostly read.", "A quiet weekend with a good book is a fine way to recharge."),
+    ("I think I'll go for a walk later.", "Good idea, a walk is great for clearing the head."),
+    ("My neighbour's garden looks amazing this spring.", "Spring gardens can be spectacular, especially with tulips."),
+    ("I tried a new bakery downtown and liked it.", "Nice find! Local bakeries often have the best bread."),
+    ("I need to remember to call the bank tomorrow.", "A reminder on your phone can help you not forget it."),
+)
+
+ACKS = ("Thanks for telling me, I'll keep that in mind.", "Good to know!", "Noted, thank you.",
+        "Got it. Anything else I can help with?", "Understood.")
+
+
+@dataclass
+class Fact:
+    kind: str
+    key: str
+    value: str
+
+
+@dataclass
+class SynthTurn:
+    user: str
+    assistant: str  # canned answer (for questions: the reference answer, the model's is scored)
+    kind: TurnKind
+    slot: str | None = None
+    value: str | None = None  # the value stated, or the current value asked for
+    old: list[str] = field(default_factory=list)  # earlier values of the slot (stale answers)
+    facts: list[Fact] = field(default_factory=list)  # ground truth memories in this message
+
+
+@dataclass
+class SynthConversation:
+    seed: int
+    turns: list[SynthTurn]
+
+    @property
+    def questions(self) -> list[tuple[int, SynthTurn]]:
+        return [(i + 1, t) for i, t in enumerate(self.turns) if t.kind == "question"]
+
+    def current_values(self, upto: int) -> dict[str, str]:
+        """Each slot's value as of turn `upto` (1-based, inclusive)."""
+        out: dict[str, str] = {}
+        for t in self.turns[:upto]:
+            if t.kind in ("state", "update", "repeat") and t.slot and t.value:
+                out[t.slot] = t.value
+        return out
+
+
+def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5) -> SynthConversation:
+    """A conversation of `turns` user turns: facts stated in the first third, repeated now and
+    then, `updates` of them changed in the middle third, all asked about in the last part."""
+    if turns < 12:
+        raise ValueError("a synthetic conversation needs at least 12 turns")
+    rng = random.Random(seed)
+    specs = rng.sample(SLOTS, min(slots, len(SLOTS)))
+    updatable = [s for s in specs if s.update]
+    to_update = set(s.key for s in rng.sample(updatable, min(updates, len(updatable))))
+
+    plan: dict[int, SynthTurn] = {}
+    free = lambda lo, hi: [i for i in range(lo, hi) if i not in plan]  # noqa: E731
+    first_third, two_thirds, ask_from = max(turns // 3, len(specs)), max(2 * turns // 3, 2), int(turns * 0.7)
+    state_at = sorted(rng.sample(free(0, first_third), len(specs)))
+    rng.shuffle(specs)
+    for spec, i in zip(specs, state_at):
+        values = list(spec.values)
+        rng.shuffle(values)
+        v = values[0]
+        plan[i] = SynthTurn(rng.choice(spec.state).format(v=v), rng.choice(ACKS), "state", spec.key, v,
+                            facts=[Fact(spec.kind, spec.key, v)])
+        history = [v]
+        if spec.key in to_update:
+            slots_free = free(max(i + 3, first_third), two_thirds)
+            if slots_free:
+                j = rng.choice(slots_free)
+                new = values[1]
+                plan[j] = SynthTurn(rng.choice(spec.update).format(old=v, v=new), rng.choice(ACKS), "update",
+                                    spec.key, new, old=[v], facts=[Fact(spec.kind, spec.key, new)])
+                history.append(new)
+        if spec.repeat and rng.random() < 0.6:
+            last = max(k for k, t in plan.items() if t.slot == spec.key)
+            slots_free = free(last + 2, ask_from)
+            if slots_free:
+                j = rng.choice(slots_free)
+                plan[j] = SynthTurn(rng.choice(spec.repeat).format(v=history[-1]), rng.choice(ACKS), "repeat",
+                                    spec.key, history[-1], facts=[Fact(spec.kind, spec.key, history[-1])])
+    ask_at = sorted(rng.sample(free(ask_from, turns), min(len(specs), len(free(ask_from, turns)))))
+    rng.shuffle(specs)
+    for spec, i in zip(specs, ask_at):
+        said = sorted((k, t) for k, t in plan.items() if t.slot == spec.key and t.kind != "question")
+        current = said[-1][1].value
+        olds = [t.value for _, t in said if t.value != current]
+        plan[i] = SynthTurn(rng.choice(spec.question), f"{current}.", "question", spec.key, current,
+                            old=sorted(set(olds)))
+    out = []
+    for i in range(turns):
+        if i in plan:
+            out.append(plan[i])
+        else:  # a quarter of the small talk are statements, the rest questions
+            pool = STATEMENTS if rng.random() < 0.25 else FILLER
+            q, a = pool[rng.randrange(len(pool))]
+            out.append(SynthTurn(q, a, "filler"))
+    return SynthConversation(seed, out)
+
+
+# --- documents ---------------------------------------------------------------------------------
+
+SERVICE_NAMES = (
+    "Falcon", "Heron", "Marlin", "Quokka", "Ibis", "Puffin", "Lynx", "Otter", "Kestrel", "Walrus",
+    "Gecko", "Bison", "Osprey", "Narwhal", "Tapir", "Wombat", "Condor", "Jackal", "Mantis", "Pelican",
+    "Raven", "Badger", "Cobra", "Dingo",
+)
+DATABASES = ("PostgreSQL 15", "MySQL 8", "Cassandra", "MongoDB", "CockroachDB", "SQLite", "Redis", "ClickHouse")
+REGIONS = ("Frankfurt", "Dublin", "Singapore", "Virginia", "Sao Paulo", "Tokyo", "Sydney", "Montreal", "Stockholm")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+CHANNELS = ("#ops-alerts", "#pager-duty", "#incident-room", "#oncall-core", "#sre-warroom", "#alarms")
+PEOPLE = ("Ada Byrne", "Tomas Kral", "Mei Tanaka", "Ravi Iyer", "Lena Vogel", "Omar Haddad", "Sara Lindqvist",
+          "Jon Okafor", "Nina Petrova", "Luis Ortega", "Hana Novak", "Eli Cohen")
+LANGS = ("Go", "Rust", "Python", "Kotlin", "TypeScript", "Elixir", "Java", "C#")
+
+PADDING = (
+    "The team reviews this part of the system every quarter and records decisions in the changelog.",
+    "Changes here go through the usual review process, with at least one approval from the owners.",
+    "Historical context and older designs are kept in the archive folder for reference.",
+    "Load tests are run before every major release to confirm that the numbers still hold.",
+    "Questions about this section can be raised in the weekly engineering sync.",
+    "The configuration lives next to the code and is versioned with it.",
+)
+
+
+@dataclass
+class DocQuestion:
+    question: str
+    path: str
+    evidence: str  # a sentence that occurs in exactly one chunk
+    answer: str
+
+
+@dataclass
+class Corpus:
+    root: Path
+    files: list[str]
+    questions: list[DocQuestion]
+
+
+def _pad(rng: random.Random, n: int) -> str:
+    return " ".join(rng.sample(PADDING, n))
+
+
+def corpus(root: str | Path, seed: int = 0, services: int = 16, questions: int = 40) -> Corpus:
+    """Write a synthetic document folder under `root` and return its questions."""
+    rng = random.Random(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = rng.sample(SERVICE_NAMES, min(services, len(SERVICE_NAMES)))
+    pool: list[DocQuestion] = []
+    files: list[str] = []
+    for name in names:
+        db, region = rng.choice(DATABASES), rng.choice(REGIONS)
+        rotate, day, channel = rng.choice((7, 14, 30, 45, 60, 90)), rng.choice(DAYS), rng.choice(CHANNELS)
+        owner, lang, port = rng.choice(PEOPLE), rng.choice(LANGS), rng.randrange(3000, 9999)
+        retention = rng.choice((7, 30, 90, 180, 365))
+        facts = {
+            "storage": f"{name} stores its data in a {db} cluster hosted in {region}.",
+            "retention": f"Records older than {retention} days are deleted by the {name} cleanup job.",
+            "security": f"The API keys of {name} are rotated every {rotate} days.",
+            "deploy": f"{name} is deployed to production every {day} after the smoke tests pass.",
+            "alerts": f"Alerts from {name} are posted to the {channel} channel.",
+            "owner": f"{name} is owned by {owner}, who approves its architecture changes.",
+            "lang": f"{name} is written in {lang} and listens on port {port}.",
+        }
+        path = f"services/{name.lower()}.md"
+        text = (
+            f"# {name} service\n\n{name} is one of the internal services of the platform. {_pad(rng, 2)}\n\n"
+            f"## Storage\n\n{facts['storage']} {_pad(rng, 2)}\n\n{facts['retention']} {_pad(rng, 1)}\n\n"
+            f"## Security\n\n{facts['security']} {_pad(rng, 2)}\n\n"
+            f"## Deployment\n\n{facts['deploy']} {_pad(rng, 2)}\n\n"
+            f"## Monitoring\n\n{facts['alerts']} {_pad(rng, 2)}\n\n"
+            f"## Ownership\n\n{facts['owner']} {_pad(rng, 1)}\n"
+        )
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+        files.append(path)
+        code_path = f"src/{name.lower()}_config.py"
+        code = (
+            f'"""Runtime settings of the {name} service."""\n\nimport os\n\n\n'
+            f"def listen_port() -> int:\n    \"\"\"{facts['lang']}\"\"\"\n"
+            f"    return int(os.environ.get(\"{name.upper()}_PORT\", {port}))\n\n\n"
+            f"def retention_days() -> int:\n    \"\"\"How long {name} keeps records before the cleanup job.\"\"\"\n"
+            f"    return {retention}\n"
+        )
+        (root / code_path).parent.mkdir(parents=True, exist_ok=True)
+        (root / code_path).write_text(code)
+        files.append(code_path)
+        pool += [
+            DocQuestion(rng.choice((f"Where does {name} store its data?", f"Which database does {name} use?")),
+                        path, facts["storage"], db),
+            DocQuestion(rng.choice((f"How often are the API keys of {name} rotated?",
+                                    f"What is the key rotation period for {name}?")), path, facts["security"], str(rotate)),
+            DocQuestion(rng.choice((f"On which day is {name} released to production?",
+                                    f"When does {name} get deployed?")), path, facts["deploy"], day),
+            DocQuestion(rng.choice((f"Where do {name} alerts go?", f"Which channel receives {name} notifications?")),
+                        path, facts["alerts"], channel),
+            DocQuestion(rng.choice((f"Who owns {name}?", f"Who approves architecture changes to {name}?")),
+                        path, facts["owner"], owner),
+            DocQuestion(rng.choice((f"Which port does {name} listen on?", f"What programming language is {name} written in?")),
+                        code_path, facts["lang"], lang),
+            DocQuestion(rng.choice((f"How long does {name} keep records?", f"When are old {name} records deleted?")),
+                        path, facts["retention"], str(retention)),
+        ]
+    notes = ["# Meeting notes\n"]
+    for i in range(6):
+        notes.append(f"\n## Week {i + 1}\n\n{_pad(rng, 3)} Action items were assigned to the owners.\n")
+    (root / "notes.md").write_text("".join(notes))
+    files.append("notes.md")
+    rng.shuffle(pool)
+    return Corpus(root, files, pool[:questions])

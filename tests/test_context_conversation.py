@@ -1,0 +1,130 @@
+"""A managed conversation on the real embedded model: bounded prompts, the alert, refusals that
+name the numbers, memory extraction through the grammar, and a tiny run of the evaluation."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmgauge.client import Client
+from lmgauge.config import load_settings
+from lmgauge.context.conversation import Conversation
+from lmgauge.context.embeddings import WordLlamaEmbedder
+from lmgauge.context.evaluation import eval_retrieval, run_strategy
+from lmgauge.context.memory import Memory
+from lmgauge.context.synthetic import FILLER, conversation
+from lmgauge.context.tokens import counter_for
+from lmgauge.errors import ContextOverflowError
+from lmgauge.store import Store
+
+pytestmark = pytest.mark.integration
+
+GREEDY = {"temperature": 0, "num_predict": 12}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    # Module-scoped (one model load for the file), so it sets its own home: the per-test
+    # isolated home does not exist yet when it is created.
+    settings = load_settings(parallel=2, keep_alive=-1, home=tmp_path_factory.mktemp("home"))
+    with Client(settings) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return WordLlamaEmbedder()
+
+
+def replay(conv: Conversation, turns: int) -> list:
+    """Small talk with canned answers (no model call for the answers, no extraction)."""
+    return [conv.record(q, a, extract=False) for q, a in (FILLER[i % len(FILLER)] for i in range(turns))]
+
+
+def test_prompts_stay_bounded_while_the_conversation_grows(client, tmp_path):
+    cfg = client.settings.context.model_copy(update={"strategy": "trim", "reserve": 64})
+    conv = Conversation(client, "smollm2", num_ctx=512, config=cfg, store=Store(tmp_path / "s.db"))
+    turns = replay(conv, 30)
+    used = [t.budget.used for t in turns]
+    assert max(used) <= conv.window.limit and sum(t.compaction is not None for t in turns) >= 3
+    assert max(t.prepared.before.used for t in turns) < conv.window.limit  # compacted before the limit
+    # Without compaction the same conversation grows turn after turn until it is refused.
+    keep = Conversation(client, "smollm2", num_ctx=512, config=cfg.model_copy(update={"strategy": "none"}))
+    grown = []
+    with pytest.raises(ContextOverflowError) as exc:
+        for q, a in (FILLER[i % len(FILLER)] for i in range(30)):
+            grown.append(keep.record(q, a).budget.used)
+    assert grown == sorted(grown) and "512" in str(exc.value)
+    alerted = [i for i, u in enumerate(grown) if u / keep.window.limit >= 0.75]
+    assert alerted  # the alert threshold was crossed before the refusal
+
+
+def test_the_alert_fires_once_when_crossing_75_percent(client):
+    cfg = client.settings.context.model_copy(update={"strategy": "none", "reserve": 64})
+    seen = []
+    conv = Conversation(client, "smollm2", num_ctx=1024, config=cfg, on_alert=seen.append)
+    fired = []
+    with pytest.raises(ContextOverflowError):
+        for q, a in (FILLER[i % len(FILLER)] for i in range(40)):
+            t = conv.record(q, a)
+            fired.append((t.prepared.alert, t.prepared.before.fraction))
+    first = next(i for i, (alert, _) in enumerate(fired) if alert)
+    assert fired[first][1] >= 0.75 and fired[first - 1][1] < 0.75
+    assert sum(alert for alert, _ in fired) == 1 and len(seen) == 1
+
+
+def test_a_message_bigger_than_the_window_is_refused_and_nothing_is_lost(client):
+    conv = Conversation(client, "smollm2", num_ctx=256, options=GREEDY)
+    conv.send("Hello!")
+    history = list(conv.history)
+    with pytest.raises(ContextOverflowError) as exc:
+        conv.send("word " * 400)
+    message = str(exc.value)
+    assert "this message alone" in message and "256" in message and str(conv.window.reserve) in message
+    assert conv.history == history and conv.turn == 1  # the conversation is unchanged: retry shorter
+
+
+def test_memory_through_the_grammar_and_recall_after_compaction(client, tmp_path, embedder):
+    store = Store(tmp_path / "s.db")
+    memory = Memory(store, embedder)
+    cfg = client.settings.context.model_copy(update={"strategy": "trim", "reserve": 64, "keep_turns": 2})
+    conv = Conversation(client, "smollm2", num_ctx=512, config=cfg, memory=memory, store=store, options=GREEDY)
+    first = conv.send("I moved from Lyon to Oslo last month.")
+    assert first.extraction is not None and first.extraction.attempts == 1  # valid JSON by grammar
+    assert first.extraction.warnings == []
+    replay(conv, 12)  # the statement leaves the prompt
+    prepared = conv.prepare("Which city do I live in now?")
+    assert "Oslo" not in "\n".join(m.content for m in conv.history)
+    assert "Oslo" in prepared.prompt_text  # recalled from the archive (or memory)
+    assert any(r.turn == 1 for r in prepared.recalled)
+
+
+def test_memory_extraction_between_turns_keeps_the_chat_cache(client, tmp_path):
+    # Extraction has its own system prompt: the scheduler gives it the least recently used slot
+    # instead of the one holding the conversation, so the next turn evaluates only what is new.
+    memory = Memory(Store(tmp_path / "s.db"))
+    conv = Conversation(client, "smollm2", num_ctx=1024, options=GREEDY, memory=memory)
+    first = conv.send("Tell me one fact about the Moon.")
+    assert first.extraction is not None and first.extraction.attempts >= 1  # a model call ran
+    second = conv.send("And one about Mars?")
+    assert second.result.timings.cached_tokens >= first.result.timings.prompt_tokens
+
+
+def test_tiny_evaluation_separates_retrieval_from_the_model(client, embedder):
+    synth = conversation(5, turns=16, slots=4, updates=2)
+    base = client.settings.context
+    hybrid = run_strategy(client, "smollm2", synth, "hybrid", "hybrid", 512, base=base, embedder=embedder,
+                          memory_mode="oracle", answer=False)
+    trim = run_strategy(client, "smollm2", synth, "truncation", "trim", 512, base=base, embedder=None, answer=False)
+    assert len(hybrid.questions) == len(trim.questions) == 4
+    assert hybrid.summary()["in_prompt"] == 1.0 > trim.summary()["in_prompt"]
+    assert max(hybrid.tokens) <= hybrid.limit and hybrid.compactions
+    assert hybrid.supersession["accuracy"] == 1.0 and hybrid.stale_recalled == 0
+
+
+def test_tiny_retrieval_evaluation_reports_every_method(client, embedder):
+    report = eval_retrieval(counter_for(client, "smollm2"), {"wordllama": embedder}, questions=10)
+    methods = [r["method"] for r in report["rows"]]
+    assert methods == ["bm25", "embed (wordllama)", "hybrid (wordllama)"]
+    hybrid = report["rows"][2]
+    assert 0 <= hybrid["recall@1"] <= hybrid["recall@5"] <= hybrid["recall@10"] <= 1
+    assert hybrid["budget 512"] <= hybrid["budget 2048"]
