@@ -100,15 +100,16 @@ class BareLlama:
             tok = self._argmax(0)
         return BareRun(len(tokens), out, t_first - t0, t_last - t_first, t_first - t0)
 
-    def generate_batch(self, prompts: list[list[int]], max_tokens: int) -> tuple[int, int]:
+    def generate_batch(self, prompts: list[list[int]], max_tokens: int) -> tuple[int, int, int]:
         """Several streams, one sequence each, decoded together: one llama_decode per step.
-        Returns (total output tokens, decode ns)."""
+        Returns (total output tokens, decode ns, decode steps)."""
         L.llama_memory_clear(self.mem, True)
         nexts = [self.prefill(p, seq=s) for s, p in enumerate(prompts)]
         pos = [len(p) for p in prompts]
         alive = [not L.llama_vocab_is_eog(self.vocab, t) for t in nexts]
         produced = [1 if a else 0 for a in alive]
         t0 = time.perf_counter_ns()
+        steps = 0
         while any(alive):
             rows = []
             for s, tok in enumerate(nexts):
@@ -121,6 +122,7 @@ class BareLlama:
                 break
             self.batch.n_tokens = len(rows)
             L.llama_decode(self.ctx, self.batch)
+            steps += 1
             for i, s in enumerate(rows):
                 pos[s] += 1
                 nexts[s] = self._argmax(i)
@@ -128,7 +130,7 @@ class BareLlama:
                     alive[s] = False
                 else:
                     produced[s] += 1
-        return sum(produced), time.perf_counter_ns() - t0
+        return sum(produced), time.perf_counter_ns() - t0, steps
 
     def close(self) -> None:
         L.llama_batch_free(self.batch)

@@ -3,9 +3,13 @@ test reads or writes the developer's ~/.lmgauge."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
+from typing import Any
 
-from lmgauge.config import load_settings
+import pytest
+from standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
+
+from lmgauge.config import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +28,16 @@ def isolated_home(tmp_path, monkeypatch):
 @pytest.fixture
 def settings(isolated_home):
     return load_settings()
+
+
+@pytest.fixture
+def make_settings(isolated_home: Any) -> Callable[..., Settings]:
+    """Settings built from explicit values (the isolated home has no config file)."""
+
+    def make(**kwargs: Any) -> Settings:
+        return Settings(**kwargs)
+
+    return make
 
 
 @pytest.fixture(scope="session")

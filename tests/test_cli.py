@@ -113,3 +113,24 @@ def test_models_and_show_json():
     proc = lmgauge("show", "smollm2", "--json")
     details = json.loads(proc.stdout)["details"]
     assert details["n_layer"] == 30 and details["architecture"] == "llama"
+
+
+@pytest.mark.integration
+def test_interactive_chat_in_a_terminal_keeps_the_conversation():
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "lmgauge", "run", "smollm2", "-o", "temperature=0",
+                                           "-o", "num_predict=12", "--verbose"],
+                          env={**os.environ}, encoding="utf-8", timeout=240)
+    try:
+        child.expect(">>> ")
+        child.sendline("My name is Zed. Say hello.")
+        child.expect("time per output token")
+        child.expect(">>> ")
+        child.sendline("/clear")
+        child.expect("conversation cleared")
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0

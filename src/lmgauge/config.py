@@ -143,6 +143,7 @@ class Settings(BaseSettings):
     kv_type: KVType = "f16"
     parallel: int = 1  # sequences decoded together in one batch (continuous batching)
     n_batch: int = 512
+    prefix_cache: bool = True  # reuse KV of prompt prefixes already computed (reported as cached)
 
     # remote engines
     ollama_host: str = Field(default_factory=default_ollama_host)

@@ -322,7 +322,8 @@ class LlamaCppEngine:
             limit = options.num_predict if options.num_predict and options.num_predict > 0 else room
             sampler = Sampler(runner.vocab, options, grammar)
             job = runner.scheduler.submit(
-                Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop))
+                Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop),
+                    reuse_cache=self.settings.prefix_cache)
             )
             while True:
                 event = job.events.get()

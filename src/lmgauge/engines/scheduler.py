@@ -155,15 +155,23 @@ class Scheduler:
         return [s.job for s in self.slots if s.job is not None]
 
     def _admit(self) -> None:
-        """Move waiting jobs into free slots, reusing the longest cached prefix available."""
-        while self._waiting:
+        """Move waiting jobs into free slots, reusing the longest cached prefix available.
+
+        A job whose prompt shares a long prefix with a prompt still being evaluated waits for
+        those tokens to reach the cache and then copies them, instead of computing them again
+        (8 requests with one long system prompt arriving together: one prefill, not eight).
+        """
+        for job in list(self._waiting):
             idle = [s for s in self.slots if s.job is None]
             if not idle:
                 return
-            job = self._waiting.popleft()
             if job.cancelled:
+                self._waiting.remove(job)
                 self._finish(job, reason="cancel")
                 continue
+            if job.reuse_cache and self._prefix_in_flight(job):
+                continue
+            self._waiting.remove(job)
             slot, reuse, source = self._pick_slot(job, idle)
             if source is not None:  # copy the shared prefix from another sequence's cells
                 L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
@@ -178,6 +186,14 @@ class Scheduler:
             job.n_past = reuse
             job.stats.cached_tokens = reuse
             job.stats.t_start = time.perf_counter_ns()
+
+    def _prefix_in_flight(self, job: Job) -> bool:
+        """Is a worthwhile part of this prompt being evaluated right now by another job?"""
+        limit = len(job.tokens) - 1
+        cached = max((_common_prefix(s.cache, job.tokens) for s in self.slots), default=0)
+        coming = max((min(_common_prefix(j.tokens, job.tokens), limit)
+                      for j in self._running() if j.pending), default=0)
+        return coming - cached >= MIN_SHARED_PREFIX
 
     def _pick_slot(self, job: Job, idle: list[Slot]) -> tuple[Slot, int, Slot | None]:
         """The idle slot to use, how many prompt tokens are already cached, and where from."""
