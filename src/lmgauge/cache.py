@@ -275,11 +275,20 @@ class CacheStats:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Candidate:
+    """What a semantic lookup needs of a stored entry (its answer is read only if it wins)."""
+
+    key: str
+    question: str
+    embedding: bytes
+
+
 class Backend(Protocol):
     name: str
 
     def get(self, key: str, now: float) -> Entry | None: ...
-    def neighbours(self, context_key: str, now: float) -> list[Entry]: ...
+    def neighbours(self, context_key: str, now: float) -> list[Candidate]: ...
     def put(self, entry: Entry, max_entries: int) -> None: ...
     def touch(self, key: str, now: float) -> None: ...
     def clear(self) -> int: ...
@@ -326,11 +335,11 @@ class SQLiteBackend:
             row = db.execute("SELECT * FROM response_cache WHERE key = ? AND expires > ?", (key, now)).fetchone()
         return self._entry(row) if row else None
 
-    def neighbours(self, context_key: str, now: float) -> list[Entry]:
+    def neighbours(self, context_key: str, now: float) -> list[Candidate]:
         with self.store.connect() as db:
-            rows = db.execute("SELECT * FROM response_cache WHERE context_key = ? AND expires > ? "
-                              "AND embedding IS NOT NULL", (context_key, now)).fetchall()
-        return [self._entry(r) for r in rows]
+            rows = db.execute("SELECT key, question, embedding FROM response_cache WHERE context_key = ? "
+                              "AND expires > ? AND embedding IS NOT NULL", (context_key, now)).fetchall()
+        return [Candidate(r["key"], r["question"], r["embedding"]) for r in rows]
 
     def touch(self, key: str, now: float) -> None:
         with self.store.connect() as db:
@@ -397,19 +406,19 @@ class RedisBackend:
             return None
         return self._entry(data)
 
-    def neighbours(self, context_key: str, now: float) -> list[Entry]:
+    def neighbours(self, context_key: str, now: float) -> list[Candidate]:
         keys = [k.decode() for k in self.db.smembers(self._k("c", context_key))]
         if not keys:
             return []
         pipe = self.db.pipeline()
         for key in keys:
-            pipe.hgetall(self._k("e", key))
+            pipe.hmget(self._k("e", key), "question", "embedding", "expires")
         out, gone = [], []
-        for key, data in zip(keys, pipe.execute()):
-            if not data or float(data[b"expires"]) <= now:
+        for key, (question, embedding, expires) in zip(keys, pipe.execute()):
+            if expires is None or float(expires) <= now:
                 gone.append(key)
-            elif data.get(b"embedding"):
-                out.append(self._entry(data))
+            elif embedding:
+                out.append(Candidate(key, question.decode(), embedding))
         if gone:  # expired by Redis: drop them from the neighbourhood's index too
             self.db.srem(self._k("c", context_key), *gone)
         return out
@@ -514,17 +523,20 @@ class ResponseCache:
         if not neighbours:
             return None
         vector = self.embedder.embed([question])[0]
-        bank = np.stack([np.frombuffer(e.embedding, dtype=np.float32) for e in neighbours if e.embedding])
-        if bank.shape[1] != vector.shape[0]:
-            return None  # stored by another embedder
-        sims = bank @ vector
+        bank = np.frombuffer(b"".join(c.embedding for c in neighbours), dtype=np.float32)
+        if bank.size != len(neighbours) * vector.size:
+            return None  # stored by another embedder (another dimension)
+        sims = bank.reshape(len(neighbours), vector.size) @ vector
         for i in np.argsort(-sims):
             if sims[i] < self.settings.similarity:
                 break
             candidate = neighbours[int(i)]
             if guard_mismatch(candidate.question, question, self.embedder) is None:
+                entry = self.backend.get(candidate.key, now)
+                if entry is None:  # expired or evicted a moment ago
+                    continue
                 self.backend.touch(candidate.key, now)
-                return CacheHit(_result(candidate, request.model), "semantic", float(sims[i]), candidate.key,
+                return CacheHit(_result(entry, request.model), "semantic", float(sims[i]), candidate.key,
                                 candidate.question)
         return None
 

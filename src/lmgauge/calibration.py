@@ -37,7 +37,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import LmgaugeError
-from .routing import LEVELS, FeatureClassifier, Tier, load_queries
+from .routing import LEVELS, FeatureClassifier, Tier, load_queries, spread
 
 ANSWER_HINT = " End with a line 'Answer: <number>'."
 
@@ -361,7 +361,7 @@ def labeled_as_tiers(tiers: list[Tier]) -> tuple[list[str], list[str]]:
     for q in data:
         position = LEVELS.index(q.label)
         texts.append(q.text)
-        labels.append(names[round(position * (len(names) - 1) / (len(LEVELS) - 1))])
+        labels.append(names[spread(position, len(LEVELS), len(names))])
     return texts, labels
 
 

@@ -289,6 +289,8 @@ class ResilientClient:
                 try:
                     held: list[Chunk] = []
                     for chunk in chunks:
+                        if chunk.done:  # before yielding it: a caller may stop reading at the last chunk
+                            breaker.success()
                         if live:
                             if chunk.content:
                                 shown += 1
@@ -296,7 +298,6 @@ class ResilientClient:
                         else:
                             held.append(chunk)
                     yield from held
-                    breaker.success()
                     return
                 except LmgaugeError as exc:
                     if not is_retryable(exc):

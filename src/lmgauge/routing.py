@@ -366,6 +366,12 @@ def _few_shot(train: list[LabeledQuery], per_class: int = 2) -> list[LabeledQuer
 # --- the router -----------------------------------------------------------------------------------
 
 
+def spread(position: int, n_classes: int, n_tiers: int) -> int:
+    """Class `position` of `n_classes` ordered ones onto `n_tiers` tiers, evenly; halfway rounds up
+    (three levels on two tiers: moderate goes to the larger one, quality first)."""
+    return math.floor(position * (n_tiers - 1) / max(n_classes - 1, 1) + 0.5)
+
+
 @dataclass(frozen=True)
 class Tier:
     name: str
@@ -415,7 +421,7 @@ class RoutedAnswer:
 
 REFUSAL = re.compile(
     r"^\W*(?:i'?m sorry,? but |sorry,? but |unfortunately,? )?(?:i|as an ai[^,.]*,? i)\s+"
-    r"(?:can(?:no|')t|cannot|am (?:not able|unable)|'m (?:not able|unable)|won'?t|do not|don'?t)\s+"
+    r"(?:can(?:no|')t|cannot|am (?:not able|unable)|'m (?:not able|unable)|won'?t|do not|don'?t)\s+(?:to\s+)?"
     r"(?:help|assist|answer|provide|comply|do that|fulfil|fulfill|respond|complete)",
     re.IGNORECASE,
 )
@@ -520,9 +526,7 @@ class Router:
         names = [t.name for t in self.tiers]
         if label in names:  # a calibrated classifier's classes are the tiers
             return names.index(label)
-        k = len(self.classifier.classes)
-        position = self.classifier.classes.index(label)
-        return round(position * (len(self.tiers) - 1) / max(k - 1, 1))
+        return spread(self.classifier.classes.index(label), len(self.classifier.classes), len(self.tiers))
 
     def route(self, messages: Iterable[Message | dict[str, Any]]) -> Decision:
         """Choose a tier for a conversation (no model is called, unless the classifier is an LLM)."""
@@ -551,9 +555,8 @@ class Router:
         """Route, answer, and escalate while an answer fails `check_answer` and a tier is left."""
         stream = self.answer_stream(messages, options=options, format=format, tools=tools,
                                     keep_alive=keep_alive, decision=decision)
-        parts: list[str] = []
-        for chunk in stream:
-            parts.append(chunk.content)
+        for _ in stream:
+            pass
         assert stream.result is not None and stream.decision is not None
         return RoutedAnswer(stream.result, stream.decision, stream.attempts)
 
