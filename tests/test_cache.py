@@ -310,3 +310,21 @@ def test_eval_cache_command_reports_rates_sweep_and_latency():
     assert data["overall"]["paraphrase_hit_rate"] >= 0.8 and data["overall"]["false_hit_rate"] <= 0.01
     assert [row["threshold"] for row in data["sweep"]] == sorted(row["threshold"] for row in data["sweep"])
     assert data["exact_hit_ms"]["n"] == 1000 and data["exact_hit_ms"]["p50"] > 0
+
+
+def test_an_engines_embedding_model_can_serve_the_cache(start_standin):
+    import numpy as np
+    from standins import OllamaStandin
+
+    from lmgauge.client import Client
+    from lmgauge.config import Settings
+
+    server = start_standin(OllamaStandin, embedding_dim=16)
+    with Client(Settings(ollama_host=server.url)) as client:
+        embedder = make_embedder("ollama:standin-embed", client)
+        vectors = embedder.embed(["one question", "another one"])
+        assert vectors.shape == (2, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        cache = ResponseCache(SQLiteBackend(Store(client.settings.db_path)), CacheSettings(), embedder)
+        cache.store(ask("Who wrote Hamlet?"), answer("Shakespeare"))
+        assert cache.lookup(ask("Who wrote Hamlet?")).kind == "exact"
+    assert server.received("/api/embed")

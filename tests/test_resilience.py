@@ -243,3 +243,11 @@ def test_embedded_engine_timeout_frees_the_slot():
         # the cancelled request released its slot: the next one is answered normally
         result = client.chat("smollm2", MESSAGES, options={"temperature": 0, "num_predict": 4})
     assert result.done_reason in ("stop", "length") and result.content
+
+
+def test_connect_timeout_reaches_the_remote_engines_http_clients(start_standin):
+    server = start_standin(OpenAIStandin, check_model=False)
+    s = Settings(request_timeout=60, resilience=ResilienceSettings(connect_timeout=0.75))
+    with Client(s) as client:
+        engine = client.engine(client.resolve(f"openai:m@{server.base_url}"))
+        assert engine._client.timeout.connect == 0.75 and engine._client.timeout.read == 60

@@ -114,6 +114,7 @@ class CacheSettings(BaseModel):
 class ResilienceSettings(BaseModel):
     """`[resilience]`: timeouts, retries, circuit breakers and fallbacks (resilience.py)."""
 
+    connect_timeout: float = Field(10.0, gt=0)  # seconds to open a connection to a remote engine
     first_token_timeout: float = Field(120.0, gt=0)  # seconds from sending to the first token
     total_timeout: float = Field(600.0, gt=0)  # seconds for a whole answer
     retries: int = Field(2, ge=0)  # extra attempts on retryable errors (server down, busy, 5xx)

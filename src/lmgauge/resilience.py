@@ -9,8 +9,9 @@ What it does, per call:
 - **Timeouts.** The engine's stream is pumped by a worker thread, so the caller waits on a
   queue with a deadline it controls: `first_token_timeout` from sending to the first chunk,
   `total_timeout` for the whole answer. A server that hangs, before or mid-stream, becomes an
-  `UpstreamTimeoutError` on time, whatever the engine's own socket timeouts are. (Connecting
-  is bounded by the remote engines themselves: min(request_timeout, 10 s).)
+  `UpstreamTimeoutError` on time, whatever the engine's own socket timeouts are. Connecting
+  is bounded in the remote engines' HTTP clients by `connect_timeout` (a refused or unreachable
+  server fails fast, and is retried like any unavailable upstream).
 - **Retries** on retryable errors only (server unreachable or dropped the connection, busy
   429/503, 5xx, a timeout), with exponential backoff and jitter. A bad request, an unknown model
   or a prompt over the window fail at once: retrying cannot fix them.
