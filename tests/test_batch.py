@@ -201,3 +201,35 @@ def test_embedded_batch_with_concurrency(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 6 and all(r["status"] == "ok" and r["content"] for r in records)
     assert all(r["timings"]["output_tokens"] <= 8 for r in records)
+
+
+def test_batch_auto_routes_each_prompt_and_records_its_tier(tmp_path, start_standin):
+    from standins import OllamaStandin
+
+    replies = {"small": "", "large": "routed answer"}
+    server = start_standin(OllamaStandin, models=["small", "large"],
+                           reply=lambda body: replies[body["model"].split(":")[0]])
+    prompts = write_lines(tmp_path / "prompts.jsonl", ["hi", "What is 2 + 2?"])
+    env = {**os.environ, "LMGAUGE_OLLAMA_HOST": server.url,
+           "LMGAUGE_ROUTING__TIERS": json.dumps({"small": "ollama:small", "large": "ollama:large"})}
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "lmgauge", "batch", "auto", str(prompts), "-o", str(out), "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = read_results(out)
+    assert {r["tier"] for r in records.values()} == {"large"}  # the small tier's empty answers escalated
+    assert all(r["content"] == "routed answer" for r in records.values())
+
+
+def test_batch_cache_answers_repeats_without_the_model(tmp_path, start_standin):
+    server = start_standin(OpenAIStandin, reply="cached later", check_model=False)
+    prompts = write_lines(tmp_path / "prompts.jsonl", ["one question", "another question"])
+    model = f"openai:m@{server.base_url}"
+    args = ("batch", model, str(prompts), "--option", "temperature=0", "--cache", "--json")
+    assert lmgauge(*args, "-o", str(tmp_path / "first.jsonl")).returncode == 0
+    assert len(server.received("/v1/chat/completions")) == 2
+    second = lmgauge(*args, "-o", str(tmp_path / "second.jsonl"))
+    assert second.returncode == 0, second.stderr
+    records = read_results(tmp_path / "second.jsonl")
+    assert all(r["cached"] and r["content"] == "cached later" for r in records.values())
+    assert len(server.received("/v1/chat/completions")) == 2
