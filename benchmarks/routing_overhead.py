@@ -18,7 +18,13 @@ import time
 from lmgauge import Client
 from lmgauge.bench.metrics import summarize
 from lmgauge.embedding import make_embedder
-from lmgauge.routing import LLMClassifier, Router, Tier, default_classifier, load_queries
+from lmgauge.routing import (
+    LLMClassifier,
+    Router,
+    Tier,
+    default_classifier,
+    load_queries,
+)
 
 
 def time_routes(router: Router, texts: list[str]) -> list[float]:
@@ -59,9 +65,9 @@ def main() -> None:
     print(f"{'Router.route per query':<34}{'p50 ms':>10}{'p95 ms':>10}{'n':>6}")
     for name, s in rows.items():
         print(f"{name:<34}{s.p50:>10.2f}{s.p95:>10.2f}{s.n:>6}")
-    f, l, t = rows.values()
+    f, llm_s, t = rows.values()
     print(f"features classifier p95 = {f.p95 / t.p50:.1%} of a {args.model} TTFT (p50); the LLM classifier costs "
-          f"{l.p50 / f.p50:,.0f}x the feature classifier (p50). Target p95 < 5 ms: "
+          f"{llm_s.p50 / f.p50:,.0f}x the feature classifier (p50). Target p95 < 5 ms: "
           f"{'met' if f.p95 < 5 else 'NOT met'}")
 
 

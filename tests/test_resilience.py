@@ -11,7 +11,12 @@ from standins import OllamaStandin, OpenAIStandin
 
 from lmgauge.client import Client
 from lmgauge.config import ResilienceSettings, Settings
-from lmgauge.errors import EngineBusyError, EngineError, EngineUnavailableError, InvalidOptionError
+from lmgauge.errors import (
+    EngineBusyError,
+    EngineError,
+    EngineUnavailableError,
+    InvalidOptionError,
+)
 from lmgauge.resilience import (
     CircuitBreaker,
     CircuitOpenError,

@@ -70,14 +70,14 @@ def simple_templates(rng: random.Random) -> dict[str, list[str]]:
         "convert": [f"Convert {rng.randint(2, 250)} {a} to {b}." for a, b in rng.sample(UNITS, PER_TEMPLATE)],
         "arith": [rng.choice(["What is {a} + {b}?", "what's {a} times {b}", "What is {a} minus {b}?"]).format(
             a=rng.randint(10, 99), b=rng.randint(2, 20)) for _ in range(PER_TEMPLATE)],
-        "translate": [f"Translate '{p}' into {l}." for p, l in zip(rng.sample(PHRASES, PER_TEMPLATE),
+        "translate": [f"Translate '{p}' into {lang}." for p, lang in zip(rng.sample(PHRASES, PER_TEMPLATE),
                                                                       rng.sample(LANGUAGES, PER_TEMPLATE))],
     }
 
 
 def moderate_templates(rng: random.Random) -> dict[str, list[str]]:
     return {
-        "function": [f"Write a {l} function that {t}." for l, t in zip(rng.sample(LANGS, PER_TEMPLATE),
+        "function": [f"Write a {lang} function that {t}." for lang, t in zip(rng.sample(LANGS, PER_TEMPLATE),
                                                                        rng.sample(SMALL_TASKS, PER_TEMPLATE))],
         "difference": [f"Explain the difference between {a} and {b}, with an example of each."
                        for a, b in rng.sample(PAIRS, PER_TEMPLATE)],
@@ -91,8 +91,8 @@ def complex_templates(rng: random.Random) -> dict[str, list[str]]:
                    "your main decisions." for s, n in rng.sample(SYSTEMS, PER_TEMPLATE)],
         "essay": [f"Write an essay of about 900 words arguing {p}. Address the strongest counterarguments and "
                   "say what evidence would change your mind." for p in rng.sample(POSITIONS, PER_TEMPLATE)],
-        "implement": [f"Implement {a} in {l}, analyze the time and space complexity of each operation, and write "
-                      "tests for the edge cases." for a, l in zip(rng.sample(ALGORITHMS, PER_TEMPLATE),
+        "implement": [f"Implement {a} in {lang}, analyze the time and space complexity of each operation, and write "
+                      "tests for the edge cases." for a, lang in zip(rng.sample(ALGORITHMS, PER_TEMPLATE),
                                                                   rng.sample(LANGS, PER_TEMPLATE))],
         "compare3": [f"Compare {a}, {b} and {c} for {ctx} in terms of cost, operational complexity, performance "
                      "and risk, then recommend one and explain when you would choose differently."

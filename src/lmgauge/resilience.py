@@ -285,7 +285,7 @@ class ResilientClient:
                     break
                 shown = 0
                 chunks = guarded_stream(
-                    lambda: start(current), self.policy.first_token_timeout, self.policy.total_timeout, current
+                    lambda model=current: start(model), self.policy.first_token_timeout, self.policy.total_timeout, current
                 )
                 try:
                     held: list[Chunk] = []

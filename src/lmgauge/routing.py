@@ -299,11 +299,15 @@ def default_classifier(embedder: Embedder, split: str | None = None) -> FeatureC
     return FeatureClassifier(embedder).fit([q.text for q in data], [q.label for q in data], classes=LEVELS)
 
 
-LLM_SYSTEM = """You sort requests to an AI assistant by how much model they need.
-simple: one fact, a definition, a one-line rewrite or translation, small arithmetic, small talk.
-moderate: a paragraph or a short piece of code, a few reasoning steps, summarizing or extracting from a given text, comparing two things, an email.
-complex: multi-step reasoning or planning, a design with trade-offs, a proof, long or heavily constrained writing, debugging real code, analysis along several axes.
-Answer with JSON: {"level": "simple" | "moderate" | "complex"}."""
+LLM_SYSTEM = (
+    "You sort requests to an AI assistant by how much model they need.\n"
+    "simple: one fact, a definition, a one-line rewrite or translation, small arithmetic, small talk.\n"
+    "moderate: a paragraph or a short piece of code, a few reasoning steps, summarizing or extracting from a "
+    "given text, comparing two things, an email.\n"
+    "complex: multi-step reasoning or planning, a design with trade-offs, a proof, long or heavily constrained "
+    "writing, debugging real code, analysis along several axes.\n"
+    'Answer with JSON: {"level": "simple" | "moderate" | "complex"}.'
+)
 
 LLM_FORMAT: dict[str, Any] = {
     "type": "object",

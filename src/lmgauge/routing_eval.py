@@ -21,7 +21,14 @@ import numpy as np
 from .bench.metrics import summarize
 from .embedding import Embedder
 from .errors import LmgaugeError
-from .routing import LEVELS, Classifier, LabeledQuery, Router, Tier, default_classifier, load_queries
+from .routing import (
+    LEVELS,
+    Classifier,
+    LabeledQuery,
+    Router,
+    Tier,
+    default_classifier,
+)
 
 
 @dataclass
