@@ -157,3 +157,26 @@ def test_a_corrupt_model_file_is_a_clear_error(llama_engine, tmp_path, smollm2_p
     bad.write_bytes(bytes(data))  # header intact, tensors cut off
     with pytest.raises(ModelFileError):
         ask(llama_engine, str(bad), "hi", num_predict=2)
+
+
+def test_settings_that_cannot_fit_are_refused_before_loading(smollm2_path):
+    from lmgauge.config import Settings
+    from lmgauge.engines.llamacpp import LlamaCppEngine
+    from lmgauge.errors import InsufficientMemoryError
+
+    engine = LlamaCppEngine(Settings(parallel=16, memory_limit="200MiB"))
+    try:
+        req = ChatRequest(model=smollm2_path, messages=[Message("user", "hi")],
+                          options=Options(num_predict=2, num_ctx=8192, **GREEDY))
+        with pytest.raises(InsufficientMemoryError) as exc:
+            collect(engine.chat(req))
+        assert "num_ctx 8192 x 16 parallel" in str(exc.value) and "200.00 MiB" in str(exc.value)
+        assert engine.loaded() == []
+    finally:
+        engine.close()
+
+
+def test_loaded_models_report_the_sizing_estimate(llama_engine, smollm2_path):
+    ask(llama_engine, smollm2_path, "hi", num_predict=2)
+    (m,) = [m for m in llama_engine.loaded() if not m.details["embedding"]]
+    assert 100 * 2**20 < m.size_bytes < 400 * 2**20 and m.context_length == 4096

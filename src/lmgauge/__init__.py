@@ -10,6 +10,7 @@ from .errors import (
     EngineBusyError,
     EngineError,
     EngineUnavailableError,
+    InsufficientMemoryError,
     InvalidOptionError,
     LmgaugeError,
     ModelFileError,
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChatRequest", "Chunk", "Client", "ContextOverflowError", "Embeddings", "EngineBusyError",
-    "EngineError", "EngineUnavailableError", "GGUFInfo", "GenerateRequest", "InvalidOptionError",
+    "EngineError", "EngineUnavailableError", "GGUFInfo", "GenerateRequest", "InsufficientMemoryError", "InvalidOptionError",
     "LmgaugeError", "LoadedModel", "Message", "ModelFileError", "ModelInfo", "ModelRef", "Options",
     "RequestCancelled", "Result", "Settings", "Timings", "UnknownModelError", "inspect_gguf",
     "load_settings", "resolve", "__version__",

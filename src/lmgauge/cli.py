@@ -323,10 +323,12 @@ def size(
     if json_out:
         out.print_json(data={"model": model, "estimates": [e.to_dict() for e in estimates]})
         return
-    table = Table("num_ctx", "weights", "KV cache", "compute", "total", box=None,
+    table = Table("num_ctx", "weights", "KV cache", "compute", "other", "total", box=None,
                   title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel")
     for c, e in zip(contexts, estimates):
-        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(e.total_bytes))
+        other = e.total_bytes - e.weights_bytes - e.kv_bytes - e.compute_bytes  # logits + runtime
+        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
+                      _size(e.total_bytes))
     out.print(table)
 
 

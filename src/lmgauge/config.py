@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     parallel: int = 1  # sequences decoded together in one batch (continuous batching)
     n_batch: int = 512
     prefix_cache: bool = True  # reuse KV of prompt prefixes already computed (reported as cached)
+    memory_limit: str | None = None  # e.g. "4GiB": refuse to load models estimated above it
 
     # remote engines
     ollama_host: str = Field(default_factory=default_ollama_host)

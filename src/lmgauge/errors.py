@@ -67,6 +67,12 @@ class EngineBusyError(LmgaugeError):
     http_status = 503
 
 
+class InsufficientMemoryError(LmgaugeError):
+    """Loading the model with these settings would not fit in memory (checked before loading)."""
+
+    http_status = 500  # Ollama answers 500 "model requires more system memory ... than is available"
+
+
 class EngineError(LmgaugeError):
     """The engine failed while serving a request (llama.cpp decode error, server error)."""
 

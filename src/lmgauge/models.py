@@ -194,6 +194,16 @@ def _hf_cache_models() -> list[ModelInfo]:
 # --- GGUF metadata -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a GGUF tensor table (no data): sizing needs names, types and shapes."""
+
+    name: str
+    type: str  # GGML type name, e.g. "Q4_K", "F32" ("type<N>" if unknown to the gguf package)
+    shape: tuple[int, ...]  # GGUF order: ne[0] (row length) first
+    nbytes: int
+
+
 @dataclass
 class GGUFInfo:
     """What sizing and `lmgauge show` need from a GGUF file."""
@@ -219,6 +229,9 @@ class GGUFInfo:
     chat_template: str | None = field(default=None, repr=False)
     pooling: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
+    tokenizer_model: str | None = None  # "gpt2" (BPE), "llama" (SentencePiece), "bert", ...
+    n_merges: int = 0  # BPE merge rules: llama.cpp keeps them in memory (sizing counts them)
 
     @property
     def quantization(self) -> str:
@@ -300,7 +313,8 @@ def _inspect_cached(path: str, size: int, mtime_ns: int) -> GGUFInfo:
     params = 0
     tbytes = 0
     ttypes: dict[str, int] = {}
-    for _name, dims, ttype in tensors:
+    table: list[TensorInfo] = []
+    for tname, dims, ttype in tensors:
         n = 1
         for d in dims:
             n *= d
@@ -308,10 +322,13 @@ def _inspect_cached(path: str, size: int, mtime_ns: int) -> GGUFInfo:
         try:
             qtype = gguf.GGMLQuantizationType(ttype)
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            tbytes += n // block * type_size
-            ttypes[qtype.name] = ttypes.get(qtype.name, 0) + 1
+            nbytes = n // block * type_size
+            tbytes += nbytes
+            type_name = qtype.name
         except (ValueError, KeyError):
-            ttypes[f"type{ttype}"] = ttypes.get(f"type{ttype}", 0) + 1
+            nbytes, type_name = 0, f"type{ttype}"
+        ttypes[type_name] = ttypes.get(type_name, 0) + 1
+        table.append(TensorInfo(tname, type_name, tuple(dims), nbytes))
     file_type = meta.get("general.file_type")
     try:
         file_type_name = gguf.LlamaFileType(int(file_type)).name if file_type is not None else None
@@ -342,6 +359,9 @@ def _inspect_cached(path: str, size: int, mtime_ns: int) -> GGUFInfo:
         chat_template=template if isinstance(template, str) else None,
         pooling=gguf.PoolingType(int(pooling)).name if pooling is not None else None,
         metadata={k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")},
+        tensors=tuple(table),
+        tokenizer_model=meta.get("tokenizer.ggml.model"),
+        n_merges=int(meta.get("tokenizer.ggml.merges") or 0),  # an int: the reader only counts arrays
     )
 
 

@@ -25,8 +25,15 @@ import llama_cpp.llama_cpp as L
 import psutil
 
 from ..config import Settings
-from ..errors import ContextOverflowError, EngineError, InvalidOptionError, ModelFileError
+from ..errors import (
+    ContextOverflowError,
+    EngineError,
+    InsufficientMemoryError,
+    InvalidOptionError,
+    ModelFileError,
+)
 from ..models import GGUFInfo, inspect_gguf, local_models
+from ..sizing import MemoryEstimate, estimate, format_size, parse_size
 from ..types import (
     ChatRequest,
     Chunk,
@@ -74,6 +81,7 @@ class Runner:
         self.num_ctx = num_ctx
         self.embedding = embedding
         self.n_slots = 1 if embedding else max(settings.parallel, 1)
+        self.estimate = None if embedding else check_fits(self.info, num_ctx, self.n_slots, settings)
         mparams = L.llama_model_default_params()
         self.model = L.llama_model_load_from_file(path.encode(), mparams)
         if not self.model:
@@ -97,6 +105,9 @@ class Runner:
                 cparams.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
         else:
             cparams.n_batch = cparams.n_ubatch = max(settings.n_batch, self.n_slots)
+            # The scheduler asks for at most one row of logits per sequence per step; without
+            # this llama.cpp reserves logits for every token of a batch (98 MiB for SmolLM2).
+            cparams.n_outputs_max = self.n_slots
         self.ctx = L.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             L.llama_model_free(self.model)
@@ -133,16 +144,39 @@ class Runner:
     # --- lifecycle -----------------------------------------------------------------------------
     @property
     def size_bytes(self) -> int:
-        """Weights plus the KV cache as allocated (what this runner holds in memory)."""
-        kv_state = L.llama_state_get_size(self.ctx) if self.embedding else 0
-        per_token = 2 * self.info.n_layer * self.info.n_head_kv * self.info.head_dim_k * 2
-        return int(L.llama_model_size(self.model)) + max(kv_state, per_token * self.num_ctx * self.n_slots)
+        """What this runner holds in memory: the sizing estimate (validated against measured
+        RSS by benchmarks/sizing_accuracy.py), or weights + state for embedding runners."""
+        if self.estimate is not None:
+            return self.estimate.total_bytes
+        return int(L.llama_model_size(self.model)) + int(L.llama_state_get_size(self.ctx))
 
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
         L.llama_free(self.ctx)
         L.llama_model_free(self.model)
+
+
+def check_fits(info: GGUFInfo, num_ctx: int, n_slots: int, settings: Settings) -> MemoryEstimate:
+    """Estimate what loading will cost and refuse, before loading, what cannot fit: the
+    memory available now, or settings.memory_limit when set."""
+    est = estimate(info, num_ctx, kv_type=settings.kv_type, n_parallel=n_slots, n_batch=settings.n_batch,
+                   flash_attn=settings.flash_attn != "off")
+    available = psutil.virtual_memory().available
+    limit, what = available, "available"
+    if settings.memory_limit:
+        cap = parse_size(settings.memory_limit)
+        if cap < limit:
+            limit, what = cap, "allowed by memory_limit"
+    if est.total_bytes > limit:
+        raise InsufficientMemoryError(
+            f"loading this model with num_ctx {num_ctx} x {n_slots} parallel needs about "
+            f"{format_size(est.total_bytes)} (weights {format_size(est.weights_bytes)}, KV cache "
+            f"{format_size(est.kv_bytes)}, buffers {format_size(est.compute_bytes + est.output_bytes)}) "
+            f"but only {format_size(limit)} is {what}; lower num_ctx or parallel, or use kv_type q8_0 "
+            "(see `lmgauge size`)"
+        )
+    return est
 
 
 def make_template(info: GGUFInfo, vocab: Any) -> ChatTemplate:
