@@ -289,8 +289,9 @@ def test_router_from_settings_reads_tiers_and_classifier(settings):
 @pytest.mark.integration
 def test_llm_classifier_with_the_embedded_model_gives_a_label():
     with Client() as client:
-        proba = LLMClassifier(client, "smollm2", votes=2).predict_proba(["hi there", "Design a database."])
-    assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1)
+        # zero-shot and one vote keep it short; the grammar must still force one of the labels
+        proba = LLMClassifier(client, "smollm2", votes=1, examples=[]).predict_proba(["hi there", "Design a database."])
+    assert proba.shape == (2, 3) and set(proba.flatten().tolist()) == {0.0, 1.0}  # one valid label per query
 
 
 @pytest.mark.integration

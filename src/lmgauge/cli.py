@@ -525,7 +525,7 @@ def eval_routing(
                                                   "or the default model).")] = None,
     tier: TierFlag = None,
     time_sample: Annotated[int, typer.Option(min=0, help="Test queries per difficulty level that every tier "
-                                             "answers to measure its time (0: skip timing).")] = 4,
+                                             "answers to measure its time (0: skip timing).")] = 5,
     num_predict: Annotated[int, typer.Option(min=1, help="Output cap for the timing sample.")] = 128,
     json_out: JsonFlag = False,
 ) -> None:

@@ -5,8 +5,9 @@
   `Router.route` call: embedding, features, model; p50/p95 over the test queries).
 - Routing: the share of test queries sent to each tier, and the time saved against sending
   everything to the largest tier. Times are real: a stratified sample of test queries is answered
-  by every tier (temperature 0, capped output), giving a mean E2E per tier and difficulty level;
-  each routed query then costs its tier's mean for its level.
+  by every tier (temperature 0, capped output; tiers loaded first and taking turns query by
+  query), giving a mean E2E per tier and difficulty level; each routed query then costs its
+  tier's mean for its level.
 """
 
 from __future__ import annotations
@@ -104,23 +105,29 @@ def sample_queries(test: list[LabeledQuery], per_level: int) -> list[LabeledQuer
 
 def measure_tiers(caller: Any, tiers: list[Tier], sample: list[LabeledQuery], num_predict: int = 128,
                   progress: Callable[[], None] | None = None) -> list[TierTimes]:
-    out = []
+    """Every tier answers every sample query (greedy, capped output). Each tier is loaded by a
+    warm-up call first (not timed), and the tiers take turns query by query, so a load spike on a
+    shared machine hits all of them alike instead of whichever tier happened to be running."""
+    samples = {t.name: {level: [] for level in LEVELS} for t in tiers}
+    errors = {t.name: 0 for t in tiers}
+    options = {"temperature": 0, "seed": 0, "num_predict": num_predict}
     for tier in tiers:
-        samples: dict[str, list[float]] = {level: [] for level in LEVELS}
-        errors = 0
-        for q in sample:
+        try:
+            caller.chat(tier.model, [{"role": "user", "content": "hi"}], options={**options, "num_predict": 1})
+        except LmgaugeError:
+            errors[tier.name] += 1
+    for q in sample:
+        for tier in tiers:
             try:
-                result = caller.chat(tier.model, [{"role": "user", "content": q.text}],
-                                     options={"temperature": 0, "seed": 0, "num_predict": num_predict})
+                result = caller.chat(tier.model, [{"role": "user", "content": q.text}], options=options)
                 if result.timings.e2e_ms is not None:
-                    samples[q.label].append(result.timings.e2e_ms)
+                    samples[tier.name][q.label].append(result.timings.e2e_ms)
             except LmgaugeError:
-                errors += 1
+                errors[tier.name] += 1
             if progress is not None:
                 progress()
-        means = {level: float(np.mean(v)) for level, v in samples.items() if v}
-        out.append(TierTimes(tier.name, tier.model, means, samples, errors))
-    return out
+    return [TierTimes(t.name, t.model, {lvl: float(np.mean(v)) for lvl, v in samples[t.name].items() if v},
+                      samples[t.name], errors[t.name]) for t in tiers]
 
 
 def time_saved(routed_tiers: list[str], truth: list[str], times: list[TierTimes]) -> dict[str, Any]:
