@@ -1028,6 +1028,453 @@ def runs(
     out.print(table)
 
 
+# --- routing, caching, batch jobs (routing.py, calibration.py, cache.py, batch.py) --------------
+
+route_app = typer.Typer(help="Send each request to the cheapest model that can answer it (model name `auto`).",
+                        no_args_is_help=True)
+app.add_typer(route_app, name="route")
+cache_app = typer.Typer(help="The response cache: statistics, clearing.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+TierFlag = Annotated[
+    list[str] | None,
+    typer.Option("--tier", help="A routing tier as NAME=MODEL, cheapest first, repeatable (e.g. --tier small=smollm2 "
+                 "--tier large=qwen.gguf). Default: [routing] tiers in the config."),
+]
+ClassifierFlag = Annotated[str | None, typer.Option("--classifier", help="features (fast, default) or llm.")]
+
+
+def _settings_with_tiers(tiers: list[str] | None, **routing: Any):
+    from .config import load_settings
+    from .routing import parse_tiers
+
+    settings = load_settings()
+    update = {k: v for k, v in routing.items() if v is not None}
+    if tiers:
+        update["tiers"] = parse_tiers(tiers)
+    if update:
+        settings = settings.model_copy(update={"routing": settings.routing.model_copy(update=update)})
+    return settings
+
+
+def _decision_rows(decision) -> Table:
+    table = Table(box=None, show_header=False)
+    table.add_row("tier", f"{decision.tier} ({decision.model})")
+    table.add_row("confidence", f"{decision.confidence:.2f}")
+    table.add_row("reason", decision.reason)
+    table.add_row("probabilities", ", ".join(f"{k} {v:.2f}" for k, v in decision.probabilities.items()))
+    table.add_row("overhead", f"{decision.overhead_ms:.2f} ms")
+    return table
+
+
+@route_app.command("explain")
+def route_explain(
+    prompt: Annotated[str, typer.Argument(help="The request to classify.")],
+    tier: TierFlag = None,
+    classifier: ClassifierFlag = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show which tier a request would go to, and why (no model answers it)."""
+    from .routing import Router
+
+    settings = _settings_with_tiers(tier)
+    with Client(settings) as client:
+        decision = Router.from_settings(client, settings, classifier=classifier).route(
+            [{"role": "user", "content": prompt}])
+    if json_out:
+        out.print_json(data=decision.to_dict())
+    else:
+        out.print(_decision_rows(decision))
+
+
+@route_app.command("ask")
+def route_ask(
+    prompt: Annotated[str, typer.Argument(help="The request; '-' reads it from stdin.")],
+    tier: TierFlag = None,
+    classifier: ClassifierFlag = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="'json', or a JSON schema (file or inline).")] = None,
+    option: OptionFlag = None,
+    no_escalate: Annotated[bool, typer.Option("--no-escalate", help="Keep the first tier's answer even when it "
+                                              "fails a check.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Answer through the router: the chosen tier answers; a failed answer escalates to the next."""
+    from .resilience import ResilientClient
+    from .routing import Router
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    settings = _settings_with_tiers(tier, escalate=False if no_escalate else None)
+    messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+    with Client(settings) as client:
+        router = Router.from_settings(ResilientClient(client), settings, classifier=classifier,
+                                      store=_store(client))
+        answer = router.answer(messages, options=parse_options(option), format=parse_format(format))
+        _log(client, answer.result, "cli")
+    if json_out:
+        out.print_json(data={**result_json(answer.result), "decision": answer.decision.to_dict(),
+                             "attempts": [a.__dict__ for a in answer.attempts]})
+        return
+    out.print(answer.result.content)
+    for a in answer.attempts:
+        note = f" ({a.reason})" if a.reason else ""
+        err.print(f"[dim]{a.tier}: {a.model} -> {a.status}{note}[/]", markup=True)
+
+
+def _store(client: Client):
+    from .store import Store
+
+    return Store(client.settings.db_path)
+
+
+@route_app.command("calibrate")
+def route_calibrate(
+    tier: TierFlag = None,
+    tasks: Annotated[int, typer.Option(min=10, help="Checkable prompts to run on every tier.")] = 125,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt generator.")] = 0,
+    keep: Annotated[float, typer.Option(min=0.5, max=1.0, help="Share of the largest tier's correct answers "
+                                        "the reported operating point must keep.")] = 0.95,
+    save: Annotated[bool, typer.Option(help="Save the fitted router (used by `auto` for these tiers).")] = True,
+    outcomes: Annotated[Path | None, typer.Option(help="Where to write every answer and verdict (JSONL); "
+                                                  "default <home>/calibration-outcomes.jsonl.")] = None,
+    reuse: Annotated[Path | None, typer.Option(help="Refit from an earlier run's outcomes file instead of "
+                                               "running the models again.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run checkable prompts (arithmetic, unit conversions, JSON extraction, table facts, code) on
+    every tier, fit the router on which tier answered correctly, and print the quality-vs-cost curve."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .calibration import Outcome, calibrate, make_tasks
+    from .embedding import make_embedder
+    from .routing import calibrated_path, save_calibrated, tiers_from_settings
+
+    settings = _settings_with_tiers(tier)
+    tier_list = tiers_from_settings(settings)
+    task_list = make_tasks(tasks, seed)
+    previous = None
+    if reuse is not None:
+        if not reuse.is_file():
+            raise InvalidOptionError(f"no outcomes file {reuse}")
+        previous = [Outcome(**json.loads(line)) for line in reuse.read_text().splitlines() if line.strip()]
+    with Client(settings) as client:
+        embedder = make_embedder(settings.routing.embedder, client)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=True, disable=previous is not None) as bar:
+            job = bar.add_task("calibrating", total=len(task_list) * len(tier_list))
+            report, classifier, results = calibrate(
+                client, tier_list, embedder, task_list, keep=keep, outcomes=previous,
+                progress=lambda name: bar.update(job, advance=1, description=f"tier {name}"))
+    path = outcomes or settings.home / "calibration-outcomes.jsonl"
+    if previous is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(o.__dict__) + "\n" for o in results))
+    if save:
+        save_calibrated(calibrated_path(settings), tier_list, classifier, report.to_dict())
+    if json_out:
+        out.print_json(data=report.to_dict())
+        return
+    _print_calibration(report)
+    if previous is None:
+        err.print(f"answers and verdicts: {path}")
+    if save:
+        err.print(f"router saved: {calibrated_path(settings)} (used by `auto` with these tiers)")
+
+
+def _print_calibration(report) -> None:
+    from .calibration import summarize_curve
+
+    names = list(report.tiers)
+    table = Table("tier", "model", "correct", "mean E2E", "cheapest correct for", box=None,
+                  title=f"{report.tasks} checkable prompts per tier")
+    for n in names:
+        table.add_row(n, report.tiers[n], f"{report.accuracy[n]:.0%}", _ms(report.mean_e2e_ms[n]),
+                      f"{report.label_share[n]:.0%}")
+    out.print(table)
+    fam = Table("tier", *next(iter(report.accuracy_by_family.values())).keys(), box=None, title="correct by family")
+    for n in names:
+        fam.add_row(n, *[f"{v:.0%}" for v in report.accuracy_by_family[n].values()])
+    out.print(fam)
+    curve = Table("calls to largest", "kept of largest's correct", "APGR", "accuracy", "time vs largest",
+                  box=None, title="quality vs cost (out-of-fold router scores)")
+    for p in summarize_curve(report.curve):
+        curve.add_row(f"{p.share_largest:.0%}", f"{p.kept:.0%}", f"{p.apgr:.2f}", f"{p.accuracy:.0%}",
+                      f"{p.time_share:.0%}")
+    out.print(curve)
+    p = report.point
+    if p is None:
+        out.print(f"No point keeps {report.keep:.0%} of the largest tier's correct answers.")
+    else:
+        calls = ", ".join(f"{k} {v:.0%}" for k, v in p.calls.items())
+        rnd = f"; random routing at that share keeps {report.random_kept_at_point:.0%}" \
+            if report.random_kept_at_point is not None else ""
+        out.print(f"[bold]Keeps {p.kept:.0%} of the largest tier's correct answers with {p.share_largest:.0%} of "
+                  f"calls to it[/] (calls: {calls}; {p.time_share:.0%} of its time){rnd}.")
+    out.print(f"router accuracy on the cheapest-correct-tier labels (out of fold): {report.router_accuracy_oof:.0%}")
+
+
+@eval_app.command("routing")
+def eval_routing(
+    classifier: Annotated[str, typer.Option(help="features, llm, or both.")] = "both",
+    llm_model: Annotated[str | None, typer.Option(help="Model of the LLM classifier (default: the cheapest tier, "
+                                                  "or the default model).")] = None,
+    tier: TierFlag = None,
+    time_sample: Annotated[int, typer.Option(min=0, help="Test queries per difficulty level that every tier "
+                                             "answers to measure its time (0: skip timing).")] = 5,
+    num_predict: Annotated[int, typer.Option(min=1, help="Output cap for the timing sample.")] = 128,
+    json_out: JsonFlag = False,
+) -> None:
+    """Router accuracy, macro-F1, confusion matrix and overhead on the test split; share of queries per
+    tier and the time saved against always using the largest tier (real engine timings)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .embedding import make_embedder
+    from .routing import LLMClassifier, load_queries, tiers_from_settings
+    from .routing_eval import (
+        evaluate_classifier,
+        feature_classifier_for_eval,
+        measure_tiers,
+        report_dict,
+        routed_tiers_for,
+        sample_queries,
+        tier_shares,
+        time_saved,
+    )
+
+    if classifier not in ("features", "llm", "both"):
+        raise InvalidOptionError("--classifier must be features, llm or both")
+    settings = _settings_with_tiers(tier)
+    tiers = tiers_from_settings(settings)
+    test = load_queries("test")
+    reports = []
+    with Client(settings) as client, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                              TimeRemainingColumn(), console=err, transient=True) as bar:
+        embedder = make_embedder(settings.routing.embedder, client)
+        features = feature_classifier_for_eval(embedder)
+        if classifier in ("features", "both"):
+            job = bar.add_task("features classifier", total=len(test))
+            reports.append(evaluate_classifier(features, test, tiers, progress=lambda: bar.advance(job))[0])
+        if classifier in ("llm", "both"):
+            model = llm_model or settings.routing.llm_model or tiers[0].model
+            llm = LLMClassifier(client, model, votes=settings.routing.llm_votes)
+            job = bar.add_task(f"LLM classifier ({model})", total=len(test))
+            reports.append(evaluate_classifier(llm, test, tiers, model=model, progress=lambda: bar.advance(job))[0])
+        threshold = settings.routing.confidence_threshold
+        routed = routed_tiers_for(features, test, tiers, threshold)
+        shares = tier_shares(routed, tiers)
+        times = saved = None
+        if time_sample and len(tiers) > 1:
+            sample = sample_queries(test, time_sample)
+            job = bar.add_task("timing every tier", total=len(sample) * len(tiers))
+            times = measure_tiers(client, tiers, sample, num_predict, progress=lambda: bar.advance(job))
+            saved = time_saved(routed, [q.label for q in test], times)
+    data = report_dict(reports, shares, times, saved, tiers, threshold)
+    if json_out:
+        out.print_json(data=data)
+        return
+    for r in reports:
+        who = f" ({r.model})" if r.model else ""
+        o = r.overhead_ms
+        out.print(f"[bold]{r.classifier} classifier{who}[/]: accuracy {r.accuracy:.1%}, macro-F1 {r.macro_f1:.3f} "
+                  f"on {r.n} test queries; overhead p50 {o['p50']:.2f} ms, p95 {o['p95']:.2f} ms")
+        cm = Table("true \\ predicted", *r.labels, box=None)
+        for label, row in zip(r.labels, r.confusion):
+            cm.add_row(label, *[str(v) for v in row])
+        out.print(cm)
+    out.print("share of test queries per tier (features classifier, threshold "
+              f"{threshold:.2f}): " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+    if times:
+        tt = Table("tier", "model", *[f"mean E2E {lvl}" for lvl in ("simple", "moderate", "complex")], box=None,
+                   title=f"measured on {time_sample} test queries per level, num_predict {num_predict}")
+        for t in times:
+            tt.add_row(t.tier, t.model, *[_ms(t.mean_e2e_ms.get(lvl)) for lvl in ("simple", "moderate", "complex")])
+        out.print(tt)
+        out.print(f"estimated time for the test split: routed {_ms(saved['routed_ms'])} vs always-largest "
+                  f"{_ms(saved['always_largest_ms'])}: [bold]{saved['saved_share']:.0%} saved[/]")
+    elif len(tiers) < 2:
+        err.print("(one tier configured: no time to save; give tiers with --tier NAME=MODEL)")
+
+
+@eval_app.command("cache")
+def eval_cache(
+    backend: Annotated[str | None, typer.Option(help="sqlite (default: a temporary database) or redis "
+                                                "([cache] redis_url; the eval's keys are removed after).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Similarity threshold (default: [cache] similarity).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Semantic cache: hit rate on paraphrase pairs, false-hit rate on near misses (negation, number,
+    entity swaps), a threshold sweep; exact-hit lookup latency."""
+    import tempfile
+
+    from .cache import RedisBackend, ResponseCache, SQLiteBackend
+    from .cache_eval import exact_hit_latency, load_pairs, rates, run_pairs, sweep
+    from .config import load_settings
+    from .embedding import make_embedder
+    from .store import Store
+
+    settings = load_settings()
+    cs = settings.cache.model_copy(update={"semantic": True, "enabled": True,
+                                           **({"similarity": threshold} if threshold else {})})
+    kind = backend or "sqlite"
+    if kind not in ("sqlite", "redis"):
+        raise InvalidOptionError("--backend must be sqlite or redis")
+    pairs = load_pairs()
+    with tempfile.TemporaryDirectory(prefix="lmgauge-eval-cache-") as tmp:
+        if kind == "redis":
+            store_backend = RedisBackend(cs.redis_url, prefix=f"lmgauge:eval:{os.getpid()}:")
+        else:
+            store_backend = SQLiteBackend(Store(Path(tmp) / "cache.db"))
+        cache = ResponseCache(store_backend, cs, make_embedder(cs.embedder))
+        try:
+            outcomes = run_pairs(cache, pairs)
+            latency = exact_hit_latency(cache)
+        finally:
+            cache.clear()
+    overall = rates(outcomes)
+    by_split = {s: rates([o for o in outcomes if o.pair.split == s]) for s in ("train", "test")}
+    table_sweep = sweep(outcomes, [round(0.6 + 0.05 * i, 2) for i in range(8)])
+    data = {"backend": kind, "threshold": cs.similarity, "pairs": len(pairs), "overall": overall, "by_split": by_split,
+            "sweep": table_sweep, "exact_hit_ms": latency,
+            "misses": [{"id": o.pair.id, "kind": o.pair.kind, "a": o.pair.a, "b": o.pair.b, "similarity": o.similarity,
+                        "guard": o.guard} for o in outcomes if o.hit != o.pair.should_hit]}
+    if json_out:
+        out.print_json(data=data)
+        return
+    out.print(f"[bold]{len(pairs)} labeled pairs, threshold {cs.similarity:.2f}, {kind}[/]: paraphrase hit rate "
+              f"{overall['paraphrase_hit_rate']:.1%} ({overall['paraphrases']}), false-hit rate "
+              f"{overall['false_hit_rate']:.1%} on near misses ({overall['near_misses']}; by kind "
+              f"{overall['false_hits_by_kind']})")
+    for s, r in by_split.items():
+        out.print(f"  {s}: hit {r['paraphrase_hit_rate']:.1%}, false hit {r['false_hit_rate']:.1%}")
+    sw = Table("threshold", "paraphrase hits", "false hits", box=None, title="threshold sweep (same guards)")
+    for row in table_sweep:
+        sw.add_row(f"{row['threshold']:.2f}", f"{row['paraphrase_hit_rate']:.1%}", f"{row['false_hit_rate']:.1%}")
+    out.print(sw)
+    out.print(f"exact-hit lookup: p50 {latency['p50']:.3f} ms, p95 {latency['p95']:.3f} ms (n={latency['n']})")
+
+
+@cache_app.command("stats")
+def cache_stats(json_out: JsonFlag = False) -> None:
+    """Entries and hits in the response cache."""
+    from .cache import ResponseCache
+    from .config import load_settings
+
+    settings = load_settings()
+    stats = ResponseCache.from_settings(settings.model_copy(update={"cache": settings.cache.model_copy(
+        update={"semantic": False})})).stats()
+    if json_out:
+        out.print_json(data=stats.__dict__)
+        return
+    out.print(f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served  {stats.details}")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every cached answer."""
+    from .cache import ResponseCache
+    from .config import load_settings
+
+    settings = load_settings()
+    n = ResponseCache.from_settings(settings.model_copy(update={"cache": settings.cache.model_copy(
+        update={"semantic": False})})).clear()
+    out.print(f"removed {n} cached answers")
+
+
+@app.command()
+def batch(
+    model: Annotated[str, typer.Argument(help="Model name, or `auto` to route each prompt to a tier.")],
+    prompts: Annotated[Path, typer.Argument(help="JSONL input: one prompt string, or an object with prompt or "
+                                            "messages (and optional id, system, options, format), per line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL results file; if it exists, the items "
+                                         "already answered are skipped (resume).")],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once "
+                                             "(for embedded models, also the engine's parallel slots).")] = 1,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Model option key=value for every item, "
+                                                     "repeatable (an item's own options win).")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="'json', or a JSON schema (file or inline).")] = None,
+    system: Annotated[str | None, typer.Option(help="System message for items that have none.")] = None,
+    use_cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Answer repeated prompts from the "
+                                            "response cache (deterministic requests only).")] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors/--keep-errors", help="On resume, run again the "
+                                               "items that failed before.")] = True,
+    json_out: JsonFlag = False,
+) -> None:
+    """Answer a file of prompts into a file of results: progress bar, per-item errors recorded,
+    resumable after an interruption (run the same command again)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .batch import read_items, read_results, run_batch
+    from .config import load_settings
+    from .resilience import ResilientClient
+
+    base_options = parse_options(option)
+    fmt = parse_format(format)
+    items = read_items(prompts, system)
+    settings = load_settings()
+    with Client(settings) as probe:  # embedded models: one decode slot per concurrent request
+        names = (list(settings.routing.tiers.values()) or [settings.default_model]) if model == "auto" else [model]
+        if any(probe.resolve(n).engine == "llamacpp" for n in names):
+            settings = settings.model_copy(update={"parallel": max(settings.parallel, concurrency)})
+    with Client(settings) as client:
+        caller = ResilientClient(client)
+        answer = _batch_answerer(caller, settings, model, base_options, fmt, use_cache)
+        already = len([i for i in items if read_results(output).get(i.id, {}).get("status") == "ok"])
+        stats = {"errors": 0}
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, disable=json_out) as bar:
+            job = bar.add_task(f"{model}", total=len(items), completed=already)
+
+            def done(record: dict) -> None:
+                if record["status"] != "ok":
+                    stats["errors"] += 1
+                bar.update(job, advance=1, description=f"{model} ({stats['errors']} errors)" if stats["errors"]
+                           else model)
+
+            try:
+                summary = run_batch(items, output, answer, model, concurrency=concurrency,
+                                    retry_errors=retry_errors, on_done=done)
+            except KeyboardInterrupt:
+                err.print(f"interrupted; results so far are in {output}. Run the same command to resume.")
+                raise typer.Exit(130) from None
+    if json_out:
+        out.print_json(data={**summary.__dict__, "output": str(output)})
+        return
+    err.print(f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
+              f"({summary.done}/{summary.total}) -> {output}")
+    if summary.errors:
+        err.print("failed items carry status \"error\" and the reason; run the command again to retry them")
+
+
+def _batch_answerer(caller, settings, model: str, base_options: dict, fmt, use_cache: bool):
+    """The per-item work of `lmgauge batch`: a model call (or a routed one), through the cache."""
+    from .cache import ResponseCache, as_request
+    from .routing import Router
+
+    router = Router.from_settings(caller, settings) if model == "auto" else None
+    cache = ResponseCache.from_settings(settings) if use_cache else None
+
+    def answer(item):
+        options = {**base_options, **item.options}
+        item_format = item.format if item.format is not None else fmt
+        request = as_request(model, item.messages, options, item_format)
+        if cache is not None:
+            hit = cache.lookup(request)
+            if hit is not None:
+                return hit.result, None, True
+        if router is not None:
+            routed = router.answer(item.messages, options=options, format=item_format)
+            result, tier = routed.result, routed.tier
+        else:
+            result, tier = caller.chat(model, item.messages, options=options, format=item_format), None
+        if cache is not None:
+            cache.store(request, result)
+        return result, tier, False
+
+    return answer
+
+
+
 def main() -> None:
     """Entry point: one-line errors, never a traceback (unless LMGAUGE_DEBUG is set)."""
     debug = os.environ.get("LMGAUGE_DEBUG")

@@ -158,6 +158,55 @@ class GatewaySettings(BaseModel):
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
 
 
+class RoutingSettings(BaseModel):
+    """`[routing]`: which model answers a request sent to the model name `auto` (routing.py)."""
+
+    # Tier name -> model name, cheapest first (TOML and JSON keep the order). Empty: one tier,
+    # the default model. E.g. {small = "smollm2", medium = "qwen-0.5b", large = "ollama:qwen2.5:7b"}
+    tiers: dict[str, str] = Field(default_factory=dict)
+    classifier: Literal["features", "llm"] = "features"
+    # Below this confidence the router goes one tier up (a wrong "small" costs an answer; a wrong
+    # "large" only costs time).
+    confidence_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    escalate: bool = True  # retry on the next tier when an answer fails a check
+    llm_model: str | None = None  # the LLM classifier's model; default: the cheapest tier
+    llm_votes: int = Field(3, ge=1, le=9)  # samples whose agreement is the LLM classifier's confidence
+    embedder: str = "wordllama"  # "wordllama" (offline, in its wheel) or an embedding model name
+    calibrated: Path | None = None  # a router fitted by `lmgauge route calibrate`; default <home>/router.json
+
+
+class CacheSettings(BaseModel):
+    """`[cache]`: response caching (cache.py)."""
+
+    enabled: bool = True
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    ttl: float = 86400.0  # seconds an entry lives ("1h", "7d" style strings accepted as Ollama durations)
+    max_entries: int = Field(10000, ge=1)
+    semantic: bool = True  # also answer close paraphrases of a cached question
+    similarity: float = Field(0.75, gt=0.0, le=1.0)  # minimum cosine similarity for a semantic hit (then the guards)
+    embedder: str = "wordllama"
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class ResilienceSettings(BaseModel):
+    """`[resilience]`: timeouts, retries, circuit breakers and fallbacks (resilience.py)."""
+
+    connect_timeout: float = Field(10.0, gt=0)  # seconds to open a connection to a remote engine
+    first_token_timeout: float = Field(120.0, gt=0)  # seconds from sending to the first token
+    total_timeout: float = Field(600.0, gt=0)  # seconds for a whole answer
+    retries: int = Field(2, ge=0)  # extra attempts on retryable errors (server down, busy, 5xx)
+    backoff: float = Field(0.25, ge=0)  # first retry delay in seconds; doubles each time, with jitter
+    backoff_max: float = Field(8.0, ge=0)
+    breaker_failures: int = Field(3, ge=1)  # consecutive failures that open a model's breaker
+    breaker_reset: float = Field(5.0, gt=0)  # seconds open before one trial request (half-open)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)  # model -> models to try next
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LMGAUGE_", env_nested_delimiter="__", extra="ignore"
@@ -187,6 +236,9 @@ class Settings(BaseSettings):
     context: ContextSettings = Field(default_factory=ContextSettings)
     # `lmgauge serve`
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
 
     @field_validator("keep_alive", mode="before")
     @classmethod

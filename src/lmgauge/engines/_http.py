@@ -27,11 +27,12 @@ from ..errors import (
 MAX_CONNECT_TIMEOUT = 10.0
 
 
-def http_timeout(request_timeout: float) -> httpx.Timeout:
+def http_timeout(request_timeout: float, connect_timeout: float = MAX_CONNECT_TIMEOUT) -> httpx.Timeout:
     """`request_timeout` bounds every wait for the server: connecting, and each read. For a
     stream that is the longest silence allowed between two pieces, not the length of the whole
-    answer (a long generation that keeps producing tokens is not a hang)."""
-    return httpx.Timeout(request_timeout, connect=min(request_timeout, MAX_CONNECT_TIMEOUT))
+    answer (a long generation that keeps producing tokens is not a hang). Connecting is bounded
+    by `connect_timeout` too ([resilience] connect_timeout)."""
+    return httpx.Timeout(request_timeout, connect=min(request_timeout, connect_timeout))
 
 
 def transport_error(

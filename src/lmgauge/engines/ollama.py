@@ -54,7 +54,7 @@ class OllamaEngine:
         self.stream = stream
         self.timeout = settings.request_timeout
         self._server = f"Ollama at {self.host}"
-        self._client = ollama.Client(host=self.host, timeout=http_timeout(self.timeout))
+        self._client = ollama.Client(host=self.host, timeout=http_timeout(self.timeout, settings.resilience.connect_timeout))
 
     # --- generation ----------------------------------------------------------------------------
     def chat(self, request: ChatRequest) -> Iterator[Chunk]:

@@ -73,9 +73,8 @@ class OpenAIEngine:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         # base_url ends in "/" so relative paths ("chat/completions") land under /v1/.
-        self._client = httpx.Client(
-            base_url=self.base_url + "/", timeout=http_timeout(self.timeout), headers=headers
-        )
+        timeout = http_timeout(self.timeout, settings.resilience.connect_timeout)
+        self._client = httpx.Client(base_url=self.base_url + "/", timeout=timeout, headers=headers)
 
     # --- generation ----------------------------------------------------------------------------
     def chat(self, request: ChatRequest) -> Iterator[Chunk]:
