@@ -26,9 +26,11 @@ Backends: SQLite (the lmgauge store, default) or Redis, shared by several gatewa
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -39,7 +41,9 @@ import numpy as np
 from .config import CacheSettings, Settings
 from .embedding import Embedder, make_embedder
 from .errors import InvalidOptionError
-from .types import ChatRequest, Message, Options, Result, Timings
+from .types import ChatRequest, GenerateRequest, Message, Options, Result, Timings
+
+log = logging.getLogger("lmgauge.cache")
 
 # Options that change how fast an answer comes, not what it says.
 NON_SEMANTIC_OPTIONS = frozenset({"num_thread", "num_batch", "num_gpu", "main_gpu", "low_vram", "use_mmap",
@@ -584,3 +588,52 @@ def as_request(model: str, messages: list[Message | dict[str, Any]], options: An
 
     return ChatRequest(model=model, messages=as_messages(messages), options=as_options(options), format=format,
                        tools=tools)
+
+
+# --- the gateway's cache ----------------------------------------------------------------------------
+
+
+class GatewayCache:
+    """The response cache as the gateway uses it (`[gateway] cache = true`): deterministic chat
+    and generate requests (a generate is looked up as the same conversation; raw prompts and
+    fill-in-the-middle are not cached). Lookups and stores run in worker threads, so a SQLite or
+    Redis round trip and the embedding never stall the event loop; a store does not delay the
+    answer's final chunk."""
+
+    def __init__(self, cache: ResponseCache):
+        self.cache = cache
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    def _request(self, request: ChatRequest | GenerateRequest) -> ChatRequest | None:
+        if isinstance(request, GenerateRequest):
+            if request.raw or request.suffix:
+                return None
+            request = request.as_chat()
+        return request if self.cache.cacheable(request) else None
+
+    async def get(self, model: str, request: ChatRequest | GenerateRequest) -> Result | None:
+        chat = self._request(request)
+        if chat is None:
+            return None
+        hit = await asyncio.to_thread(self.cache.lookup, chat)
+        return hit.result if hit is not None else None
+
+    def put(self, model: str, request: ChatRequest | GenerateRequest, result: Result) -> None:
+        chat = self._request(request)
+        if chat is None:
+            return
+        stored = asyncio.get_running_loop().run_in_executor(None, self.cache.store, chat, result)
+        self._pending.add(stored)
+        stored.add_done_callback(self._stored)
+
+    def _stored(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("response cache: storing an answer failed: %s", future.exception())
+
+
+def gateway_cache(settings: Settings, client: Any) -> GatewayCache | None:
+    """The gateway's hook: a cache when `[gateway] cache = true` (and `[cache] enabled`), else None."""
+    if not (settings.gateway.cache and settings.cache.enabled):
+        return None
+    return GatewayCache(ResponseCache.from_settings(settings, client=client))

@@ -153,6 +153,10 @@ class GatewaySettings(BaseModel):
     health_interval: float = Field(default=5.0, gt=0)  # seconds between upstream health checks
     overflow: Literal["refuse", "compact"] = "refuse"  # used until a [context] section says otherwise
     log_requests: bool = True
+    # Serve repeated deterministic requests (temperature 0 or a seed) from the response cache
+    # (`[cache]` settings: exact + guarded semantic, SQLite or Redis). Off by default: a gateway
+    # that answers from memory should be a decision.
+    cache: bool = False
     monitor_samples: int = Field(default=2000, ge=10)  # rolling window by count ...
     monitor_seconds: float = Field(default=300.0, gt=0)  # ... and by time
     upstreams: list[UpstreamSettings] = Field(default_factory=list)

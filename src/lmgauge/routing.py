@@ -50,7 +50,7 @@ from .errors import (
     InvalidOptionError,
     LmgaugeError,
 )
-from .types import Chunk, Format, Message, Result
+from .types import ChatRequest, Chunk, Format, Message, Result
 
 log = logging.getLogger("lmgauge.routing")
 
@@ -718,3 +718,29 @@ def load_calibrated(path: Path, tiers: list[Tier], embedder: Embedder) -> Featur
 def is_routing_error(exc: LmgaugeError) -> bool:
     """True for the errors after which a bigger tier may still answer."""
     return isinstance(exc, ESCALATING_ERRORS)
+
+
+# --- the gateway's `auto` model ---------------------------------------------------------------------
+
+
+class GatewayRouter:
+    """What the gateway asks when a client sends model `auto`: the model of the tier the router
+    picks. The gateway streams that model's answer as it comes, so there is no escalation after
+    the fact there (`lmgauge run auto` and `lmgauge batch` escalate)."""
+
+    def __init__(self, router: Router):
+        self.router = router
+
+    def choose(self, request: Any) -> str:
+        messages = request.messages if isinstance(request, ChatRequest) else request.as_chat().messages
+        decision = self.router.route(messages)
+        log.info("auto -> %s (%s)", decision.model, decision.reason)
+        return decision.model
+
+
+def gateway_router(settings: Settings, client: Any) -> GatewayRouter | None:
+    """The gateway's hook: a router when `[routing] tiers` are configured, else None (then the
+    model name `auto` is refused with a hint)."""
+    if not settings.routing.tiers:
+        return None
+    return GatewayRouter(Router.from_settings(client, settings))

@@ -173,6 +173,13 @@ class GenerateRequest:
     keep_alive: float | None = None
     suffix: str | None = None
 
+    def as_chat(self) -> ChatRequest:
+        """The same request as a conversation (system + the prompt as the user's message): what
+        routing and the response cache look at. A raw prompt keeps its text as-is."""
+        system = [Message("system", self.system)] if self.system else []
+        return ChatRequest(model=self.model, messages=system + [Message("user", self.prompt)], options=self.options,
+                           format=self.format, keep_alive=self.keep_alive)
+
 
 @dataclass
 class Timings:

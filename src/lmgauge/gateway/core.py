@@ -202,8 +202,9 @@ class Gateway:
         try:
             if name == "auto":
                 if self.router is None:
-                    raise UnknownModelError("auto", hint=" (`auto` picks a model once routing is configured)")
-                name = self.router.choose(request)
+                    raise UnknownModelError("auto", hint=" (`auto` picks a model once [routing] tiers are configured)")
+                # a classifier embeds the prompt (or asks a model): not on the event loop
+                name = await asyncio.to_thread(self.router.choose, request)
             cached = self._resolved.get(name)
             if cached and cached[0] > time.monotonic():
                 backend = cached[1]
