@@ -35,8 +35,8 @@ from pathlib import Path
 
 from lmgauge import Client, load_settings
 from lmgauge.context import Conversation, Memory
-from lmgauge.context.embeddings import WordLlamaEmbedder
 from lmgauge.context.synthetic import conversation
+from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.store import Store
 from lmgauge.types import Message
 

@@ -8,11 +8,11 @@ import pytest
 from lmgauge.client import Client
 from lmgauge.config import load_settings
 from lmgauge.context.conversation import Conversation
-from lmgauge.context.embeddings import WordLlamaEmbedder
 from lmgauge.context.evaluation import eval_retrieval, run_strategy
 from lmgauge.context.memory import Memory
 from lmgauge.context.synthetic import FILLER, conversation
 from lmgauge.context.tokens import counter_for
+from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.errors import ContextOverflowError
 from lmgauge.store import Store
 

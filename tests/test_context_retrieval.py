@@ -4,15 +4,15 @@ evidence, packing to a token budget, and the 'ask the model' strategy."""
 from __future__ import annotations
 
 import pytest
+from standins import OllamaStandin
 
 from lmgauge.client import Client
-from lmgauge.context.embeddings import WordLlamaEmbedder
 from lmgauge.context.retrieval import DocIndex, chunk_file
 from lmgauge.context.search import HybridSearch, rrf
 from lmgauge.context.synthetic import corpus
 from lmgauge.context.tokens import ServerTokens
+from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.errors import InvalidOptionError
-from standins import OllamaStandin
 
 MARKDOWN = """# Falcon service
 

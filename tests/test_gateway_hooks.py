@@ -5,6 +5,7 @@ answered from the cache (SQLite, or Redis shared by two gateway replicas), sampl
 from __future__ import annotations
 
 import httpx
+import pytest
 from gateway_server import GatewayServer
 
 from lmgauge.config import CacheSettings, GatewaySettings, RoutingSettings, Settings, UpstreamSettings
@@ -128,3 +129,33 @@ def wait_until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+@pytest.mark.integration
+def test_overflow_compact_trims_old_turns_with_the_real_tokenizer(tmp_path):
+    """`[context] overflow = "compact"` on the embedded model: a conversation over the window is
+    cut to whole recent turns that fit (counted by the model's own tokenizer), answered, and
+    logged as compacted; a single message over the window is still refused, never truncated."""
+    from lmgauge.config import ContextSettings
+    from lmgauge.store import Store
+
+    settings = Settings(home=tmp_path, keep_alive=-1, context=ContextSettings(overflow="compact"))
+    turns = []
+    for i in range(12):
+        turns += [{"role": "user", "content": f"Tell me fact number {i} about the ocean. " + "waves " * 40},
+                  {"role": "assistant", "content": f"Fact {i}: the ocean is deep. " + "water " * 40}]
+    messages = [{"role": "system", "content": "You are brief."}, *turns, {"role": "user", "content": "Say hi"}]
+    options = {"num_ctx": 512, "num_predict": 4, "temperature": 0}
+    with GatewayServer(settings) as srv:
+        r = httpx.post(srv.url + "/api/chat", timeout=120,
+                       json={"model": "smollm2", "messages": messages, "stream": False, "options": options})
+        assert r.status_code == 200, r.text
+        used, window = map(int, r.headers["x-lmgauge-context"].split("/"))
+        assert window == 512 and 0 < used < 512 and used == r.json()["prompt_eval_count"]
+        too_long = [{"role": "user", "content": "waves " * 1000}]
+        r = httpx.post(srv.url + "/api/chat", timeout=120,
+                       json={"model": "smollm2", "messages": too_long, "stream": False, "options": options})
+        assert r.status_code == 400 and "512" in r.json()["error"]
+        srv.wait_logged(2)
+        rows = Store(settings.db_path).requests(limit=2)
+        assert [(r["status"], r["compacted"]) for r in rows] == [("overflow", 0), ("ok", 1)]

@@ -349,8 +349,8 @@ def _context_settings(client: Client, strategy: str | None):
 
 
 def _memory(client: Client):
-    from .context.embeddings import make_embedder
     from .context.memory import Memory
+    from .embedding import make_embedder
     from .store import Store
 
     return Memory(Store(client.settings.db_path), make_embedder(client.settings.context.embed_model, client))
@@ -414,8 +414,8 @@ def chat(
     Interactive on a terminal; with stdin from a pipe or file, each line is one message
     (`lmgauge chat smollm2 --memory < questions.txt`)."""
     from .context.conversation import Conversation
-    from .context.embeddings import make_embedder
     from .context.retrieval import DocIndex
+    from .embedding import make_embedder
     from .store import RequestRecord, Store
 
     options = parse_options(option)
@@ -602,9 +602,9 @@ def eval_context(
     extraction and supersession, document retrieval recall (BM25 / embeddings / hybrid)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .context.embeddings import ClientEmbedder, WordLlamaEmbedder
     from .context.evaluation import evaluate
     from .context.report import plot_tokens, print_report
+    from .embedding import ClientEmbedder, wordllama_embedder
 
     plan_names = ("keep-everything", "keep-everything (same window)", "truncation", "summarize", "hybrid",
                   "hybrid (oracle memories)")
@@ -629,7 +629,7 @@ def eval_context(
                 bar.update(tasks[name], completed=i + 1)
 
             report = evaluate(client, model, seed=seed, turns=turns, conversations=conversations, num_ctx=num_ctx,
-                              full_ctx=full_ctx, embedder=WordLlamaEmbedder(), extra_embedders=extra,
+                              full_ctx=full_ctx, embedder=wordllama_embedder(), extra_embedders=extra,
                               strategies=chosen, answer=answers, retrieval=retrieval, ask=ask, progress=progress)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -1147,8 +1147,7 @@ def route_calibrate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .calibration import Outcome, calibrate, make_tasks
-    from .embedding import make_embedder
-    from .routing import calibrated_path, save_calibrated, tiers_from_settings
+    from .routing import calibrated_path, router_embedder, save_calibrated, tiers_from_settings
 
     settings = _settings_with_tiers(tier)
     tier_list = tiers_from_settings(settings)
@@ -1159,7 +1158,7 @@ def route_calibrate(
             raise InvalidOptionError(f"no outcomes file {reuse}")
         previous = [Outcome(**json.loads(line)) for line in reuse.read_text().splitlines() if line.strip()]
     with Client(settings) as client:
-        embedder = make_embedder(settings.routing.embedder, client)
+        embedder = router_embedder(settings.routing.embedder, client)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=True, disable=previous is not None) as bar:
             job = bar.add_task("calibrating", total=len(task_list) * len(tier_list))
@@ -1229,8 +1228,7 @@ def eval_routing(
     tier and the time saved against always using the largest tier (real engine timings)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .embedding import make_embedder
-    from .routing import LLMClassifier, load_queries, tiers_from_settings
+    from .routing import LLMClassifier, load_queries, router_embedder, tiers_from_settings
     from .routing_eval import (
         evaluate_classifier,
         feature_classifier_for_eval,
@@ -1250,7 +1248,7 @@ def eval_routing(
     reports = []
     with Client(settings) as client, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                               TimeRemainingColumn(), console=err, transient=True) as bar:
-        embedder = make_embedder(settings.routing.embedder, client)
+        embedder = router_embedder(settings.routing.embedder, client)
         features = feature_classifier_for_eval(embedder)
         if classifier in ("features", "both"):
             job = bar.add_task("features classifier", total=len(test))

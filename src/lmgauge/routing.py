@@ -519,7 +519,7 @@ class Router:
         if kind == "llm":
             clf: Classifier = LLMClassifier(caller, rs.llm_model or tiers[0].model, votes=rs.llm_votes)
         elif kind == "features":
-            embedder = make_embedder(rs.embedder, caller)
+            embedder = router_embedder(rs.embedder, caller)
             clf = load_calibrated(calibrated_path(settings), tiers, embedder) or default_classifier(embedder)
         else:
             raise InvalidOptionError(f"unknown classifier {kind!r}; use 'features' or 'llm'")
@@ -663,6 +663,15 @@ class RoutedStream:
 
 
 # --- settings and calibrated routers ----------------------------------------------------------------
+
+
+def router_embedder(name: str, client: Any = None) -> Embedder:
+    """The feature classifier's embedder (it compares queries with labeled examples by embedding)."""
+    embedder = make_embedder(name, client)
+    if embedder is None:
+        raise InvalidOptionError("routing.embedder cannot be 'none' (the feature classifier compares queries "
+                                 "by embedding); use 'wordllama' (offline) or an embedding model")
+    return embedder
 
 
 def tiers_from_settings(settings: Settings) -> list[Tier]:

@@ -17,9 +17,9 @@ import logging
 # and through logging only where the application configures it (LMGAUGE_LOG=warning).
 logging.getLogger("lmgauge.context").addHandler(logging.NullHandler())
 
+from ..embedding import Embedder, make_embedder
 from .compaction import CompactionResult, Summarizer, compact, compactions, should_compact, turn_blocks
 from .conversation import Conversation, Prepared, Turn
-from .embeddings import Embedder, make_embedder
 from .memory import Extractor, Memory, MemoryItem, Recalled
 from .retrieval import DocChunk, DocIndex, Retrieval
 from .search import HybridSearch, pack, rrf

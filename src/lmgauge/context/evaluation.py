@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import ContextSettings
+from ..embedding import Embedder
 from ..errors import ContextOverflowError
 from ..store import Store
 from .conversation import Conversation
-from .embeddings import Embedder
 from .memory import Memory, same_value
 from .retrieval import DocIndex
 from .search import pack

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..embedding import Embedder, from_blob, to_blob
 from ..errors import InvalidOptionError, LmgaugeError
 from ..store import Store
 from ..types import Message
-from .embeddings import Embedder, from_blob, to_blob
 from .search import HybridSearch, pack
 
 if TYPE_CHECKING:

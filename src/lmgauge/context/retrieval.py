@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..embedding import Embedder
 from ..errors import InvalidOptionError, LmgaugeError
 from ..types import Message
 from .compaction import split_text
-from .embeddings import Embedder
 from .search import HybridSearch, Mode, pack
 from .tokens import TokenCounter
 

@@ -17,7 +17,7 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-from .embeddings import Embedder
+from ..embedding import Embedder
 
 Mode = Literal["bm25", "embed", "hybrid"]
 MODES: tuple[Mode, ...] = ("bm25", "embed", "hybrid")

@@ -83,7 +83,11 @@ def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int 
             return backend.prompt_tokens(trial) or 0
 
         budget = window - max(window // 8, 1)  # leave room to answer
-        compacted = compactor(list(request.messages), budget, count)
+        try:
+            compacted = compactor(list(request.messages), budget, count)
+        except ContextOverflowError:  # its numbers are the inner budget's: report the request's own
+            raise ContextOverflowError(tokens, window, what="prompt (the system prompt and the last turn alone "
+                                       "do not fit, so compaction cannot help)") from None
         after = count(compacted)
         if after >= window:
             raise ContextOverflowError(after, window, what="prompt after compaction")
