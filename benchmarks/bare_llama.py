@@ -136,3 +136,13 @@ class BareLlama:
         L.llama_batch_free(self.batch)
         L.llama_free(self.ctx)
         L.llama_model_free(self.model)
+
+
+def on_llama_thread(fn, *args, **kwargs):
+    """Run a bare-loop call (construction, generate, generate_batch) on the one thread that runs
+    llama.cpp in this process, as lmgauge's engine does: this llama.cpp build uses OpenMP, and a
+    second thread computing in the same process slows every model ~3x (lmgauge/engines/compute.py).
+    One hand-off per call, not per token; the loop itself is unchanged."""
+    from lmgauge.engines import compute
+
+    return compute.call(lambda: fn(*args, **kwargs))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bare_llama import BareLlama  # noqa: E402
+from bare_llama import BareLlama, on_llama_thread  # noqa: E402
 
 from lmgauge import Client  # noqa: E402
 from lmgauge.engines.llamacpp import default_threads  # noqa: E402
@@ -73,7 +73,7 @@ def bare_batch(bare: BareLlama, client: Client, model: str, prompts: list[str], 
     engine = client.engine(ref)
     token_lists = [engine.chat_tokens(ref.target, [Message("user", p)]) for p in prompts]
     t0 = time.perf_counter()
-    out, decode_ns, steps = bare.generate_batch(token_lists, tokens)
+    out, decode_ns, steps = on_llama_thread(bare.generate_batch, token_lists, tokens)
     wall = time.perf_counter() - t0
     return {"tokens": out, "wall_s": wall, "agg_tps": out / wall, "tpot_ms": decode_ns / 1e6 / max(steps, 1)}
 
@@ -86,8 +86,8 @@ def batching_table(model: str, sizes: list[int], tokens: int, ctx: int, threads:
     for n in sizes:
         client = Client(parallel=n, num_ctx=ctx, threads=threads, keep_alive=-1, prefix_cache=False)
         client.chat(model, [Message("user", "warm up")], options={**GREEDY, "num_predict": 8})
-        bare = BareLlama(ref.target, n_ctx=ctx, threads=threads, n_seq=n)
-        bare.generate_batch([[1, 2, 3]], 4)  # warm up
+        bare = on_llama_thread(BareLlama, ref.target, n_ctx=ctx, threads=threads, n_seq=n)
+        on_llama_thread(bare.generate_batch, [[1, 2, 3]], 4)  # warm up
         batched = lmgauge_batch(client, model, prompts_for(n, "b"), tokens, concurrent=True)
         reference = bare_batch(bare, client, model, prompts_for(n, "b"), tokens)
         sequential = lmgauge_batch(seq_client, model, prompts_for(n, "s"), tokens, concurrent=False)

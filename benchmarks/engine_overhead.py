@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bare_llama import BareLlama  # noqa: E402
+from bare_llama import BareLlama, on_llama_thread  # noqa: E402
 
 from lmgauge import Client  # noqa: E402
 from lmgauge.engines.llamacpp import default_threads  # noqa: E402
@@ -39,7 +39,7 @@ def main() -> None:
     threads = default_threads()
     client = Client(num_ctx=args.ctx, threads=threads, keep_alive=-1)
     ref = client.resolve(args.model)
-    bare = BareLlama(ref.target, n_ctx=args.ctx, threads=threads)
+    bare = on_llama_thread(BareLlama, ref.target, n_ctx=args.ctx, threads=threads)
     opts = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": args.tokens, "num_ctx": args.ctx}
 
     rows = {"lmgauge": [], "bare": []}
@@ -49,7 +49,7 @@ def main() -> None:
         for chunk in client.generate_stream(args.model, prompt, raw=True, options=opts):
             result = chunk.result or result
         t = result.timings
-        b = bare.generate(prompt, args.tokens)
+        b = on_llama_thread(bare.generate, prompt, args.tokens)
         if i == 0:
             continue
         rows["lmgauge"].append({"ttft_ms": t.ttft_ms, "decode_tps": 1000 / t.tpot_ms, "out": t.output_tokens,

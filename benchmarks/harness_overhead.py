@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bare_llama import BareLlama  # noqa: E402
+from bare_llama import BareLlama, on_llama_thread  # noqa: E402
 
 from lmgauge import Client  # noqa: E402
 from lmgauge.bench.prompts import load_prompts  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     client = Client(num_ctx=args.ctx, threads=threads, keep_alive=-1, prefix_cache=False, parallel=1)
     ref = client.resolve(args.model)
     engine = client.engine(ref)
-    bare = BareLlama(ref.target, n_ctx=args.ctx, threads=threads)
+    bare = on_llama_thread(BareLlama, ref.target, n_ctx=args.ctx, threads=threads)
     template = make_template(inspect_gguf(ref.target), bare.vocab)
     options = {"temperature": 0, "seed": 42, "repeat_penalty": 1.0, "num_predict": args.tokens, "num_ctx": args.ctx}
 
@@ -82,7 +82,7 @@ def main() -> None:
                         "prompt": sample.prompt_tokens, "cached": sample.cached_tokens}
 
             def run_bare() -> dict:
-                b = bare.generate(text, args.tokens)
+                b = on_llama_thread(bare.generate, text, args.tokens)
                 return {"ttft_ms": b.ttft_ns / 1e6, "decode_tps": b.decode_tps, "out": b.output_tokens,
                         "prompt": b.prompt_tokens}
 

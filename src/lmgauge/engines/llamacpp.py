@@ -46,6 +46,7 @@ from ..types import (
     Result,
     Timings,
 )
+from . import compute
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
 from .scheduler import Job, Scheduler
@@ -83,7 +84,7 @@ class Runner:
         self.n_slots = 1 if embedding else max(settings.parallel, 1)
         self.estimate = None if embedding else check_fits(self.info, num_ctx, self.n_slots, settings)
         mparams = L.llama_model_default_params()
-        self.model = L.llama_model_load_from_file(path.encode(), mparams)
+        self.model = compute.call(L.llama_model_load_from_file, path.encode(), mparams)
         if not self.model:
             raise ModelFileError(
                 f"llama.cpp could not load {path} (unsupported architecture or corrupt file; "
@@ -108,7 +109,7 @@ class Runner:
             # The scheduler asks for at most one row of logits per sequence per step; without
             # this llama.cpp reserves logits for every token of a batch (98 MiB for SmolLM2).
             cparams.n_outputs_max = self.n_slots
-        self.ctx = L.llama_init_from_model(self.model, cparams)
+        self.ctx = compute.call(L.llama_init_from_model, self.model, cparams)
         if not self.ctx:
             L.llama_model_free(self.model)
             raise EngineError(
@@ -421,7 +422,7 @@ class LlamaCppEngine:
                 inspect_gguf(path)  # clear error for non-GGUF files
                 params = L.llama_model_default_params()
                 params.vocab_only = True
-                model = L.llama_model_load_from_file(path.encode(), params)
+                model = compute.call(L.llama_model_load_from_file, path.encode(), params)
                 if not model:
                     raise ModelFileError(f"llama.cpp could not read the vocabulary of {path}")
                 self._vocab_models[path] = model
@@ -499,7 +500,7 @@ def _embed_one(runner: Runner, tokens: list[int]) -> list[float]:
             batch.logits[i] = True
         batch.n_tokens = len(tokens)
         encoder_only = L.llama_model_has_encoder(runner.model) and not L.llama_model_has_decoder(runner.model)
-        rc = (L.llama_encode if encoder_only else L.llama_decode)(runner.ctx, batch)
+        rc = compute.call(L.llama_encode if encoder_only else L.llama_decode, runner.ctx, batch)
         if rc != 0:
             raise EngineError(f"llama.cpp failed to embed the input (code {rc})")
         n_embd = L.llama_model_n_embd(runner.model)

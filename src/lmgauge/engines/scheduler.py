@@ -31,6 +31,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from ..errors import EngineError
+from . import compute
 from .sampling import Sampler, StopMatcher
 
 # Below this many shared tokens, copying another sequence's cells is not worth a KV copy.
@@ -109,11 +110,11 @@ class Scheduler:
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._waiting: deque[Job] = deque()
-        self._cond = threading.Condition()
+        self._cond = compute.lock  # shared by every model: one thread decodes for all (compute.py)
         self._stopping = False
+        self._stopped = threading.Event()
         self.busy_since: float | None = None
-        self._thread = threading.Thread(target=self._run, name="lmgauge-decode", daemon=True)
-        self._thread.start()
+        compute.register(self)
 
     # --- caller side ---------------------------------------------------------------------------
     def submit(self, job: Job) -> Job:
@@ -122,7 +123,7 @@ class Scheduler:
             if self._stopping:
                 raise EngineError("the model is being unloaded; retry the request")
             self._waiting.append(job)
-            self._cond.notify()
+            self._cond.notify_all()
         return job
 
     @property
@@ -133,24 +134,35 @@ class Scheduler:
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        if compute.on_compute_thread():
+            self.run_once()
+        self._stopped.wait()
         L.llama_batch_free(self._batch)
 
     # --- the loop ------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not self._waiting and not self._running():
-                    self._cond.wait()
-                if self._stopping:
-                    break
+    def wants_to_run(self) -> bool:
+        """compute.Worker: called with the shared lock held."""
+        return not self._stopped.is_set() and (self._stopping or bool(self._waiting) or bool(self._running()))
+
+    def run_once(self) -> None:
+        """compute.Worker: one turn on the compute thread (admit, drop cancelled, one decode step)."""
+        with self._cond:
+            if self._stopping:
+                jobs = list(self._waiting) + [s.job for s in self.slots if s.job]
+                self._waiting.clear()
+            else:
+                jobs = None
                 self._admit()
-            self._drop_cancelled()
-            if self._running():
-                self._step()
-        for job in list(self._waiting) + [s.job for s in self.slots if s.job]:
-            self._finish(job, error=EngineError("the model was unloaded while serving this request"))
+        if jobs is not None:
+            for job in jobs:
+                self._finish(job, error=EngineError("the model was unloaded while serving this request"))
+            compute.unregister(self)
+            self._stopped.set()
+            return
+        self._drop_cancelled()
+        if self._running():
+            self._step()
 
     def _running(self) -> list[Job]:
         return [s.job for s in self.slots if s.job is not None]
@@ -250,7 +262,7 @@ class Scheduler:
             chunks.append((job, chunk))
             n += take
         batch.n_tokens = n
-        rc = L.llama_decode(self.ctx, batch)
+        rc = compute.call(L.llama_decode, self.ctx, batch)  # one OpenMP team per process: see compute.py
         if rc != 0:
             for job in decoding + [j for j, _ in chunks]:
                 L.llama_memory_seq_rm(self.mem, job.slot.seq, -1, -1)
