@@ -11,19 +11,20 @@ row's, so a near-tie between two tokens can flip and the answers part from there
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
 from lmgauge import Client
 from lmgauge.types import Message
 
-GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
-TOPICS = ["a lighthouse", "a desert caravan", "a clockmaker", "a lost robot", "a mountain village",
-          "a deep-sea diver", "a city at night", "an old library"]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from batching import GREEDY, TOPICS  # noqa: E402  (the same greedy settings and story topics)
 
 
 def answers(client: Client, model: str, together: bool, tokens: int) -> list[str]:
-    prompts = [f"Write a detailed story about {t}." for t in TOPICS]
+    prompts = [f"Write a detailed story about {t}." for t in TOPICS[:8]]
     out: list[str] = [""] * len(prompts)
 
     def one(i: int) -> None:

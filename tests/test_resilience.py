@@ -134,11 +134,10 @@ def test_repeated_500_opens_the_breaker_and_then_fails_fast(start_standin):
         assert len(server.received("/api/chat")) == 3  # the breaker opened at the 3rd failure: no more tries
         assert "breaker_open" in [e.kind for e in events]
         assert list(lm.breaker_states().values()) == ["open"]
-        t0 = time.monotonic()
         with pytest.raises(CircuitOpenError, match="open"):
             lm.chat("ollama:standin", MESSAGES)
-        assert time.monotonic() - t0 < 0.5  # failed fast,
-        assert len(server.received("/api/chat")) == 3  # without touching the server
+        assert len(server.received("/api/chat")) == 3  # failed fast: without touching the server
+        assert events[-1].kind == "breaker_rejected"
 
 
 def test_breaker_half_opens_and_closes_when_the_server_recovers(start_standin):
