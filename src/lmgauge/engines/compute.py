@@ -86,11 +86,13 @@ def call(fn: Callable[..., T], *args: Any) -> T:
 def _loop() -> None:
     while True:
         with lock:
-            while not _calls and not any(w.wants_to_run() for w in _workers):
+            while True:
+                ready = [w for w in _workers if w.wants_to_run()]
+                if ready or _calls:
+                    break
                 lock.wait()
             calls = list(_calls)
             _calls.clear()
-            ready = [w for w in _workers if w.wants_to_run()]
         for fn, args, future in calls:
             if future.set_running_or_notify_cancel():
                 try:

@@ -113,7 +113,6 @@ class Scheduler:
         self._cond = compute.lock  # shared by every model: one thread decodes for all (compute.py)
         self._stopping = False
         self._stopped = threading.Event()
-        self.busy_since: float | None = None
         compute.register(self)
 
     # --- caller side ---------------------------------------------------------------------------
