@@ -93,3 +93,26 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+EXTRA_MODELS_DIR = __import__("pathlib").Path(
+    __import__("os").environ.get("LMGAUGE_TEST_MODELS", "~/.cache/lmgauge-test-models")).expanduser()
+EXTRA_MODEL_FILES = {
+    "gemma-3-270m": "gemma-3-270m-q4_k_m.gguf",
+    "qwen-0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "qwen-1.5b": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+}
+
+
+@pytest.fixture(scope="session")
+def extra_model() -> Callable[[str], str]:
+    """Path of a larger test model (tests marked `extra_models`, run with `-m extra_models`).
+    Fails, never skips, when it is missing: the message says how to get it."""
+
+    def path(name: str) -> str:
+        file = EXTRA_MODELS_DIR / EXTRA_MODEL_FILES[name]
+        if not file.exists():
+            pytest.fail(f"{file} is missing: run ../shared/models/get-extra-models {EXTRA_MODELS_DIR} {name}")
+        return str(file)
+
+    return path
