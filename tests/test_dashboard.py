@@ -1,5 +1,6 @@
-"""The dashboard in a real headless browser (Debian's chromium, driven by Playwright): after real
-requests through the gateway, every chart has drawn data points and the table shows the model."""
+"""The dashboard in a real headless browser (the `chromium` fixture: Debian's chromium or the one
+provision.py installs; driven by Playwright): after real requests through the gateway, every
+chart has drawn data points and the table shows the model."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from gateway_server import GatewayServer, ollama_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -32,8 +31,7 @@ def drive_traffic(url: str, seconds: float, model: str, pause: float) -> None:
             time.sleep(pause)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (installed by .ci/run)")
-def test_dashboard_charts_render_live_data(tmp_path):
+def test_dashboard_charts_render_live_data(tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     fast, slow = ollama_stub(), ollama_stub(token_delay=0.03)
@@ -47,7 +45,7 @@ def test_dashboard_charts_render_live_data(tmp_path):
             for t in traffic:
                 t.start()
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+                browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(srv.url + "/dashboard")
                 for t in traffic:
