@@ -45,6 +45,7 @@ from ..store import RequestRecord, Store
 from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options, Result
 from . import guard
 from .admission import Admission
+from .allowlist import Allowlist
 from .backends import EngineBackend, Trace, UpstreamPool
 from .metrics import GatewayMetrics
 from .reqlog import LogWriter
@@ -65,9 +66,12 @@ class ResponseCache(Protocol):
     """Hook for cache.py: a stored answer for a request, and storing new ones. Called on the event
     loop: either fast plain functions or coroutines (for a network store such as Redis)."""
 
-    def get(self, model: str, request: Request) -> Result | None: ...
+    def get(self, backend: str, request: Request) -> Result | None: ...
 
-    def put(self, model: str, request: Request, result: Result) -> None: ...
+    def put(self, backend: str, request: Request, result: Result) -> None: ...
+
+    # `backend` is the resolved backend's identity (engine kind + server + target), never the
+    # name the client sent: one name cannot read or write another backend's answers.
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self.monitor, self.gauges)
         self.log = LogWriter(Store(settings.db_path)) if gw.log_requests else None
         self.upstreams: dict[str, UpstreamPool] = {}
+        self.allowlist = Allowlist(settings, {u.model for u in gw.upstreams})
         self.router: Router | None = _hook("routing", "gateway_router", settings, self.client)
         self.cache: ResponseCache | None = _hook("cache", "gateway_cache", settings, self.client)
         self.compactor = guard.find_compactor()
@@ -166,11 +171,16 @@ class Gateway:
         self._served_names.setdefault(ref.target, name)
         return self._engines[key]
 
-    def backend(self, name: str) -> Backend:
+    def backend(self, name: str, trusted: bool = False) -> Backend:
+        """The backend for a model name. Names from clients must be on the allowlist
+        (allowlist.py); `trusted` names come from server-side configuration (the router's tiers).
+        May scan model folders: call it off the event loop unless the name is cached."""
         cached = self._resolved.get(name)
         now = time.monotonic()
         if cached and cached[0] > now:
             return cached[1]
+        if not trusted:
+            self.allowlist.check(name)
         current, seen = name, set()
         while current not in self.upstreams and current in self.settings.aliases and current not in seen:
             seen.add(current)
@@ -180,6 +190,13 @@ class Gateway:
             self._resolved.clear()
         self._resolved[name] = (now + RESOLVE_TTL_S, backend)
         return backend
+
+    async def backend_for(self, name: str, trusted: bool = False) -> Backend:
+        """`backend()` from the event loop: a cached name at once, else resolved on a thread."""
+        cached = self._resolved.get(name)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        return await asyncio.to_thread(self.backend, name, trusted)
 
     def _admission_for(self, backend: Backend) -> Admission:
         key = backend.name if isinstance(backend, UpstreamPool) else backend.ref.target
@@ -200,16 +217,13 @@ class Gateway:
         name = request.model
         backend: Backend | None = None
         try:
-            if name == "auto":
+            routed = name == "auto"
+            if routed:
                 if self.router is None:
                     raise UnknownModelError("auto", hint=" (`auto` picks a model once [routing] tiers are configured)")
                 # a classifier embeds the prompt (or asks a model): not on the event loop
                 name = await asyncio.to_thread(self.router.choose, request)
-            cached = self._resolved.get(name)
-            if cached and cached[0] > time.monotonic():
-                backend = cached[1]
-            else:  # resolution may scan model folders: not on the event loop
-                backend = await asyncio.to_thread(self.backend, name)
+            backend = await self.backend_for(name, trusted=routed)  # the router's tiers are configuration
             window = backend.window(request.options)
             policy = guard.overflow_policy(self.settings)
             if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
@@ -262,7 +276,7 @@ class Gateway:
         status, error, result = "cancel", None, None
         cache_hit = False
         try:
-            cached = await _maybe_await(self.cache.get(p.model, p.request)) if self.cache is not None else None
+            cached = await _maybe_await(self.cache.get(p.backend.identity, p.request)) if self.cache is not None else None
             if cached is not None:
                 cache_hit = True
                 chunks: AsyncIterator[Chunk] = _replay(cached)
@@ -288,7 +302,7 @@ class Gateway:
                         self._stamp(p, result, first_ns)
                         status = "ok"
                         if self.cache is not None and not cache_hit:
-                            await _maybe_await(self.cache.put(p.model, p.request, result))
+                            await _maybe_await(self.cache.put(p.backend.identity, p.request, result))
                     yield chunk
                     if chunk.done:
                         return
@@ -368,7 +382,7 @@ class Gateway:
 
     # --- the rest of the API ---------------------------------------------------------------------
     async def load_or_unload(self, name: str, keep_alive: float | None, options: Options) -> str | None:
-        backend = self.backend(name)
+        backend = await self.backend_for(name)
         if keep_alive == 0:
             await backend.unload()
             return "unload"
@@ -378,7 +392,7 @@ class Gateway:
     async def embed(self, name: str, inputs: list[str], truncate: bool = True, dimensions: int | None = None) -> Embeddings:
         if dimensions is not None and dimensions < 1:
             raise InvalidOptionError("dimensions must be at least 1")
-        backend = self.backend(name)
+        backend = await self.backend_for(name)
         admission = self._admission_for(backend)
         await admission.acquire(self.settings.gateway.request_timeout)
         try:
@@ -419,7 +433,7 @@ class Gateway:
         return out
 
     async def show(self, name: str) -> dict[str, Any]:
-        backend = self.backend(name)
+        backend = await self.backend_for(name)
         if isinstance(backend, UpstreamPool):
             shown = await backend.show()
             return shown or {"details": {"format": "", "family": "", "families": []}, "model_info": {},
