@@ -29,6 +29,7 @@ from ..errors import EngineUnavailableError
 from .core import Gateway
 from .env import BindAddress, serve_settings
 from .http import json_response, ollama_error, openai_error
+from .limits import Limits, http_protocol
 from .metrics import CONTENT_TYPE
 from .ollama_api import router as ollama_router
 from .openai_api import router as openai_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
 
     app = FastAPI(title="lmgauge gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
+    app.state.limits = Limits(settings.gateway)  # read by http.read_json before any conversion
     app.include_router(ollama_router)
     app.include_router(openai_router)
 
@@ -106,7 +108,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     check_bind(bind.host, settings)  # beyond loopback: an API key, or --allow-insecure (warned)
     app = create_app(settings, own_url=bind.url)
     config = uvicorn.Config(
-        app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
+        app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=http_protocol(settings.gateway),
         lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
     )

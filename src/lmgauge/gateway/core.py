@@ -54,6 +54,7 @@ log = logging.getLogger("lmgauge.gateway")
 Request = ChatRequest | GenerateRequest
 Backend = EngineBackend | UpstreamPool
 RESOLVE_TTL_S = 10.0  # how long a resolved name is reused (resolution scans model folders)
+PS_TIMEOUT_S = 2.0  # how long /api/ps waits for a remote engine to say what it has loaded
 
 
 class Router(Protocol):
@@ -111,6 +112,7 @@ class Gateway:
         self._resolved: dict[str, tuple[float, Backend]] = {}
         self._admission: dict[str, Admission] = {}
         self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
+        self._remote_errors: dict[str, str] = {}  # backend identity -> why /api/ps could not ask it
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
@@ -155,7 +157,10 @@ class Gateway:
         return {
             "models": {name: {"queued": a.queued, "in_flight": a.active, "limit": a.limit}
                        for name, a in self._admission.items()},
-            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()],
+            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()] + [
+                {"model": b.ref.name, "url": b.ref.url, "kind": b.ref.engine, "healthy": False, "outstanding": 0,
+                 "last_error": self._remote_errors[b.identity]}
+                for b in list(self._engines.values()) if b.identity in self._remote_errors],
         }
 
     # --- model resolution ------------------------------------------------------------------------
@@ -228,8 +233,10 @@ class Gateway:
             policy = guard.overflow_policy(self.settings)
             if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
                 verdict = guard.check(backend, request, window, policy, self.compactor)  # nothing to count
-            else:  # tokenizing a long prompt takes a while: keep it off the event loop
-                verdict = await asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor)
+            else:  # tokenizing a long prompt takes a while: off the event loop, inside the deadline
+                verdict = await self._within_deadline(
+                    arrived, "counting the prompt's tokens",
+                    asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor))
             admission = self._admission_for(backend)
             await admission.acquire(self.settings.gateway.request_timeout)
         except Exception as exc:
@@ -239,6 +246,18 @@ class Gateway:
         if verdict.compacted:
             self.metrics.compactions.labels(self._label(backend)).inc()
         return Prepared(api, request.model, request, stream, backend, admission, verdict, arrived, request_id)
+
+    async def _within_deadline(self, arrived_ns: int, what: str, work: Any) -> Any:
+        """Await `work` within what is left of the request's timeout (a worker thread keeps
+        running after it, but the request is answered; limits.py bounds the work itself)."""
+        timeout = self.settings.gateway.request_timeout
+        left = timeout - (time.perf_counter_ns() - arrived_ns) / 1e9
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                return await work
+        except TimeoutError:
+            raise RequestTimeoutError(f"{what} took longer than the request timeout of {timeout:g}s "
+                                      "(gateway.request_timeout)") from None
 
     def _release(self, p: Prepared) -> None:
         if not p.released:
@@ -392,11 +411,14 @@ class Gateway:
     async def embed(self, name: str, inputs: list[str], truncate: bool = True, dimensions: int | None = None) -> Embeddings:
         if dimensions is not None and dimensions < 1:
             raise InvalidOptionError("dimensions must be at least 1")
+        if any(not text for text in inputs):
+            raise InvalidOptionError("input must not be empty (nor contain empty strings)")
+        arrived = time.perf_counter_ns()
         backend = await self.backend_for(name)
         admission = self._admission_for(backend)
         await admission.acquire(self.settings.gateway.request_timeout)
         try:
-            emb = await backend.embed(inputs)
+            emb = await self._within_deadline(arrived, "embedding", backend.embed(inputs))
         finally:
             admission.release()
         if dimensions is not None:  # Matryoshka-style: keep the first N, renormalise
@@ -443,9 +465,21 @@ class Gateway:
         return _show_entry(info)
 
     async def running(self) -> list[dict[str, Any]]:
+        """/api/ps: what every engine has loaded. A remote engine that cannot be asked (its
+        server down or slow) is left out and marked unhealthy in the stats; the rest is listed."""
         out = []
         for backend in list(self._engines.values()):
-            for m in await asyncio.to_thread(backend.engine.loaded):
+            try:
+                async with asyncio.timeout(PS_TIMEOUT_S):
+                    loaded = await asyncio.to_thread(backend.engine.loaded)
+                self._remote_errors.pop(backend.identity, None)
+            except (LmgaugeError, OSError, TimeoutError) as exc:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if backend.identity not in self._remote_errors:
+                    log.warning("%s (%s) did not say what it has loaded: %s", backend.ref.url, backend.ref.engine, why)
+                self._remote_errors[backend.identity] = why
+                continue
+            for m in loaded:
                 if m.details.get("embedding"):
                     continue
                 name = self._served_names.get(m.name, m.name)
