@@ -667,3 +667,19 @@ def test_sampling_options_out_of_range_are_400(server, stub, option):
     assert r.status_code == 400 and list(option)[0] in r.json()["error"]
     assert len(stub.received()) == before
     victim_answers(server)
+
+
+def test_a_name_the_router_resolved_does_not_become_a_clients_to_use(tmp_path, stub):
+    """Router tiers are configuration and may name `ollama:...`; that resolution is cached, but
+    a client naming the same spelling afterwards is still refused."""
+    class Router:
+        def choose(self, request):
+            return "ollama:stub"
+
+    with GatewayServer(Settings(home=tmp_path, ollama_host=stub.url)) as srv:
+        srv.gateway.router = Router()
+        r = httpx.post(srv.url + "/api/chat", json={"model": "auto", "messages": USER, "stream": False}, timeout=30)
+        assert r.status_code == 200 and r.json()["message"]["content"] == REPLY
+        r = httpx.post(srv.url + "/api/chat", json={"model": "ollama:stub", "messages": USER, "stream": False},
+                       timeout=30)
+        assert r.status_code == 404

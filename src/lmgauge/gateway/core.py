@@ -109,7 +109,8 @@ class Gateway:
         self.cache: ResponseCache | None = _hook("cache", "gateway_cache", settings, self.client)
         self.compactor = guard.find_compactor()
         self._engines: dict[tuple[str, str, str | None], EngineBackend] = {}
-        self._resolved: dict[str, tuple[float, Backend]] = {}
+        # (trusted, name) -> (expiry, backend): a name the router resolved is not thereby a client's to use
+        self._resolved: dict[tuple[bool, str], tuple[float, Backend]] = {}
         self._admission: dict[str, Admission] = {}
         self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
         self._remote_errors: dict[str, str] = {}  # backend identity -> why /api/ps could not ask it
@@ -180,7 +181,7 @@ class Gateway:
         """The backend for a model name. Names from clients must be on the allowlist
         (allowlist.py); `trusted` names come from server-side configuration (the router's tiers).
         May scan model folders: call it off the event loop unless the name is cached."""
-        cached = self._resolved.get(name)
+        cached = self._resolved.get((trusted, name))
         now = time.monotonic()
         if cached and cached[0] > now:
             return cached[1]
@@ -193,12 +194,12 @@ class Gateway:
         backend: Backend = self.upstreams[current] if current in self.upstreams else self._engine_backend(name)
         if len(self._resolved) > 1024:
             self._resolved.clear()
-        self._resolved[name] = (now + RESOLVE_TTL_S, backend)
+        self._resolved[(trusted, name)] = (now + RESOLVE_TTL_S, backend)
         return backend
 
     async def backend_for(self, name: str, trusted: bool = False) -> Backend:
         """`backend()` from the event loop: a cached name at once, else resolved on a thread."""
-        cached = self._resolved.get(name)
+        cached = self._resolved.get((trusted, name))
         if cached and cached[0] > time.monotonic():
             return cached[1]
         return await asyncio.to_thread(self.backend, name, trusted)
