@@ -11,6 +11,7 @@ import uvicorn
 
 from lmgauge.config import Settings
 from lmgauge.gateway.app import create_app
+from lmgauge.gateway.limits import http_protocol
 
 
 def free_port() -> int:
@@ -25,7 +26,7 @@ class GatewayServer:
         self.port = free_port()
         self.app = create_app(settings, own_url=f"http://127.0.0.1:{self.port}")
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+                                loop="uvloop", http=http_protocol(settings.gateway), timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

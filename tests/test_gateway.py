@@ -343,12 +343,16 @@ def test_library_remote_engines_behind_the_gateway(tmp_path):
         settings = Settings(home=tmp_path, ollama_host=remote.url,
                             aliases={"remote": "ollama:stub", "oremote": f"openai:stub@{oremote.base_url}"})
         with GatewayServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-            for model in ("remote", "oremote", "ollama:stub"):
+            for model in ("remote", "oremote"):
                 r = c.post("/api/chat", json={"model": model, "messages": [{"role": "user", "content": "x"}],
                                               "stream": False, "options": {"num_predict": 3}})
                 assert r.status_code == 200 and r.json()["message"]["content"] == "The sky is", r.text
                 lines = c.post("/api/generate", json={"model": model, "prompt": "x"}).text.splitlines()
                 assert json.loads(lines[-1])["done"] is True and len(lines) == 9
+            # The spellings themselves are the server's to use (aliases), not the clients'
+            # (tests/test_gateway_security.py has the attacks).
+            r = c.post("/api/chat", json={"model": "ollama:stub", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 404
     finally:
         remote.stop()
         oremote.stop()
@@ -446,8 +450,8 @@ def test_router_and_cache_hooks_drive_requests(tmp_path):
 
 
 def test_an_ollama_engine_address_that_is_the_gateway_itself_is_refused(tmp_path):
-    settings = Settings(home=tmp_path)
+    settings = Settings(home=tmp_path, aliases={"llama3.2": "ollama:llama3.2"})
     with GatewayServer(settings) as srv:
         srv.settings.ollama_host = srv.url  # e.g. OLLAMA_HOST taken for both meanings
-        r = httpx.post(srv.url + "/api/chat", json={"model": "ollama:llama3.2", "messages": []}, timeout=10)
+        r = httpx.post(srv.url + "/api/chat", json={"model": "llama3.2", "messages": []}, timeout=10)
         assert r.status_code == 502 and "this gateway itself" in r.json()["error"]

@@ -27,6 +27,7 @@ Backends: SQLite (the lmgauge store, default) or Redis, shared by several gatewa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -604,22 +605,28 @@ class GatewayCache:
         self.cache = cache
         self._pending: set[asyncio.Future[Any]] = set()
 
-    def _request(self, request: ChatRequest | GenerateRequest) -> ChatRequest | None:
+    def _request(self, backend: str, request: ChatRequest | GenerateRequest) -> ChatRequest | None:
+        """The request as the cache keys it: under the backend that answers (engine kind, server,
+        target: the gateway resolves it), never the name the client sent, so an answer fetched
+        through one backend is never served for another. A copy: the client's request is not
+        changed."""
         if isinstance(request, GenerateRequest):
             if request.raw or request.suffix:
                 return None
             request = request.as_chat()
-        return request if self.cache.cacheable(request) else None
+        if not self.cache.cacheable(request):
+            return None
+        return dataclasses.replace(request, model=backend)
 
-    async def get(self, model: str, request: ChatRequest | GenerateRequest) -> Result | None:
-        chat = self._request(request)
+    async def get(self, backend: str, request: ChatRequest | GenerateRequest) -> Result | None:
+        chat = self._request(backend, request)
         if chat is None:
             return None
         hit = await asyncio.to_thread(self.cache.lookup, chat)
         return hit.result if hit is not None else None
 
-    def put(self, model: str, request: ChatRequest | GenerateRequest, result: Result) -> None:
-        chat = self._request(request)
+    def put(self, backend: str, request: ChatRequest | GenerateRequest, result: Result) -> None:
+        chat = self._request(backend, request)
         if chat is None:
             return
         stored = asyncio.get_running_loop().run_in_executor(None, self.cache.store, chat, result)

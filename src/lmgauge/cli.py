@@ -648,6 +648,8 @@ def serve(
                                              "0.0.0.0 exposes the gateway to your network.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 11434, Ollama's, or OLLAMA_HOST's).")] = None,
     config: Annotated[Path | None, typer.Option(help="Config file (TOML) instead of ~/.lmgauge/config.toml.")] = None,
+    allow_insecure: Annotated[bool, typer.Option("--allow-insecure", help="Listen beyond loopback without an API "
+                                                 "key (every host that reaches it may use the models).")] = False,
 ) -> None:
     """Serve the Ollama and OpenAI APIs (plus /metrics and /dashboard) in front of lmgauge's engines.
 
@@ -662,6 +664,8 @@ def serve(
             raise InvalidOptionError(f"--config {config}: no such file")
         os.environ["LMGAUGE_CONFIG"] = str(config.expanduser())
     settings, bind = serve_settings(host, port)
+    if allow_insecure:
+        settings.gateway.allow_insecure = True
 
     def ready(b: Any) -> None:
         upstreams = ", ".join(u.model for u in settings.gateway.upstreams) or "none"

@@ -145,7 +145,25 @@ class GatewaySettings(BaseModel):
     host: str | None = None  # default: OLLAMA_HOST's host, else 127.0.0.1 (localhost only)
     port: int | None = Field(default=None, ge=0, le=65535)  # default: OLLAMA_HOST's port, else 11434
     api_key: str | None = None  # when set, every request but GET / needs Authorization: Bearer KEY
-    max_body_bytes: int = Field(default=16 * 2**20, ge=1024)
+    # --- security (docs/security.md): defaults safe for a laptop; each widening is explicit ---
+    # Let HTTP clients name files and `ollama:`/`openai:...@URL` models like the CLI does (a
+    # file-existence oracle and SSRF for whoever reaches the gateway): only for a gateway only you reach.
+    allow_any_model: bool = False
+    # Host header values accepted besides localhost names, IP literals and this machine's name
+    # (DNS rebinding defence); "*" accepts any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Origins (web pages) allowed to call the gateway besides loopback ones, like OLLAMA_ORIGINS:
+    # "https://app.example", "https://*.example", "*" (any). A request from any other Origin is refused.
+    origins: list[str] = Field(default_factory=list)
+    cors: bool = False  # answer CORS preflights and let allowed origins read responses
+    # Listening beyond loopback without api_key is refused unless this is set (then warned loudly).
+    allow_insecure: bool = False
+    max_body_bytes: int = Field(default=4 * 2**20, ge=1024)
+    max_messages: int = Field(default=2048, ge=1)  # messages in one chat request
+    max_prompt_chars: int = Field(default=2**20, ge=1)  # characters of text in one request (all fields)
+    max_embed_inputs: int = Field(default=512, ge=1)  # inputs in one embedding request
+    header_timeout: float = Field(default=10.0, gt=0)  # seconds to receive a request's headers
+    body_timeout: float = Field(default=30.0, gt=0)  # seconds to receive a request's body
     max_queue: int = Field(default=512, ge=0)  # waiting requests per model beyond its concurrency
     request_timeout: float = Field(default=600.0, gt=0)  # seconds, whole request
     first_token_timeout: float | None = Field(default=None, gt=0)  # seconds; None = request_timeout

@@ -55,8 +55,9 @@ class ChatTemplate:
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
-        except TemplateError as exc:
-            raise InvalidOptionError(f"the model's chat template failed: {exc}") from None
+        except (TemplateError, TypeError, ValueError, LookupError, AttributeError) as exc:
+            # a conversation the template cannot render (e.g. a tool call's name that is not a string)
+            raise InvalidOptionError(f"the model's chat template failed on this conversation: {exc}") from None
 
 
 def _for_template(message: Message) -> dict[str, Any]:
@@ -64,7 +65,10 @@ def _for_template(message: Message) -> dict[str, Any]:
     if message.tool_calls:  # templates expect arguments as a mapping, as HF passes them
         calls = []
         for call in message.tool_calls:
-            fn = dict(call.get("function", call))
+            fn = call.get("function", call)
+            if not isinstance(fn, dict):
+                raise InvalidOptionError("tool_calls[].function must be an object with name and arguments")
+            fn = dict(fn)
             if isinstance(fn.get("arguments"), str):
                 try:
                     fn["arguments"] = json.loads(fn["arguments"])

@@ -14,6 +14,7 @@ reported as `load_ns` of the request that caused it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import threading
@@ -46,7 +47,7 @@ from ..types import (
     Result,
     Timings,
 )
-from . import compute
+from . import client_text, compute
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
 from .scheduler import Job, Scheduler
@@ -140,7 +141,7 @@ class Runner:
         return prompt_tokens(self.vocab, self.template, text)
 
     def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
-        return self.prompt_tokens(self.template.render(messages, tools))
+        return chat_prompt_tokens(self.vocab, self.template, messages, tools)
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
@@ -202,15 +203,41 @@ def prompt_tokens(vocab: Any, template: ChatTemplate, text: str) -> list[int]:
     return tokenize(vocab, text, add_special=add)
 
 
-def tokenize(vocab: Any, text: str, add_special: bool) -> list[int]:
+def chat_prompt_tokens(vocab: Any, template: ChatTemplate, messages: list[Message],
+                       tools: list[dict] | None = None) -> list[int]:
+    """A conversation's prompt tokens; control tokens come from the template only, never from
+    message text (client_text.py)."""
+    return client_text.chat_tokens(
+        lambda text, special: tokenize(vocab, text, False, parse_special=special),
+        lambda text: prompt_tokens(vocab, template, text), template.render, messages, tools,
+        control_initials(vocab, L.llama_vocab_n_tokens(vocab)))
+
+
+@functools.lru_cache(maxsize=32)
+def control_initials(vocab: Any, n_tokens: int) -> frozenset[str]:
+    """First characters of the vocabulary's control tokens (and `<`, `[` always): text without
+    any of them cannot hold one. Read once per vocabulary (~40 ms for 49k tokens)."""
+    mask = L.LLAMA_TOKEN_ATTR_CONTROL | L.LLAMA_TOKEN_ATTR_USER_DEFINED | L.LLAMA_TOKEN_ATTR_UNKNOWN
+    found = {"<", "["}
+    for i in range(n_tokens):
+        if L.llama_vocab_get_attr(vocab, i) & mask:
+            text = L.llama_vocab_get_text(vocab, i)
+            if text:
+                found.add(text.decode("utf-8", "replace")[:1])
+    return frozenset(found)
+
+
+def tokenize(vocab: Any, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+    """`parse_special`: whether control-token text (`<|im_start|>`) becomes control tokens. On for
+    chat-template output and raw prompts; off for text a client wrote (client_text.py)."""
     data = text.encode("utf-8")
     capacity = len(data) + 8
     buf = (L.llama_token * capacity)()
-    n = L.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, True)
+    n = L.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
     if n < 0:  # buffer too small: -n is the size needed
         capacity = -n
         buf = (L.llama_token * capacity)()
-        n = L.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, True)
+        n = L.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
     return list(buf[:n])
 
 
@@ -403,7 +430,7 @@ class LlamaCppEngine:
         try:
             with runner.lock:
                 for text in inputs:
-                    tokens = runner.tokenize(text, add_special=True)
+                    tokens = tokenize(runner.vocab, text, True, parse_special=False)  # client text
                     if len(tokens) > runner.n_ctx_seq:
                         raise ContextOverflowError(len(tokens), runner.n_ctx_seq, what="embedding input")
                     n_tokens += len(tokens)
@@ -437,8 +464,7 @@ class LlamaCppEngine:
     def chat_tokens(self, model: str, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
         """The exact prompt tokens a chat request would evaluate (template included)."""
         vocab = self._vocab(model)
-        template = make_template(inspect_gguf(model), vocab)
-        return prompt_tokens(vocab, template, template.render(messages, tools))
+        return chat_prompt_tokens(vocab, make_template(inspect_gguf(model), vocab), messages, tools)
 
     def prompt_tokens(self, model: str, text: str) -> list[int]:
         """The exact tokens a raw (untemplated) prompt evaluates, BOS included when the model wants it."""
@@ -473,9 +499,15 @@ class LlamaCppEngine:
             ]
 
     def unload(self, model: str) -> None:
+        """Free the model now if nothing is using it; else once its last in-flight request ends
+        (`keep_alive: 0` from one client must not pull the model from under another's stream)."""
         with self._lock:
             for key in [k for k in self._runners if k[0] == model]:
-                self._unload(key)
+                runner = self._runners[key]
+                if runner.users > 0:
+                    runner.keep_alive = 0  # release() unloads it when the last user leaves
+                else:
+                    self._unload(key)
 
     def close(self) -> None:
         self._closed.set()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 import logging
 from collections.abc import AsyncIterator
@@ -23,17 +22,18 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..client import Client
 from ..config import Settings
 from ..errors import EngineUnavailableError
 from .core import Gateway
 from .env import BindAddress, serve_settings
-from .http import UnauthorizedError, json_response, ollama_error, openai_error
+from .http import json_response, ollama_error, openai_error
+from .limits import Limits, http_protocol
 from .metrics import CONTENT_TYPE
 from .ollama_api import router as ollama_router
 from .openai_api import router as openai_router
+from .security import ApiKey, EdgeGuard, Policy, check_bind
 
 log = logging.getLogger("lmgauge.gateway")
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
 
     app = FastAPI(title="lmgauge gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
+    app.state.limits = Limits(settings.gateway)  # read by http.read_json before any conversion
     app.include_router(ollama_router)
     app.include_router(openai_router)
 
@@ -66,8 +67,10 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
 
     @app.get("/dashboard")
     async def dashboard() -> Response:
+        """Static HTML, served without the key: the page reads the key from its URL fragment
+        (/dashboard#key=...), which browsers never send to a server, and sends it as a header."""
         page = resources.files("lmgauge.gateway").joinpath("static/dashboard.html").read_text()
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -82,8 +85,10 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
         log.exception("unexpected error on %s", request.url.path)
         return ollama_error(exc)
 
+    # Outermost last: Host/Origin/content type (security.py) before the key, both before routing.
     if settings.gateway.api_key:
-        app.add_middleware(BearerAuth, key=settings.gateway.api_key)
+        app.add_middleware(ApiKey, key=settings.gateway.api_key)
+    app.add_middleware(EdgeGuard, policy=Policy(settings))
     return app
 
 
@@ -93,28 +98,6 @@ class _Status(Exception):
         self.http_status = status
 
 
-class BearerAuth:
-    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): `Authorization: Bearer KEY`
-    on every request except GET/HEAD / (the liveness check Ollama clients do)."""
-
-    def __init__(self, app: ASGIApp, key: str):
-        self.app = app
-        self.key = f"Bearer {key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if hmac.compare_digest(given, self.key):
-            await self.app(scope, receive, send)
-            return
-        error = UnauthorizedError("missing or wrong API key: send Authorization: Bearer <key> (gateway.api_key)")
-        response = openai_error(error) if scope["path"].startswith("/v1/") else ollama_error(error)
-        response.headers["WWW-Authenticate"] = "Bearer"
-        await response(scope, receive, send)
-
-
 def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
           bind: BindAddress | None = None, on_ready: Any = None) -> None:
     """Run the gateway until SIGINT/SIGTERM; in-flight requests finish first (shutdown_grace)."""
@@ -122,9 +105,10 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
 
     if settings is None or bind is None:
         settings, bind = serve_settings(host, port)
+    check_bind(bind.host, settings)  # beyond loopback: an API key, or --allow-insecure (warned)
     app = create_app(settings, own_url=bind.url)
     config = uvicorn.Config(
-        app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"),
+        app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=http_protocol(settings.gateway),
         lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
     )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -61,6 +62,11 @@ class EngineBackend:
     def embedded(self) -> bool:
         return self.ref.engine == "llamacpp"
 
+    @property
+    def identity(self) -> str:
+        """What answers: engine kind, server and the model there (shared state is keyed by it)."""
+        return f"{self.ref.engine}|{self.ref.url or ''}|{self.ref.target}"
+
     # The context guard's questions: exact prompt tokens and the window, where the engine knows them.
     def prompt_tokens(self, request: Request) -> int | None:
         if not self.embedded:
@@ -82,7 +88,7 @@ class EngineBackend:
         return options.num_ctx or engine.default_num_ctx(self.ref.target)
 
     def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
-        request.model = self.ref.target
+        request = dataclasses.replace(request, model=self.ref.target)  # the client's request stays as sent
         trace.upstream = self.ref.url
         method = self.engine.chat if isinstance(request, ChatRequest) else self.engine.generate
         return _threaded(lambda: method(request))
@@ -181,6 +187,11 @@ class UpstreamPool:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout)
         self._rr = 0
         self._tokenizer: EngineBackend | None = None
+
+    @property
+    def identity(self) -> str:
+        """What answers: the pool's kind, nodes and the model there (shared state is keyed by it)."""
+        return f"upstream-{self.spec.kind}|{','.join(sorted(n.url for n in self.nodes))}|{self.target}"
 
     # --- context guard ---------------------------------------------------------------------------
     def attach_tokenizer(self, backend: EngineBackend) -> None:

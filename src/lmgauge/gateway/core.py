@@ -45,6 +45,7 @@ from ..store import RequestRecord, Store
 from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options, Result
 from . import guard
 from .admission import Admission
+from .allowlist import Allowlist
 from .backends import EngineBackend, Trace, UpstreamPool
 from .metrics import GatewayMetrics
 from .reqlog import LogWriter
@@ -53,6 +54,7 @@ log = logging.getLogger("lmgauge.gateway")
 Request = ChatRequest | GenerateRequest
 Backend = EngineBackend | UpstreamPool
 RESOLVE_TTL_S = 10.0  # how long a resolved name is reused (resolution scans model folders)
+PS_TIMEOUT_S = 2.0  # how long /api/ps waits for a remote engine to say what it has loaded
 
 
 class Router(Protocol):
@@ -65,9 +67,12 @@ class ResponseCache(Protocol):
     """Hook for cache.py: a stored answer for a request, and storing new ones. Called on the event
     loop: either fast plain functions or coroutines (for a network store such as Redis)."""
 
-    def get(self, model: str, request: Request) -> Result | None: ...
+    def get(self, backend: str, request: Request) -> Result | None: ...
 
-    def put(self, model: str, request: Request, result: Result) -> None: ...
+    def put(self, backend: str, request: Request, result: Result) -> None: ...
+
+    # `backend` is the resolved backend's identity (engine kind + server + target), never the
+    # name the client sent: one name cannot read or write another backend's answers.
 
 
 @dataclass
@@ -99,13 +104,16 @@ class Gateway:
         self.metrics = GatewayMetrics(self.monitor, self.gauges)
         self.log = LogWriter(Store(settings.db_path)) if gw.log_requests else None
         self.upstreams: dict[str, UpstreamPool] = {}
+        self.allowlist = Allowlist(settings, {u.model for u in gw.upstreams})
         self.router: Router | None = _hook("routing", "gateway_router", settings, self.client)
         self.cache: ResponseCache | None = _hook("cache", "gateway_cache", settings, self.client)
         self.compactor = guard.find_compactor()
         self._engines: dict[tuple[str, str, str | None], EngineBackend] = {}
-        self._resolved: dict[str, tuple[float, Backend]] = {}
+        # (trusted, name) -> (expiry, backend): a name the router resolved is not thereby a client's to use
+        self._resolved: dict[tuple[bool, str], tuple[float, Backend]] = {}
         self._admission: dict[str, Admission] = {}
         self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
+        self._remote_errors: dict[str, str] = {}  # backend identity -> why /api/ps could not ask it
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
@@ -150,7 +158,10 @@ class Gateway:
         return {
             "models": {name: {"queued": a.queued, "in_flight": a.active, "limit": a.limit}
                        for name, a in self._admission.items()},
-            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()],
+            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()] + [
+                {"model": b.ref.name, "url": b.ref.url, "kind": b.ref.engine, "healthy": False, "outstanding": 0,
+                 "last_error": self._remote_errors[b.identity]}
+                for b in list(self._engines.values()) if b.identity in self._remote_errors],
         }
 
     # --- model resolution ------------------------------------------------------------------------
@@ -166,11 +177,16 @@ class Gateway:
         self._served_names.setdefault(ref.target, name)
         return self._engines[key]
 
-    def backend(self, name: str) -> Backend:
-        cached = self._resolved.get(name)
+    def backend(self, name: str, trusted: bool = False) -> Backend:
+        """The backend for a model name. Names from clients must be on the allowlist
+        (allowlist.py); `trusted` names come from server-side configuration (the router's tiers).
+        May scan model folders: call it off the event loop unless the name is cached."""
+        cached = self._resolved.get((trusted, name))
         now = time.monotonic()
         if cached and cached[0] > now:
             return cached[1]
+        if not trusted:
+            self.allowlist.check(name)
         current, seen = name, set()
         while current not in self.upstreams and current in self.settings.aliases and current not in seen:
             seen.add(current)
@@ -178,8 +194,15 @@ class Gateway:
         backend: Backend = self.upstreams[current] if current in self.upstreams else self._engine_backend(name)
         if len(self._resolved) > 1024:
             self._resolved.clear()
-        self._resolved[name] = (now + RESOLVE_TTL_S, backend)
+        self._resolved[(trusted, name)] = (now + RESOLVE_TTL_S, backend)
         return backend
+
+    async def backend_for(self, name: str, trusted: bool = False) -> Backend:
+        """`backend()` from the event loop: a cached name at once, else resolved on a thread."""
+        cached = self._resolved.get((trusted, name))
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        return await asyncio.to_thread(self.backend, name, trusted)
 
     def _admission_for(self, backend: Backend) -> Admission:
         key = backend.name if isinstance(backend, UpstreamPool) else backend.ref.target
@@ -200,22 +223,21 @@ class Gateway:
         name = request.model
         backend: Backend | None = None
         try:
-            if name == "auto":
+            routed = name == "auto"
+            if routed:
                 if self.router is None:
                     raise UnknownModelError("auto", hint=" (`auto` picks a model once [routing] tiers are configured)")
                 # a classifier embeds the prompt (or asks a model): not on the event loop
                 name = await asyncio.to_thread(self.router.choose, request)
-            cached = self._resolved.get(name)
-            if cached and cached[0] > time.monotonic():
-                backend = cached[1]
-            else:  # resolution may scan model folders: not on the event loop
-                backend = await asyncio.to_thread(self.backend, name)
+            backend = await self.backend_for(name, trusted=routed)  # the router's tiers are configuration
             window = backend.window(request.options)
             policy = guard.overflow_policy(self.settings)
             if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
                 verdict = guard.check(backend, request, window, policy, self.compactor)  # nothing to count
-            else:  # tokenizing a long prompt takes a while: keep it off the event loop
-                verdict = await asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor)
+            else:  # tokenizing a long prompt takes a while: off the event loop, inside the deadline
+                verdict = await self._within_deadline(
+                    arrived, "counting the prompt's tokens",
+                    asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor))
             admission = self._admission_for(backend)
             await admission.acquire(self.settings.gateway.request_timeout)
         except Exception as exc:
@@ -225,6 +247,18 @@ class Gateway:
         if verdict.compacted:
             self.metrics.compactions.labels(self._label(backend)).inc()
         return Prepared(api, request.model, request, stream, backend, admission, verdict, arrived, request_id)
+
+    async def _within_deadline(self, arrived_ns: int, what: str, work: Any) -> Any:
+        """Await `work` within what is left of the request's timeout (a worker thread keeps
+        running after it, but the request is answered; limits.py bounds the work itself)."""
+        timeout = self.settings.gateway.request_timeout
+        left = timeout - (time.perf_counter_ns() - arrived_ns) / 1e9
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                return await work
+        except TimeoutError:
+            raise RequestTimeoutError(f"{what} took longer than the request timeout of {timeout:g}s "
+                                      "(gateway.request_timeout)") from None
 
     def _release(self, p: Prepared) -> None:
         if not p.released:
@@ -262,7 +296,7 @@ class Gateway:
         status, error, result = "cancel", None, None
         cache_hit = False
         try:
-            cached = await _maybe_await(self.cache.get(p.model, p.request)) if self.cache is not None else None
+            cached = await _maybe_await(self.cache.get(p.backend.identity, p.request)) if self.cache is not None else None
             if cached is not None:
                 cache_hit = True
                 chunks: AsyncIterator[Chunk] = _replay(cached)
@@ -288,7 +322,7 @@ class Gateway:
                         self._stamp(p, result, first_ns)
                         status = "ok"
                         if self.cache is not None and not cache_hit:
-                            await _maybe_await(self.cache.put(p.model, p.request, result))
+                            await _maybe_await(self.cache.put(p.backend.identity, p.request, result))
                     yield chunk
                     if chunk.done:
                         return
@@ -368,7 +402,7 @@ class Gateway:
 
     # --- the rest of the API ---------------------------------------------------------------------
     async def load_or_unload(self, name: str, keep_alive: float | None, options: Options) -> str | None:
-        backend = self.backend(name)
+        backend = await self.backend_for(name)
         if keep_alive == 0:
             await backend.unload()
             return "unload"
@@ -378,11 +412,14 @@ class Gateway:
     async def embed(self, name: str, inputs: list[str], truncate: bool = True, dimensions: int | None = None) -> Embeddings:
         if dimensions is not None and dimensions < 1:
             raise InvalidOptionError("dimensions must be at least 1")
-        backend = self.backend(name)
+        if any(not text for text in inputs):
+            raise InvalidOptionError("input must not be empty (nor contain empty strings)")
+        arrived = time.perf_counter_ns()
+        backend = await self.backend_for(name)
         admission = self._admission_for(backend)
         await admission.acquire(self.settings.gateway.request_timeout)
         try:
-            emb = await backend.embed(inputs)
+            emb = await self._within_deadline(arrived, "embedding", backend.embed(inputs))
         finally:
             admission.release()
         if dimensions is not None:  # Matryoshka-style: keep the first N, renormalise
@@ -419,7 +456,7 @@ class Gateway:
         return out
 
     async def show(self, name: str) -> dict[str, Any]:
-        backend = self.backend(name)
+        backend = await self.backend_for(name)
         if isinstance(backend, UpstreamPool):
             shown = await backend.show()
             return shown or {"details": {"format": "", "family": "", "families": []}, "model_info": {},
@@ -429,9 +466,21 @@ class Gateway:
         return _show_entry(info)
 
     async def running(self) -> list[dict[str, Any]]:
+        """/api/ps: what every engine has loaded. A remote engine that cannot be asked (its
+        server down or slow) is left out and marked unhealthy in the stats; the rest is listed."""
         out = []
         for backend in list(self._engines.values()):
-            for m in await asyncio.to_thread(backend.engine.loaded):
+            try:
+                async with asyncio.timeout(PS_TIMEOUT_S):
+                    loaded = await asyncio.to_thread(backend.engine.loaded)
+                self._remote_errors.pop(backend.identity, None)
+            except (LmgaugeError, OSError, TimeoutError) as exc:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if backend.identity not in self._remote_errors:
+                    log.warning("%s (%s) did not say what it has loaded: %s", backend.ref.url, backend.ref.engine, why)
+                self._remote_errors[backend.identity] = why
+                continue
+            for m in loaded:
                 if m.details.get("embedding"):
                     continue
                 name = self._served_names.get(m.name, m.name)

@@ -74,6 +74,8 @@ def serve_settings(host: str | None = None, port: int | None = None, **overrides
     gw = settings.gateway
     if "max_queue" not in gw.model_fields_set and env.get("OLLAMA_MAX_QUEUE"):
         gw.max_queue = _positive("OLLAMA_MAX_QUEUE", env["OLLAMA_MAX_QUEUE"], allow_zero=True)
+    if "origins" not in gw.model_fields_set and env.get("OLLAMA_ORIGINS"):
+        gw.origins = [o.strip() for o in env["OLLAMA_ORIGINS"].split(",") if o.strip()]
     # OLLAMA_MODELS needs nothing here: model resolution already reads Ollama's store from it.
 
     bind = parse_ollama_host(env["OLLAMA_HOST"]) if env.get("OLLAMA_HOST") else BindAddress(DEFAULT_HOST, DEFAULT_PORT)

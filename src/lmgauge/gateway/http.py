@@ -7,6 +7,7 @@ sends can make the gateway answer 500.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -58,7 +59,25 @@ def openai_error(exc: BaseException) -> Response:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, refusing bodies over `limit` bytes before reading them."""
+    """The request body as a JSON object, refusing bodies over `limit` bytes before reading them,
+    bodies that take longer than the body timeout, and requests over the caps (limits.py, set
+    up by create_app as app.state.limits) before anything converts them."""
+    limits = getattr(request.app.state, "limits", None)
+    try:
+        async with asyncio.timeout(limits.body_timeout if limits is not None else None):
+            body = await _read_body(request, limit)
+    except TimeoutError:
+        from .limits import BodyTimeoutError
+
+        raise BodyTimeoutError(f"the request body did not arrive within {limits.body_timeout:g}s "
+                               "(gateway.body_timeout)") from None
+    data = _parse(body)
+    if limits is not None:
+        limits.check(data, len(body))
+    return data
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -66,15 +85,17 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         if int(length) > limit:
             raise BodyTooLargeError(f"request body is {length} bytes; the limit is {limit} "
                                     "(gateway.max_body_bytes)")
-        body = await request.body()
-    else:  # chunked: count while reading
-        parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes (gateway.max_body_bytes)")
-            parts.append(part)
-        body = b"".join(parts)
+        return await request.body()
+    parts, size = [], 0  # chunked: count while reading
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes (gateway.max_body_bytes)")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _parse(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidOptionError("missing request body (send a JSON object)")
     try:

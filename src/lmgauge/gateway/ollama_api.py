@@ -90,6 +90,8 @@ def parse_messages(value: Any) -> list[Message]:
         tool_calls = m.get("tool_calls")
         if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(t, dict) for t in tool_calls)):
             raise InvalidOptionError(f"messages[{i}].tool_calls must be an array of objects")
+        if tool_calls and not all(isinstance(t.get("function", {}), dict) for t in tool_calls):
+            raise InvalidOptionError(f"messages[{i}].tool_calls[].function must be an object with name and arguments")
         tool_name = m.get("tool_name") or m.get("name")
         if tool_name is not None and not isinstance(tool_name, str):
             raise InvalidOptionError(f"messages[{i}].tool_name must be a string")
