@@ -114,8 +114,10 @@ class Gateway:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        for spec in self.settings.gateway.upstreams:
-            pool = UpstreamPool(spec, self._session)
+        gw = self.settings.gateway
+        for spec in gw.upstreams:
+            pool = UpstreamPool(spec, self._session, first_token_timeout=gw.first_token_timeout,
+                                cooldown=self.settings.resilience.breaker_reset)
             if spec.tokenizer:
                 pool.attach_tokenizer(self._engine_backend(spec.tokenizer))
             self.upstreams[spec.model] = pool
@@ -256,8 +258,12 @@ class Gateway:
         gw = self.settings.gateway
         loop = asyncio.get_running_loop()
         start = loop.time() - (time.perf_counter_ns() - p.arrived_ns) / 1e9
-        first_deadline = start + (gw.first_token_timeout or gw.request_timeout)
         total_deadline = start + gw.request_timeout
+        # A pool times each node's first token itself, so that it can move on to the next node
+        # within the request's deadline; a single engine's first token is timed here.
+        own_first = isinstance(p.backend, UpstreamPool) or not gw.first_token_timeout
+        first_deadline = total_deadline if own_first else start + gw.first_token_timeout
+        p.trace.deadline = total_deadline
         first_ns: int | None = None
         status, error, result = "cancel", None, None
         cache_hit = False
@@ -274,11 +280,15 @@ class Gateway:
                     try:
                         async with asyncio.timeout_at(deadline):
                             chunk = await chunks.__anext__()
-                    except TimeoutError:
-                        what = "the first token" if first_ns is None else "the answer"
-                        limit = gw.first_token_timeout if first_ns is None and gw.first_token_timeout else gw.request_timeout
-                        raise RequestTimeoutError(f"{p.model}: no {what} within {limit:g}s "
-                                                  "(gateway.first_token_timeout / gateway.request_timeout)") from None
+                    except TimeoutError as exc:
+                        if isinstance(exc, LmgaugeError):
+                            raise  # the backend's own timeout (a pool's nodes), already worded
+                        if deadline == total_deadline:
+                            what = "did not finish" if first_ns is not None else "did not start"
+                            raise RequestTimeoutError(f"{p.model}: the answer {what} within {gw.request_timeout:g}s "
+                                                      "(gateway.request_timeout)") from None
+                        raise RequestTimeoutError(f"{p.model}: the first token did not come within "
+                                                  f"{gw.first_token_timeout:g}s (gateway.first_token_timeout)") from None
                     except StopAsyncIteration:
                         raise EngineError("the backend ended a stream without a result") from None
                     if chunk.content and first_ns is None:

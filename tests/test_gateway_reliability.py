@@ -1,0 +1,156 @@
+"""The gateway under the faults an operator meets, each reproduced with stand-in upstreams on
+127.0.0.1: a node that hangs while still answering its health checks, a node that dies
+mid-stream, a slow node whose clients hang up, a SIGTERM whose grace period runs out. Each test
+shows what the gateway does about it and that what it reports (log rows, counters, health) is
+exactly what happened."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from gateway_server import GatewayServer, free_port, ollama_stub, openai_stub
+from lmgauge.config import GatewaySettings, ResilienceSettings, Settings, UpstreamSettings
+from lmgauge.store import Store
+
+CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
+
+
+def pool_settings(tmp_path, urls, kind="ollama", cooldown=0.3, **gateway) -> Settings:
+    return Settings(home=tmp_path, resilience=ResilienceSettings(breaker_reset=cooldown), gateway=GatewaySettings(
+        upstreams=[UpstreamSettings(model="stub", kind=kind, urls=urls)], **gateway))
+
+
+def log_rows(srv: GatewayServer, n: int) -> list[dict]:
+    srv.wait_logged(n)
+    return Store(srv.settings.db_path).requests(source="gateway", limit=1000)
+
+
+def nodes(srv: GatewayServer) -> dict[str, dict]:
+    return {n["url"]: n for n in srv.gateway.gauges()["upstreams"]}
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:
+    """Poll a condition (a behaviour, not a timing: the bound only keeps a broken gateway from
+    hanging the suite)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def failovers_counted(metrics: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "lmgauge_upstream_failovers":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["url"]] = sample.value
+    return out
+
+
+# --- 1. a hung node -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ollama", "openai"])
+def test_a_hung_node_that_passes_health_checks_fails_over_and_stays_down(tmp_path, kind):
+    """One good node, one that accepts chats and never answers but passes its liveness check:
+    every request succeeds (the ones sent to the hung node move on after the first-token
+    timeout), the hung node is marked down, liveness checks do not bring it back, the test
+    generation after its cooldown keeps it down while it hangs and brings it back once it answers."""
+    make = ollama_stub if kind == "ollama" else openai_stub
+    good, hung = make(), make()
+    chat_path = "/api/chat" if kind == "ollama" else "/v1/chat/completions"
+    hung.faults.hang, hung.faults.paths = True, [chat_path]
+    urls = [good.url, hung.url] if kind == "ollama" else [good.base_url, hung.base_url]
+    hung_url = urls[1]
+    try:
+        settings = pool_settings(tmp_path, urls, kind=kind, first_token_timeout=0.5, health_interval=0.1)
+        with GatewayServer(settings) as srv:
+            statuses = []
+            for i in range(12):
+                stream = i % 2 == 0
+                path = "/api/chat" if i % 3 else "/v1/chat/completions"
+                r = httpx.post(srv.url + path, json={**CHAT, "stream": stream}, timeout=30)
+                statuses.append(r.status_code)
+                assert '"error"' not in r.text, r.text
+            assert statuses == [200] * 12
+            rows = log_rows(srv, 12)
+            assert [r["status"] for r in rows] == ["ok"] * 12
+            assert all(r["upstream"] == urls[0] for r in rows)
+            moved = [r for r in rows if r["extra"].get("failed_over")]
+            assert moved and all(r["extra"]["failed_over"] == [hung_url] for r in moved)
+            assert failovers_counted(httpx.get(srv.url + "/metrics").text) == {hung_url: float(len(moved))}
+            assert not nodes(srv)[hung_url]["healthy"]
+            assert "within 0.5s" in nodes(srv)[hung_url]["last_error"]  # a request or the test generation said so
+
+            # Its liveness URL answers all along; only a real generation may bring it back.
+            probes = lambda: [q for q in hung.received(chat_path) if (q.body or {}).get("stream") is False  # noqa: E731
+                              and ((q.body.get("options") or {}).get("num_predict") == 1 or q.body.get("max_tokens") == 1)]
+            assert wait_for(lambda: len(probes()) >= 2)  # probed after a cooldown, twice: still hung
+            assert not nodes(srv)[hung_url]["healthy"] and nodes(srv)[hung_url]["times_down"] == 1
+            liveness = "/api/version" if kind == "ollama" else "/v1/models"
+            assert httpx.get(hung.url + liveness, timeout=5).status_code == 200  # what a liveness check sees
+
+            hung.faults.hang = False  # it recovers
+            assert wait_for(lambda: nodes(srv)[hung_url]["healthy"])
+            before = len(hung.received(chat_path))
+            for _ in range(4):
+                assert httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30).status_code == 200
+            assert len(hung.received(chat_path)) > before  # back in the rotation
+    finally:
+        good.stop()
+        hung.stop()
+
+
+def test_every_node_hung_is_a_504_within_the_deadline(tmp_path):
+    a, b = ollama_stub(), ollama_stub()
+    for s in (a, b):
+        s.faults.hang, s.faults.paths = True, ["/api/chat"]
+    try:
+        with GatewayServer(pool_settings(tmp_path, [a.url, b.url], first_token_timeout=0.4,
+                                         health_interval=3600)) as srv:
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": True}, timeout=30)
+            assert r.status_code == 504
+            assert "no node sent the first token" in r.json()["error"] and a.url in r.json()["error"]
+            row = log_rows(srv, 1)[0]
+            assert row["status"] == "timeout" and "failed_over" not in row["extra"]
+            assert not any(n["healthy"] for n in nodes(srv).values())
+            assert srv.gateway.gauges()["models"]["stub"]["in_flight"] == 0
+            # The request's own deadline bounds the tries: with 0.3 s, the second node is never reached.
+        with GatewayServer(pool_settings(tmp_path / "b", [a.url, b.url], first_token_timeout=0.4,
+                                         request_timeout=0.3, health_interval=3600)) as srv:
+            seen = len(a.received("/api/chat")) + len(b.received("/api/chat"))
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30)
+            assert r.status_code == 504
+            assert len(a.received("/api/chat")) + len(b.received("/api/chat")) == seen + 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_node_that_refuses_is_down_for_its_cooldown_then_probed_back(tmp_path):
+    """A node marked down is not put back by the next liveness check but by a test generation
+    after the cooldown; meanwhile requests go to the node that is up."""
+    good, flaky = ollama_stub(), ollama_stub()
+    flaky.faults.status, flaky.faults.paths = 500, ["/api/chat"]
+    try:
+        with GatewayServer(pool_settings(tmp_path, [flaky.url, good.url], cooldown=0.5, health_interval=0.1)) as srv:
+            for _ in range(4):
+                assert httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30).status_code == 200
+            assert not nodes(srv)[flaky.url]["healthy"]
+            assert len(flaky.received("/api/chat")) >= 1
+            flaky.faults.status = None
+            assert wait_for(lambda: nodes(srv)[flaky.url]["healthy"])
+            probe = flaky.received("/api/chat")[-1].body
+            assert probe["stream"] is False and probe["options"]["num_predict"] == 1 and probe["model"] == "stub"
+    finally:
+        good.stop()
+        flaky.stop()
