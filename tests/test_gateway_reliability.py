@@ -154,3 +154,75 @@ def test_a_node_that_refuses_is_down_for_its_cooldown_then_probed_back(tmp_path)
     finally:
         good.stop()
         flaky.stop()
+
+
+# --- 2. clients that hang up before a non-streamed answer ------------------------------------------
+
+
+def _hang_up(url: str, path: str, body: dict, after: float = 0.5) -> None:
+    """Send a request and close the connection after `after` seconds without an answer."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + path, json=body, timeout=httpx.Timeout(10, read=after))
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_client_hanging_up_cancels_the_upstream_request_and_frees_its_slot(tmp_path, path):
+    """A slow node (here: one that has not answered yet) and a client that gives up on a
+    non-streamed request: the gateway closes its request to the node, gives back the admission
+    slot (the pool's only one) and logs "cancel" - instead of holding both until the node answers."""
+    node = ollama_stub()
+    node.faults.hang, node.faults.paths = True, ["/api/chat"]
+    settings = Settings(home=tmp_path, gateway=GatewaySettings(health_interval=3600, max_queue=4, upstreams=[
+        UpstreamSettings(model="stub", urls=[node.url], max_concurrency=1)]))
+    try:
+        with GatewayServer(settings) as srv:
+            for _ in range(3):  # fire-and-disconnect, more times than there are slots
+                _hang_up(srv.url, path, {**CHAT, "stream": False})
+            assert wait_for(lambda: node.active == 0)  # the node saw each of its requests closed
+            assert wait_for(lambda: srv.gateway.gauges()["models"]["stub"]["in_flight"] == 0)
+            rows = log_rows(srv, 3)
+            assert [r["status"] for r in rows] == ["cancel"] * 3 and all(r["error"] is None for r in rows)
+            node.faults.hang = False
+            r = httpx.post(srv.url + path, json={**CHAT, "stream": False}, timeout=30)
+            assert r.status_code == 200  # the slot is free for the next client
+            assert nodes(srv)[node.url]["healthy"]  # a client leaving is not the node's failure
+    finally:
+        node.stop()
+
+
+def test_a_client_hanging_up_while_queued_leaves_the_queue(tmp_path):
+    node = ollama_stub()
+    node.faults.hang, node.faults.paths = True, ["/api/chat"]
+    settings = Settings(home=tmp_path, gateway=GatewaySettings(health_interval=3600, upstreams=[
+        UpstreamSettings(model="stub", urls=[node.url], max_concurrency=1)]))
+    try:
+        with GatewayServer(settings) as srv:
+            _hang_up(srv.url, "/api/chat", {**CHAT, "stream": False})  # the running one
+            _hang_up(srv.url, "/api/chat", {**CHAT, "stream": True})  # waits in the queue, then leaves
+            assert wait_for(lambda: srv.gateway.gauges()["models"]["stub"] == {"queued": 0, "in_flight": 0, "limit": 1})
+            assert [r["status"] for r in log_rows(srv, 2)] == ["cancel", "cancel"]
+    finally:
+        node.stop()
+
+
+@pytest.mark.integration
+def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
+    """The same with the embedded SmolLM2 on a long answer: the engine's job is cancelled."""
+    with GatewayServer(Settings(home=tmp_path, parallel=1)) as srv:
+        long = {"model": "smollm2", "messages": [{"role": "user", "content": "Count from 1 to 5000."}],
+                "stream": False, "options": {"num_predict": 3000, "temperature": 0}}
+        _hang_up(srv.url, "/api/chat", long, after=1.5)
+        _hang_up(srv.url, "/v1/chat/completions", {**long, "max_tokens": 3000}, after=1.5)
+
+        def idle() -> bool:
+            engines = {id(b.engine): b.engine for b in srv.gateway._engines.values()}
+            runners = [m for e in engines.values() for m in e.loaded()]
+            gauges = srv.gateway.gauges()["models"]
+            return bool(runners) and all(m.details["active"] == 0 for m in runners) and \
+                len(gauges) == 1 and all(g["in_flight"] == 0 for g in gauges.values())
+
+        assert wait_for(idle, timeout=20)  # 3000 tokens take far longer than this on CPU
+        rows = log_rows(srv, 2)
+        assert [r["status"] for r in rows] == ["cancel", "cancel"]
+        r = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 4}}, timeout=60)
+        assert r.status_code == 200 and r.json()["eval_count"] <= 4

@@ -220,6 +220,9 @@ class Gateway:
                 verdict = await asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor)
             admission = self._admission_for(backend)
             await admission.acquire(self.settings.gateway.request_timeout)
+        except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
+            self._record(api, request.model, backend, None, "cancel", None, arrived, None, None)
+            raise
         except Exception as exc:
             self._record(api, request.model, backend, None, _status(exc), exc, arrived, None, None)
             raise
