@@ -226,3 +226,110 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
         assert [r["status"] for r in rows] == ["cancel", "cancel"]
         r = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 4}}, timeout=60)
         assert r.status_code == 200 and r.json()["eval_count"] <= 4
+
+
+# --- 3. a shutdown whose grace period runs out ------------------------------------------------------
+
+
+def test_shutdown_past_its_grace_ends_each_stream_with_an_error_event(tmp_path):
+    """SIGTERM with two streams that will not finish within shutdown_grace: each client gets a
+    final error event and a complete response (no broken chunked body), the gateway prints one
+    line per cut request and no traceback, and the log says what each one delivered."""
+    import signal
+    import threading
+
+    from test_gateway_faults import _serve
+
+    node = ollama_stub()
+    node.faults.hang_after = 3  # three tokens, then silence with the connection open
+    port = free_port()
+    proc = _serve(tmp_path, node.url, port, extra="shutdown_grace = 1")
+    started = threading.Barrier(3)
+    got: dict[str, list[str]] = {}
+
+    def client(path: str) -> None:
+        lines: list[str] = []
+        body = {**CHAT, "stream": True}
+        try:
+            with httpx.stream("POST", f"http://127.0.0.1:{port}{path}", json=body, timeout=30) as r:
+                for line in r.iter_lines():
+                    if not line.strip():
+                        continue
+                    lines.append(line)
+                    if len(lines) == 3:
+                        started.wait()
+        except httpx.HTTPError as exc:  # e.g. an incomplete chunked read
+            lines.append(f"client error: {exc!r}")
+        got[path] = lines
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in ("/api/chat", "/v1/chat/completions")]
+    try:
+        for t in threads:
+            t.start()
+        started.wait(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        node.stop()
+    stderr = proc.stderr.read().decode()
+    ndjson = [json.loads(line) for line in got["/api/chat"]]
+    assert [x["message"]["content"] for x in ndjson[:3]] == ["The", " sky", " is"]
+    assert "shutting down" in ndjson[-1]["error"] and len(ndjson) == 4
+    events = [line[6:] for line in got["/v1/chat/completions"] if line.startswith("data: ")]
+    assert "shutting down" in json.loads(events[-1])["error"]["message"] and "[DONE]" not in events
+    assert "Traceback" not in stderr and "Cancel" not in stderr, stderr
+    cut_lines = [line for line in stderr.splitlines() if line.startswith("shutdown: cut")]
+    assert len(cut_lines) == 2 and all("after 3 chunks sent" in line for line in cut_lines), stderr
+    rows = Store(tmp_path / "lmgauge.db").requests(source="gateway")
+    assert len(rows) == 2 and all(r["status"] == "error" and r["output_tokens"] == 3 for r in rows)
+    assert all("shutting down" in r["error"] for r in rows)
+
+
+# --- 4. what is logged and counted ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_stream_cut_after_ten_chunks_is_logged_with_ten_output_tokens(tmp_path, path):
+    node = ollama_stub(num_tokens=30)
+    node.faults.drop_after = 10  # the node dies mid-stream
+    try:
+        with GatewayServer(pool_settings(tmp_path, [node.url], health_interval=3600)) as srv:
+            r = httpx.post(srv.url + path, json={**CHAT, "stream": True}, timeout=30)
+            assert r.status_code == 200 and "mid-stream" in r.text
+            row = log_rows(srv, 1)[0]
+            assert row["status"] == "error" and row["output_tokens"] == 10
+            assert row["ttft_ms"] is not None and row["upstream"] == node.url
+    finally:
+        node.stop()
+
+
+def test_a_failure_with_no_other_node_is_not_a_failover(tmp_path):
+    node = ollama_stub()
+    node.faults.status, node.faults.paths = 500, ["/api/chat"]
+    try:
+        with GatewayServer(pool_settings(tmp_path, [node.url], health_interval=3600)) as srv:
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30)
+            assert r.status_code == 502
+            row = log_rows(srv, 1)[0]
+            assert row["status"] == "error" and "failed_over" not in row["extra"]
+            assert failovers_counted(httpx.get(srv.url + "/metrics").text) == {}
+    finally:
+        node.stop()
+
+
+def test_a_failure_on_every_node_counts_no_failover(tmp_path):
+    a, b = ollama_stub(), ollama_stub()
+    for s in (a, b):
+        s.faults.status, s.faults.paths = 500, ["/api/chat"]
+    try:
+        with GatewayServer(pool_settings(tmp_path, [a.url, b.url], health_interval=3600)) as srv:
+            assert httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30).status_code == 502
+            assert "failed_over" not in log_rows(srv, 1)[0]["extra"]
+            assert failovers_counted(httpx.get(srv.url + "/metrics").text) == {}
+    finally:
+        a.stop()
+        b.stop()

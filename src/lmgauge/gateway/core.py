@@ -48,6 +48,7 @@ from .admission import Admission
 from .backends import EngineBackend, Trace, UpstreamPool
 from .metrics import GatewayMetrics
 from .reqlog import LogWriter
+from .shutdown import Cutoff, ShuttingDownError
 
 log = logging.getLogger("lmgauge.gateway")
 Request = ChatRequest | GenerateRequest
@@ -108,6 +109,7 @@ class Gateway:
         self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.cutoff = Cutoff()  # ends the answers in flight when a shutdown's grace runs out
         self.started_at = time.time()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -269,6 +271,7 @@ class Gateway:
         p.trace.deadline = total_deadline
         first_ns: int | None = None
         status, error, result = "cancel", None, None
+        delivered = 0  # content chunks handed on: what an answer cut short did output
         cache_hit = False
         try:
             cached = await _maybe_await(self.cache.get(p.model, p.request)) if self.cache is not None else None
@@ -280,12 +283,21 @@ class Gateway:
             try:
                 while True:
                     deadline = total_deadline if first_ns is not None else min(first_deadline, total_deadline)
+                    timer = asyncio.timeout_at(self.cutoff.limit(deadline))
+                    self.cutoff.timers.add(timer)  # so that a shutdown past its grace can end this wait
                     try:
-                        async with asyncio.timeout_at(deadline):
+                        async with timer:
                             chunk = await chunks.__anext__()
                     except TimeoutError as exc:
                         if isinstance(exc, LmgaugeError):
                             raise  # the backend's own timeout (a pool's nodes), already worded
+                        if self.cutoff.cutting:
+                            log.warning("shutdown: cut the %s request %s for %s after %d chunks sent (gateway."
+                                        "shutdown_grace %gs ran out)", p.api, p.request_id, p.model, delivered,
+                                        gw.shutdown_grace)
+                            raise ShuttingDownError(f"{p.model}: the gateway is shutting down and its grace period "
+                                                    f"({gw.shutdown_grace:g}s) ran out before this answer was "
+                                                    "complete") from None
                         if deadline == total_deadline:
                             what = "did not finish" if first_ns is not None else "did not start"
                             raise RequestTimeoutError(f"{p.model}: the answer {what} within {gw.request_timeout:g}s "
@@ -294,6 +306,8 @@ class Gateway:
                                                   f"{gw.first_token_timeout:g}s (gateway.first_token_timeout)") from None
                     except StopAsyncIteration:
                         raise EngineError("the backend ended a stream without a result") from None
+                    finally:
+                        self.cutoff.timers.discard(timer)
                     if chunk.content and first_ns is None:
                         first_ns = time.perf_counter_ns()
                     if chunk.done:
@@ -305,6 +319,8 @@ class Gateway:
                     yield chunk
                     if chunk.done:
                         return
+                    if chunk.content:
+                        delivered += 1
             finally:
                 await chunks.aclose()
         except (GeneratorExit, asyncio.CancelledError):
@@ -316,7 +332,8 @@ class Gateway:
             raise
         finally:
             self._release(p)
-            self._record(p.api, p.model, p.backend, p, status, error, p.arrived_ns, first_ns, result, cache_hit)
+            self._record(p.api, p.model, p.backend, p, status, error, p.arrived_ns, first_ns, result, cache_hit,
+                         delivered)
 
     def _stamp(self, p: Prepared, result: Result, first_ns: int | None) -> None:
         """Fill the durations a node did not report with the gateway's own measurements."""
@@ -335,12 +352,14 @@ class Gateway:
 
     def _record(self, api: str, model: str, backend: Backend | None, p: Prepared | None, status: str,
                 error: BaseException | None, arrived_ns: int, first_ns: int | None, result: Result | None,
-                cache_hit: bool = False) -> None:
+                cache_hit: bool = False, delivered: int = 0) -> None:
         end = time.perf_counter_ns()
         t = result.timings if result is not None else None
         ttft = (first_ns - arrived_ns) / 1e6 if first_ns is not None else None
         e2e = (end - arrived_ns) / 1e6
-        output_tokens = t.output_tokens if t else 0
+        # An answer cut short has no final count from its engine: what it delivered, one token per
+        # streamed chunk (as Ollama, OpenAI-compatible servers and the embedded engine stream them).
+        output_tokens = t.output_tokens if t else delivered
         tpot = (e2e - ttft) / (output_tokens - 1) if ttft is not None and output_tokens >= 2 else None
         verdict = p.verdict if p else None
         window = verdict.window if verdict else None
