@@ -333,3 +333,57 @@ def test_a_failure_on_every_node_counts_no_failover(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+# --- 6. timeout messages ------------------------------------------------------------------------------
+
+
+def test_timeout_messages_say_what_did_not_happen(tmp_path):
+    """Through a library engine (`ollama:NAME`), where the gateway itself times the first token
+    and the whole answer."""
+    node = ollama_stub(num_tokens=20, token_delay=0.3)
+    try:
+        settings = Settings(home=tmp_path, ollama_host=node.url,
+                            gateway=GatewaySettings(first_token_timeout=0.5, request_timeout=1.5))
+        with GatewayServer(settings) as srv:
+            node.faults.hang, node.faults.paths, node.faults.times = True, ["/api/chat"], 1
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "ollama:stub", "stream": False}, timeout=30)
+            assert r.status_code == 504
+            assert r.json()["error"] == ("ollama:stub: the first token did not come within 0.5s "
+                                         "(gateway.first_token_timeout)")
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "ollama:stub", "stream": True}, timeout=30)
+            last = json.loads(r.text.splitlines()[-1])
+            assert last["error"] == "ollama:stub: the answer did not finish within 1.5s (gateway.request_timeout)"
+    finally:
+        node.stop()
+
+
+# --- 5. /api/ps ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_ps_lists_each_loaded_file_once_under_the_name_used_last(tmp_path):
+    """Three model files loaded in the embedded engine: three rows (each backend used to list the
+    shared engine's whole list: nine), each named as a client last asked for it."""
+    from lmgauge.client import Client
+
+    smol = Client(Settings(home=tmp_path)).resolve("smollm2").target
+    models = tmp_path / "models"
+    models.mkdir()
+    for copy in ("alpha", "beta"):  # the same weights under other file names: other files to load
+        (models / f"{copy}.gguf").symlink_to(smol)
+    settings = Settings(home=tmp_path, model_dirs=[models], keep_alive=-1, aliases={"tiny": "smollm2"})
+    with GatewayServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=120) as http:
+        short = {"messages": [{"role": "user", "content": "Hi"}], "stream": False, "options": {"num_predict": 1}}
+        for name in ("smollm2", "alpha", "beta"):
+            assert http.post("/api/chat", json={"model": name, **short}).status_code == 200
+        rows = http.get("/api/ps").json()["models"]
+        assert sorted(r["name"] for r in rows) == ["alpha", "beta", "smollm2"]
+        assert all(r["size"] > 50_000_000 and r["context_length"] == 4096 for r in rows)
+        assert http.post("/api/chat", json={"model": "tiny", **short}).status_code == 200  # same file, new name
+        rows = http.get("/api/ps").json()["models"]
+        assert sorted(r["name"] for r in rows) == ["alpha", "beta", "tiny"]
+        assert http.post("/api/chat", json={"model": "beta", **short, "options": {"num_predict": 1, "num_ctx": 2048}}
+                         ).status_code == 200  # reloaded with another window: still one row, the real one
+        beta = [r for r in http.get("/api/ps").json()["models"] if r["name"] == "beta"]
+        assert len(beta) == 1 and beta[0]["context_length"] == 2048

@@ -106,7 +106,8 @@ class Gateway:
         self._engines: dict[tuple[str, str, str | None], EngineBackend] = {}
         self._resolved: dict[str, tuple[float, Backend]] = {}
         self._admission: dict[str, Admission] = {}
-        self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
+        self._served_names: dict[str, str] = {}  # engine target -> the first name clients used (metric label)
+        self._asked_as: dict[str, str] = {}  # engine target -> the name clients used most recently (/api/ps)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.cutoff = Cutoff()  # ends the answers in flight when a shutdown's grace runs out
@@ -194,6 +195,11 @@ class Gateway:
             self._admission[key] = admission
         return admission
 
+    def _asked(self, name: str, backend: Backend) -> None:
+        """Remember the name a client used for an engine's model: /api/ps shows that one."""
+        if isinstance(backend, EngineBackend):
+            self._asked_as[backend.ref.target] = name
+
     def _label(self, backend: Backend) -> str:
         """The model label for metrics: one per backend, whatever alias the client used."""
         return self._admission_for(backend).name
@@ -221,6 +227,7 @@ class Gateway:
             else:  # tokenizing a long prompt takes a while: keep it off the event loop
                 verdict = await asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor)
             admission = self._admission_for(backend)
+            self._asked(name, backend)
             await admission.acquire(self.settings.gateway.request_timeout)
         except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
             self._record(api, request.model, backend, None, "cancel", None, arrived, None, None)
@@ -404,6 +411,7 @@ class Gateway:
         if keep_alive == 0:
             await backend.unload()
             return "unload"
+        self._asked(name, backend)
         await backend.load(options, keep_alive)
         return None
 
@@ -461,17 +469,28 @@ class Gateway:
         return _show_entry(info)
 
     async def running(self) -> list[dict[str, Any]]:
+        """/api/ps: one row per loaded model file, under the name a client used for it last.
+
+        Several backends share one engine (every embedded model runs in the same llama.cpp
+        engine), so each engine is asked once; a file loaded twice (two windows, one of them busy)
+        is one row with both instances' memory and the larger window."""
+        engines = {id(b.engine): b.engine for b in list(self._engines.values())}
+        files: dict[str, list[Any]] = {}
+        for engine in engines.values():
+            for m in await asyncio.to_thread(engine.loaded):
+                if not m.details.get("embedding"):
+                    files.setdefault(m.path or m.name, []).append(m)
         out = []
-        for backend in list(self._engines.values()):
-            for m in await asyncio.to_thread(backend.engine.loaded):
-                if m.details.get("embedding"):
-                    continue
-                name = self._served_names.get(m.name, m.name)
-                entry = _tag_entry(name, m.path, m.size_bytes)
-                entry.update(size=m.size_bytes, size_vram=0, context_length=m.context_length,
-                             expires_at=_iso(m.expires_at) if m.expires_at else "0001-01-01T00:00:00Z")
-                entry.pop("modified_at", None)
-                out.append(entry)
+        for key, loaded in files.items():
+            first = loaded[0]
+            name = self._asked_as.get(first.name) or self._served_names.get(first.name, first.name)
+            size = sum(m.size_bytes or 0 for m in loaded)
+            expires = [m.expires_at for m in loaded]
+            entry = _tag_entry(name, first.path, size)
+            entry.update(size=size, size_vram=0, context_length=max(m.context_length or 0 for m in loaded),
+                         expires_at=_iso(max(expires)) if all(expires) else "0001-01-01T00:00:00Z")
+            entry.pop("modified_at", None)
+            out.append(entry)
         return out
 
     def stats(self, samples: int = 500) -> dict[str, Any]:
