@@ -504,7 +504,17 @@ class Gateway:
             "gauges": state["models"], "upstreams": state["upstreams"],
             "timeline": self.monitor.timeline(bucket_s=2.0),
             "samples": [{k: getattr(s, k) for k in Sample.__slots__} for s in recent],
+            # What a crash (kill -9) could lose: rows are at most max_age_ms old when committed.
+            "request_log": None if self.log is None else {
+                "written": self.log.written, "max_age_ms": round(self.log.max_age_s * 1000, 2),
+                "age_p99_ms": round(_p99(self.log.ages) * 1000, 2), "batches": len(self.log.ages),
+                "lag_ms": round(self.log.lag_s * 1000, 2), "linger_ms": self.log.linger_s * 1000},
         }
+
+
+def _p99(values: Any) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
 
 
 async def _maybe_await(value: Any) -> Any:
