@@ -387,3 +387,21 @@ def test_ps_lists_each_loaded_file_once_under_the_name_used_last(tmp_path):
                          ).status_code == 200  # reloaded with another window: still one row, the real one
         beta = [r for r in http.get("/api/ps").json()["models"] if r["name"] == "beta"]
         assert len(beta) == 1 and beta[0]["context_length"] == 2048
+
+
+def test_node_health_cools_down_before_a_probe_and_restarts_the_cooldown_on_failure():
+    from lmgauge.gateway.health import NodeHealth
+
+    now = [100.0]
+    health = NodeHealth(cooldown_s=5.0, clock=lambda: now[0])
+    assert health.up and not health.probe_due()
+    assert health.failed("no first token within 2s") is True
+    assert not health.up and health.cooling_for() == 5.0 and not health.probe_due()
+    now[0] += 3
+    assert health.failed("another request timed out") is False  # still down: the cooldown restarts
+    now[0] += 4
+    assert not health.probe_due() and health.cooling_for() == 1.0
+    now[0] += 1
+    assert health.probe_due()
+    assert health.succeeded() is True and health.up and health.last_error is None and health.times_down == 1
+    assert health.succeeded() is False
