@@ -405,3 +405,18 @@ def test_node_health_cools_down_before_a_probe_and_restarts_the_cooldown_on_fail
     assert health.probe_due()
     assert health.succeeded() is True and health.up and health.last_error is None and health.times_down == 1
     assert health.succeeded() is False
+
+
+def test_a_node_that_refuses_the_test_chat_with_a_4xx_is_alive(tmp_path):
+    """An embedding model's nodes answer a chat with 400: the node answered, so it is back."""
+    node = ollama_stub()
+    node.faults.status, node.faults.paths, node.faults.times = 500, ["/api/embed"], 1
+    try:
+        with GatewayServer(pool_settings(tmp_path, [node.url], cooldown=0.2, health_interval=0.1)) as srv:
+            assert httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 502
+            assert not nodes(srv)[node.url]["healthy"]
+            node.faults.status, node.faults.paths, node.faults.times = 400, ["/api/chat"], None
+            assert wait_for(lambda: nodes(srv)[node.url]["healthy"])
+            assert httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 200
+    finally:
+        node.stop()

@@ -479,6 +479,11 @@ class UpstreamPool:
                         await response.read()
                         response.release()
                     self._up(node, "a test generation passed")
+                except UpstreamStatusError as exc:
+                    if exc.status < 500:  # it answered (e.g. an embedding model refuses a chat): alive
+                        self._up(node, f"answered a test generation with {exc.status}")
+                    else:
+                        self._down(node, f"test generation failed: {exc}")
                 except TimeoutError:
                     self._down(node, f"test generation: no answer within {probe_s:g}s")
                 except (LmgaugeError, aiohttp.ClientError, OSError) as exc:
