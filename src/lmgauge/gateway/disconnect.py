@@ -15,7 +15,6 @@ engine's slot) generating to the end, and fire-and-disconnect fills every slot f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -42,21 +41,27 @@ async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> Non
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    # The work's task is created first, so its first step runs before the watcher's: by the time
-    # a disconnect can cancel it, it is inside core.py's try/finally that gives back its slot
-    # (a task cancelled before its first step would never run its own cleanup).
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the handler itself is being cancelled
+    """`await work` in this task, cancelling it if the client disconnects first (one watcher
+    task, no second task for the work: the work's own try/finally gives back what it holds)."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = finished = False
+
+    def hung_up(watcher: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if finished or watcher.cancelled() or watcher.exception() is not None:
+            return
+        gone = True
         task.cancel()
-        watcher.cancel()
+
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    watcher.add_done_callback(hung_up)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:  # our own cancel, nobody else's: the client left
+            raise ClientGoneError("the client closed the connection before the answer was ready") from None
         raise
-    if task.done():
+    finally:
+        finished = True  # a callback already scheduled must not cancel what the task does next
         watcher.cancel()
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task  # let it record itself and give back what it held
-    raise ClientGoneError("the client closed the connection before the answer was ready")
