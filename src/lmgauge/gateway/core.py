@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from ..bench.metrics import percentile
 from ..client import Client
 from ..config import Settings
 from ..errors import (
@@ -481,7 +482,7 @@ class Gateway:
                 if not m.details.get("embedding"):
                     files.setdefault(m.path or m.name, []).append(m)
         out = []
-        for key, loaded in files.items():
+        for loaded in files.values():
             first = loaded[0]
             name = self._asked_as.get(first.name) or self._served_names.get(first.name, first.name)
             size = sum(m.size_bytes or 0 for m in loaded)
@@ -507,14 +508,10 @@ class Gateway:
             # What a crash (kill -9) could lose: rows are at most max_age_ms old when committed.
             "request_log": None if self.log is None else {
                 "written": self.log.written, "max_age_ms": round(self.log.max_age_s * 1000, 2),
-                "age_p99_ms": round(_p99(self.log.ages) * 1000, 2), "batches": len(self.log.ages),
+                "age_p99_ms": round((percentile(list(self.log.ages), 99) or 0.0) * 1000, 2),
+                "batches": len(self.log.ages),
                 "lag_ms": round(self.log.lag_s * 1000, 2), "linger_ms": self.log.linger_s * 1000},
         }
-
-
-def _p99(values: Any) -> float:
-    ordered = sorted(values)
-    return ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
 
 
 async def _maybe_await(value: Any) -> Any:
