@@ -98,8 +98,10 @@ class StubUpstream:
         stream = req.get("stream", not path.startswith("/v1/"))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if self.fault == "hang":
-            await asyncio.sleep(3600)
+        if self.fault == "hang":  # until the client gives up (the body is read: only a disconnect comes)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
         if self.fault == "500" or self.fault == "refuse-stream" and stream:
             await _json(send, {"error": "stub failure"}, 500)
             return

@@ -9,6 +9,9 @@
     admission.py   per-model concurrency limit and bounded queue
     metrics.py     Prometheus metrics (/metrics)
     reqlog.py      the request log, written off the request path
+    health.py      whether an upstream node gets requests: real traffic, cooldown, test generations
+    disconnect.py  a client that hangs up before its answer cancels the work
+    shutdown.py    answers still running when the shutdown grace runs out end with an error event
     guard.py       the context guard (exact tokens vs the window; refuse or compact)
     http.py        request-body reading and error responses shared by both APIs
     env.py         Ollama's environment variables mapped onto lmgauge settings

@@ -34,6 +34,7 @@ from .metrics import CONTENT_TYPE
 from .ollama_api import router as ollama_router
 from .openai_api import router as openai_router
 from .security import ApiKey, EdgeGuard, Policy, check_bind
+from .shutdown import MARGIN_S, graceful_server
 
 log = logging.getLogger("lmgauge.gateway")
 
@@ -100,7 +101,8 @@ class _Status(Exception):
 
 def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
           bind: BindAddress | None = None, on_ready: Any = None) -> None:
-    """Run the gateway until SIGINT/SIGTERM; in-flight requests finish first (shutdown_grace)."""
+    """Run the gateway until SIGINT/SIGTERM; in-flight requests finish first, for up to
+    shutdown_grace seconds, after which each gets a final error (shutdown.py)."""
     import uvicorn
 
     if settings is None or bind is None:
@@ -110,9 +112,9 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     config = uvicorn.Config(
         app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=http_protocol(settings.gateway),
         lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
-        timeout_graceful_shutdown=settings.gateway.shutdown_grace, server_header=False,
+        timeout_graceful_shutdown=settings.gateway.shutdown_grace + MARGIN_S, server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = graceful_server(config, app.state.gateway.cutoff, settings.gateway.shutdown_grace)
     sock = _listen(bind)  # bind first: a busy port is a one-line error, not a uvicorn log
     if on_ready is not None:
         on_ready(bind)

@@ -31,7 +31,9 @@ from ..engines.base import Engine
 from ..errors import EngineError, EngineUnavailableError, LmgaugeError
 from ..models import ModelRef
 from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options
+from ..errors import RequestTimeoutError
 from . import ollama_api, openai_api
+from .health import NodeHealth, probe_body
 
 log = logging.getLogger("lmgauge.gateway")
 Request = ChatRequest | GenerateRequest
@@ -42,7 +44,8 @@ class Trace:
     """What happened to one request on its way through a backend (for the log and metrics)."""
 
     upstream: str | None = None
-    failovers: list[str] = field(default_factory=list)
+    failovers: list[str] = field(default_factory=list)  # nodes that failed before another took over
+    deadline: float | None = None  # the event loop's clock: when the whole request must be done
 
 
 # --- library engines ------------------------------------------------------------------------------
@@ -163,25 +166,38 @@ class UpstreamStatusError(LmgaugeError):
         super().__init__(message if 400 <= status < 500 else f"upstream {url} answered {status}: {message}")
 
 
+class FirstTokenTimeoutError(RequestTimeoutError):
+    """A node accepted a request but sent no first token in time: a node failure, like a 5xx."""
+
+
 @dataclass
 class Node:
     url: str
     kind: str  # "ollama" | "openai"
     max_concurrency: int
+    health: NodeHealth
     outstanding: int = 0
-    healthy: bool = True
-    last_error: str | None = None
     checked_at: float = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.up
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.last_error
 
 
 class UpstreamPool:
     kind = "upstream"
 
-    def __init__(self, spec: UpstreamSettings, session: aiohttp.ClientSession, connect_timeout: float = 5.0):
+    def __init__(self, spec: UpstreamSettings, session: aiohttp.ClientSession, connect_timeout: float = 5.0,
+                 first_token_timeout: float | None = None, cooldown: float = 5.0):
         self.spec = spec
         self.name = spec.model
         self.target = spec.target or spec.model
-        self.nodes = [Node(url, spec.kind, spec.max_concurrency) for url in spec.urls]
+        self.first_token_timeout = first_token_timeout  # per node tried; None: only the request's deadline
+        self.nodes = [Node(url, spec.kind, spec.max_concurrency, NodeHealth(cooldown)) for url in spec.urls]
         self.session = session
         self.concurrency = spec.max_concurrency * len(self.nodes)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout)
@@ -218,36 +234,74 @@ class UpstreamPool:
         return healthy + [n for n in order if not n.healthy]
 
     def _down(self, node: Node, why: str) -> None:
-        if node.healthy:
-            log.warning("upstream %s for %s marked down: %s", node.url, self.name, why)
-        node.healthy, node.last_error = False, why
+        if node.health.failed(why):
+            log.warning("upstream %s for %s marked down for at least %gs: %s", node.url, self.name,
+                        node.health.cooldown_s, why)
+
+    def _up(self, node: Node, how: str) -> None:
+        if node.health.succeeded():
+            log.warning("upstream %s for %s is back (%s)", node.url, self.name, how)
+
+    def _budget(self, trace: Trace) -> float | None:
+        """How long the next node may take to send its first token: the first-token timeout,
+        cut to what is left of the request's deadline."""
+        left = None if trace.deadline is None else trace.deadline - asyncio.get_running_loop().time()
+        if self.first_token_timeout is None:
+            return left
+        return self.first_token_timeout if left is None else min(self.first_token_timeout, left)
 
     # --- generation ------------------------------------------------------------------------------
     async def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
         errors: list[str] = []
+        failed: list[str] = []  # counted as failovers only if another node then answers
+        timeouts = 0
         for node in self.ranked():
+            budget = self._budget(trace)
+            if budget is not None and budget <= 0:
+                break  # the request's deadline is spent: the caller reports the timeout
             node.outstanding += 1
             started = False
+            chunks = self._call(node, request, stream)
             try:
                 trace.upstream = node.url
-                async for chunk in self._call(node, request, stream):
-                    started = True
-                    yield chunk
+                try:
+                    async with asyncio.timeout(budget):
+                        first = await chunks.__anext__()
+                except TimeoutError as exc:
+                    if isinstance(exc, aiohttp.ClientError):
+                        raise  # aiohttp's own connect timeout: a connection failure
+                    raise FirstTokenTimeoutError(f"no first token within {budget:g}s") from None
+                started = True
+                self._up(node, "answered a request")
+                trace.failovers.extend(failed)
+                yield first
+                if not first.done:
+                    async for chunk in chunks:
+                        yield chunk
                 return
             except UpstreamStatusError as exc:
                 if exc.status < 500:
                     raise  # the request's fault (unknown model, bad option): another node agrees
                 failure = str(exc)
-            except (aiohttp.ClientError, OSError, ValueError, EngineUnavailableError) as exc:
+            except FirstTokenTimeoutError as exc:
+                timeouts += 1
+                failure = str(exc)
+            except (aiohttp.ClientError, OSError, ValueError, EngineUnavailableError, StopAsyncIteration) as exc:
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             finally:
+                await chunks.aclose()  # closes the node's connection if it is still open
                 node.outstanding -= 1
-            if started:
-                self._down(node, failure)
-                raise EngineUnavailableError(f"upstream {node.url} failed mid-stream: {failure}")
             self._down(node, failure)
+            if started:
+                raise EngineUnavailableError(f"upstream {node.url} failed mid-stream: {failure}")
             errors.append(f"{node.url}: {failure}")
-            trace.failovers.append(node.url)
+            failed.append(node.url)
+        if errors and timeouts == len(errors):
+            raise RequestTimeoutError(f"{self.name}: no node sent the first token in time (gateway."
+                                      f"first_token_timeout): " + "; ".join(errors))
+        if not errors:
+            raise RequestTimeoutError(f"{self.name}: the request's deadline passed before a node could be tried "
+                                      "(gateway.request_timeout)")
         raise EngineUnavailableError(f"every upstream for {self.name} failed: " + "; ".join(errors))
 
     async def _post(self, node: Node, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
@@ -411,31 +465,49 @@ class UpstreamPool:
         return None
 
     async def check_health(self) -> None:
-        """Each node's liveness: Ollama's GET / (or /api/version), an OpenAI server's /models."""
-        timeout = aiohttp.ClientTimeout(total=2.0)
+        """Nodes that are up: the liveness URL (Ollama's /api/version, an OpenAI server's
+        /models). Nodes that are down and done cooling down: a one-token generation, since a node
+        can pass a liveness check and still never answer (health.py)."""
+        liveness = aiohttp.ClientTimeout(total=2.0)
+        probe_s = self.first_token_timeout or 30.0
 
         async def check(node: Node) -> None:
-            path = "/api/version" if node.kind == "ollama" else "/models"
-            try:
-                async with self.session.get(node.url + path, timeout=timeout) as response:
-                    await response.read()
-                    ok = response.status == 200
-                    why = f"health check answered {response.status}"
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                ok, why = False, f"health check failed: {type(exc).__name__} {exc}"
+            if node.healthy:
+                path = "/api/version" if node.kind == "ollama" else "/models"
+                try:
+                    async with self.session.get(node.url + path, timeout=liveness) as response:
+                        await response.read()
+                        ok, why = response.status == 200, f"health check answered {response.status}"
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    ok, why = False, f"health check failed: {type(exc).__name__} {exc}"
+                if not ok:
+                    self._down(node, why)
+            elif node.health.probe_due():
+                path, body = probe_body(node.kind, self.target)
+                try:
+                    async with asyncio.timeout(probe_s):
+                        response = await self._post(node, path, body)
+                        await response.read()
+                        response.release()
+                    self._up(node, "a test generation passed")
+                except UpstreamStatusError as exc:
+                    if exc.status < 500:  # it answered (e.g. an embedding model refuses a chat): alive
+                        self._up(node, f"answered a test generation with {exc.status}")
+                    else:
+                        self._down(node, f"test generation failed: {exc}")
+                except TimeoutError:
+                    self._down(node, f"test generation: no answer within {probe_s:g}s")
+                except (LmgaugeError, aiohttp.ClientError, OSError) as exc:
+                    self._down(node, f"test generation failed: {type(exc).__name__} {exc}")
             node.checked_at = time.time()
-            if ok:
-                if not node.healthy:
-                    log.warning("upstream %s for %s is back", node.url, self.name)
-                node.healthy, node.last_error = True, None
-            else:
-                self._down(node, why)
 
         await asyncio.gather(*(check(n) for n in self.nodes))
 
     def status(self) -> list[dict[str, Any]]:
         return [{"model": self.name, "url": n.url, "kind": n.kind, "healthy": n.healthy,
-                 "outstanding": n.outstanding, "last_error": n.last_error} for n in self.nodes]
+                 "outstanding": n.outstanding, "last_error": n.last_error, "times_down": n.health.times_down,
+                 "cooling_for_s": round(n.health.cooling_for(), 3), "changed_at": n.health.last_change}
+                for n in self.nodes]
 
     async def close(self) -> None:
         pass

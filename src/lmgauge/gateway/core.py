@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from ..bench.metrics import percentile
 from ..client import Client
 from ..config import Settings
 from ..errors import (
@@ -49,6 +50,7 @@ from .allowlist import Allowlist
 from .backends import EngineBackend, Trace, UpstreamPool
 from .metrics import GatewayMetrics
 from .reqlog import LogWriter
+from .shutdown import Cutoff, ShuttingDownError
 
 log = logging.getLogger("lmgauge.gateway")
 Request = ChatRequest | GenerateRequest
@@ -112,18 +114,22 @@ class Gateway:
         # (trusted, name) -> (expiry, backend): a name the router resolved is not thereby a client's to use
         self._resolved: dict[tuple[bool, str], tuple[float, Backend]] = {}
         self._admission: dict[str, Admission] = {}
-        self._served_names: dict[str, str] = {}  # engine target -> a name clients used (for /api/ps)
+        self._served_names: dict[str, str] = {}  # engine target -> the first name clients used (metric label)
+        self._asked_as: dict[str, str] = {}  # engine target -> the name clients used most recently (/api/ps)
         self._remote_errors: dict[str, str] = {}  # backend identity -> why /api/ps could not ask it
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.cutoff = Cutoff()  # ends the answers in flight when a shutdown's grace runs out
         self.started_at = time.time()
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        for spec in self.settings.gateway.upstreams:
-            pool = UpstreamPool(spec, self._session)
+        gw = self.settings.gateway
+        for spec in gw.upstreams:
+            pool = UpstreamPool(spec, self._session, first_token_timeout=gw.first_token_timeout,
+                                cooldown=self.settings.resilience.breaker_reset)
             if spec.tokenizer:
                 pool.attach_tokenizer(self._engine_backend(spec.tokenizer))
             self.upstreams[spec.model] = pool
@@ -213,6 +219,11 @@ class Gateway:
             self._admission[key] = admission
         return admission
 
+    def _asked(self, name: str, backend: Backend) -> None:
+        """Remember the name a client used for an engine's model: /api/ps shows that one."""
+        if isinstance(backend, EngineBackend):
+            self._asked_as[backend.ref.target] = name
+
     def _label(self, backend: Backend) -> str:
         """The model label for metrics: one per backend, whatever alias the client used."""
         return self._admission_for(backend).name
@@ -239,7 +250,11 @@ class Gateway:
                     arrived, "counting the prompt's tokens",
                     asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor))
             admission = self._admission_for(backend)
+            self._asked(name, backend)
             await admission.acquire(self.settings.gateway.request_timeout)
+        except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
+            self._record(api, request.model, backend, None, "cancel", None, arrived, None, None)
+            raise
         except Exception as exc:
             self._record(api, request.model, backend, None, _status(exc), exc, arrived, None, None)
             raise
@@ -290,10 +305,15 @@ class Gateway:
         gw = self.settings.gateway
         loop = asyncio.get_running_loop()
         start = loop.time() - (time.perf_counter_ns() - p.arrived_ns) / 1e9
-        first_deadline = start + (gw.first_token_timeout or gw.request_timeout)
         total_deadline = start + gw.request_timeout
+        # A pool times each node's first token itself, so that it can move on to the next node
+        # within the request's deadline; a single engine's first token is timed here.
+        own_first = isinstance(p.backend, UpstreamPool) or not gw.first_token_timeout
+        first_deadline = total_deadline if own_first else start + gw.first_token_timeout
+        p.trace.deadline = total_deadline
         first_ns: int | None = None
         status, error, result = "cancel", None, None
+        delivered = 0  # content chunks handed on: what an answer cut short did output
         cache_hit = False
         try:
             cached = await _maybe_await(self.cache.get(p.backend.identity, p.request)) if self.cache is not None else None
@@ -305,16 +325,31 @@ class Gateway:
             try:
                 while True:
                     deadline = total_deadline if first_ns is not None else min(first_deadline, total_deadline)
+                    timer = asyncio.timeout_at(self.cutoff.limit(deadline))
+                    self.cutoff.timers.add(timer)  # so that a shutdown past its grace can end this wait
                     try:
-                        async with asyncio.timeout_at(deadline):
+                        async with timer:
                             chunk = await chunks.__anext__()
-                    except TimeoutError:
-                        what = "the first token" if first_ns is None else "the answer"
-                        limit = gw.first_token_timeout if first_ns is None and gw.first_token_timeout else gw.request_timeout
-                        raise RequestTimeoutError(f"{p.model}: no {what} within {limit:g}s "
-                                                  "(gateway.first_token_timeout / gateway.request_timeout)") from None
+                    except TimeoutError as exc:
+                        if isinstance(exc, LmgaugeError):
+                            raise  # the backend's own timeout (a pool's nodes), already worded
+                        if self.cutoff.cutting:
+                            log.warning("shutdown: cut the %s request %s for %s after %d chunks sent (gateway."
+                                        "shutdown_grace %gs ran out)", p.api, p.request_id, p.model, delivered,
+                                        gw.shutdown_grace)
+                            raise ShuttingDownError(f"{p.model}: the gateway is shutting down and its grace period "
+                                                    f"({gw.shutdown_grace:g}s) ran out before this answer was "
+                                                    "complete") from None
+                        if deadline == total_deadline:
+                            what = "did not finish" if first_ns is not None else "did not start"
+                            raise RequestTimeoutError(f"{p.model}: the answer {what} within {gw.request_timeout:g}s "
+                                                      "(gateway.request_timeout)") from None
+                        raise RequestTimeoutError(f"{p.model}: the first token did not come within "
+                                                  f"{gw.first_token_timeout:g}s (gateway.first_token_timeout)") from None
                     except StopAsyncIteration:
                         raise EngineError("the backend ended a stream without a result") from None
+                    finally:
+                        self.cutoff.timers.discard(timer)
                     if chunk.content and first_ns is None:
                         first_ns = time.perf_counter_ns()
                     if chunk.done:
@@ -326,6 +361,8 @@ class Gateway:
                     yield chunk
                     if chunk.done:
                         return
+                    if chunk.content:
+                        delivered += 1
             finally:
                 await chunks.aclose()
         except (GeneratorExit, asyncio.CancelledError):
@@ -337,7 +374,8 @@ class Gateway:
             raise
         finally:
             self._release(p)
-            self._record(p.api, p.model, p.backend, p, status, error, p.arrived_ns, first_ns, result, cache_hit)
+            self._record(p.api, p.model, p.backend, p, status, error, p.arrived_ns, first_ns, result, cache_hit,
+                         delivered)
 
     def _stamp(self, p: Prepared, result: Result, first_ns: int | None) -> None:
         """Fill the durations a node did not report with the gateway's own measurements."""
@@ -356,12 +394,14 @@ class Gateway:
 
     def _record(self, api: str, model: str, backend: Backend | None, p: Prepared | None, status: str,
                 error: BaseException | None, arrived_ns: int, first_ns: int | None, result: Result | None,
-                cache_hit: bool = False) -> None:
+                cache_hit: bool = False, delivered: int = 0) -> None:
         end = time.perf_counter_ns()
         t = result.timings if result is not None else None
         ttft = (first_ns - arrived_ns) / 1e6 if first_ns is not None else None
         e2e = (end - arrived_ns) / 1e6
-        output_tokens = t.output_tokens if t else 0
+        # An answer cut short has no final count from its engine: what it delivered, one token per
+        # streamed chunk (as Ollama, OpenAI-compatible servers and the embedded engine stream them).
+        output_tokens = t.output_tokens if t else delivered
         tpot = (e2e - ttft) / (output_tokens - 1) if ttft is not None and output_tokens >= 2 else None
         verdict = p.verdict if p else None
         window = verdict.window if verdict else None
@@ -406,6 +446,7 @@ class Gateway:
         if keep_alive == 0:
             await backend.unload()
             return "unload"
+        self._asked(name, backend)
         await backend.load(options, keep_alive)
         return None
 
@@ -466,10 +507,15 @@ class Gateway:
         return _show_entry(info)
 
     async def running(self) -> list[dict[str, Any]]:
-        """/api/ps: what every engine has loaded. A remote engine that cannot be asked (its
-        server down or slow) is left out and marked unhealthy in the stats; the rest is listed."""
-        out = []
-        for backend in list(self._engines.values()):
+        """/api/ps: one row per loaded model file, under the name a client used for it last.
+
+        Several backends share one engine (every embedded model runs in the same llama.cpp
+        engine), so each engine is asked once; a file loaded twice (two windows, one of them busy)
+        is one row with both instances' memory and the larger window. A remote engine that cannot
+        be asked (its server down or slow) is left out and marked unhealthy in the stats."""
+        engines = {id(b.engine): b for b in list(self._engines.values())}
+        files: dict[str, list[Any]] = {}
+        for backend in engines.values():
             try:
                 async with asyncio.timeout(PS_TIMEOUT_S):
                     loaded = await asyncio.to_thread(backend.engine.loaded)
@@ -481,14 +527,19 @@ class Gateway:
                 self._remote_errors[backend.identity] = why
                 continue
             for m in loaded:
-                if m.details.get("embedding"):
-                    continue
-                name = self._served_names.get(m.name, m.name)
-                entry = _tag_entry(name, m.path, m.size_bytes)
-                entry.update(size=m.size_bytes, size_vram=0, context_length=m.context_length,
-                             expires_at=_iso(m.expires_at) if m.expires_at else "0001-01-01T00:00:00Z")
-                entry.pop("modified_at", None)
-                out.append(entry)
+                if not m.details.get("embedding"):
+                    files.setdefault(m.path or m.name, []).append(m)
+        out = []
+        for loaded in files.values():
+            first = loaded[0]
+            name = self._asked_as.get(first.name) or self._served_names.get(first.name, first.name)
+            size = sum(m.size_bytes or 0 for m in loaded)
+            expires = [m.expires_at for m in loaded]
+            entry = _tag_entry(name, first.path, size)
+            entry.update(size=size, size_vram=0, context_length=max(m.context_length or 0 for m in loaded),
+                         expires_at=_iso(max(expires)) if all(expires) else "0001-01-01T00:00:00Z")
+            entry.pop("modified_at", None)
+            out.append(entry)
         return out
 
     def stats(self, samples: int = 500) -> dict[str, Any]:
@@ -502,6 +553,12 @@ class Gateway:
             "gauges": state["models"], "upstreams": state["upstreams"],
             "timeline": self.monitor.timeline(bucket_s=2.0),
             "samples": [{k: getattr(s, k) for k in Sample.__slots__} for s in recent],
+            # What a crash (kill -9) could lose: rows are at most max_age_ms old when committed.
+            "request_log": None if self.log is None else {
+                "written": self.log.written, "max_age_ms": round(self.log.max_age_s * 1000, 2),
+                "age_p99_ms": round((percentile(list(self.log.ages), 99) or 0.0) * 1000, 2),
+                "batches": len(self.log.ages),
+                "lag_ms": round(self.log.lag_s * 1000, 2), "linger_ms": self.log.linger_s * 1000},
         }
 
 

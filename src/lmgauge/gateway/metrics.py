@@ -46,8 +46,8 @@ class GatewayMetrics:
                                   registry=r)
         self.compactions = Counter("lmgauge_compactions", "Requests compacted to fit the window", ["model"],
                                    registry=r)
-        self.failovers = Counter("lmgauge_upstream_failovers", "Requests moved to another node before "
-                                 "their first token", ["model", "url"], registry=r)
+        self.failovers = Counter("lmgauge_upstream_failovers", "Requests that failed on this node before "
+                                 "their first token and were answered by another", ["model", "url"], registry=r)
         r.register(_LiveCollector(monitor, gauges))
         self._per_model: dict[str, _ModelMetrics] = {}
 
@@ -107,8 +107,8 @@ class _LiveCollector(Collector):
             running.add_metric([model], g["in_flight"])
         yield queued
         yield running
-        healthy = GaugeMetricFamily("lmgauge_upstream_healthy", "1 if the upstream node passed its last "
-                                    "health check", labels=["model", "url"])
+        healthy = GaugeMetricFamily("lmgauge_upstream_healthy", "1 if the upstream node is up (requests "
+                                    "and test generations decide, gateway/health.py)", labels=["model", "url"])
         outstanding = GaugeMetricFamily("lmgauge_upstream_outstanding", "Requests in flight on the node",
                                         labels=["model", "url"])
         for node in state["upstreams"]:

@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from ..config import parse_duration
 from ..errors import InvalidOptionError
 from ..types import ChatRequest, Chunk, GenerateRequest, Message, Result, Timings
+from .disconnect import until_disconnected
 from .http import get, json_response, model_name, ollama_error, parse_format, parse_options, read_json
 
 if TYPE_CHECKING:
@@ -200,15 +201,15 @@ async def _answer(request: Request, kind: str) -> Response:
             if reason:
                 obj["done_reason"] = reason
             return json_response(obj)
-        prepared = await gateway.prepare("ollama", call, stream)
+        prepared = await until_disconnected(request, gateway.prepare("ollama", call, stream))
     except Exception as exc:  # noqa: BLE001
         return ollama_error(exc)
     try:
         if not stream:
-            result = await gateway.complete(prepared)
+            result = await until_disconnected(request, gateway.complete(prepared))
             obj = make(prepared.model, result.content, True, result)
             return json_response(obj, headers=prepared.headers)
-        chunks = await gateway.start_stream(prepared)
+        chunks = await until_disconnected(request, gateway.start_stream(prepared))
     except Exception as exc:  # noqa: BLE001
         return ollama_error(exc)
     return StreamingResponse(ndjson(prepared, chunks, make), media_type=NDJSON, headers=prepared.headers)

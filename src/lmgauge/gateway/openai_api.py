@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..errors import InvalidOptionError, UnknownModelError
 from ..types import ChatRequest, Chunk, Format, GenerateRequest, Options, Result, Timings
+from .disconnect import until_disconnected
 from .http import get, json_response, model_name, openai_error, parse_options, read_json
 from .ollama_api import parse_embed_input, parse_messages, parse_tools
 
@@ -198,15 +199,15 @@ async def _answer(request: Request, kind: str) -> Response:
     try:
         body = await read_json(request, gateway.settings.gateway.max_body_bytes)
         call, stream, include_usage = parse_chat(body) if kind == "chat" else parse_completion(body)
-        prepared = await gateway.prepare("openai", call, stream)
+        prepared = await until_disconnected(request, gateway.prepare("openai", call, stream))
     except Exception as exc:  # noqa: BLE001
         return openai_error(exc)
     try:
         if not stream:
-            result = await gateway.complete(prepared)
+            result = await until_disconnected(request, gateway.complete(prepared))
             obj = chat_completion(prepared, result) if kind == "chat" else text_completion(prepared, result)
             return json_response(obj, headers=prepared.headers)
-        chunks = await gateway.start_stream(prepared)
+        chunks = await until_disconnected(request, gateway.start_stream(prepared))
     except Exception as exc:  # noqa: BLE001
         return openai_error(exc)
     return StreamingResponse(sse(prepared, chunks, kind, include_usage), media_type="text/event-stream",
