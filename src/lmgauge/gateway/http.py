@@ -45,8 +45,9 @@ def ollama_error(exc: BaseException) -> Response:
     return json_response({"error": str(exc) or type(exc).__name__}, status_of(exc), retry_headers(exc))
 
 
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-                      413: "invalid_request_error", 503: "server_busy", 504: "timeout"}
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "invalid_request_error", 408: "timeout", 413: "invalid_request_error",
+                      415: "invalid_request_error", 503: "server_busy", 504: "timeout"}
 
 
 def openai_error(exc: BaseException) -> Response:
