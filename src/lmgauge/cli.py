@@ -61,6 +61,26 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
+def parse_counts(values: list[str] | str | None, flag: str, minimum: int = 1) -> list[int]:
+    """One grammar for every list flag (--ctx, --concurrency, --ctx-sweep): comma-separated and/or
+    repeated, k/K = 1024 (`--ctx 512,2k --ctx 8k` -> [512, 2048, 8192]); sorted, unique."""
+    if isinstance(values, str):
+        values = [values]
+    out: list[int] = []
+    for part in (p.strip() for v in values or [] for p in v.split(",")):
+        if not part:
+            continue
+        scale = 1024 if part[-1] in "kK" else 1
+        try:
+            value = float(part.rstrip("kK")) * scale
+        except ValueError:
+            raise InvalidOptionError(f"{flag}: {part!r} is not a whole number (e.g. {flag} 512,2k,8k)") from None
+        if value != int(value) or value < minimum:
+            raise InvalidOptionError(f"{flag}: {part!r} must be a whole number >= {minimum}")
+        out.append(int(value))
+    return sorted(set(out))
+
+
 def parse_format(value: str | None) -> Format:
     """--format json | a JSON schema file | an inline JSON schema."""
     if not value:
@@ -290,8 +310,8 @@ def demo(
 @app.command()
 def size(
     model: ModelArg,
-    ctx: Annotated[list[int] | None, typer.Option("--ctx", help="Context size(s) to estimate (repeatable). "
-                                                  "Default: 2048, 4096 and the model's maximum.")] = None,
+    ctx: Annotated[list[str] | None, typer.Option("--ctx", help="Context size(s) to estimate: 512,2k,8k and/or "
+                                                  "repeated. Default: 2048, 4096 and the model's maximum.")] = None,
     kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
     parallel: Annotated[int, typer.Option(min=1, help="Sequences served at once (each gets num_ctx).")] = 1,
     fit_memory: Annotated[str | None, typer.Option(help="Instead: the largest num_ctx that fits this "
@@ -299,9 +319,11 @@ def size(
     json_out: JsonFlag = False,
 ) -> None:
     """Predict memory (weights + KV cache + compute buffers) before loading a model."""
+    from .limits import check_context
     from .models import inspect_gguf
     from .sizing import estimate, max_context, parse_size
 
+    contexts = parse_counts(ctx, "--ctx")
     if kv_type not in ("f16", "q8_0", "q4_0"):
         raise InvalidOptionError(f"--kv-type must be f16, q8_0 or q4_0, not {kv_type!r}")
     with Client() as client:
@@ -309,6 +331,8 @@ def size(
         if ref.engine != "llamacpp":
             raise InvalidOptionError(f"sizing needs the model's GGUF file; {model} is served by {ref.source}")
         info = inspect_gguf(ref.target)
+    for c in contexts:  # the engine would refuse these windows: say so rather than size them
+        check_context(c, info.n_ctx_train)
     if fit_memory:
         budget = parse_size(fit_memory)
         n = max_context(info, budget, kv_type=kv_type, n_parallel=parallel)
@@ -319,7 +343,7 @@ def size(
         out.print(f"{model}: num_ctx up to [bold]{n}[/] fits {fit_memory} ({_size(e.total_bytes)} estimated, "
                   f"kv {kv_type}, {parallel} parallel)")
         return
-    contexts = ctx or sorted({min(2048, info.n_ctx_train), min(4096, info.n_ctx_train), info.n_ctx_train})
+    contexts = contexts or sorted({min(2048, info.n_ctx_train), min(4096, info.n_ctx_train), info.n_ctx_train})
     estimates = [estimate(info, c, kv_type=kv_type, n_parallel=parallel) for c in contexts]
     if json_out:
         out.print_json(data={"model": model, "estimates": [e.to_dict() for e in estimates]})

@@ -1,0 +1,115 @@
+"""Issue 20, "the CLI a newcomer trusts": each numbered case, run as a user runs it (the real
+`lmgauge` command in a subprocess, the real SmolLM2 where an answer is needed), asserting the
+fixed behaviour. The numbers in the test names are the issue's items."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmgauge.errors import InvalidOptionError
+from lmgauge.types import Options
+
+HUNDRED_WORDS = " ".join(["word"] * 100)
+
+
+def lmgauge(*args: str, input: str | None = None, env_extra: dict | None = None, timeout: float = 300,
+            cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
+                          input=input, env=env, timeout=timeout, cwd=cwd)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "GGML_ASSERT" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# --- 1. no option value reaches a native assert -------------------------------------------------
+
+
+@pytest.mark.integration
+def test_1_prompt_over_a_small_window_is_refused_not_aborted():
+    proc = lmgauge("run", "smollm2", HUNDRED_WORDS, "-o", "num_ctx=128")
+    line = one_line_error(proc, "context window (num_ctx) is 128")
+    assert "prompt is 1" in line  # ~130 tokens: the count is the model's own
+
+
+@pytest.mark.integration
+def test_1_piped_prompt_over_a_tiny_window_is_refused_not_aborted():
+    proc = lmgauge("run", "smollm2", "-", "-o", "num_ctx=16", input="word word\n")
+    one_line_error(proc, "context window (num_ctx) is 16")
+
+
+@pytest.mark.integration
+def test_1_window_is_what_was_asked_and_prompts_longer_than_n_batch_run():
+    # num_ctx 400: llama.cpp pads the cache to 512 cells and clamps n_batch to 400. A 450-token
+    # prompt must be refused against 400 (not 512); a 300-token one runs.
+    proc = lmgauge("run", "smollm2", " ".join(["word"] * 420), "-o", "num_ctx=400")
+    one_line_error(proc, "context window (num_ctx) is 400")
+    proc = lmgauge("run", "smollm2", " ".join(["word"] * 280), "-o", "num_ctx=400", "-o", "num_predict=4",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["timings"]["prompt_tokens"] < 400
+
+
+@pytest.mark.integration
+def test_1_library_client_refuses_the_same_way(smollm2_path):
+    from lmgauge import Client
+    from lmgauge.errors import ContextOverflowError
+
+    with Client() as client, pytest.raises(ContextOverflowError, match="is 128"):
+        client.chat("smollm2", [{"role": "user", "content": HUNDRED_WORDS}], options={"num_ctx": 128})
+
+
+# --- 5. options validated once, for every entry point -------------------------------------------
+
+BAD_OPTIONS = [
+    ("num_predict=-5", "'num_predict' is out of range: -5"),
+    ("num_predict=0", "'num_predict' is out of range: 0"),
+    ("temperature=-1", "'temperature' is out of range: -1"),
+    ("top_p=2", "'top_p' is out of range: 2"),
+    ("top_k=-3", "'top_k' is out of range: -3"),
+    ("num_thread=-2", "'num_thread' is out of range: -2"),
+    ("num_batch=0", "'num_batch' is out of range: 0"),
+    ("num_thread=65536", "'num_thread' is out of range: 65536"),
+    ("num_batch=2147483648", "'num_batch' is out of range: 2147483648"),
+]
+
+
+@pytest.mark.parametrize("option,message", BAD_OPTIONS)
+def test_5_cli_refuses_out_of_range_options_with_the_value_given(option, message):
+    one_line_error(lmgauge("run", "smollm2", "hi", "-o", option), message)
+
+
+@pytest.mark.parametrize("option,message", BAD_OPTIONS)
+def test_5_library_refuses_the_same(option, message):
+    name, value = option.split("=")
+    with pytest.raises(InvalidOptionError, match=message.replace("(", r"\(")):
+        Options.from_dict({name: json.loads(value)})
+    with pytest.raises(InvalidOptionError):
+        Options(**{name: json.loads(value)})  # built directly, too
+
+
+def test_5_ollama_special_values_stay_accepted():
+    for options in ({"num_predict": -1}, {"num_predict": -2}, {"top_k": 0}, {"temperature": 0}, {"seed": -1}):
+        Options.from_dict(options)
+
+
+@pytest.mark.integration
+def test_5_window_error_names_the_value_given_not_the_padded_one():
+    line = one_line_error(lmgauge("run", "smollm2", " ".join(["word"] * 500), "-o", "num_ctx=400"))
+    assert "is 400" in line and "512" not in line
+
+
+def test_5_size_refuses_a_context_beyond_the_trained_one():
+    one_line_error(lmgauge("size", "smollm2", "--ctx", "10000000"), "exceeds the model's trained context of 8192")
