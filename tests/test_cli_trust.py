@@ -20,8 +20,9 @@ HUNDRED_WORDS = " ".join(["word"] * 100)
 def lmgauge(*args: str, input: str | None = None, env_extra: dict | None = None, timeout: float = 300,
             cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
+    stdin = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}  # never the test's own stdin
     return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
-                          input=input, env=env, timeout=timeout, cwd=cwd)
+                          env=env, timeout=timeout, cwd=cwd, **stdin)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -113,3 +114,39 @@ def test_5_window_error_names_the_value_given_not_the_padded_one():
 
 def test_5_size_refuses_a_context_beyond_the_trained_one():
     one_line_error(lmgauge("size", "smollm2", "--ctx", "10000000"), "exceeds the model's trained context of 8192")
+
+
+# --- 2. `auto` works as documented, everywhere --------------------------------------------------
+
+
+@pytest.mark.integration
+def test_2_run_auto_without_tiers_answers_with_the_default_model():
+    proc = lmgauge("run", "auto", "What is 2+2?", "-o", "num_predict=8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model"] == "smollm2"
+    assert "auto -> default: smollm2" in proc.stderr
+
+
+@pytest.mark.integration
+def test_2_run_auto_with_tiers_goes_to_the_routed_tier(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[routing]\ntiers = { small = "smollm2", large = "smollm2:135m" }\n')
+    proc = lmgauge("run", "auto", "hi there", "-o", "num_predict=8", env_extra={"LMGAUGE_CONFIG": str(config)})
+    assert proc.returncode == 0, proc.stderr
+    assert "auto -> small: smollm2" in proc.stderr
+
+
+# --- 3. piped input is added to the prompt ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_3_piped_text_follows_the_prompt():
+    proc = lmgauge("run", "smollm2", "Repeat the following text exactly:", "-o", "num_predict=24",
+                   "-o", "temperature=0", "--json", input="The cat sat on the mat all day long.\n")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    # The piped sentence reached the model: it is in the prompt's token count and the answer.
+    assert "cat sat on the mat" in result["content"]
+    alone = json.loads(lmgauge("run", "smollm2", "Repeat the following text exactly:", "-o", "num_predict=1",
+                               "--json", input="").stdout)
+    assert result["timings"]["prompt_tokens"] > alone["timings"]["prompt_tokens"] + 8

@@ -171,13 +171,23 @@ def run(
     option: OptionFlag = None,
     keep_alive: Annotated[str | None, typer.Option(help="How long the model stays loaded (5m, 0, -1).")] = None,
 ) -> None:
-    """Answer one prompt (streamed), or chat interactively when no prompt is given."""
+    """Answer one prompt (streamed), or chat interactively when no prompt is given.
+
+    Text piped in is added after the prompt, like `ollama run` and `llm` do
+    (`cat notes.txt | lmgauge run smollm2 "Summarize this text:"`). The model `auto` routes
+    (see `lmgauge route`): the tier the router picks, or the default model without tiers."""
     options = parse_options(option)
     fmt = parse_format(format)
     with Client() as client:
-        client.resolve(model)  # unknown model: fail before anything else
-        if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-            prompt = sys.stdin.read()
+        if model != "auto":
+            client.resolve(model)  # unknown model: fail before anything else
+        piped = read_piped_stdin()
+        if prompt == "-":
+            prompt = piped or ""
+        elif prompt is not None and piped:
+            prompt = f"{prompt}\n\n{piped}"
+        elif prompt is None and piped is not None:
+            prompt = piped
         if prompt is None:
             _interactive(client, model, system, options, fmt, verbose, keep_alive)
             return
@@ -190,9 +200,32 @@ def run(
         _log(client, result)
 
 
+def read_piped_stdin() -> str | None:
+    """What was piped or redirected into stdin (a pipe or a file), else None. A terminal or a
+    character device such as /dev/null is not input, so scripts and CI never block on it."""
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return None
+    if sys.stdin.isatty() or not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+        return None
+    text = sys.stdin.read()
+    return text.strip() or None
+
+
 def _answer(client: Client, model: str, messages: list[Message], options: dict, fmt: Format,
             keep_alive: str | None, stream: bool) -> Result:
-    chunks = client.chat_stream(model, messages, options=options, format=fmt, keep_alive=keep_alive)
+    """Stream one answer; `auto` goes through the router (escalating when an answer fails a check)."""
+    if model == "auto":
+        from .resilience import ResilientClient
+        from .routing import Router
+
+        router = Router.from_settings(ResilientClient(client), client.settings, store=_store(client))
+        chunks: Any = router.answer_stream(messages, options=options, format=fmt, keep_alive=keep_alive)
+    else:
+        chunks = client.chat_stream(model, messages, options=options, format=fmt, keep_alive=keep_alive)
     result = None
     for chunk in chunks:
         if stream and chunk.content:
@@ -205,6 +238,10 @@ def _answer(client: Client, model: str, messages: list[Message], options: dict, 
         sys.stdout.write("\n")
         if result.done_reason == "length":
             err.print("[yellow](stopped at the num_predict / context limit)[/]", markup=True)
+    if model == "auto":
+        for a in chunks.attempts:
+            note = f" ({a.reason})" if a.reason else ""
+            err.print(f"[dim]auto -> {a.tier}: {a.model} ({a.status}){note}[/]", markup=True)
     return result
 
 
