@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import lmgauge as lmgauge_pkg
 from lmgauge.errors import InvalidOptionError
 from lmgauge.types import Options
 
@@ -19,7 +20,10 @@ HUNDRED_WORDS = " ".join(["word"] * 100)
 
 def lmgauge(*args: str, input: str | None = None, env_extra: dict | None = None, timeout: float = 300,
             cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
+    # The package under test, even when the command runs in another directory (cwd=...).
+    src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           **(env_extra or {})}
     stdin = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}  # never the test's own stdin
     return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=cwd, **stdin)
@@ -150,3 +154,43 @@ def test_3_piped_text_follows_the_prompt():
     alone = json.loads(lmgauge("run", "smollm2", "Repeat the following text exactly:", "-o", "num_predict=1",
                                "--json", input="").stdout)
     assert result["timings"]["prompt_tokens"] > alone["timings"]["prompt_tokens"] + 8
+
+
+# --- 4. one grammar for flags: -o model option, -O output; lists with k suffixes ----------------
+
+
+@pytest.mark.integration
+def test_4_batch_minus_o_is_a_model_option_and_minus_O_the_output(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"What is 2+2?"\n')
+    out = tmp_path / "results.jsonl"
+    proc = lmgauge("batch", "smollm2", str(prompts), "-o", "num_predict=3", "-O", str(out), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "num_predict=3").exists()
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["status"] == "ok" and record["timings"]["output_tokens"] <= 3
+
+
+@pytest.mark.integration
+def test_4_batch_old_minus_o_file_still_works_with_a_deprecation_note(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"hi"\n')
+    out = tmp_path / "old.jsonl"
+    proc = lmgauge("batch", "smollm2", str(prompts), "-o", str(out), "-o", "num_predict=2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "deprecated" in proc.stderr and "-O/--output" in proc.stderr
+
+
+def test_4_batch_without_an_output_says_how_to_give_one(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"hi"\n')
+    one_line_error(lmgauge("batch", "smollm2", str(prompts)), "-O/--output")
+
+
+def test_4_list_flags_share_one_grammar():
+    proc = lmgauge("size", "smollm2", "--ctx", "512,2k", "--ctx", "8K", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [e["num_ctx"] for e in json.loads(proc.stdout)["estimates"]] == [512, 2048, 8192]
+    one_line_error(lmgauge("size", "smollm2", "--ctx", "2x"), "--ctx", "'2x'")
+    one_line_error(lmgauge("load", "smollm2", "--concurrency", "1,two"), "--concurrency", "'two'")
+    one_line_error(lmgauge("bench", "smollm2", "--ctx-sweep", "1k", "--ctx-sweep", "2k"), "at least 3")

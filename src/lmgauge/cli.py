@@ -81,6 +81,29 @@ def parse_counts(values: list[str] | str | None, flag: str, minimum: int = 1) ->
     return sorted(set(out))
 
 
+def split_deprecated_output(pairs: list[str] | None, command: str) -> tuple[list[str], list[str]]:
+    """`-o` is a model option everywhere (key=value); `batch` and `report` once used it for the
+    output file. A value without `=` there is still read as the output, with a note to use -O."""
+    options, outputs = [], []
+    for value in pairs or []:
+        (options if "=" in value else outputs).append(value)
+    if outputs:
+        err.print(f"note: `lmgauge {command} -o FILE` is deprecated: -o is a model option (key=value) in every "
+                  f"command; write the output with -O/--output {outputs[0]}")
+    return options, outputs
+
+
+def one_count(value: str | None, flag: str) -> int | None:
+    """A single count in the list grammar (8192 or 8k); a list is refused, not half-used."""
+    if value is None:
+        return None
+    counts = parse_counts(value, flag)
+    if len(counts) != 1:
+        raise InvalidOptionError(f"{flag} takes one value here (got {value!r}); "
+                                 "measure several windows with `lmgauge bench --ctx-sweep`")
+    return counts[0]
+
+
 def parse_format(value: str | None) -> Format:
     """--format json | a JSON schema file | an inline JSON schema."""
     if not value:
@@ -334,7 +357,7 @@ def show(model: ModelArg, json_out: JsonFlag = False) -> None:
 @app.command()
 def demo(
     model: Annotated[str, typer.Option(help="Model to tour.")] = "smollm2",
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("lmgauge-demo"),
+    out_dir: Annotated[Path, typer.Option("--output", "-O", "--out", help="Where the report goes.")] = Path("lmgauge-demo"),
     reps: Annotated[int, typer.Option(min=1, help="Benchmark repetitions (after one warmup).")] = 5,
 ) -> None:
     """A two-minute tour on the embedded default: answer, JSON output, benchmark, memory, budget, report."""
@@ -656,7 +679,7 @@ def eval_context(
     ask: Annotated[bool, typer.Option(help="Also evaluate the 'ask the model which documents' strategy.")] = True,
     embed_model: Annotated[str | None, typer.Option(help="Another embedding model to compare with wordllama "
                                                     "in retrieval (e.g. a GGUF embedding model).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write report.json and tokens.png here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--output", "-O", "--out", help="Write report.json and tokens.png here.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Fact recall after compaction vs truncation vs keep-everything, prompt tokens per turn,
@@ -833,7 +856,7 @@ def _run_measured(kind: str, runner: Any, client: Client, config: Any, outputs: 
         out.print(render(run))
     for path in written:
         err.print(f"wrote {path}")
-    err.print(f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -o report.html` "
+    err.print(f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -O report.html` "
               "makes a report, `lmgauge compare` compares runs", markup=True)
     if run.status == "interrupted":
         raise typer.Exit(130)
@@ -848,11 +871,11 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Unmeasured warmup rounds first (load, caches).")] = 1,
     num_predict: Annotated[int, typer.Option(help="Tokens to generate per request (prefill-heavy prompts "
                                              "cap it lower).")] = 128,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context window (num_ctx); default: the engine's "
-                                            "(settings.num_ctx, capped at the model's limit).")] = None,
-    ctx_sweep: Annotated[str | None, typer.Option(
+    ctx: Annotated[str | None, typer.Option("--ctx", help="Context window (num_ctx, e.g. 8192 or 8k); default: "
+                                            "the engine's (settings.num_ctx, capped at the model's limit).")] = None,
+    ctx_sweep: Annotated[list[str] | None, typer.Option(
         "--ctx-sweep", help="Instead: measure prefill, TTFT, decode speed and KV memory at these filled "
-        "context sizes, e.g. 256,512,1k,2k,4k (one model), and fit the cost curve.")] = None,
+        "context sizes, e.g. 256,512,1k,2k,4k and/or repeated (one model), and fit the cost curve.")] = None,
     allow_cache: Annotated[bool, typer.Option("--allow-cache", help="Send identical prompts so the prefix "
                                               "cache can serve them (measures its benefit). Default: every "
                                               "request starts with a unique nonce.")] = False,
@@ -872,17 +895,20 @@ def bench(
     from .bench.runner import BenchConfig, SweepConfig, parse_token_counts, run_bench, run_sweep
 
     options = parse_options(option)
+    num_ctx = one_count(ctx, "--ctx")
     _check_parallel(parallel)
     with Client(parallel=parallel) as client:
         if ctx_sweep:
             if len(models) != 1:
                 raise InvalidOptionError("--ctx-sweep measures one model at a time")
-            sweep = SweepConfig(model=models[0], points=parse_token_counts(ctx_sweep), reps=reps, warmup=warmup,
-                                num_predict=num_predict, num_ctx=ctx, seed=seed, options=options)
+            points = parse_token_counts(",".join(str(n) for n in parse_counts(ctx_sweep, "--ctx-sweep", 16)))
+            sweep = SweepConfig(model=models[0], points=points, reps=reps, warmup=warmup,
+                                num_predict=num_predict, num_ctx=num_ctx, seed=seed, options=options)
             _run_measured("context sweep", run_sweep, client, sweep, output or [], json_out)
             return
         config = BenchConfig(models=models, prompts=load_prompts(prompts), reps=reps, warmup=warmup,
-                             num_predict=num_predict, num_ctx=ctx, allow_cache=allow_cache, seed=seed, options=options)
+                             num_predict=num_predict, num_ctx=num_ctx, allow_cache=allow_cache, seed=seed,
+                             options=options)
         _run_measured("bench", run_bench, client, config, output or [], json_out)
 
 
@@ -892,10 +918,10 @@ def load(
                                           "(Ollama) or http://host:port/v1 (OpenAI-compatible).")],
     model: Annotated[str | None, typer.Option("--model", help="With a URL: the server's model (default: its "
                                               "only one).")] = None,
-    concurrency: Annotated[str | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 "
-                                                    "(default 1,2,4).")] = None,
-    rate: Annotated[str | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. "
-                                             "0.5,1,2.")] = None,
+    concurrency: Annotated[list[str] | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 "
+                                                          "and/or repeated (default 1,2,4).")] = None,
+    rate: Annotated[list[str] | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. "
+                                                   "0.5,1,2 and/or repeated.")] = None,
     requests: Annotated[int | None, typer.Option(help="Requests per level (default 20 unless --duration).")] = None,
     duration: Annotated[str | None, typer.Option(help="Time per level, e.g. 30s or 2m (with --requests: "
                                                  "whichever ends first).")] = None,
@@ -903,7 +929,7 @@ def load(
                                      "(ms or s).")] = "ttft=500ms,tpot=50ms",
     prompts: PromptsFlag = None,
     num_predict: Annotated[int, typer.Option(help="Tokens to generate per request.")] = 128,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context window (num_ctx).")] = None,
+    ctx: Annotated[str | None, typer.Option("--ctx", help="Context window (num_ctx, e.g. 4096 or 4k).")] = None,
     warmup: Annotated[int, typer.Option(help="Unmeasured requests first.")] = 1,
     allow_cache: Annotated[bool, typer.Option("--allow-cache", help="Identical prompts (prefix cache hits).")] = False,
     seed: SeedFlag = 42,
@@ -930,9 +956,10 @@ def load(
         raise InvalidOptionError("--model goes with a server URL; for a model, name it as the argument")
     config = LoadConfig(
         model=name, prompts=load_prompts(prompts or "short"),
-        concurrency=parse_levels(concurrency or "1,2,4", int) if not rate else None,
-        rates=parse_levels(rate, float) if rate else None, requests=requests,
-        duration_s=parse_duration(duration) if duration else None, num_predict=num_predict, num_ctx=ctx,
+        concurrency=parse_counts(concurrency or ["1,2,4"], "--concurrency") if not rate else None,
+        rates=parse_levels(",".join(rate), float) if rate else None, requests=requests,
+        duration_s=parse_duration(duration) if duration else None, num_predict=num_predict,
+        num_ctx=one_count(ctx, "--ctx"),
         warmup=warmup, seed=seed, allow_cache=allow_cache, slo=parse_slo(slo), options=parse_options(option),
     )
     with Client(**overrides) as client:
@@ -947,11 +974,16 @@ def load(
 @app.command()
 def report(
     run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix), `latest` or `latest~N`.")],
-    output: Annotated[list[Path] | None, typer.Option("--output", "-o", help="File(s) to write: .html, .json, "
+    output: Annotated[list[Path] | None, typer.Option("--output", "-O", help="File(s) to write: .html, .json, "
                                                       ".csv, .jsonl, .png, or a directory for all.")] = None,
+    option: Annotated[list[str] | None, typer.Option("-o", hidden=True, help="Deprecated spelling of -O.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Show a stored run, or write it as an HTML report (self-contained, plots embedded) or data files."""
+    bad, old = split_deprecated_output(option, "report")
+    if bad:
+        raise InvalidOptionError(f"report takes no model options ({bad[0]}); write files with -O/--output")
+    output = (output or []) + [Path(p) for p in old]
     from .bench.report import check_output_paths, render, write_outputs
     from .bench.results import RunStore
     from .config import load_settings
@@ -1445,12 +1477,12 @@ def batch(
     model: Annotated[str, typer.Argument(help="Model name, or `auto` to route each prompt to a tier.")],
     prompts: Annotated[Path, typer.Argument(help="JSONL input: one prompt string, or an object with prompt or "
                                             "messages (and optional id, system, options, format), per line.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL results file; if it exists, the items "
-                                         "already answered are skipped (resume).")],
+    output: Annotated[Path | None, typer.Option("--output", "-O", help="JSONL results file (required); if it "
+                                                "exists, the items already answered are skipped (resume).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once "
                                              "(for embedded models, also the engine's parallel slots).")] = 1,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Model option key=value for every item, "
-                                                     "repeatable (an item's own options win).")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Model option key=value for every "
+                                                     "item, repeatable (an item's own options win).")] = None,
     format: Annotated[str | None, typer.Option("--format", help="'json', or a JSON schema (file or inline).")] = None,
     system: Annotated[str | None, typer.Option(help="System message for items that have none.")] = None,
     use_cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Answer repeated prompts from the "
@@ -1467,6 +1499,14 @@ def batch(
     from .config import load_settings
     from .resilience import ResilientClient
 
+    option, old = split_deprecated_output(option, "batch")
+    if old:
+        if output is not None or len(old) > 1:
+            raise InvalidOptionError(f"-o {old[0]}: -o is a model option (key=value); give the output once, "
+                                     "with -O/--output")
+        output = Path(old[0])
+    if output is None:
+        raise InvalidOptionError("give the results file with -O/--output results.jsonl")
     base_options = parse_options(option)
     fmt = parse_format(format)
     items = read_items(prompts, system)
