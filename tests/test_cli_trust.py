@@ -194,3 +194,84 @@ def test_4_list_flags_share_one_grammar():
     one_line_error(lmgauge("size", "smollm2", "--ctx", "2x"), "--ctx", "'2x'")
     one_line_error(lmgauge("load", "smollm2", "--concurrency", "1,two"), "--concurrency", "'two'")
     one_line_error(lmgauge("bench", "smollm2", "--ctx-sweep", "1k", "--ctx-sweep", "2k"), "at least 3")
+
+
+# --- 6. output that survives narrow terminals and pipes -----------------------------------------
+
+
+def in_terminal(*args: str, columns: int) -> str:
+    """Run the command with stdout on a pseudo-terminal `columns` wide; what the user sees."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm", "NO_COLOR": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", *args], stdout=follower, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(leader)
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode()).replace("\r\n", "\n")  # styles off
+
+
+def logged(status: str, error: str | None = None, upstream: str | None = None, source: str = "gateway") -> None:
+    from lmgauge.config import load_settings
+    from lmgauge.store import RequestRecord, Store
+
+    Store(load_settings().db_path).log_request(RequestRecord(model="smollm2", source=source, status=status,
+                                                             error=error, upstream=upstream))
+
+
+LONG_ERROR = "option 'top_p' is out of range: 2 (must be from 0 to 1) and this sentence keeps going to the end"
+
+
+def test_6_piped_log_prints_complete_rows():
+    logged("invalid", error=LONG_ERROR, upstream="http://127.0.0.1:11435")
+    proc = lmgauge("log", "--status", "invalid", env_extra={"COLUMNS": "40"})
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.splitlines()
+    assert header.split("\t")[-2:] == ["upstream", "error"]
+    cells = row.split("\t")
+    assert cells[-2] == "http://127.0.0.1:11435" and cells[-1] == LONG_ERROR  # every character, one line
+
+
+def test_6_piped_models_keeps_whole_paths():
+    proc = lmgauge("models", env_extra={"COLUMNS": "40"})
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert rows[0] == ["name", "size", "source", "path"]
+    smol = next(r for r in rows if r[0].startswith("smollm2"))
+    assert smol[3].endswith(".gguf") and os.path.isfile(smol[3]) and "…" not in proc.stdout
+
+
+def test_6_narrow_terminal_wraps_rather_than_splitting_words():
+    logged("invalid", error=LONG_ERROR, upstream="http://127.0.0.1:11435")
+    screen = in_terminal("log", columns=50)
+    words = screen.split()
+    assert "smollm2" in words and "http://127.0.0.1:11435" in words  # not smollm / 2, not cut with …
+    for word in LONG_ERROR.split():
+        assert word in words
+    assert "…" not in screen
+    assert all(len(line) <= 50 or " " not in line.strip() for line in screen.splitlines())
+
+
+def test_6_wide_terminal_is_an_aligned_table():
+    screen = in_terminal("size", "smollm2", "--ctx", "2k,4k", columns=120)
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert lines[1].split() == ["num_ctx", "weights", "KV", "cache", "compute", "other", "total"]
+    assert lines[2].split()[0] == "2048" and lines[3].split()[0] == "4096"

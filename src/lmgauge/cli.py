@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .client import Client
 from .config import load_settings
+from .display import key_values, print_rows, table_of
 from .errors import InvalidOptionError, LmgaugeError
 from .types import Format, Message, Result, Timings
 
@@ -316,10 +317,8 @@ def models(json_out: JsonFlag = False) -> None:
             out.print_json(data=[{"name": m.name, "engine": m.engine, "source": m.source, "path": m.path,
                                   "size_bytes": m.size_bytes, "names": m.details.get("names", [])} for m in found])
             return
-        table = Table("name", "size", "source", "path", box=None)
-        for m in found:
-            table.add_row(m.name, _size(m.size_bytes), m.source, m.path or "")
-        out.print(table)
+        print_rows(out, table_of(("name", "size", "source", "path"),
+                                 [(m.name, _size(m.size_bytes), m.source, m.path or "") for m in found], right=("size",)))
         err.print(f"\nRemote models: ollama:NAME (Ollama at {client.settings.ollama_host}) and openai:NAME@URL.")
 
 
@@ -342,16 +341,31 @@ def show(model: ModelArg, json_out: JsonFlag = False) -> None:
             out.print_json(data={"name": info.name, "engine": info.engine, "source": info.source,
                                  "path": info.path, "size_bytes": info.size_bytes, "details": info.details})
             return
-        table = Table(box=None, show_header=False)
-        table.add_row("name", info.name)
-        table.add_row("source", info.source)
-        if info.path:
-            table.add_row("path", info.path)
-        for key, value in info.details.items():
-            if key in ("template", "modelfile", "license"):
-                continue
-            table.add_row(key, _size(value) if key.endswith("size") and isinstance(value, int) else str(value))
-        out.print(table)
+        print_rows(out, key_values(show_rows(info)))
+
+
+def show_rows(info: Any) -> list[tuple[str, str]]:
+    """`show` as a person reads it: one name row, sizes and counts in units, unset values left out."""
+    rows = [("name", info.name), ("source", info.source)] + ([("path", info.path)] if info.path else [])
+    for key, value in info.details.items():
+        if key in ("template", "modelfile", "license", "name") or value is None:
+            continue
+        if key.endswith("size") and isinstance(value, int):
+            value = _size(value)
+        elif key in ("parameters", "parameter_count") and isinstance(value, int):
+            value = _count(value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        rows.append((key.replace("_", " "), str(value)))
+    return rows
+
+
+def _count(n: int) -> str:
+    """135M, 1.5B: how model sizes are said."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{0 if n / scale >= 100 else 1}f}{unit}".replace(".0" + unit, unit)
+    return str(n)
 
 
 @app.command()
@@ -408,13 +422,14 @@ def size(
     if json_out:
         out.print_json(data={"model": model, "estimates": [e.to_dict() for e in estimates]})
         return
-    table = Table("num_ctx", "weights", "KV cache", "compute", "other", "total", box=None,
-                  title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel")
+    columns = ("num_ctx", "weights", "KV cache", "compute", "other", "total")
+    rows = []
     for c, e in zip(contexts, estimates):
         other = e.total_bytes - e.weights_bytes - e.kv_bytes - e.compute_bytes  # logits + runtime
-        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
-                      _size(e.total_bytes))
-    out.print(table)
+        rows.append((c, _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
+                     _size(e.total_bytes)))
+    print_rows(out, table_of(columns, rows, title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel",
+                             right=columns))
 
 # --- context: chat with managed context, long-term memory, the context evaluation -------------
 
@@ -780,21 +795,18 @@ def log_cmd(
     if not rows:
         err.print(f"no requests logged in {settings.db_path} match")
         return
-    table = Table(box=None)
-    for column in ("time", "source", "model", "status", "prompt", "out", "TTFT", "E2E", "tok/s"):
-        table.add_column(column, no_wrap=True, justify="right" if column in ("prompt", "out", "TTFT", "E2E",
-                                                                             "tok/s") else "left")
-    table.add_column("upstream", overflow="fold")
-    table.add_column("error", overflow="fold")
+    numbers = ("prompt", "out", "TTFT", "E2E", "tok/s")
+    data = []
     for r in rows:
         flags = (" cache" if r["cache_hit"] else "") + (" compacted" if r["compacted"] else "")
-        table.add_row(
+        data.append((
             _time.strftime("%m-%d %H:%M:%S", _time.localtime(r["ts"])), r["source"], r["model"],
             r["status"] + flags, str(r["prompt_tokens"] or "-"), str(r["output_tokens"] or "-"),
             _ms(r["ttft_ms"]), _ms(r["e2e_ms"]), "-" if not r["decode_tps"] else f"{r['decode_tps']:.1f}",
-            r["upstream"] or "", (r["error"] or "")[:60],
-        )
-    out.print(table)
+            r["upstream"] or "", r["error"] or "",
+        ))
+    print_rows(out, table_of(("time", "source", "model", "status", *numbers, "upstream", "error"), data,
+                             right=numbers))
 
 
 # --- benchmarks (lmgauge.bench) -----------------------------------------------------------------
@@ -1109,16 +1121,9 @@ def runs(
     if not rows:
         err.print("no stored runs yet; `lmgauge bench smollm2` makes one")
         return
-    table = Table(box=None)
-    table.add_column("id", no_wrap=True)  # ids are typed back into report/compare: never cut
-    for name in ("kind", "status", "started"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("models", overflow="fold")
-    table.add_column("requests", justify="right")
-    for r in rows:
-        table.add_row(r["id"], r["kind"], r["status"],
-                      _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started"])), r["models"], str(r["samples"]))
-    out.print(table)
+    print_rows(out, table_of(("id", "kind", "status", "started", "models", "requests"), [
+        (r["id"], r["kind"], r["status"], _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started"])), r["models"],
+         r["samples"]) for r in rows], right=("requests",)))
 
 
 # --- routing, caching, batch jobs (routing.py, calibration.py, cache.py, batch.py) --------------
@@ -1150,14 +1155,14 @@ def _settings_with_tiers(tiers: list[str] | None, **routing: Any):
     return settings
 
 
-def _decision_rows(decision) -> Table:
-    table = Table(box=None, show_header=False)
-    table.add_row("tier", f"{decision.tier} ({decision.model})")
-    table.add_row("confidence", f"{decision.confidence:.2f}")
-    table.add_row("reason", decision.reason)
-    table.add_row("probabilities", ", ".join(f"{k} {v:.2f}" for k, v in decision.probabilities.items()))
-    table.add_row("overhead", f"{decision.overhead_ms:.2f} ms")
-    return table
+def _decision_rows(decision):
+    return key_values([
+        ("tier", f"{decision.tier} ({decision.model})"),
+        ("confidence", f"{decision.confidence:.2f}"),
+        ("reason", decision.reason),
+        ("probabilities", ", ".join(f"{k} {v:.2f}" for k, v in decision.probabilities.items())),
+        ("overhead", f"{decision.overhead_ms:.2f} ms"),
+    ])
 
 
 @route_app.command("explain")
@@ -1177,7 +1182,7 @@ def route_explain(
     if json_out:
         out.print_json(data=decision.to_dict())
     else:
-        out.print(_decision_rows(decision))
+        print_rows(out, _decision_rows(decision))
 
 
 @route_app.command("ask")
