@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from standins import OpenAIStandin
 
-from lmgauge.batch import BatchItem, read_items, read_results, run_batch
+from lmgauge.batch import BatchItem, read_items, read_results, request_of, run_batch
 from lmgauge.errors import EngineError, InvalidOptionError
 from lmgauge.types import Result, Timings
 
@@ -111,7 +111,7 @@ def test_keep_errors_skips_failed_items_on_resume(tmp_path):
 def test_resume_drops_a_line_cut_off_by_a_kill_and_duplicates(tmp_path):
     items = [BatchItem(f"i{n}", [{"role": "user", "content": str(n)}]) for n in range(5)]
     out = tmp_path / "out.jsonl"
-    good = json.dumps({"id": "i0", "status": "ok", "content": "old"})
+    good = json.dumps({"id": "i0", "status": "ok", "content": "old", "request": request_of(items[0], "m")})
     out.write_text(f"{good}\n{good}\n" + '{"id": "i1", "status": "ok", "cont')  # killed mid-write
     summary = run_batch(items, out, ok_answer, "m")
     assert (summary.skipped, summary.ok) == (1, 4)
@@ -179,7 +179,8 @@ def test_a_bad_item_is_an_error_record_not_a_crash(tmp_path, start_standin):
     ])
     out = tmp_path / "results.jsonl"
     proc = lmgauge("batch", f"openai:m@{server.base_url}", str(prompts), "-O", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # the batch went on, and its exit code says an item failed
+    assert json.loads(proc.stdout)["errors"] == 1
     results = read_results(out)
     assert results["good"]["status"] == "ok"
     assert results["typo"]["status"] == "error" and "temprature" in results["typo"]["error"]
@@ -233,3 +234,13 @@ def test_batch_cache_answers_repeats_without_the_model(tmp_path, start_standin):
     records = read_results(tmp_path / "second.jsonl")
     assert all(r["cached"] and r["content"] == "cached later" for r in records.values())
     assert len(server.received("/v1/chat/completions")) == 2
+
+
+def test_a_result_written_without_its_request_is_not_taken_for_this_runs(tmp_path):
+    items = [BatchItem("i0", [{"role": "user", "content": "0"}])]
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": "i0", "status": "ok", "content": "from some other run"}) + "\n")
+    with pytest.raises(InvalidOptionError, match="without a record of its model"):
+        run_batch(items, out, ok_answer, "m")
+    summary = run_batch(items, out, ok_answer, "m", force=True)
+    assert (summary.skipped, summary.ok) == (0, 1)

@@ -275,3 +275,38 @@ def test_6_wide_terminal_is_an_aligned_table():
     lines = [line for line in screen.splitlines() if line.strip()]
     assert lines[1].split() == ["num_ctx", "weights", "KV", "cache", "compute", "other", "total"]
     assert lines[2].split()[0] == "2048" and lines[3].split()[0] == "4096"
+
+
+# --- 7. batch resume must match what was asked ----------------------------------------------------
+
+
+@pytest.mark.integration
+def test_7_resume_with_other_options_is_refused_then_forced(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"What is 2+2?"\n"Name a color."\n')
+    out = tmp_path / "r.jsonl"
+    first = lmgauge("batch", "smollm2", str(prompts), "-O", str(out), "-o", "num_predict=2")
+    assert first.returncode == 0, first.stderr
+    assert all(json.loads(line)["request"]["options"] == {"num_predict": 2} for line in out.read_text().splitlines())
+
+    again = lmgauge("batch", "smollm2", str(prompts), "-O", str(out), "-o", "num_predict=2", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 2  # same request: resumed
+
+    other = lmgauge("batch", "smollm2", str(prompts), "-O", str(out), "-o", "num_predict=5")
+    one_line_error(other, "asked differently", "num_predict", "--force")
+    other_model = lmgauge("batch", "smollm2:135m", str(prompts), "-O", str(out), "-o", "num_predict=2")
+    one_line_error(other_model, "'smollm2' -> 'smollm2:135m'")
+
+    forced = lmgauge("batch", "smollm2", str(prompts), "-O", str(out), "-o", "num_predict=5", "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["ok"] == 2
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(r["request"]["options"] == {"num_predict": 5} for r in records)
+
+
+def test_7_failed_items_make_the_exit_code_non_zero(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi", "options": {"num_ctx": 8}}\n')  # refused by the engine: too small
+    proc = lmgauge("batch", "smollm2", str(prompts), "-O", str(tmp_path / "r.jsonl"), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["errors"] == 1

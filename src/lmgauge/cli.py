@@ -1494,13 +1494,16 @@ def batch(
                                             "response cache (deterministic requests only).")] = False,
     retry_errors: Annotated[bool, typer.Option("--retry-errors/--keep-errors", help="On resume, run again the "
                                                "items that failed before.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="On resume, answer again the items whose earlier result "
+                                        "was asked with another model, options, format or prompt (without it, "
+                                        "such a file is refused).")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Answer a file of prompts into a file of results: progress bar, per-item errors recorded,
     resumable after an interruption (run the same command again)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .batch import read_items, read_results, run_batch
+    from .batch import read_items, request_of, resumable, run_batch
     from .config import load_settings
     from .resilience import ResilientClient
 
@@ -1523,7 +1526,10 @@ def batch(
     with Client(settings) as client:
         caller = ResilientClient(client)
         answer = _batch_answerer(caller, settings, model, base_options, fmt, use_cache)
-        already = len([i for i in items if read_results(output).get(i.id, {}).get("status") == "ok"])
+        asked = lambda item: request_of(item, model, base_options, fmt)  # noqa: E731
+        # Refuse a file answered with another model or options before anything runs (or --force).
+        kept = resumable(items, output, asked, retry_errors=retry_errors, force=force, out_name=str(output))
+        already = len([i for i in items if kept.get(i.id, {}).get("status") == "ok"])
         stats = {"errors": 0}
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, disable=json_out) as bar:
@@ -1537,17 +1543,19 @@ def batch(
 
             try:
                 summary = run_batch(items, output, answer, model, concurrency=concurrency,
-                                    retry_errors=retry_errors, on_done=done)
+                                    retry_errors=retry_errors, on_done=done, force=force, out_name=str(output),
+                                    request=asked)
             except KeyboardInterrupt:
                 err.print(f"interrupted; results so far are in {output}. Run the same command to resume.")
                 raise typer.Exit(130) from None
     if json_out:
         out.print_json(data={**summary.__dict__, "output": str(output)})
-        return
-    err.print(f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
-              f"({summary.done}/{summary.total}) -> {output}")
+    else:
+        err.print(f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
+                  f"({summary.done}/{summary.total}) -> {output}")
     if summary.errors:
         err.print("failed items carry status \"error\" and the reason; run the command again to retry them")
+        raise typer.Exit(1)  # a script must not take a partly failed batch for a finished one
 
 
 def _batch_answerer(caller, settings, model: str, base_options: dict, fmt, use_cache: bool):
