@@ -310,3 +310,60 @@ def test_7_failed_items_make_the_exit_code_non_zero(tmp_path):
     proc = lmgauge("batch", "smollm2", str(prompts), "-O", str(tmp_path / "r.jsonl"), "--json")
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["errors"] == 1
+
+
+# --- 8. honest statistics ------------------------------------------------------------------------
+
+
+def bench_run(*extra: str, prompts: str = "short") -> str:
+    proc = lmgauge("bench", "smollm2", "--prompts", prompts, "--warmup", "0", "--num-predict", "3", "--json", *extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["id"]
+
+
+@pytest.mark.integration
+def test_8_compare_with_two_reps_says_the_test_cannot_decide():
+    a, b = bench_run("--reps", "2"), bench_run("--reps", "2")
+    proc = lmgauge("compare", a, b)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if not line.startswith("#")]
+    header, body = rows[0], rows[1:]
+    assert body and all(dict(zip(header, r))["verdict"] == "too few" for r in body)
+    assert all(dict(zip(header, r))["95% CI"] == "-" for r in body)  # no interval contradicting the verdict
+    assert "cannot reach p < 0.05" in proc.stderr and "at least 4" in proc.stderr
+
+
+def test_8_verdict_and_interval_agree():
+    from lmgauge.bench.metrics import compare_samples
+
+    few = compare_samples([10, 11], [20, 21])
+    assert few.too_few and few.ci_low is None and few.p_value is None and few.min_p == pytest.approx(1 / 3)
+    enough = compare_samples([10, 11, 10.5, 10.2, 10.8], [20, 21, 20.5, 19, 22])
+    assert enough.significant and enough.agree and enough.ci_low > 0
+
+
+@pytest.mark.integration
+def test_8_compare_names_the_groups_it_dropped():
+    a = bench_run("--reps", "1")
+    b = bench_run("--reps", "1", prompts="default")  # short + medium + long: two groups A lacks
+    proc = lmgauge("compare", a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert f"not compared (only run {b} measured them)" in proc.stderr
+
+
+@pytest.mark.integration
+def test_8_a_three_point_sweep_says_its_fit_is_exact_by_construction(tmp_path):
+    proc = lmgauge("bench", "smollm2", "--ctx-sweep", "64,128,256", "--reps", "1", "--warmup", "0",
+                   "--num-predict", "2", "-O", str(tmp_path / "sweep.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "passes through them by construction" in " ".join(proc.stdout.split())
+    fit = json.loads((tmp_path / "sweep.json").read_text())["analysis"]["prefill_fit"]
+    assert fit["exact"] and fit["points"] == 3
+
+
+@pytest.mark.integration
+def test_8_load_gives_the_embedded_engine_a_slot_per_concurrent_user():
+    proc = lmgauge("load", "smollm2", "--concurrency", "1,2", "--requests", "2", "--num-predict", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["models"]["smollm2"]["parallel"] == 2
+    assert "2 parallel decode slots" in proc.stderr

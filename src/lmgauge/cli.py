@@ -974,12 +974,21 @@ def load(
         num_ctx=one_count(ctx, "--ctx"),
         warmup=warmup, seed=seed, allow_cache=allow_cache, slo=parse_slo(slo), options=parse_options(option),
     )
+    with Client(**overrides) as probe:  # resolving a name loads nothing
+        embedded = probe.resolve(name).engine == "llamacpp"
+        slots = probe.settings.parallel
+    top = max(config.concurrency or [1])
+    if embedded and not rate and slots < top:
+        if parallel is None:
+            # As batch does: one decode slot per concurrent user, so c=4 measures four requests
+            # sharing decode steps, not one decoding while three queue ("saturation at c=1").
+            overrides["parallel"] = top
+            err.print(f"note: the embedded engine gets {top} parallel decode slots (the highest concurrency "
+                      "tested); --parallel N sets another number")
+        else:
+            err.print(f"note: the embedded engine decodes {slots} request(s) at a time (--parallel {parallel}); "
+                      f"at higher concurrency the others queue")
     with Client(**overrides) as client:
-        ref = client.resolve(name)
-        top = max(config.concurrency or [1])
-        if ref.engine == "llamacpp" and client.settings.parallel < top and not rate:
-            err.print(f"note: the embedded engine decodes {client.settings.parallel} request(s) at a time; "
-                      f"the others queue. --parallel {top} batches them.")
         _run_measured("load", run_load, client, config, output or [], json_out)
 
 
@@ -1020,7 +1029,7 @@ def compare(
     json_out: JsonFlag = False,
 ) -> None:
     """Per metric, B's change against A and whether it is significant (Mann-Whitney U, bootstrap CI)."""
-    from .bench.compare import compare_runs
+    from .bench.compare import compare_runs, min_samples, unmatched_groups
     from .bench.report import fmt_ms, fmt_num, fmt_pct
     from .bench.results import RunStore
     from .config import load_settings
@@ -1031,22 +1040,31 @@ def compare(
     runs = RunStore(Store(load_settings().db_path))
     a, b = runs.load(run_a), runs.load(run_b)
     rows = compare_runs(a, b, alpha=alpha)
+    only_a, only_b = unmatched_groups(a, b)
     if json_out:
-        out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows]})
+        out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows],
+                             "only_in_a": only_a, "only_in_b": only_b})
         return
-    table = Table("group", "metric", "A p50", "B p50", "delta", f"{1 - alpha:.0%} CI", "p", "n A/B", "", box=None,
-                  title=f"B = {b.id} vs A = {a.id} (Mann-Whitney U, alpha {alpha:g}; ~ = no significant change)",
-                  title_justify="left")
+    data = []
     for r in rows:
         c = r.comparison
         fmt = fmt_num if r.metric.endswith("tps") else fmt_ms
-        style = {"better": "green", "worse": "red"}.get(r.verdict, "dim")
         ci = f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]" if c.ci_low is not None else "-"
-        table.add_row(r.group, r.metric, fmt(c.median_a), fmt(c.median_b),
-                      ("~ " if not c.significant else "") + (f"{c.delta:+.1%}" if c.delta is not None else "-"),
-                      ci, "-" if c.p_value is None else f"{c.p_value:.3f}", f"{c.n_a}/{c.n_b}",
-                      f"[{style}]{r.verdict}[/]")
-    out.print(table)
+        data.append((r.group, r.metric, fmt(c.median_a), fmt(c.median_b),
+                     f"{c.delta:+.1%}" if c.delta is not None else "-", ci,
+                     "-" if c.p_value is None else f"{c.p_value:.3f}", f"{c.n_a}/{c.n_b}", r.verdict))
+    print_rows(out, table_of(("group", "metric", "A p50", "B p50", "delta", f"{1 - alpha:.0%} CI", "p", "n A/B",
+                              "verdict"), data,
+                             title=f"B = {b.id} vs A = {a.id} (Mann-Whitney U and bootstrap CI, alpha {alpha:g})"))
+    err.print("verdict: better/worse = the test and the interval agree on a change; ~ = neither finds one; "
+              "unclear = they disagree (measure more)")
+    if any(r.comparison.too_few for r in rows):
+        err.print(f"[yellow]too few:[/] with these request counts the test cannot reach p < {alpha:g} whatever the "
+                  f"data; compare runs with at least {min_samples(alpha)} successful requests per group each "
+                  "(e.g. --reps 5)", markup=True)
+    for run, groups in ((a, only_a), (b, only_b)):
+        if groups:
+            err.print(f"not compared (only run {run.id} measured them): {', '.join(groups)}")
 
 
 @app.command()
