@@ -468,3 +468,64 @@ def test_9_rm_removes_derived_files_and_never_a_model(isolated_home):
 def test_9_hf_names_say_only_the_local_cache_is_searched():
     one_line_error(lmgauge("run", "hf:someorg/somerepo", "hi"), "only the local Hugging Face cache is searched",
                    "nothing is downloaded")
+
+
+# --- 10. smaller things ---------------------------------------------------------------------------
+
+
+def test_10_help_shows_no_value_after_plain_flags():
+    proc = lmgauge("run", "--help")
+    assert proc.returncode == 0
+    flags = [line for line in proc.stdout.splitlines() if "--json" in line or "--verbose" in line or "--help" in line]
+    assert flags and not any("<bool>" in line for line in flags)
+    assert "<str>" in proc.stdout  # options that take a value still say so
+
+
+def test_10_show_reads_like_a_person_wrote_it():
+    proc = lmgauge("show", "smollm2")
+    rows = dict(line.split("\t", 1) for line in proc.stdout.splitlines())
+    assert rows["parameters"] == "135M" and rows["chat template"] == "yes"
+    assert "None" not in rows.values() and [line.split("\t")[0] for line in proc.stdout.splitlines()].count("name") == 1
+
+
+def test_10_cache_stats_is_a_sentence_not_a_dict():
+    proc = lmgauge("cache", "stats")
+    assert proc.returncode == 0 and "{" not in proc.stdout and "entries" in proc.stdout
+
+
+def test_10_log_filters_are_checked():
+    one_line_error(lmgauge("log", "--status", "bogus"), "--status must be one of", "overflow")
+    one_line_error(lmgauge("log", "--source", "batch"), "--source must be one of", "chat")
+    assert lmgauge("log", "--source", "chat").returncode == 0
+
+
+@pytest.mark.integration
+def test_10_serve_says_what_it_serves(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+                            env=env)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("serving:"):
+                break
+        assert "smollm2:135m" in lines[-1] and "auto" in lines[-1], lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.integration
+def test_10_readme_json_example_returns_content():
+    schema = '{"type":"object","properties":{"colors":{"type":"array","items":{"type":"string"}}},"required":["colors"]}'
+    proc = lmgauge("run", "smollm2", "List 3 colors", "--json", "--format", schema)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(json.loads(proc.stdout)["content"])["colors"]) >= 1

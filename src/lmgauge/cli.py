@@ -21,6 +21,19 @@ from .display import key_values, print_rows, table_of
 from .errors import InvalidOptionError, LmgaugeError
 from .types import Format, Message, Result, Timings
 
+def _flag_takes_no_value(display: Any) -> Any:
+    """typer 0.29 prints `<bool>` after plain flags (`--json <bool>`, `--help <bool>`), which reads
+    as if the flag wanted a value; a flag shows none (options with values keep `<str>`, `<int>`)."""
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return "" if getattr(self, "is_flag", False) and self.metavar is None else display(self, ctx)
+
+    return display_type_rich
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _flag_takes_no_value(typer.core.TyperOption.display_type_rich)
+
 app = typer.Typer(
     name="lmgauge",
     help="Measure, size, route and serve local language models (embedded llama.cpp, Ollama, "
@@ -875,9 +888,13 @@ def serve(
     settings, bind = serve_settings(host, port)
 
     def ready(b: Any) -> None:
-        upstreams = ", ".join(u.model for u in settings.gateway.upstreams) or "none"
+        from .models import local_models
+
+        served = [m.name for m in local_models(settings)] + [u.model for u in settings.gateway.upstreams]
+        served += [f"{alias} (-> {target})" for alias, target in settings.aliases.items()] + ["auto"]
         err.print(f"lmgauge gateway on [bold]{b.url}[/] (Ollama API), {b.url}/v1 (OpenAI), "
-                  f"{b.url}/dashboard, {b.url}/metrics; upstream models: {upstreams}", markup=True)
+                  f"{b.url}/dashboard, {b.url}/metrics", markup=True)
+        err.print(f"serving: {', '.join(served)}")
 
     run_server(settings=settings, bind=bind, on_ready=ready)
 
@@ -886,8 +903,9 @@ def serve(
 def log_cmd(
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this status: ok, error, timeout, busy, overflow, "
-                                               "invalid, cancel.")] = None,
-    source: Annotated[str | None, typer.Option(help="Only this source: gateway, cli, bench, batch.")] = None,
+                                               "invalid, cancel, skipped.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only this source: gateway, cli (run, route ask), chat, "
+                                               "bench.")] = None,
     since: Annotated[str | None, typer.Option(help="Only the last ... (e.g. 30m, 2h).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
     json_out: JsonFlag = False,
@@ -896,8 +914,12 @@ def log_cmd(
     import time as _time
 
     from .config import load_settings, parse_duration
-    from .store import Store
+    from .store import LOG_SOURCES, LOG_STATUSES, Store
 
+    if status is not None and status not in LOG_STATUSES:
+        raise InvalidOptionError(f"--status must be one of {', '.join(LOG_STATUSES)}, not {status!r}")
+    if source is not None and source not in LOG_SOURCES:
+        raise InvalidOptionError(f"--source must be one of {', '.join(LOG_SOURCES)}, not {source!r}")
     settings = load_settings()
     cutoff = _time.time() - parse_duration(since) if since else None
     rows = Store(settings.db_path).requests(model=model, status=status, source=source, since=cutoff, limit=limit)
@@ -1592,7 +1614,8 @@ def cache_stats(json_out: JsonFlag = False) -> None:
     if json_out:
         out.print_json(data=stats.__dict__)
         return
-    out.print(f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served  {stats.details}")
+    details = ", ".join(f"{k} {v}" for k, v in stats.details.items())
+    out.print(f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served" + (f" ({details})" if details else ""))
 
 
 @cache_app.command("clear")
