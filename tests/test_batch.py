@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from standins import OpenAIStandin
 
-from lmgauge.batch import BatchItem, read_items, read_results, run_batch
+from lmgauge.batch import BatchItem, read_items, read_results, request_of, run_batch
 from lmgauge.errors import EngineError, InvalidOptionError
 from lmgauge.types import Result, Timings
 
@@ -111,7 +111,7 @@ def test_keep_errors_skips_failed_items_on_resume(tmp_path):
 def test_resume_drops_a_line_cut_off_by_a_kill_and_duplicates(tmp_path):
     items = [BatchItem(f"i{n}", [{"role": "user", "content": str(n)}]) for n in range(5)]
     out = tmp_path / "out.jsonl"
-    good = json.dumps({"id": "i0", "status": "ok", "content": "old"})
+    good = json.dumps({"id": "i0", "status": "ok", "content": "old", "request": request_of(items[0], "m")})
     out.write_text(f"{good}\n{good}\n" + '{"id": "i1", "status": "ok", "cont')  # killed mid-write
     summary = run_batch(items, out, ok_answer, "m")
     assert (summary.skipped, summary.ok) == (1, 4)
@@ -147,7 +147,7 @@ def test_batch_of_200_killed_halfway_and_resumed_gives_exactly_200_results(tmp_p
                                                         for n in range(200)])
     out = tmp_path / "results.jsonl"
     model = f"openai:m@{server.base_url}"
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "batch", model, str(prompts), "-o", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "batch", model, str(prompts), "-O", str(out),
                              "--concurrency", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not out.is_file() or len(out.read_text().splitlines()) < 100:
@@ -159,7 +159,7 @@ def test_batch_of_200_killed_halfway_and_resumed_gives_exactly_200_results(tmp_p
     done_before = len(read_results(out))
     assert 100 <= done_before < 200
 
-    resumed = lmgauge("batch", model, str(prompts), "-o", str(out), "--concurrency", "4", "--json")
+    resumed = lmgauge("batch", model, str(prompts), "-O", str(out), "--concurrency", "4", "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["skipped"] >= 100 and summary["skipped"] + summary["ok"] == 200 and summary["errors"] == 0
@@ -178,15 +178,16 @@ def test_a_bad_item_is_an_error_record_not_a_crash(tmp_path, start_standin):
         {"id": "typo", "prompt": "hi", "options": {"temprature": 0}},
     ])
     out = tmp_path / "results.jsonl"
-    proc = lmgauge("batch", f"openai:m@{server.base_url}", str(prompts), "-o", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = lmgauge("batch", f"openai:m@{server.base_url}", str(prompts), "-O", str(out), "--json")
+    assert proc.returncode == 1, proc.stderr  # the batch went on, and its exit code says an item failed
+    assert json.loads(proc.stdout)["errors"] == 1
     results = read_results(out)
     assert results["good"]["status"] == "ok"
     assert results["typo"]["status"] == "error" and "temprature" in results["typo"]["error"]
 
 
 def test_batch_errors_are_one_line(tmp_path):
-    proc = lmgauge("batch", "smollm2", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out.jsonl"))
+    proc = lmgauge("batch", "smollm2", str(tmp_path / "missing.jsonl"), "-O", str(tmp_path / "out.jsonl"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "no such prompts file" in proc.stderr
 
@@ -195,7 +196,7 @@ def test_batch_errors_are_one_line(tmp_path):
 def test_embedded_batch_with_concurrency(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", [f"Name a color. ({n})" for n in range(6)])
     out = tmp_path / "results.jsonl"
-    proc = lmgauge("batch", "smollm2", str(prompts), "-o", str(out), "-c", "3", "--option", "num_predict=8",
+    proc = lmgauge("batch", "smollm2", str(prompts), "-O", str(out), "-c", "3", "--option", "num_predict=8",
                    "--option", "temperature=0", "--json")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -213,7 +214,7 @@ def test_batch_auto_routes_each_prompt_and_records_its_tier(tmp_path, start_stan
     env = {**os.environ, "LMGAUGE_OLLAMA_HOST": server.url,
            "LMGAUGE_ROUTING__TIERS": json.dumps({"small": "ollama:small", "large": "ollama:large"})}
     out = tmp_path / "results.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", "batch", "auto", str(prompts), "-o", str(out), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "lmgauge", "batch", "auto", str(prompts), "-O", str(out), "--json"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     records = read_results(out)
@@ -226,10 +227,20 @@ def test_batch_cache_answers_repeats_without_the_model(tmp_path, start_standin):
     prompts = write_lines(tmp_path / "prompts.jsonl", ["one question", "another question"])
     model = f"openai:m@{server.base_url}"
     args = ("batch", model, str(prompts), "--option", "temperature=0", "--cache", "--json")
-    assert lmgauge(*args, "-o", str(tmp_path / "first.jsonl")).returncode == 0
+    assert lmgauge(*args, "-O", str(tmp_path / "first.jsonl")).returncode == 0
     assert len(server.received("/v1/chat/completions")) == 2
-    second = lmgauge(*args, "-o", str(tmp_path / "second.jsonl"))
+    second = lmgauge(*args, "-O", str(tmp_path / "second.jsonl"))
     assert second.returncode == 0, second.stderr
     records = read_results(tmp_path / "second.jsonl")
     assert all(r["cached"] and r["content"] == "cached later" for r in records.values())
     assert len(server.received("/v1/chat/completions")) == 2
+
+
+def test_a_result_written_without_its_request_is_not_taken_for_this_runs(tmp_path):
+    items = [BatchItem("i0", [{"role": "user", "content": "0"}])]
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": "i0", "status": "ok", "content": "from some other run"}) + "\n")
+    with pytest.raises(InvalidOptionError, match="without a record of its model"):
+        run_batch(items, out, ok_answer, "m")
+    summary = run_batch(items, out, ok_answer, "m", force=True)
+    assert (summary.skipped, summary.ok) == (0, 1)

@@ -77,7 +77,7 @@ def test_bench_smollm2_writes_table_json_csv_png_html_and_can_be_reported_and_co
 
     run_id = data["id"]
     report = tmp_path / "report.html"
-    proc = lmgauge("report", run_id, "-o", str(report))
+    proc = lmgauge("report", run_id, "-O", str(report))
     assert proc.returncode == 0, proc.stderr
     assert report.read_text().count("data:image/png;base64,") == 1
     proc = lmgauge("compare", run_id, "latest", "--json")

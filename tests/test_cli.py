@@ -128,7 +128,7 @@ def test_interactive_chat_in_a_terminal_keeps_the_conversation():
         child.expect("time per output token")
         child.expect(">>> ")
         child.sendline("/clear")
-        child.expect("conversation cleared")
+        child.expect("Cleared session context")  # Ollama's words (issue 20 item 9)
         child.sendline("/bye")
         child.expect(pexpect.EOF)
     finally:

@@ -56,10 +56,16 @@ def test_auto_routes_easy_questions_to_the_small_tier_and_hard_ones_up(tmp_path)
         standin.stop()
 
 
-def test_auto_without_tiers_is_a_clear_404(tmp_path):
-    with GatewayServer(Settings(home=tmp_path)) as srv:
-        r = chat(srv.url, EASY)
-        assert r.status_code == 404 and "[routing] tiers" in r.json()["error"]
+def test_auto_without_tiers_is_the_default_model_as_in_the_cli(tmp_path):
+    """One meaning of `auto` everywhere (issue 20): without [routing] tiers it is the default
+    model, as `lmgauge run auto` and `route ask` answer (docs/spend-less.md)."""
+    standin = two_model_standin()
+    try:
+        with GatewayServer(upstream_settings(tmp_path, standin.url, default_model=LARGE)) as srv:
+            r = chat(srv.url, EASY)
+            assert r.status_code == 200 and r.json()["message"]["content"] == f"answered by {LARGE}"
+    finally:
+        standin.stop()
 
 
 def test_the_cache_is_off_unless_the_gateway_asks_for_it(tmp_path):

@@ -12,7 +12,11 @@ Output, one result per input item, in completion order:
      "timings": {...}}
 
 Resume: results already in the output file are kept and their items skipped; items that ended
-in an error are tried again (unless `retry_errors=False`). The file is rewritten once at the
+in an error are tried again (unless `retry_errors=False`). Each result records what was asked
+(`"request"`: the model name, the item's effective options and format, and a hash of its
+messages); a result asked differently (another model, other options, an edited prompt) is never
+passed off as an answer to this run: the run is refused, or with `force=True` those items are
+answered again. The file is rewritten once at the
 start without duplicates or a line cut off by a kill, then appended to and flushed after every
 item, so killing the process loses at most the items in flight.
 
@@ -23,6 +27,7 @@ queueing for one slot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -125,9 +130,30 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def request_of(item: BatchItem, model: str, base_options: dict[str, Any] | None = None, fmt: Any = None) -> dict[str, Any]:
+    """What a result answers: the model name asked for, the item's effective options and format,
+    and a hash of its messages (so an edited prompt with the same id is not a match)."""
+    messages = json.dumps(item.messages, sort_keys=True, ensure_ascii=False)
+    return {"model": model, "options": {**(base_options or {}), **item.options},
+            "format": item.format if item.format is not None else fmt,
+            "messages_sha256": hashlib.sha256(messages.encode()).hexdigest()[:16]}
+
+
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if old is None:
+        return "it was written without a record of its model and options"
+    parts = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in ("model", "options", "format") if old.get(k) != new[k]]
+    if old.get("messages_sha256") != new["messages_sha256"]:
+        parts.append("the prompt changed")
+    return ", ".join(parts)
+
+
 def result_record(item: BatchItem, model: str, result: Result | None = None, error: str | None = None,
-                  tier: str | None = None, cached: bool = False) -> dict[str, Any]:
+                  tier: str | None = None, cached: bool = False,
+                  request: dict[str, Any] | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {"id": item.id, "model": model, "status": "ok" if error is None else "error"}
+    if request is not None:
+        record["request"] = request
     if result is not None:
         t = result.timings
         record.update(
@@ -157,17 +183,24 @@ def run_batch(
     retry_errors: bool = True,
     on_done: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    request: Callable[[BatchItem], dict[str, Any]] | None = None,
+    force: bool = False,
+    out_name: str = "the output",
 ) -> BatchSummary:
     """Answer every item not already answered in `out_path`, `concurrency` at a time.
 
     `answer(item)` does the work (a plain model call, a routed one, through the cache...); an
     LmgaugeError it raises becomes an error record and the batch goes on. `on_done` sees each
     record as it is written (for a progress bar); setting `stop` ends the run after the items
-    in flight (what Ctrl-C does)."""
+    in flight (what Ctrl-C does).
+
+    `request(item)` says what this run asks for each item (see `request_of`); a kept result asked
+    differently raises InvalidOptionError before anything runs, or with `force` is answered again."""
     if concurrency < 1:
         raise InvalidOptionError("--concurrency must be at least 1")
-    previous = read_results(out_path)
-    keep = {i: r for i, r in previous.items() if r.get("status") == "ok" or not retry_errors}
+    request = request or (lambda item: request_of(item, model))
+    asked = {item.id: request(item) for item in items}
+    keep = resumable(items, out_path, request, retry_errors=retry_errors, force=force, out_name=out_name)
     _rewrite(out_path, keep.values())
     pending = [item for item in items if item.id not in keep]
     summary = BatchSummary(total=len(items), skipped=len(items) - len(pending), ok=0, errors=0)
@@ -176,9 +209,9 @@ def run_batch(
     def work(item: BatchItem) -> dict[str, Any]:
         try:
             result, tier, cached = answer(item)
-            return result_record(item, model, result, tier=tier, cached=cached)
+            return result_record(item, model, result, tier=tier, cached=cached, request=asked[item.id])
         except LmgaugeError as exc:
-            return result_record(item, model, error=str(exc))
+            return result_record(item, model, error=str(exc), request=asked[item.id])
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="lmgauge-batch")
     with out_path.open("a", encoding="utf-8") as out:
@@ -215,6 +248,23 @@ def run_batch(
             os.fsync(out.fileno())
     summary.interrupted = summary.interrupted or stop.is_set() and summary.done < summary.total
     return summary
+
+
+def resumable(items: list[BatchItem], out_path: Path, request: Callable[[BatchItem], dict[str, Any]], *,
+              retry_errors: bool = True, force: bool = False, out_name: str = "the output") -> dict[str, dict[str, Any]]:
+    """The results in `out_path` this run keeps (by id): those asked exactly as this run asks.
+    A result asked differently is refused (InvalidOptionError naming the difference) unless
+    `force`, which drops it so its item is answered again."""
+    asked = {item.id: request(item) for item in items}
+    keep = {i: r for i, r in read_results(out_path).items() if r.get("status") == "ok" or not retry_errors}
+    stale = {i: _differences(r.get("request"), asked[i]) for i, r in keep.items()
+             if i in asked and r.get("request") != asked[i]}
+    if stale and not force:
+        first = next(iter(stale))
+        raise InvalidOptionError(
+            f"{out_name} already holds {len(stale)} result(s) asked differently (item {first!r}: {stale[first]}); "
+            "write to another file with -O, or pass --force to answer them again with this run's settings")
+    return {i: r for i, r in keep.items() if i not in stale}
 
 
 def _rewrite(path: Path, records: Any) -> None:

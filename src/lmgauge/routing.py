@@ -180,6 +180,19 @@ class Classifier(Protocol):
         ...
 
 
+class OnlyTier:
+    """The classifier when there is a single tier (no `[routing] tiers`: the default model):
+    there is nothing to decide, so no embedder is loaded and no time is spent."""
+
+    name = "single tier"
+
+    def __init__(self, tier: str):
+        self.classes = (tier,)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 1))
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -516,8 +529,10 @@ class Router:
         rs: RoutingSettings = settings.routing
         tiers = tiers_from_settings(settings)
         kind = classifier or rs.classifier
-        if kind == "llm":
-            clf: Classifier = LLMClassifier(caller, rs.llm_model or tiers[0].model, votes=rs.llm_votes)
+        if len(tiers) == 1 and classifier is None:
+            clf: Classifier = OnlyTier(tiers[0].name)
+        elif kind == "llm":
+            clf = LLMClassifier(caller, rs.llm_model or tiers[0].model, votes=rs.llm_votes)
         elif kind == "features":
             embedder = router_embedder(rs.embedder, caller)
             clf = load_calibrated(calibrated_path(settings), tiers, embedder) or default_classifier(embedder)
@@ -747,9 +762,8 @@ class GatewayRouter:
         return decision.model
 
 
-def gateway_router(settings: Settings, client: Any) -> GatewayRouter | None:
-    """The gateway's hook: a router when `[routing] tiers` are configured, else None (then the
-    model name `auto` is refused with a hint)."""
-    if not settings.routing.tiers:
-        return None
+def gateway_router(settings: Settings, client: Any) -> GatewayRouter:
+    """The gateway's hook. `auto` means the same everywhere (CLI `run auto`, `route ask`, `batch
+    auto`, the gateway): the tier the router picks among `[routing] tiers`, or the default model
+    when no tiers are configured (one tier)."""
     return GatewayRouter(Router.from_settings(client, settings))

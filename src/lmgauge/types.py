@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import InvalidOptionError
+from .limits import check_option
 
 Role = Literal["system", "user", "assistant", "tool"]
 DoneReason = Literal["stop", "length", "cancel", "error"]
@@ -93,6 +94,17 @@ class Options:
     # accepted so Ollama clients work unchanged, passed through to remote engines.
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """One set of ranges (limits.py) for the library, the CLI and the gateway, however the
+        options were built (from_dict, the constructor, merged)."""
+        for f in dataclasses.fields(self):
+            if f.name not in ("extra", "stop"):
+                check_option(f.name, getattr(self, f.name))
+        for name, value in self.extra.items():
+            check_option(name, value)
+        if any(not s for s in self.stop):
+            raise InvalidOptionError("option 'stop' must not contain empty strings")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Options:
         """Build options from an Ollama-style dict, converting and checking each value."""
@@ -110,6 +122,7 @@ class Options:
                 )
             if value is None:
                 continue
+            check_option(name, value)  # before conversion: the message shows the value as given
             if name in own:
                 kwargs[name] = _convert_option(name, value, own[name].type)
             else:

@@ -98,6 +98,13 @@ class CostFit:
     r2: float
     n: int
     exponent: float | None
+    points: int = 0  # distinct context sizes (the fit has 3 parameters)
+
+    @property
+    def exact(self) -> bool:
+        """3 parameters through 3 context sizes: the curve meets every size's mean by construction,
+        so R² only reflects the spread of repetitions at each size, not how well the shape fits."""
+        return self.points <= 3
 
     def predict(self, n: float) -> float:
         return self.a + self.b * n + self.c * n * n
@@ -107,7 +114,7 @@ class CostFit:
         return self.c * n * n / total if total > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "exact": self.exact}
 
 
 def fit_cost_curve(n_tokens: list[float], values: list[float]) -> CostFit:
@@ -126,7 +133,7 @@ def fit_cost_curve(n_tokens: list[float], values: list[float]) -> CostFit:
     exponent = None
     if positive.sum() >= 2 and len(set(x[positive].tolist())) >= 2:
         exponent = float(np.polyfit(np.log(x[positive]), np.log(y[positive]), 1)[0])
-    return CostFit(float(a), float(b), float(c), r2, len(x), exponent)
+    return CostFit(float(a), float(b), float(c), r2, len(x), exponent, points=len(set(x.tolist())))
 
 
 # --- load curves -----------------------------------------------------------------------------------
@@ -162,9 +169,14 @@ class Comparison:
     median_b: float | None
     delta: float | None  # (median_b - median_a) / median_a
     p_value: float | None
-    ci_low: float | None  # bootstrap CI of delta
+    ci_low: float | None  # bootstrap CI of delta; None when there are too few samples to mean anything
     ci_high: float | None
     significant: bool
+    # The smallest p-value the two-sided Mann-Whitney U test can give with these sample sizes
+    # (2 / C(n_a + n_b, n_a)): at 2 vs 2 it is 0.33, so no difference could ever be significant.
+    min_p: float | None = None
+    too_few: bool = False  # min_p >= alpha: the test cannot decide at this n; no verdict, no interval
+    agree: bool = True  # the test and the interval say the same (both significant, or both not)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,20 +187,30 @@ def compare_samples(
 ) -> Comparison:
     """Is B different from A? Significant when the two-sided Mann-Whitney U test gives p < alpha
     (rank-based: no normality assumed, robust to outliers, the test benchstat uses) and the
-    bootstrap CI of the delta excludes 0 (both agree, so a verdict never contradicts its CI)."""
+    bootstrap CI of the delta excludes 0 (both agree, so a verdict never contradicts its CI).
+
+    With so few samples that the test could not reach alpha whatever the data (`too_few`), there
+    is no verdict and no interval: a bootstrap interval over 2 values per side only shows how
+    those values fell. When the test and the interval disagree, `agree` is False (the verdict is
+    then "unclear", never "no change")."""
+    import math
+
     xa, xb = np.asarray(clean(a)), np.asarray(clean(b))
     if len(xa) == 0 or len(xb) == 0:
         return Comparison(len(xa), len(xb), None, None, None, None, None, None, False)
     ma, mb = float(np.median(xa)), float(np.median(xb))
     delta = (mb - ma) / ma if ma else None
-    p = None
-    if len(xa) >= 2 and len(xb) >= 2:
-        from scipy.stats import mannwhitneyu  # imported here: scipy takes a while to load
+    min_p = min(1.0, 2 / math.comb(len(xa) + len(xb), len(xa)))
+    if min_p >= alpha:
+        return Comparison(len(xa), len(xb), ma, mb, delta, None, None, None, False, min_p=min_p, too_few=True)
+    from scipy.stats import mannwhitneyu  # imported here: scipy takes a while to load
 
-        p = float(mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
+    p = float(mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
     lo, hi = bootstrap_delta_ci(xa, xb, conf=1 - alpha, n_boot=n_boot, seed=seed) if ma else (None, None)
     ci_excludes_zero = lo is None or hi is None or lo > 0 or hi < 0
-    return Comparison(len(xa), len(xb), ma, mb, delta, p, lo, hi, p is not None and p < alpha and ci_excludes_zero)
+    test_says = p < alpha
+    return Comparison(len(xa), len(xb), ma, mb, delta, p, lo, hi, test_says and ci_excludes_zero, min_p=min_p,
+                      agree=test_says == ci_excludes_zero)
 
 
 def bootstrap_delta_ci(

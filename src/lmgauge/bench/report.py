@@ -248,8 +248,14 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
     if fit:
         which = "prefill" if "prefill_fit" in a else "TTFT"
         at = fit["at_largest"]
+        points = fit.get("points")
+        if fit.get("exact"):  # runs stored before `exact` existed show their R² as before
+            quality = (f"{points} context sizes for 3 parameters: the curve passes through them by construction, "
+                       "so R² says nothing about the shape; sweep 4 or more sizes to test it")
+        else:
+            quality = f"R² {fit['r2']:.3f} over {fit['n']} samples" + (f" at {points} context sizes" if points else "")
         notes.append(f"{which} time fit: {fit['a']:.4g} ms + {fit['b']:.4g} ms x n + {fit['c']:.3g} ms x n² "
-                     f"(n = prompt tokens; R² {fit['r2']:.3f} over {fit['n']} samples)")
+                     f"(n = prompt tokens; {quality})")
         if at["quadratic_share"] is not None:
             notes.append(f"at {at['tokens']:.0f} tokens the n² term is {at['quadratic_share']:.0%} of the {which} time")
         if fit["exponent"] is not None:
@@ -542,7 +548,8 @@ def _plot_sweep(run: Run, axes: Any) -> None:
     if fit and xs:
         grid = np.linspace(0, max(xs) * 1.05, 200)
         ax.plot(grid, fit["a"] + fit["b"] * grid + fit["c"] * grid**2, "-",
-                label=f"fit a + bn + cn² (R² {fit['r2']:.3f})")
+                label="fit a + bn + cn² (exact through 3 sizes)" if fit.get("exact")
+                else f"fit a + bn + cn² (R² {fit['r2']:.3f})")
         ax.plot(grid, fit["a"] + fit["b"] * grid, ":", label="linear part a + bn")
         theory = a.get("theory", {})
         if theory.get("c_theory") is not None:

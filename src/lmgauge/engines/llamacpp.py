@@ -30,9 +30,9 @@ from ..errors import (
     ContextOverflowError,
     EngineError,
     InsufficientMemoryError,
-    InvalidOptionError,
     ModelFileError,
 )
+from ..limits import check_context, check_prompt_fits
 from ..models import GGUFInfo, inspect_gguf, local_models
 from ..sizing import MemoryEstimate, estimate, format_size, parse_size
 from ..types import (
@@ -118,11 +118,16 @@ class Runner:
                 "(out of memory? try a smaller num_ctx, see `lmgauge size`)"
             )
         self.vocab = L.llama_model_get_vocab(self.model)
-        self.n_ctx_seq = L.llama_n_ctx(self.ctx) // self.n_slots
+        # llama.cpp pads the context to a multiple of 256 cells but clamps n_batch to the n_ctx
+        # it was asked for: the window is what was asked (num_ctx 400 is a 400-token window, not
+        # 512), and prompts go to llama_decode in chunks of the n_batch it really has. A larger
+        # batch aborts the process (GGML_ASSERT n_tokens_all <= n_batch).
+        self.n_ctx_seq = min(num_ctx, L.llama_n_ctx(self.ctx) // self.n_slots)
+        n_batch = L.llama_n_batch(self.ctx)
         self.threads = threads
         self.template = make_template(self.info, self.vocab)
         self.scheduler = (
-            None if embedding else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, cparams.n_batch)
+            None if embedding else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, n_batch)
         )
         self.lock = threading.Lock()  # serialises embedding calls
         self.users = 0
@@ -274,13 +279,7 @@ class LlamaCppEngine:
     def _num_ctx(self, path: str, options: Options) -> int:
         if options.num_ctx is None:
             return self.default_num_ctx(path)
-        trained = inspect_gguf(path).n_ctx_train
-        if options.num_ctx < 16:
-            raise InvalidOptionError(f"num_ctx {options.num_ctx} is too small (minimum 16)")
-        if trained and options.num_ctx > trained:
-            raise InvalidOptionError(
-                f"num_ctx {options.num_ctx} exceeds the model's trained context of {trained} tokens"
-            )
+        check_context(options.num_ctx, inspect_gguf(path).n_ctx_train)
         return options.num_ctx
 
     def acquire(self, path: str, options: Options, embedding: bool = False) -> tuple[Runner, int]:
@@ -378,8 +377,7 @@ class LlamaCppEngine:
         try:
             tokens = make_prompt(runner)
             window = runner.n_ctx_seq
-            if len(tokens) >= window:
-                raise ContextOverflowError(len(tokens), window)
+            check_prompt_fits(len(tokens), window)
             room = window - len(tokens)
             limit = options.num_predict if options.num_predict and options.num_predict > 0 else room
             sampler = Sampler(runner.vocab, options, grammar)
@@ -431,7 +429,7 @@ class LlamaCppEngine:
             with runner.lock:
                 for text in inputs:
                     tokens = tokenize(runner.vocab, text, True, parse_special=False)  # client text
-                    if len(tokens) > runner.n_ctx_seq:
+                    if len(tokens) > runner.n_ctx_seq:  # an embedding fills the window exactly: no output token
                         raise ContextOverflowError(len(tokens), runner.n_ctx_seq, what="embedding input")
                     n_tokens += len(tokens)
                     vectors.append(_embed_one(runner, tokens))

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..errors import ContextOverflowError
+from ..limits import check_prompt_fits
 from ..types import ChatRequest, GenerateRequest, Message
 
 HEADER = "X-Lmgauge-Context"
@@ -71,27 +72,26 @@ def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int 
     tokens = backend.prompt_tokens(request)
     if tokens is None or window is None:
         return Verdict(tokens, window)
+    if policy != "compact" or not isinstance(request, ChatRequest):
+        check_prompt_fits(tokens, window)  # the rule the engine and the CLI apply: refused, never truncated
+        return Verdict(tokens, window)
     if tokens < window:
         return Verdict(tokens, window)
-    if policy == "compact" and isinstance(request, ChatRequest):
-        if compactor is None:
-            raise ContextOverflowError(tokens, window, what="prompt (compaction is configured but the context "
-                                       "package is not available)")
+    if compactor is None:
+        raise ContextOverflowError(tokens, window, what="prompt (compaction is configured but the context "
+                                   "package is not available)")
 
-        def count(messages: list[Message]) -> int:
-            trial = ChatRequest(model=request.model, messages=messages, tools=request.tools)
-            return backend.prompt_tokens(trial) or 0
+    def count(messages: list[Message]) -> int:
+        trial = ChatRequest(model=request.model, messages=messages, tools=request.tools)
+        return backend.prompt_tokens(trial) or 0
 
-        budget = window - max(window // 8, 1)  # leave room to answer
-        try:
-            compacted = compactor(list(request.messages), budget, count)
-        except ContextOverflowError:  # its numbers are the inner budget's: report the request's own
-            raise ContextOverflowError(tokens, window, what="prompt (the system prompt and the last turn alone "
-                                       "do not fit, so compaction cannot help)") from None
-        after = count(compacted)
-        if after >= window:
-            raise ContextOverflowError(after, window, what="prompt after compaction")
-        request.messages = compacted
-        return Verdict(after, window, compacted=True)
-    raise ContextOverflowError(tokens, window)
-
+    budget = window - max(window // 8, 1)  # leave room to answer
+    try:
+        compacted = compactor(list(request.messages), budget, count)
+    except ContextOverflowError:  # its numbers are the inner budget's: report the request's own
+        raise ContextOverflowError(tokens, window, what="prompt (the system prompt and the last turn alone "
+                                   "do not fit, so compaction cannot help)") from None
+    after = count(compacted)
+    check_prompt_fits(after, window, what="prompt after compaction")
+    request.messages = compacted
+    return Verdict(after, window, compacted=True)

@@ -8,7 +8,6 @@ sends can make the gateway answer 500.
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 import orjson
@@ -158,25 +157,12 @@ def parse_format(value: Any) -> Format:
     raise InvalidOptionError(f"format must be \"json\" or a JSON schema object, not {value!r:.60}")
 
 
-# Ranges llama.cpp's samplers accept; outside them a value is a mistake, not a request.
-_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "top_k": (0, 1 << 31),
-    "repeat_penalty": (0.0, 100.0), "repeat_last_n": (-1, 1 << 31), "presence_penalty": (-100.0, 100.0),
-    "frequency_penalty": (-100.0, 100.0), "num_ctx": (1, 1 << 31), "num_predict": (-2, 1 << 31),
-    "seed": (-(1 << 63), (1 << 64) - 1), "num_thread": (0, 1 << 16), "num_batch": (1, 1 << 31),
-}
-
-
 def parse_options(value: Any) -> Options:
+    """Ollama's `options`: names and ranges are checked by Options.from_dict (limits.py), the
+    same rules the library and the CLI apply."""
     if value is not None and not isinstance(value, dict):
         raise InvalidOptionError("options must be an object of name: value")
     options = Options.from_dict(value)
-    for name, (low, high) in _RANGES.items():
-        v = getattr(options, name)
-        if v is None:
-            continue
-        if isinstance(v, float) and not math.isfinite(v) or not low <= v <= high:
-            raise InvalidOptionError(f"option {name!r} is out of range: {v!r}")
-    if any(not s for s in options.stop):
+    if any(not s for s in options.stop):  # an empty stop string would end every answer at once
         raise InvalidOptionError("option 'stop' must not contain empty strings")
     return options
