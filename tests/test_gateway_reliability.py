@@ -211,6 +211,8 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
     with GatewayServer(Settings(home=tmp_path, parallel=1)) as srv:
         long = {"model": "smollm2", "messages": [{"role": "user", "content": "Count from 1 to 5000."}],
                 "stream": False, "options": {"num_predict": 3000, "temperature": 0}}
+        warm = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 1}}, timeout=120)
+        assert warm.status_code == 200  # loaded: the next requests reach the engine at once
         _hang_up(srv.url, "/api/chat", long, after=1.5)
         _hang_up(srv.url, "/v1/chat/completions", {**long, "max_tokens": 3000}, after=1.5)
 
@@ -221,9 +223,13 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
             return bool(runners) and all(m.details["active"] == 0 for m in runners) and \
                 len(gauges) == 1 and all(g["in_flight"] == 0 for g in gauges.values())
 
-        assert wait_for(idle, timeout=20)  # 3000 tokens take far longer than this on CPU
-        rows = log_rows(srv, 2)
-        assert [r["status"] for r in rows] == ["cancel", "cancel"]
+        def state() -> str:
+            engines = {id(b.engine): b.engine for b in srv.gateway._engines.values()}
+            return f"{[m.details for e in engines.values() for m in e.loaded()]} {srv.gateway.gauges()['models']}"
+
+        assert wait_for(idle, timeout=60), state()  # 2 x 3000 tokens take far longer than this on CPU
+        rows = log_rows(srv, 3)
+        assert [r["status"] for r in rows] == ["cancel", "cancel", "ok"]
         r = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 4}}, timeout=60)
         assert r.status_code == 200 and r.json()["eval_count"] <= 4
 
