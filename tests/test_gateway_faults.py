@@ -120,9 +120,11 @@ def test_slow_stream_after_first_token_is_cut_by_the_total_timeout(tmp_path, stu
         assert lines[0]["message"]["content"] == "The" and "within 1s" in lines[-1]["error"]
 
 
-def _serve(tmp_path: Path, stub_url: str, port: int, extra: str = "", ollama_host: bool = False) -> subprocess.Popen:
+def _serve(tmp_path: Path, stub_url: str, port: int, extra: str = "", ollama_host: bool = False,
+           upstream_extra: str = "") -> subprocess.Popen:
     config = tmp_path / "config.toml"
-    config.write_text(f"[gateway]\n{extra}\n[[gateway.upstreams]]\nmodel = \"stub\"\nurls = [\"{stub_url}\"]\n")
+    config.write_text(f"[gateway]\n{extra}\n[[gateway.upstreams]]\nmodel = \"stub\"\nurls = [\"{stub_url}\"]\n"
+                      f"{upstream_extra}\n")
     env = {**os.environ, "LMGAUGE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("OLLAMA_HOST", None)
     args = [sys.executable, "-m", "lmgauge", "serve", "--config", str(config)]

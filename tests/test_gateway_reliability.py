@@ -211,6 +211,8 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
     with GatewayServer(Settings(home=tmp_path, parallel=1)) as srv:
         long = {"model": "smollm2", "messages": [{"role": "user", "content": "Count from 1 to 5000."}],
                 "stream": False, "options": {"num_predict": 3000, "temperature": 0}}
+        warm = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 1}}, timeout=120)
+        assert warm.status_code == 200  # loaded: the next requests reach the engine at once
         _hang_up(srv.url, "/api/chat", long, after=1.5)
         _hang_up(srv.url, "/v1/chat/completions", {**long, "max_tokens": 3000}, after=1.5)
 
@@ -221,9 +223,13 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
             return bool(runners) and all(m.details["active"] == 0 for m in runners) and \
                 len(gauges) == 1 and all(g["in_flight"] == 0 for g in gauges.values())
 
-        assert wait_for(idle, timeout=20)  # 3000 tokens take far longer than this on CPU
-        rows = log_rows(srv, 2)
-        assert [r["status"] for r in rows] == ["cancel", "cancel"]
+        def state() -> str:
+            engines = {id(b.engine): b.engine for b in srv.gateway._engines.values()}
+            return f"{[m.details for e in engines.values() for m in e.loaded()]} {srv.gateway.gauges()['models']}"
+
+        assert wait_for(idle, timeout=60), state()  # 2 x 3000 tokens take far longer than this on CPU
+        rows = log_rows(srv, 3)
+        assert [r["status"] for r in rows] == ["cancel", "cancel", "ok"]
         r = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 4}}, timeout=60)
         assert r.status_code == 200 and r.json()["eval_count"] <= 4
 
@@ -243,7 +249,7 @@ def test_shutdown_past_its_grace_ends_each_stream_with_an_error_event(tmp_path):
     node = ollama_stub()
     node.faults.hang_after = 3  # three tokens, then silence with the connection open
     port = free_port()
-    proc = _serve(tmp_path, node.url, port, extra="shutdown_grace = 1")
+    proc = _serve(tmp_path, node.url, port, extra="shutdown_grace = 1", upstream_extra="max_concurrency = 2")
     started = threading.Barrier(3)
     got: dict[str, list[str]] = {}
 
@@ -267,8 +273,14 @@ def test_shutdown_past_its_grace_ends_each_stream_with_an_error_event(tmp_path):
         for t in threads:
             t.start()
         started.wait(timeout=30)
+        queued: list[httpx.Response] = []  # a third request waits for one of the two slots
+        third = threading.Thread(target=lambda: queued.append(httpx.post(
+            f"http://127.0.0.1:{port}/api/chat", json={**CHAT, "stream": False}, timeout=30)))
+        third.start()
+        assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/lmgauge/stats").json()
+                        ["gauges"]["stub"]["queued"] == 1)
         proc.send_signal(signal.SIGTERM)
-        for t in threads:
+        for t in [*threads, third]:
             t.join(30)
         assert proc.wait(30) in (0, -signal.SIGTERM)
     finally:
@@ -282,10 +294,12 @@ def test_shutdown_past_its_grace_ends_each_stream_with_an_error_event(tmp_path):
     events = [line[6:] for line in got["/v1/chat/completions"] if line.startswith("data: ")]
     assert "shutting down" in json.loads(events[-1])["error"]["message"] and "[DONE]" not in events
     assert "Traceback" not in stderr and "Cancel" not in stderr, stderr
-    cut_lines = [line for line in stderr.splitlines() if line.startswith("shutdown: cut")]
-    assert len(cut_lines) == 2 and all("after 3 chunks sent" in line for line in cut_lines), stderr
+    assert queued[0].status_code == 503 and "shutting down" in queued[0].json()["error"]
+    cut_lines = [line for line in stderr.splitlines() if line.startswith("shutdown:")]
+    assert len(cut_lines) == 3, stderr
+    assert sum("after 3 chunks sent" in line for line in cut_lines) == 2
     rows = Store(tmp_path / "lmgauge.db").requests(source="gateway")
-    assert len(rows) == 2 and all(r["status"] == "error" and r["output_tokens"] == 3 for r in rows)
+    assert sorted(r["output_tokens"] for r in rows) == [0, 3, 3] and all(r["status"] == "error" for r in rows)
     assert all("shutting down" in r["error"] for r in rows)
 
 

@@ -251,7 +251,7 @@ class Gateway:
                     asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor))
             admission = self._admission_for(backend)
             self._asked(name, backend)
-            await admission.acquire(self.settings.gateway.request_timeout)
+            await self._admit(admission)
         except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
             self._record(api, request.model, backend, None, "cancel", None, arrived, None, None)
             raise
@@ -274,6 +274,25 @@ class Gateway:
         except TimeoutError:
             raise RequestTimeoutError(f"{what} took longer than the request timeout of {timeout:g}s "
                                       "(gateway.request_timeout)") from None
+
+    async def _admit(self, admission: Admission) -> None:
+        """Take a slot; a shutdown whose grace runs out ends the wait in the queue too."""
+        if self.cutoff.cutting:
+            raise ShuttingDownError("the gateway is shutting down")
+        waiting = asyncio.timeout(None)
+        self.cutoff.timers.add(waiting)
+        try:
+            async with waiting:
+                await admission.acquire(self.settings.gateway.request_timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, LmgaugeError):
+                raise  # the queue's own timeout
+            log.warning("shutdown: refused a request for %s still waiting in the queue (gateway.shutdown_grace "
+                        "%gs ran out)", admission.name, self.settings.gateway.shutdown_grace)
+            raise ShuttingDownError(f"{admission.name}: the gateway is shutting down and its grace period ran out "
+                                    "while this request waited in the queue") from None
+        finally:
+            self.cutoff.timers.discard(waiting)
 
     def _release(self, p: Prepared) -> None:
         if not p.released:
