@@ -473,8 +473,10 @@ def show_rows(info: Any) -> list[tuple[str, str]]:
     """`show` as a person reads it: one name row, sizes and counts in units, unset values left out."""
     rows = [("name", info.name), ("source", info.source)] + ([("path", info.path)] if info.path else [])
     for key, value in info.details.items():
-        if key in ("template", "modelfile", "license", "name") or value is None:
+        if key in ("template", "modelfile", "license") or value is None:
             continue
+        if key == "name":  # the name written inside the GGUF, not a second "name" row
+            key = "gguf name"
         if key.endswith("size") and isinstance(value, int):
             value = _size(value)
         elif key in ("parameters", "parameter_count") and isinstance(value, int):
