@@ -142,7 +142,7 @@ class Canonicaliser:
     Embedding matching only runs when words do not decide, and only above `min_similarity`:
     a name close to nothing stays its own slot rather than being forced into a wrong one."""
 
-    def __init__(self, embedder: Embedder | None = None, min_similarity: float = 0.8):
+    def __init__(self, embedder: Embedder | None = None, min_similarity: float = 0.7):
         self.embedder = embedder
         self.min_similarity = min_similarity
         self._names: list[tuple[str, str]] = [(s.key, s.key) for s in VOCABULARY]
@@ -171,10 +171,16 @@ class Canonicaliser:
         for other in existing:
             if same_slot(other, key):
                 return other
-        # 3. a vocabulary key by words ("current home city" ~ "home city")
+        # 3. a vocabulary key by words ("current home city" ~ "home city"), else the longest
+        #    alias whose words it contains ("city of residence" ~ "city", "workplace name")
         for canon in BY_KEY:
             if canon != NOTE and same_slot(canon, key):
                 return canon
+        contained = [(len(key_words(alias)), canon) for alias, canon in self._names
+                     if canon != NOTE and key_words(alias) and key_words(alias) <= words
+                     and key_words(alias) - _GENERIC]
+        if contained:
+            return max(contained, key=lambda c: c[0])[1]
         # 4. embeddings: the nearest vocabulary name or existing key, if near enough
         if self.embedder is not None:
             names = list(self._names) + [(k, k) for k in existing]
