@@ -272,7 +272,6 @@ class Conversation:
             waited = time.perf_counter()
             prepared.compaction = self._take_compaction(wait=True) or prepared.compaction
             prepared.waited_ms = (time.perf_counter() - waited) * 1000
-            self.waits += 1
             messages, prepared.recalled, prepared.retrieved = self._build(text, turn)
             before = self.window.measure(self.system_message() + self.history + [messages[-1]])
             prepared.before = before
@@ -288,9 +287,7 @@ class Conversation:
                 self._compacting is not None or not self.window.measure(messages).over):
             reason = None  # it fits: compact after the answer, in the background (see commit)
         if reason:
-            if self.background is not None:
-                self.waits += 1  # nothing in flight and it does not fit: compacting now is a wait
-                waited = time.perf_counter()
+            waited = time.perf_counter()  # with background work: nothing in flight helps, a wait
             plain = self.system_message() + self.history + [Message("user", text)]
             result = compact(
                 plain, self.cfg.strategy, self.window,  # type: ignore[arg-type]
@@ -310,6 +307,7 @@ class Conversation:
             messages, prepared.recalled, prepared.retrieved = self._build(text, turn)
             if self.background is not None:
                 prepared.waited_ms += (time.perf_counter() - waited) * 1000
+        self.waits += prepared.waited_ms > 0  # turns that waited for memory work
         prepared.messages = messages
         if self.background is not None:
             prepared.warnings += self.background.take_warnings()
