@@ -72,6 +72,10 @@ def test_a_retraction_ends_the_value_and_history_stays_queryable(memory):
     (old,) = memory.list(status=None)
     assert old.status == "retracted" and old.ended_turn == 9 and old.superseded_by is None
     assert memory.recall("What car do I drive?", ServerTokens(), 500) == []
+    # A retraction finds the value the message names even where the model misfiled it.
+    memory.remember(None, "pet", "Skoda")
+    sold = memory.remember(None, "car", "Skoda", op="delete", source_text="I sold my Skoda; I don't own a car.")
+    assert [m.key for m in sold.replaced] == ["pet"] and memory.current() == []
     # Retracting what was never stored changes nothing.
     assert memory.remember(None, "pet", "hamster", op="delete").replaced == []
 

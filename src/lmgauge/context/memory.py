@@ -348,7 +348,8 @@ class Memory:
             named = [m for m in held if m.key != key and source_text and mentions(source_text, m.value)
                      and not same_value(m.value, value)] if op != "add" else []
             if op == "delete":
-                same += [m for m in named if same_value(m.value, value)]
+                same += [m for m in held if m.key != key and same_value(m.value, value)
+                         and source_text and mentions(source_text, m.value)]
                 for m in same:
                     self._end(db, m.id, "retracted", None, ended)
                 return Remembered(same[0] if same else MemoryItem(0, kind, key, value, confidence, "retracted", 0,
