@@ -256,6 +256,11 @@ class Conversation:
         turn = self.turn + 1
         t0 = time.perf_counter()
         applied = self._take_compaction(wait=False)
+        if self.pinned and self.memory is not None:
+            # A pinned memory that was replaced since the compaction leaves the system prompt
+            # (its new value is recalled instead): the prompt never states a stale value as known.
+            current = {m.id for m in self.memory.current()}
+            self.pinned = [m for m in self.pinned if m.id in current]
         alone = self.counter.count([Message("user", text)])
         if alone > self.window.limit:
             raise ContextOverflowError(
