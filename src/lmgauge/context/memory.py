@@ -139,10 +139,11 @@ EXTRACTION_SCHEMA: dict[str, Any] = extraction_schema([s.key for s in VOCABULARY
 EXTRACTION_PROMPT = """You extract long-term memories from one message a user wrote.
 A memory is a fact (name, city, job, family, pets, car...), a preference (likes, diet, habits) \
 or a decision (plans, appointments, choices). For each one give:
-- op: "add" for something new, "update" when it replaces what was true before, "delete" when \
-the user says it is no longer true;
+- op: "add" for something new, "update" when a new value replaces what was true before (give \
+only the new value), "delete" when the user says something is no longer true and nothing replaces it;
 - subject: "user" when it is about the user, else who it is about ("friend", "sister", "boss");
-- key: the slot, one of the allowed keys ("other" if none fits);
+- key: the slot, one of the allowed keys ("other" if none fits). job is what the user does \
+(nurse), employer the company; a dog's or cat's name goes in dog name or cat name, other animals in pet;
 - value: the value in the user's own words (for delete: the value that is no longer true).
 Examples:
 "We moved from Rome to Madrid." -> {"memories": [{"op": "update", "subject": "user", "key": "home city", \
