@@ -76,6 +76,10 @@ def test_a_retraction_ends_the_value_and_history_stays_queryable(memory):
     memory.remember(None, "pet", "Skoda")
     sold = memory.remember(None, "car", "Skoda", op="delete", source_text="I sold my Skoda; I don't own a car.")
     assert [m.key for m in sold.replaced] == ["pet"] and memory.current() == []
+    # "I no longer have a dog": the value names the slot, whatever the model filed it under.
+    memory.remember(None, "dog name", "Nala")
+    no_dog = memory.remember(None, "pet", "dog", op="delete", source_text="Sadly Nala died; I no longer have a dog.")
+    assert [m.value for m in no_dog.replaced] == ["Nala"] and memory.current() == []
     # Retracting what was never stored changes nothing.
     assert memory.remember(None, "pet", "hamster", op="delete").replaced == []
 

@@ -351,6 +351,9 @@ class Memory:
             if op == "delete":
                 same += [m for m in held if m.key != key and same_value(m.value, value)
                          and source_text and mentions(source_text, m.value)]
+                # "I no longer have a dog" (value "dog"): the value names a slot; its values end.
+                named_slot = self.slots.canonical(value, [m.key for m in held])
+                same += [m for m in held if m.key == named_slot and m not in same]
                 for m in same:
                     self._end(db, m.id, "retracted", None, ended)
                 return Remembered(same[0] if same else MemoryItem(0, kind, key, value, confidence, "retracted", 0,
