@@ -414,8 +414,8 @@ def evaluate(
         "hybrid": ("hybrid", num_ctx, "model"),
         "hybrid (oracle memories)": ("hybrid", num_ctx, "oracle"),
         # Without "(changed from X on turn N)" on recalled memories: does the note help?
-        "hybrid (no change notes)": ("hybrid", num_ctx, "model"),
-        "hybrid (oracle memories, no change notes)": ("hybrid", num_ctx, "oracle"),
+        "hybrid (without change notes)": ("hybrid", num_ctx, "model"),
+        "hybrid (oracle memories without change notes)": ("hybrid", num_ctx, "oracle"),
     }
     report: dict[str, Any] = {"model": model, "seed": seed, "turns": turns, "conversations": conversations,
                               "num_ctx": num_ctx, "full_ctx": full_ctx, "answer": answer, "runs": []}
@@ -425,7 +425,7 @@ def evaluate(
             strategy, ctx, memory_mode = plan[name]
             run = run_strategy(client, model, synth, name, strategy, ctx, base=base, embedder=embedder,
                                memory_mode=memory_mode, answer=answer and name != "keep-everything (same window)",
-                               progress=progress, history_notes="no change notes" not in name)
+                               progress=progress, history_notes="without change notes" not in name)
             report["runs"].append({"conversation": c, "seed": seed + c, **run.summary(),
                                    "extraction": run.extraction, "supersession": run.supersession,
                                    "tokens": run.tokens, "uncompacted": run.uncompacted,

@@ -15,8 +15,8 @@ def _pct(value: float | None) -> str:
 
 SHORT = {"keep-everything": "keep all", "keep-everything (same window)": "keep all, same window",
          "truncation": "truncation", "summarize": "summarize", "hybrid": "hybrid memory",
-         "hybrid (oracle memories)": "hybrid, oracle memories", "hybrid (no change notes)": "hybrid, no change notes",
-         "hybrid (oracle memories, no change notes)": "oracle, no change notes"}
+         "hybrid (oracle memories)": "hybrid, oracle memories", "hybrid (without change notes)": "hybrid, no change notes",
+         "hybrid (oracle memories without change notes)": "oracle, no change notes"}
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
