@@ -614,7 +614,8 @@ def eval_context(
     from .embedding import ClientEmbedder, wordllama_embedder
 
     plan_names = ("keep-everything", "keep-everything (same window)", "truncation", "summarize", "hybrid",
-                  "hybrid (oracle memories)", "hybrid (without change notes)", "hybrid (oracle memories without change notes)")
+                  "hybrid (oracle memories)", "hybrid (without change notes)",
+                  "hybrid (oracle memories without change notes)")
     defaults = plan_names[:6]
     chosen = tuple(s.strip() for s in strategies.split(",")) if strategies else defaults
     models = [m.strip() for m in model.split(",") if m.strip()]

@@ -385,8 +385,9 @@ class Conversation:
             memory_tokens=self._budgets()[0], reason=reason + " (after the answer)", store=self.store,
             conversation=self.id, model=self.model,
         )
+        strategy = self.cfg.strategy
         job = self.background.submit(
-            "compaction", turn, lambda: compact(snapshot, self.cfg.strategy, self.window, **kwargs))  # type: ignore[arg-type]
+            "compaction", turn, lambda: compact(snapshot, strategy, self.window, **kwargs))  # type: ignore[arg-type]
         self._compacting = (job, n_history)
 
     def _take_compaction(self, wait: bool) -> CompactionResult | None:

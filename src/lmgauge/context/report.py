@@ -15,7 +15,8 @@ def _pct(value: float | None) -> str:
 
 SHORT = {"keep-everything": "keep all", "keep-everything (same window)": "keep all, same window",
          "truncation": "truncation", "summarize": "summarize", "hybrid": "hybrid memory",
-         "hybrid (oracle memories)": "hybrid, oracle memories", "hybrid (without change notes)": "hybrid, no change notes",
+         "hybrid (oracle memories)": "hybrid, oracle memories",
+         "hybrid (without change notes)": "hybrid, no change notes",
          "hybrid (oracle memories without change notes)": "oracle, no change notes"}
 
 
@@ -40,7 +41,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                        f"{s['compaction_ms_mean'] / 1000:.1f}" if s["compaction_ms_mean"] else "-")
     console.print(needles)
     console.print(tokens)
-    memory = [s for s in report["strategies"] if s["supersession_accuracy"] is not None or s["extraction_precision"] is not None]
+    memory = [s for s in report["strategies"]
+              if s["supersession_accuracy"] is not None or s["extraction_precision"] is not None]
     if memory:
         table = Table("strategy", "extraction P / R", "misfiled", "supersession", "stale as current", "answer ok",
                       "stale answers", "other's value", "added p50 / p95", "answer p50", "p95 share", "waits",
