@@ -595,7 +595,8 @@ def eval_context(
                                                  "(default: the model's trained context, at most 8192).")] = None,
     strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of: keep-everything, "
                                                    "keep-everything (same window), truncation, summarize, hybrid, "
-                                                   "hybrid (oracle memories).")] = None,
+                                                   "hybrid (oracle memories); also hybrid (without change notes), "
+                                                   "hybrid (oracle memories without change notes).")] = None,
     answers: Annotated[bool, typer.Option(help="Ask the model the questions (--no-answers: score only "
                                           "whether the answer reached the prompt).")] = True,
     retrieval: Annotated[bool, typer.Option(help="Run the document retrieval part.")] = True,
