@@ -91,9 +91,14 @@ def test_an_update_replaces_the_value_it_names_even_in_another_slot(memory):
                             source_text="We relocated from Dublin to Tallinn.")
     assert [m.id for m in moved.replaced] == [misfiled.id]
     assert [m.text for m in memory.current()] == ["home city: Tallinn"]
+    # The model chose "add" for a change and another slot: the message says it changed.
+    memory.remember(None, "morning drink", "oat latte")
+    switched = memory.remember(None, "favorite food", "hot chocolate",
+                               source_text="I've switched from oat latte to hot chocolate in the mornings.")
+    assert [m.value for m in switched.replaced] == ["oat latte"]
     # An addition that mentions another value replaces nothing outside its slot.
     memory.remember(None, "hobby", "hiking", source_text="I go hiking near Tallinn.")
-    assert {m.value for m in memory.current()} == {"Tallinn", "hiking"}
+    assert {m.value for m in memory.current()} == {"Tallinn", "hiking", "hot chocolate"}
 
 
 def test_other_peoples_facts_never_replace_the_users(memory):
@@ -104,6 +109,9 @@ def test_other_peoples_facts_never_replace_the_users(memory):
     # "sister" / "name" is the user's slot "sister name", not a fact about a sister's name.
     sister = memory.remember(None, "name", "Ingrid", subject="sister")
     assert (sister.item.subject, sister.item.key) == ("user", "sister name")
+    # A slot written as the subject is the user's slot.
+    review = memory.remember(None, "deadline", "Monday", subject="project review day")
+    assert (review.item.subject, review.item.key) == ("user", "project review day")
 
 
 def test_superseded_history_is_listed_with_what_replaced_it(memory):

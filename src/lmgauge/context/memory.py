@@ -234,6 +234,10 @@ _WORD = re.compile(r"[a-z0-9]+")
 _VALUE_NOISE = {"my", "the", "a", "an", "current", "users", "user", "s", "of", "is", "new", "old"}
 # "I also play the banjo": an addition to a multi-valued slot, not a replacement of the values named.
 _ALSO = re.compile(r"\b(also|too|as well|in addition|another)\b", re.I)
+# Words that say a value changed: a message with one of them and a current value is an update,
+# whatever operation the model chose ("I've switched from oat latte to hot chocolate" as "add").
+_CHANGE = re.compile(r"\b(not|no longer|anymore|any more|instead|now|switched|moved|relocated|changed|"
+                     r"gave up|quit|left|dropped|sold|replaced|stopped)\b", re.I)
 
 
 def _stem(word: str) -> str:
@@ -346,8 +350,9 @@ class Memory:
             # An update or a retraction names what it replaces ("We relocated from Lyon to Dublin",
             # "I sold my Volvo"): a current value the message states is replaced even when the model
             # filed it under another slot (small extractors misfile; the store decides, not them).
+            changing = op != "add" or bool(source_text and _CHANGE.search(source_text))
             named = [m for m in held if m.key != key and source_text and mentions(source_text, m.value)
-                     and not same_value(m.value, value)] if op != "add" else []
+                     and not same_value(m.value, value)] if changing else []
             if op == "delete":
                 same += [m for m in held if m.key != key and same_value(m.value, value)
                          and source_text and mentions(source_text, m.value)]
@@ -612,13 +617,13 @@ def attribute_of(subject: str, key: str) -> tuple[str, str]:
     ("sister name", "employer"). Facts about the other person ("friend" / "home city") stay theirs."""
     if subject == SUBJECT_USER:
         return subject, key
+    if subject in BY_KEY:  # "project review day" / "deadline": the subject is the user's slot
+        return SUBJECT_USER, subject
     words = key_words(key)
     if not words or words <= {"name", "other", "note"}:
         for candidate in (f"{subject} name", subject):
             if candidate in BY_KEY:
                 return SUBJECT_USER, candidate
-    if subject in BY_KEY and same_slot(subject, key):
-        return SUBJECT_USER, subject
     return subject, key
 
 
