@@ -20,8 +20,11 @@ def test_memory_commands_list_search_edit_and_forget(isolated_home):
 
     listed = json.loads(lmgauge("memory", "list", "--json").stdout)
     assert {m["value"] for m in listed} == {"Oslo", "Rex"}
-    history = json.loads(lmgauge("memory", "list", "--all", "--json").stdout)
-    assert {m["value"]: m["status"] for m in history}["Lyon"] == "superseded"
+    memory.remember(None, "car", "Volvo")
+    memory.remember(None, "car", "Volvo", op="delete", source_text="I sold my Volvo.")
+    history = {m["value"]: m for m in json.loads(lmgauge("memory", "list", "--all", "--json").stdout)}
+    assert history["Lyon"]["status"] == "superseded" and history["Lyon"]["superseded_by"] == oslo.id
+    assert history["Volvo"]["status"] == "retracted"
 
     found = json.loads(lmgauge("memory", "search", "where do I live", "--json").stdout)
     assert found[0]["value"] == "Oslo" and all(m["value"] != "Lyon" for m in found)

@@ -115,7 +115,8 @@ def test_tiny_evaluation_separates_retrieval_from_the_model(client, embedder):
     hybrid = run_strategy(client, "smollm2", synth, "hybrid", "hybrid", 512, base=base, embedder=embedder,
                           memory_mode="oracle", answer=False)
     trim = run_strategy(client, "smollm2", synth, "truncation", "trim", 512, base=base, embedder=None, answer=False)
-    assert len(hybrid.questions) == len(trim.questions) == 4
+    # 4 slots; one may be retracted (nothing to ask), the others are asked about.
+    assert len(hybrid.questions) == len(trim.questions) == len(synth.questions) >= 3
     assert hybrid.summary()["in_prompt"] == 1.0 > trim.summary()["in_prompt"]
     assert max(hybrid.tokens) <= hybrid.limit and hybrid.compactions
     assert hybrid.supersession["accuracy"] == 1.0 and hybrid.stale_recalled == 0

@@ -102,9 +102,13 @@ def test_recall_packs_into_the_budget_and_skips_turns_already_in_the_prompt(memo
 
 
 def test_parse_extraction_refuses_what_was_not_asked():
-    assert parse_extraction('{"memories": [{"kind": "fact", "key": "job", "value": "pilot"}]}') == [
-        {"kind": "fact", "key": "job", "value": "pilot"}]
-    for bad in ('{"memories": [', '{"facts": []}', '{"memories": [{"kind": "opinion", "key": "a", "value": "b"}]}'):
+    assert parse_extraction('{"memories": [{"op": "update", "subject": "user", "key": "job", "value": "pilot"}]}') == [
+        {"op": "update", "subject": "user", "key": "job", "value": "pilot"}]
+    # A backend without grammar may leave out op and subject: an addition about the user.
+    assert parse_extraction('{"memories": [{"key": "job", "value": "pilot"}]}') == [
+        {"op": "add", "subject": "user", "key": "job", "value": "pilot"}]
+    for bad in ('{"memories": [', '{"facts": []}', '{"memories": [{"op": "replace", "key": "a", "value": "b"}]}',
+                '{"memories": [{"op": "add", "subject": 3, "key": "a", "value": "b"}]}'):
         with pytest.raises(ValueError):
             parse_extraction(bad)
 
@@ -121,19 +125,20 @@ def _client(settings, url):
 
 
 def test_extraction_sends_the_schema_and_stores_grounded_facts(settings, tmp_path):
-    reply = '{"memories": [{"kind": "fact", "key": "home city", "value": "Oslo"}, ' \
-            '{"kind": "fact", "key": "job", "value": "astronaut"}]}'
+    reply = '{"memories": [{"op": "update", "subject": "user", "key": "home city", "value": "Oslo"}, ' \
+            '{"op": "add", "subject": "user", "key": "job", "value": "astronaut"}]}'
     with RawOllama(reply=reply) as server, _client(settings, server.url) as client:
         memory = Memory(Store(tmp_path / "m.db"))
         out = Extractor(client, "ollama:standin", memory).extract("I moved from Lyon to Oslo.", conversation="c", turn=7)
-        assert server.requests[-1].body["format"] == EXTRACTION_SCHEMA  # constrained by the server
+        # Constrained by the server: the slot is an enum of the vocabulary's keys (none stored yet).
+        assert server.requests[-1].body["format"] == EXTRACTION_SCHEMA
     assert [(r.action, r.item.text, r.item.source_turn) for r in out.stored] == [("new", "home city: Oslo", 7)]
-    assert out.rejected == [{"kind": "fact", "key": "job", "value": "astronaut"}]  # never said
+    assert out.rejected == [{"op": "add", "subject": "user", "key": "job", "value": "astronaut"}]  # never said
     assert out.warnings == [] and out.attempts == 1
 
 
 def test_invalid_json_is_retried_once_then_skipped_with_a_warning(settings, tmp_path):
-    answers = iter(['{"memories": [{"kind": "fact", "key": "dog', '{"memories": [{"kind": "fact", '
+    answers = iter(['{"memories": [{"op": "add", "key": "dog', '{"memories": [{"op": "add", "subject": "user", '
                     '"key": "dog name", "value": "Rex"}]}'])
     with RawOllama(reply=lambda body: next(answers, "not json at all")) as server, _client(settings, server.url) as client:
         memory = Memory(Store(tmp_path / "m.db"))
@@ -220,4 +225,5 @@ def test_memory_rows_survive_a_json_round_trip(memory):
     item = memory.remember("decision", "review day", "Friday", conversation="c", source_turn=2,
                            source_text="Let's meet Friday").item
     data = json.loads(json.dumps(item.to_dict()))
-    assert data["key"] == "review day" and data["source_turn"] == 2 and Path  # noqa: B018
+    # "review day" is filed under the canonical slot "project review day" (slots.py).
+    assert data["key"] == "project review day" and data["source_turn"] == 2 and Path  # noqa: B018

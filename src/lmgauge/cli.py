@@ -5,6 +5,7 @@ Every error a user can cause is a LmgaugeError: printed on one line to stderr, e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -601,6 +602,9 @@ def _turn_report(turn: Any, verbose: bool) -> None:
              f"{b.reserve} reserved for the answer{'' if b.exact else ' (upper bound: no local tokenizer)'}"]
     if p.compaction:
         lines.append(f"  compacted ({p.compaction.reason}): {p.compaction}")
+    if p.memory_ms:
+        lines.append(f"  memory and compaction before the answer: {_ms(p.memory_ms)}"
+                     + (f", of which waiting for background work {_ms(p.waited_ms)}" if p.waited_ms else ""))
     if p.recalled:
         lines.append("  recalled: " + "; ".join(
             r.text if r.source == "memory" else f"(turn {r.turn}) {r.text}" for r in p.recalled))
@@ -650,7 +654,7 @@ def chat(
     # run between turns (each has its own prompt): that is what keeps the time to first token flat.
     settings = load_settings()
     settings.parallel = max(settings.parallel, 2)
-    with Client(settings) as client:
+    with Client(settings) as client, contextlib.ExitStack() as finish:
         client.resolve(model)
         cfg = _context_settings(client, strategy)
         store = Store(client.settings.db_path)
@@ -666,7 +670,8 @@ def chat(
             err.print(f"[dim]{len(index.documents)} documents, {len(index.chunks)} chunks indexed from {docs}"
                       + (f" ({len(index.skipped)} skipped)" if index.skipped else "") + "[/]", markup=True)
         conv = Conversation(client, model, system=system, num_ctx=num_ctx, config=cfg, memory=mem, docs=index,
-                            store=store, conversation_id=conversation_id, options=options)
+                            store=store, conversation_id=conversation_id, options=options, background=True)
+        finish.callback(conv.close)  # extraction and compaction queued after the last answer finish first
         scripted = not sys.stdin.isatty()
         if not scripted:
             err.print(f"Chatting with {model} (window {conv.window.num_ctx} tokens, strategy {cfg.strategy}"
@@ -718,7 +723,7 @@ def _memory_rows(items: list, scores: list[float] | None = None) -> Table:
     import time as _time
 
     for i, m in enumerate(items):
-        row = [str(m.id), m.kind, m.key, m.value, m.status + (f" -> {m.superseded_by}" if m.superseded_by else ""),
+        row = [str(m.id), m.kind, m.key if m.subject == "user" else f"{m.subject}'s {m.key}", m.value, m.status + (f" -> {m.superseded_by}" if m.superseded_by else ""),
                str(m.mentions), f"{m.confidence:.2f}", "-" if m.source_turn is None else str(m.source_turn),
                _time.strftime("%Y-%m-%d %H:%M", _time.localtime(m.updated))]
         if scores is not None:
@@ -804,8 +809,10 @@ def memory_forget(
 
 @eval_app.command("context")
 def eval_context(
-    model: Annotated[str, typer.Option(help="Model to evaluate (name, .gguf path, ollama:NAME).")] = "smollm2",
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 0,
+    model: Annotated[str, typer.Option(help="Model to evaluate (name, .gguf path, ollama:NAME); several, "
+                                       "comma-separated, are evaluated in one run and compared.")] = "smollm2",
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data (0-999: the test set; tune "
+                                      "only on 1000 and up).")] = 0,
     turns: Annotated[int, typer.Option(min=12, help="Turns per conversation.")] = 100,
     conversations: Annotated[int, typer.Option(min=1, help="Conversations (seed, seed+1, ...).")] = 1,
     num_ctx: Annotated[int, typer.Option(help="The managed window: small enough that the conversation "
@@ -814,7 +821,8 @@ def eval_context(
                                                  "(default: the model's trained context, at most 8192).")] = None,
     strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of: keep-everything, "
                                                    "keep-everything (same window), truncation, summarize, hybrid, "
-                                                   "hybrid (oracle memories).")] = None,
+                                                   "hybrid (oracle memories); also hybrid (without change notes), "
+                                                   "hybrid (oracle memories without change notes).")] = None,
     answers: Annotated[bool, typer.Option(help="Ask the model the questions (--no-answers: score only "
                                           "whether the answer reached the prompt).")] = True,
     retrieval: Annotated[bool, typer.Option(help="Run the document retrieval part.")] = True,
@@ -829,19 +837,24 @@ def eval_context(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .context.evaluation import evaluate
-    from .context.report import plot_tokens, print_report
+    from .context.report import plot_tokens, print_models, print_report
     from .embedding import ClientEmbedder, wordllama_embedder
 
     plan_names = ("keep-everything", "keep-everything (same window)", "truncation", "summarize", "hybrid",
-                  "hybrid (oracle memories)")
-    chosen = tuple(s.strip() for s in strategies.split(",")) if strategies else plan_names
+                  "hybrid (oracle memories)", "hybrid (without change notes)",
+                  "hybrid (oracle memories without change notes)")
+    defaults = plan_names[:6]
+    chosen = tuple(s.strip() for s in strategies.split(",")) if strategies else defaults
+    models = [m.strip() for m in model.split(",") if m.strip()]
     unknown = [s for s in chosen if s not in plan_names]
     if unknown:
         raise InvalidOptionError(f"unknown strategy {unknown[0]!r}; choose from: {', '.join(plan_names)}")
     settings = load_settings()
     settings.parallel = max(settings.parallel, 2)  # the chat's prefix cache survives extraction calls
+    reports = []
     with Client(settings) as client:
-        client.resolve(model)
+        for name in models:
+            client.resolve(name)
         extra = {embed_model: ClientEmbedder(client, embed_model)} if embed_model else None
         if embed_model:
             client.resolve(embed_model)
@@ -849,23 +862,31 @@ def eval_context(
                       console=err, transient=True) as bar:
             tasks: dict[str, Any] = {}
 
-            def progress(name: str, i: int, n: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=n)
-                bar.update(tasks[name], completed=i + 1)
+            for name in models:
+                def progress(what: str, i: int, n: int, name: str = name) -> None:
+                    label = f"{Path(name).name}: {what}" if len(models) > 1 else what
+                    if label not in tasks:
+                        tasks[label] = bar.add_task(label, total=n)
+                    bar.update(tasks[label], completed=i + 1)
 
-            report = evaluate(client, model, seed=seed, turns=turns, conversations=conversations, num_ctx=num_ctx,
-                              full_ctx=full_ctx, embedder=wordllama_embedder(), extra_embedders=extra,
-                              strategies=chosen, answer=answers, retrieval=retrieval, ask=ask, progress=progress)
+                reports.append(evaluate(
+                    client, name, seed=seed, turns=turns, conversations=conversations, num_ctx=num_ctx,
+                    full_ctx=full_ctx, embedder=wordllama_embedder(), extra_embedders=extra, strategies=chosen,
+                    answer=answers, retrieval=retrieval, ask=ask, progress=progress))
+                if out_dir is not None:  # each model's report as soon as it is done
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    suffix = "" if len(models) == 1 else "-" + Path(name).name.removesuffix(".gguf")
+                    (out_dir / f"report{suffix}.json").write_text(json.dumps(reports[-1], indent=2))
+                    plot_tokens(reports[-1], out_dir / f"tokens{suffix}.png")
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-        plot_tokens(report, out_dir / "tokens.png")
-        err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'tokens.png'}")
+        err.print(f"wrote the report(s) and token plot(s) to {out_dir}")
     if json_out:
-        out.print_json(data=report)
+        out.print_json(data=reports[0] if len(reports) == 1 else reports)
     else:
-        print_report(report, out)
+        for report in reports:
+            print_report(report, out)
+        if len(reports) > 1:
+            print_models(reports, out)
 
 
 @app.command()

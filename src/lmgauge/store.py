@@ -125,6 +125,21 @@ class Store:
                 db.execute(statement)
         self._ensured.add(key)
 
+    def add_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Additive migration: add the columns a database made by an older lmgauge lacks
+        (`{"subject": "TEXT NOT NULL DEFAULT 'user'"}`); existing rows get the default. Run
+        under the write lock, so two processes migrating at once do not both add a column."""
+        key = ("add_columns", table, *sorted(columns.items()))
+        if tuple(map(str, key)) in self._ensured:
+            return
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            for name, ddl in columns.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+        self._ensured.add(tuple(map(str, key)))
+
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A per-thread connection; commits on success, rolls back on error."""

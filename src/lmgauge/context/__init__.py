@@ -3,7 +3,9 @@
 - tokens.py      exact prompt token counts (the model's tokenizer and chat template)
 - window.py      the budget: ContextWindow.check(messages) -> Budget; alert at 75%, refusal at 100%
 - compaction.py  compact(messages, strategy, window) -> CompactionResult (trim, summarize, hybrid)
-- memory.py      long-term memory: extracted facts with supersession, archived turns, hybrid recall
+- memory.py      long-term memory: canonical slots with add/update/delete, history, archived turns, recall
+- slots.py       the slot vocabulary and the canonicalisation of attribute names (words, then embeddings)
+- background.py  extraction and compaction after the answer, off the critical path
 - retrieval.py   just-in-time documents: DocIndex over a folder, chunks packed to a budget
 - search.py      BM25 + embeddings fused by reciprocal rank fusion; packing to a token budget
 - embeddings.py  offline embeddings (wordllama) or any embedding model the Client runs

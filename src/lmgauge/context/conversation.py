@@ -16,6 +16,12 @@ What one turn does, in order:
    model, archives the answer, then extracts memories from the message (after the answer, so
    the user never waits for it before seeing one).
 
+With `background=True` (what `lmgauge chat` uses) extraction and compaction leave the critical
+path entirely: after the answer they are queued on a worker thread (background.py), and the
+next turn takes a finished compaction as it finds it. A turn waits for background work only
+when its prompt would not fit the window without it; such waits are counted (`waits`,
+`Prepared.waited_ms`). The 75% alert and the hard budget hold as before.
+
 Between compactions the prompt only grows at its end, so the engine's prefix cache serves the
 whole history and only the new message is evaluated: that is what keeps time to first token flat
 (benchmarks/context_cost.py).
@@ -23,7 +29,9 @@ whole history and only the new message is evaluated: that is what keeps time to 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +41,9 @@ from ..config import ContextSettings
 from ..errors import ContextOverflowError
 from ..store import Store
 from ..types import Message, Result
+from .background import Background, Job
 from .compaction import CompactionResult, Summarizer, compact, compose_system, should_compact
-from .memory import Extraction, Extractor, Memory, MemoryItem, Recalled, recall_block
+from .memory import Extraction, Extractor, Memory, MemoryItem, Recalled, is_question, recall_block
 from .retrieval import DocChunk, DocIndex, docs_block
 from .tokens import ServerTokens
 from .window import Budget, ContextWindow, default_num_ctx
@@ -68,6 +77,8 @@ class Prepared:
     alert: bool = False  # the alert fired on this turn (the conversation crossed alert_at)
     warnings: list[str] = field(default_factory=list)
     archived: bool = False  # the user's message is already in the memory archive
+    memory_ms: float = 0.0  # time this turn spent on memory and compaction before the model ran
+    waited_ms: float = 0.0  # ... of which waiting for background work (the prompt did not fit)
 
     @property
     def prompt_text(self) -> str:
@@ -143,6 +154,7 @@ class Conversation:
         extract: bool = True,
         window: ContextWindow | None = None,
         on_alert: Callable[[Budget], None] | None = None,
+        background: bool = False,
     ):
         self.client = client
         self.model = model
@@ -185,6 +197,11 @@ class Conversation:
         self.turn = 0
         self._alerting = False
         self.compactions: list[CompactionResult] = []
+        # Background work (see the module docstring): the queue, the compaction in flight (and
+        # the history length it was computed from), and the turns that had to wait for it.
+        self.background = Background() if background else None
+        self._compacting: tuple[Job, int] | None = None
+        self.waits = 0
 
     # --- the prompt ------------------------------------------------------------------------------
     def system_message(self) -> list[Message]:
@@ -237,6 +254,13 @@ class Conversation:
         """Build and check this turn's prompt, compacting the history if a trigger is reached.
         Raises ContextOverflowError (the message and the history are unchanged) if it cannot fit."""
         turn = self.turn + 1
+        t0 = time.perf_counter()
+        applied = self._take_compaction(wait=False)
+        if self.pinned and self.memory is not None:
+            # A pinned memory that was replaced since the compaction leaves the system prompt
+            # (its new value is recalled instead): the prompt never states a stale value as known.
+            current = {m.id for m in self.memory.current()}
+            self.pinned = [m for m in self.pinned if m.id in current]
         alone = self.counter.count([Message("user", text)])
         if alone > self.window.limit:
             raise ContextOverflowError(
@@ -247,6 +271,15 @@ class Conversation:
         # turn's context at its full budget (a conversation near the window gets less of it).
         before = self.window.measure(self.system_message() + self.history + [messages[-1]])
         prepared = Prepared(turn, text, messages, before, before, recalled=recalled, retrieved=retrieved)
+        prepared.compaction = applied
+        if self._compacting is not None and self.window.measure(messages).over:
+            # The background compaction has not finished and this prompt does not fit: wait.
+            waited = time.perf_counter()
+            prepared.compaction = self._take_compaction(wait=True) or prepared.compaction
+            prepared.waited_ms = (time.perf_counter() - waited) * 1000
+            messages, prepared.recalled, prepared.retrieved = self._build(text, turn)
+            before = self.window.measure(self.system_message() + self.history + [messages[-1]])
+            prepared.before = before
         if before.alert and not self._alerting:
             prepared.alert = True
             log.warning("context alert: %s", before)
@@ -255,7 +288,11 @@ class Conversation:
         self._alerting = before.alert
 
         reason = should_compact(before, len(messages), self.cfg)
+        if reason and self.background is not None and (
+                self._compacting is not None or not self.window.measure(messages).over):
+            reason = None  # it fits: compact after the answer, in the background (see commit)
         if reason:
+            waited = time.perf_counter()  # with background work: nothing in flight helps, a wait
             plain = self.system_message() + self.history + [Message("user", text)]
             result = compact(
                 plain, self.cfg.strategy, self.window,  # type: ignore[arg-type]
@@ -273,7 +310,13 @@ class Conversation:
             prepared.warnings += result.warnings
             # Turns that just left the prompt are now what recall searches.
             messages, prepared.recalled, prepared.retrieved = self._build(text, turn)
+            if self.background is not None:
+                prepared.waited_ms += (time.perf_counter() - waited) * 1000
+        self.waits += prepared.waited_ms > 0  # turns that waited for memory work
         prepared.messages = messages
+        if self.background is not None:
+            prepared.warnings += self.background.take_warnings()
+        prepared.memory_ms = (time.perf_counter() - t0) * 1000
         prepared.budget = self.window.check(messages)  # ContextOverflowError at 100%
         return prepared
 
@@ -303,9 +346,78 @@ class Conversation:
         self.turn = prepared.turn
         self._archive(prepared.turn, "assistant", answer)
         extraction = None
-        if self.extractor is not None and extract:
-            extraction = self.extractor.extract(prepared.text, conversation=self.id, turn=prepared.turn)
-        return Turn(prepared, answer, result, extraction)
+        turn = Turn(prepared, answer, result, extraction)
+        # A message that is one question and nothing else states no memory (recall skips those
+        # too); not asking the model about it halves the extraction calls of a typical chat.
+        if self.extractor is not None and extract and not is_question(prepared.text):
+            if self.background is None:
+                turn.extraction = self.extractor.extract(prepared.text, conversation=self.id, turn=prepared.turn)
+            else:  # after the answer, off the critical path: the Turn gets it when done
+                extractor = self.extractor
+
+                def run() -> None:
+                    turn.extraction = extractor.extract(prepared.text, conversation=self.id, turn=prepared.turn)
+
+                self.background.submit("extraction", prepared.turn, run)
+        if self.background is not None:
+            self._schedule_compaction(prepared.turn)
+        return turn
+
+    # --- background compaction -------------------------------------------------------------------
+    def _schedule_compaction(self, turn: int) -> None:
+        """After a turn: if the conversation has reached a compaction trigger, compact a snapshot
+        of it in the background (queued after this turn's extraction, so hybrid pins its facts)."""
+        if self.background is None or self._compacting is not None or self.cfg.strategy == "none":
+            return
+        snapshot = self.system_message() + list(self.history)
+        # The next prompt will also hold a message and this turn's recalled context: count that
+        # room now, so the compaction is ready before the prompt stops fitting.
+        memory_budget, docs_budget = self._budgets()
+        room = (memory_budget if self.memory else 0) + (docs_budget if self.docs else 0)
+        measured = self.window.measure(snapshot)
+        reason = should_compact(dataclasses.replace(measured, used=measured.used + room), len(snapshot) + 1, self.cfg)
+        if not reason:
+            return
+        summary, n_history = self.summary, len(self.history)
+        kwargs = dict(
+            summarizer=self.summarizer, memory=self.memory if self.cfg.strategy == "hybrid" else None,
+            previous_summary=summary, keep_turns=self.cfg.keep_turns, target=self.cfg.target,
+            memory_tokens=self._budgets()[0], reason=reason + " (after the answer)", store=self.store,
+            conversation=self.id, model=self.model,
+        )
+        strategy = self.cfg.strategy
+        job = self.background.submit(
+            "compaction", turn, lambda: compact(snapshot, strategy, self.window, **kwargs))  # type: ignore[arg-type]
+        self._compacting = (job, n_history)
+
+    def _take_compaction(self, wait: bool) -> CompactionResult | None:
+        """Apply the background compaction if it has finished (or, with `wait`, once it has)."""
+        if self._compacting is None:
+            return None
+        job, n_history = self._compacting
+        if not wait and not job.future.done():
+            return None
+        result: CompactionResult | None = job.future.result()
+        self._compacting = None
+        if result is None:  # it failed: the warning is in the queue; the next trigger retries
+            return None
+        kept = len(result.kept)  # the snapshot's last turns kept verbatim
+        start = max(0, n_history - kept)
+        self.history = self.history[start:]
+        self._history_turns = self._history_turns[start:]
+        self.summary, self.pinned = result.summary, result.pinned
+        self.compactions.append(result)
+        return result
+
+    def settle(self) -> float:
+        """Wait for the background work (extraction, compaction); the milliseconds waited. A
+        finished compaction is applied at the next turn."""
+        return self.background.settle() if self.background is not None else 0.0
+
+    def close(self) -> None:
+        """Finish the background work (so no memory is lost) and stop its thread."""
+        if self.background is not None:
+            self.background.close()
 
     def record(self, text: str, answer: str, extract: bool = True) -> Turn:
         """A turn whose answer is known (no model call for the answer)."""

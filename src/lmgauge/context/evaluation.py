@@ -11,7 +11,14 @@ Strategies: keep-everything (a window big enough to hold it all, where the model
 keep-everything in the managed window (grows until refused), truncation (trim), summarize,
 hybrid (model extraction), and hybrid with oracle memories (the true facts stored directly: what
 hybrid does with a perfect extractor). Also: prompt tokens per turn, when the alert fired,
-compactions and their cost, extraction precision/recall and supersession accuracy.
+compactions and their cost, and for memory: extraction precision/recall (and facts filed under
+the wrong slot), supersession accuracy (updates, retractions, additions to multi-valued slots),
+stale values held or recalled as current, answers giving an old value or another person's
+(distractors), and the latency memory work adds to a turn. Memory runs as `lmgauge chat` runs
+it: extraction and compaction in the background after the answer. The replay lets the
+background work finish before the next message (a user reading the answer and typing); the
+time it took is reported apart (background ms per turn), and a turn that had to wait anyway
+(its prompt did not fit without the compaction) counts as a wait, its time as added latency.
 
 Part 2, documents (synthetic.corpus): evidence recall@k and within 512/1k/2k-token budgets, for
 BM25, embeddings and hybrid search, and for the seed's "ask the model which documents" strategy.
@@ -28,12 +35,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..bench.metrics import percentile
 from ..config import ContextSettings
 from ..embedding import Embedder
 from ..errors import ContextOverflowError
 from ..store import Store
 from .conversation import Conversation
 from .memory import Memory, same_value
+from .slots import SUBJECT_USER
 from .retrieval import DocIndex
 from .search import pack
 from .synthetic import SynthConversation, conversation, corpus
@@ -65,6 +74,9 @@ class QuestionResult:
     correct: bool = False
     stale: bool = False
     prompt_tokens: int = 0
+    others: list[str] = field(default_factory=list)  # someone else's values for the slot
+    distracted: bool = False  # answered with another person's value
+    stale_current: bool = False  # an old (or someone else's) value was a current user memory, or recalled as one
 
 
 @dataclass
@@ -84,6 +96,10 @@ class StrategyRun:
     extraction: dict[str, Any] | None = None
     supersession: dict[str, Any] | None = None
     stale_recalled: int = 0  # recalled *memories* (not turns) holding an old value
+    added_ms: list[float] = field(default_factory=list)  # per turn: memory/compaction time before the answer
+    background_ms: list[float] = field(default_factory=list)  # per turn: background work after it
+    answer_ms: list[float] = field(default_factory=list)  # per answered question: the answer's own time
+    waits: int = 0  # turns that waited for background work (the prompt did not fit without it)
     seconds: float = 0.0
     answered: bool = True  # the model answered the questions (else only `in_prompt` is scored)
 
@@ -109,6 +125,9 @@ class StrategyRun:
             "compactions": len(self.compactions),
             "compaction_ms_mean": statistics.fmean(comp_ms) if comp_ms else None,
             "stale_recalled": self.stale_recalled, "seconds": round(self.seconds, 1),
+            "distracted": sum(q.distracted for q in self.questions) / n if n and answered else None,
+            "stale_current": sum(q.stale_current for q in self.questions) / n if n else None,
+            "waits": self.waits,
         }
 
 
@@ -130,6 +149,7 @@ def run_strategy(
     answer: bool = True,
     reserve: int = 256,
     progress: Progress | None = None,
+    history_notes: bool = True,
 ) -> StrategyRun:
     """Replay one conversation under one strategy; see the module docstring."""
     t0 = time.perf_counter()
@@ -138,76 +158,155 @@ def run_strategy(
     run = StrategyRun(name, strategy, num_ctx, window.limit, answered=answer)
     with tempfile.TemporaryDirectory(prefix="lmgauge-eval-") as tmp:
         store = Store(Path(tmp) / "eval.db")
-        memory = Memory(store, embedder) if memory_mode else None
+        memory = Memory(store, embedder, history_notes=history_notes) if memory_mode else None
         conv = Conversation(client, model, system=EVAL_SYSTEM, config=cfg, memory=memory, store=store,
-                            options=ANSWER_OPTIONS, extract=memory_mode == "model", window=window)
-        tp = fp = fn = proposed_tp = proposed_n = 0
-        for i, t in enumerate(synth.turns, start=1):
-            if progress:
-                progress(name, i, len(synth.turns))
-            try:
-                prep = conv.prepare(t.user)
-            except ContextOverflowError as exc:
-                run.refused_at, run.refusal = i, str(exc)
-                break
-            run.tokens.append(prep.budget.used)
-            run.uncompacted.append(prep.before.used)
-            if prep.alert and run.alert_turn is None:
-                run.alert_turn, run.alert_fraction = i, round(prep.before.fraction, 4)
-            if prep.compaction:
-                run.compactions.append({"turn": i, **prep.compaction.to_dict()})
-            reply, result = t.assistant, None
-            if t.kind == "question":
-                q = QuestionResult(i, t.slot or "", t.value or "", t.old,
-                                   contains_value(t.value or "", prep.prompt_text), prompt_tokens=prep.budget.used)
-                run.stale_recalled += sum(1 for r in prep.recalled if r.source == "memory"
-                                          and any(contains_value(o, r.text) for o in t.old))
-                if answer:
-                    result = client.chat(model, prep.messages, options={**ANSWER_OPTIONS, "num_ctx": num_ctx})
-                    reply = q.answer = result.content
-                    q.correct = contains_value(q.value, reply)
-                    q.stale = not q.correct and any(contains_value(o, reply) for o in q.old)
-                run.questions.append(q)
-            turn = conv.commit(prep, reply, result)
-            if memory is not None and memory_mode == "oracle":
-                for f in t.facts:
-                    memory.remember(f.kind, f.key, f.value, conversation=conv.id, source_turn=i, source_text=t.user)
-            if turn.extraction is not None:  # score the model's extraction against the truth
-                truth = list(t.facts)
-                got = [r.item for r in turn.extraction.stored]
-                matched = [any(same_value(g.value, f.value) for g in got) for f in truth]
-                tp += sum(matched)
-                fn += len(truth) - sum(matched)
-                fp += sum(1 for g in got if not any(same_value(g.value, f.value) for f in truth))
-                proposed_n += len(turn.extraction.proposed)
-                proposed_tp += sum(1 for p in turn.extraction.proposed if any(same_value(p["value"], f.value) for f in truth))
+                            options=ANSWER_OPTIONS, extract=memory_mode == "model", window=window,
+                            background=memory_mode is not None)
+        score = ExtractionScore()
+        try:
+            for i, t in enumerate(synth.turns, start=1):
+                if progress:
+                    progress(name, i, len(synth.turns))
+                # The user reads the answer and types: the background work of the last turn runs.
+                conv.settle()
+                try:
+                    prep = conv.prepare(t.user)
+                except ContextOverflowError as exc:
+                    run.refused_at, run.refusal = i, str(exc)
+                    break
+                run.tokens.append(prep.budget.used)
+                run.uncompacted.append(prep.before.used)
+                if memory is not None:
+                    run.added_ms.append(prep.memory_ms)
+                if prep.alert and run.alert_turn is None:
+                    run.alert_turn, run.alert_fraction = i, round(prep.before.fraction, 4)
+                if prep.compaction:
+                    run.compactions.append({"turn": i, **prep.compaction.to_dict()})
+                reply, result = t.assistant, None
+                if t.kind == "question":
+                    q = QuestionResult(i, t.slot or "", t.value or "", t.old,
+                                       all(contains_value(v, prep.prompt_text) for v in t.values or [t.value or ""]),
+                                       prompt_tokens=prep.budget.used, others=t.others)
+                    wrong = t.old + t.others
+                    recalled_stale = sum(1 for r in prep.recalled if r.source == "memory"
+                                         and any(contains_value(o, r.text) for o in wrong))
+                    run.stale_recalled += recalled_stale
+                    held = memory.current(SUBJECT_USER) if memory is not None else []
+                    q.stale_current = bool(recalled_stale) or any(same_value(o, m.value) for o in wrong for m in held)
+                    if answer:
+                        result = client.chat(model, prep.messages, options={**ANSWER_OPTIONS, "num_ctx": num_ctx})
+                        reply = q.answer = result.content
+                        run.answer_ms.append(result.timings.e2e_ms or 0.0)
+                        q.correct = all(contains_value(v, reply) for v in t.values or [q.value])
+                        q.stale = not q.correct and any(contains_value(o, reply) for o in q.old)
+                        q.distracted = not q.correct and any(contains_value(o, reply) for o in q.others)
+                    run.questions.append(q)
+                turn = conv.commit(prep, reply, result)
+                if memory is not None and memory_mode == "oracle":
+                    for f in t.facts:
+                        memory.remember(f.kind, f.key, f.value, op=f.op, subject=f.subject, conversation=conv.id,
+                                        source_turn=i, source_text=t.user)
+                if memory_mode == "model":
+                    conv.settle()
+                    score.add(t.facts, turn.extraction, memory)
+                if conv.background is not None:
+                    conv.settle()
+                    run.background_ms.append(sum(j.ms or 0.0 for j in conv.background.jobs if j.turn == i))
+        finally:
+            conv.close()
+        run.waits = conv.waits
         for q in [q for q in synth.questions if run.refused_at is not None and q[0] >= run.refused_at]:
             turn_no, t = q
             run.questions.append(QuestionResult(turn_no, t.slot or "", t.value or "", t.old, False))
         if memory_mode == "model":
-            run.extraction = {
-                "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
-                "stored": tp + fp, "true_facts": tp + fn,
-                "raw_precision": proposed_tp / proposed_n if proposed_n else None, "raw_proposed": proposed_n,
-            }
+            run.extraction = score.summary()
         if memory is not None:
             run.supersession = supersession_accuracy(memory, synth, upto=len(run.tokens))
     run.seconds = time.perf_counter() - t0
     return run
 
 
+@dataclass
+class ExtractionScore:
+    """Extraction against the truth, message by message. A stored memory is right when its value
+    matches a fact stated in that message *about the same subject* (the user's city is not the
+    friend's); right but under another slot than the fact's is counted as misfiled."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    misfiled: int = 0
+    proposed: int = 0
+    proposed_tp: int = 0
+    wrong_subject: int = 0
+
+    def add(self, facts: list[Any], extraction: Any, memory: Memory | None) -> None:
+        if extraction is None:
+            return
+        truth = [f for f in facts if f.op != "delete"]
+        got = [r.item for r in extraction.stored if r.action != "retracted"]
+
+        def user(subject: str) -> bool:
+            return subject == SUBJECT_USER
+
+        def match(g: Any, f: Any) -> bool:
+            return same_value(g.value, f.value) and user(g.subject) == user(f.subject)
+
+        matched = [next((g for g in got if match(g, f)), None) for f in truth]
+        self.tp += sum(m is not None for m in matched)
+        self.fn += sum(m is None for m in matched)
+        self.fp += sum(1 for g in got if not any(match(g, f) for f in truth))
+        self.wrong_subject += sum(1 for g in got if not any(match(g, f) for f in truth)
+                                  and any(same_value(g.value, f.value) for f in truth))
+        if memory is not None:
+            for f, g in zip(truth, matched):
+                if g is not None and g.key != memory.slots.canonical(f.key):
+                    self.misfiled += 1
+        self.proposed += len(extraction.proposed)
+        self.proposed_tp += sum(1 for p in extraction.proposed if any(same_value(p["value"], f.value) for f in truth))
+
+    def summary(self) -> dict[str, Any]:
+        tp, fp, fn = self.tp, self.fp, self.fn
+        return {
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "stored": tp + fp, "true_facts": tp + fn, "misfiled": self.misfiled, "wrong_subject": self.wrong_subject,
+            "raw_precision": self.proposed_tp / self.proposed if self.proposed else None,
+            "raw_proposed": self.proposed,
+        }
+
+
 def supersession_accuracy(memory: Memory, synth: SynthConversation, upto: int) -> dict[str, Any]:
-    """For each slot that changed: is the new value current and the old one no longer current?"""
-    current = memory.current()
-    updated = [t for t in synth.turns[:upto] if t.kind == "update"]
-    ok = stale = 0
-    for t in updated:
-        new_current = any(contains_value(t.value or "", m.value) for m in current)
-        old_current = any(contains_value(o, m.value) for o in t.old for m in current)
-        ok += new_current and not old_current
-        stale += old_current
-    return {"updates": len(updated), "correct": ok, "accuracy": ok / len(updated) if updated else None,
-            "old_still_current": stale}
+    """For each change to the user's facts, the memory at the end: an update's new value is
+    current and the old one is not; a retracted value is not current; a value added to a
+    multi-valued slot is current beside the others; another person's value is never the user's."""
+    held = memory.current(SUBJECT_USER)
+
+    def is_current(value: str) -> bool:
+        return any(same_value(value, m.value) and contains_value(value, m.value) for m in held)
+
+    counts = {"update": [0, 0], "retract": [0, 0], "add": [0, 0], "distractor": [0, 0]}
+    stale = 0
+    for t in synth.turns[:upto]:
+        if t.kind not in counts:
+            continue
+        if t.kind == "update":
+            ok = is_current(t.value or "") and not any(is_current(o) for o in t.old)
+            stale += any(is_current(o) for o in t.old)
+        elif t.kind == "retract":
+            ok = not any(is_current(o) for o in t.old)
+            stale += not ok
+        elif t.kind == "add":
+            earlier = [f.value for u in synth.turns[:upto] for f in u.facts if f.key == t.slot and f.subject == "user"
+                       and u.kind in ("state", "repeat")]
+            ok = is_current(t.value or "") and all(is_current(v) for v in earlier)
+        else:
+            ok = not is_current(t.value or "")
+        counts[t.kind][0] += 1
+        counts[t.kind][1] += ok
+    changes = sum(n for k, (n, _) in counts.items() if k != "distractor")
+    correct = sum(c for k, (_, c) in counts.items() if k != "distractor")
+    return {"updates": changes, "correct": correct, "accuracy": correct / changes if changes else None,
+            "old_still_current": stale, "by_kind": {k: {"n": n, "correct": c} for k, (n, c) in counts.items()}}
 
 
 # --- documents -----------------------------------------------------------------------------------
@@ -314,6 +413,9 @@ def evaluate(
         "summarize": ("summarize", num_ctx, None),
         "hybrid": ("hybrid", num_ctx, "model"),
         "hybrid (oracle memories)": ("hybrid", num_ctx, "oracle"),
+        # Without "(changed from X on turn N)" on recalled memories: does the note help?
+        "hybrid (without change notes)": ("hybrid", num_ctx, "model"),
+        "hybrid (oracle memories without change notes)": ("hybrid", num_ctx, "oracle"),
     }
     report: dict[str, Any] = {"model": model, "seed": seed, "turns": turns, "conversations": conversations,
                               "num_ctx": num_ctx, "full_ctx": full_ctx, "answer": answer, "runs": []}
@@ -323,12 +425,14 @@ def evaluate(
             strategy, ctx, memory_mode = plan[name]
             run = run_strategy(client, model, synth, name, strategy, ctx, base=base, embedder=embedder,
                                memory_mode=memory_mode, answer=answer and name != "keep-everything (same window)",
-                               progress=progress)
+                               progress=progress, history_notes="without change notes" not in name)
             report["runs"].append({"conversation": c, "seed": seed + c, **run.summary(),
                                    "extraction": run.extraction, "supersession": run.supersession,
                                    "tokens": run.tokens, "uncompacted": run.uncompacted,
                                    "compaction_log": run.compactions,
                                    "question_results": [asdict(q) for q in run.questions],
+                                   "added_ms": run.added_ms, "background_ms": run.background_ms,
+                                   "answer_ms": run.answer_ms,
                                    "refusal": run.refusal})
     report["strategies"] = _aggregate(report["runs"])
     if retrieval:
@@ -369,9 +473,41 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "supersession_accuracy": (sum(s["correct"] for s in sup) / sum(s["updates"] for s in sup)
                                       if sup and sum(s["updates"] for s in sup) else None),
             "stale_recalled": sum(r["stale_recalled"] for r in rs),
+            "stale_current": sum(q["stale_current"] for q in qs) / n if n else None,
+            "distracted": sum(q["distracted"] for q in qs) / n if n and first["answered"] else None,
+            "misfiled": sum(e["misfiled"] for e in ext) if ext else None,
+            "wrong_subject": sum(e["wrong_subject"] for e in ext) if ext else None,
+            "changes": _changes(sup),
+            "waits": sum(r["waits"] for r in rs),
+            **_latency(rs),
             "limit": first["limit"],
         })
     return out
+
+
+def _changes(sup: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for s in sup:
+        for kind, v in s.get("by_kind", {}).items():
+            slot = out.setdefault(kind, {"n": 0, "correct": 0})
+            slot["n"] += v["n"]
+            slot["correct"] += v["correct"]
+    return out
+
+
+def _latency(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Added latency per turn (memory and compaction before the answer), p50/p95 with n, against
+    the answer's own time (p50 of the answered questions); background work per turn beside it."""
+    added = [x for r in rs for x in r.get("added_ms", [])]
+    background = [x for r in rs for x in r.get("background_ms", [])]
+    answers = [x for r in rs for x in r.get("answer_ms", [])]
+    p95, answer = percentile(added, 95), percentile(answers, 50)
+    return {
+        "added_ms_p50": percentile(added, 50), "added_ms_p95": p95, "added_n": len(added),
+        "answer_ms_p50": answer, "answer_n": len(answers),
+        "added_p95_share": p95 / answer if p95 is not None and answer else None,
+        "background_ms_p50": percentile(background, 50), "background_ms_p95": percentile(background, 95),
+    }
 
 
 def _pool(items: list[dict[str, Any]], rate: str, weight: str) -> float | None:

@@ -3,18 +3,25 @@
 Two kinds of records, both in the lmgauge SQLite store (WAL: concurrent writers wait for each
 other, a killed writer loses at most its own uncommitted transaction):
 
-- **memories**: facts, preferences and decisions ("home city: Oslo"), extracted from each user
-  message by the model under a JSON schema (a grammar on the embedded engine, `format` on
-  Ollama). Each has its source turn, time and a confidence. A new value for the same key
-  *supersedes* the current one (the old row stays, as history, with `superseded_by`); the same
-  value again is *merged* (one row, more mentions).
+- **memories**: canonical slots (subject, attribute, value, kind, source turn, time, confidence):
+  "user / home city: Oslo". Extracted from each user message by the model under a JSON schema
+  (a grammar on the embedded engine, `format` on Ollama) whose attribute is an enum of canonical
+  keys (slots.py), with an operation per fact: add, update or delete. What an operation does is
+  decided against the slot index, not by the model: a single-valued slot's new value
+  *supersedes* the current one (the old row stays, as history, with `superseded_by`); a
+  multi-valued slot (hobbies, allergies) appends, and replaces only a value the message names;
+  delete *retracts* ("I no longer have a cat"); the same value again is *merged*. Facts about
+  someone else ("my friend lives in Oslo") have their own subject and never touch the user's.
 - **turns**: the user's messages verbatim, archived as the conversation goes. Compaction may drop
   a turn from the prompt, but never from here; recall searches it. This is what makes recall
   independent of how good the model is at extraction (a 135M model is not good at it).
 
 Recall is hybrid search (BM25 + embeddings, fused by RRF: search.py) over current memories and
-archived turns, packed into a token budget. Superseded and forgotten memories are never recalled
-as current.
+archived turns, packed into a token budget. Superseded, retracted and forgotten memories are never
+recalled as current, and recall does not contradict memory: an archived message that states a
+value since replaced is not recalled (unless it also states a current one: "I moved from Lyon to
+Oslo"). Recalled messages come oldest first, labelled by turn; the current memories come last,
+nearest the question, where small models weigh them most (they favour what they read last).
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from ..errors import InvalidOptionError, LmgaugeError
 from ..store import Store
 from ..types import Message
 from .search import HybridSearch, pack
+from .slots import (
+    BY_KEY, NOTE, OTHER, SUBJECT_USER, VOCABULARY, Canonicaliser, key_words, normalise_key, normalise_subject,
+    same_slot, slot_for,
+)
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -43,6 +54,10 @@ log = logging.getLogger("lmgauge.context")
 
 KINDS = ("fact", "preference", "decision")
 Kind = Literal["fact", "preference", "decision"]
+OPS = ("add", "update", "delete")
+# current: recalled; superseded: replaced by `superseded_by`; retracted: the user said it is no
+# longer true; forgotten: removed by the user (until purge). Only 'current' is ever recalled.
+STATUSES = ("current", "superseded", "retracted", "forgotten")
 
 SCHEMA = [
     """
@@ -80,37 +95,62 @@ SCHEMA = [
     """,
 ]
 
-# --- what the model is asked for ---------------------------------------------------------------
-
-EXTRACTION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "memories": {
-            "type": "array",
-            "maxItems": 3,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "kind": {"type": "string", "enum": list(KINDS)},
-                    # No maxLength: llama.cpp's grammar for it nests one optional per character,
-                    # which made sampling ~20x slower (0.5 vs 10 tok/s measured). num_predict
-                    # bounds the output instead; an answer cut short is invalid JSON: retried.
-                    "key": {"type": "string"},
-                    "value": {"type": "string"},
-                },
-                "required": ["kind", "key", "value"],
-            },
-        }
-    },
-    "required": ["memories"],
+# Columns added after the first release: a database made before gets them (additive migration).
+MIGRATION = {
+    "subject": "TEXT NOT NULL DEFAULT 'user'",  # whom it is about: user | friend | sister ...
+    "ended": "REAL",                # when it stopped being current (superseded or retracted)
+    "ended_turn": "INTEGER",        # the turn of the message that replaced or retracted it
+    "ended_conversation": "TEXT",   # ... in this conversation
 }
 
+# --- what the model is asked for ---------------------------------------------------------------
+
+def extraction_schema(keys: list[str]) -> dict[str, Any]:
+    """The JSON schema of an extraction: up to 3 facts, each an operation on a canonical slot.
+    `key` is an enum of the slot keys (the vocabulary's and the store's), so the model reuses a
+    slot instead of naming it anew; "other" keeps a fact no slot names, as a note."""
+    return {
+        "type": "object",
+        "properties": {
+            "memories": {
+                "type": "array",
+                "maxItems": 3,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "op": {"type": "string", "enum": list(OPS)},
+                        # No maxLength on strings: llama.cpp's grammar for it nests one optional per
+                        # character, which made sampling ~20x slower (0.5 vs 10 tok/s measured).
+                        # num_predict bounds the output; an answer cut short is invalid JSON: retried.
+                        "subject": {"type": "string"},
+                        "key": {"type": "string", "enum": keys},
+                        "value": {"type": "string"},
+                    },
+                    "required": ["op", "subject", "key", "value"],
+                },
+            }
+        },
+        "required": ["memories"],
+    }
+
+
+EXTRACTION_SCHEMA: dict[str, Any] = extraction_schema([s.key for s in VOCABULARY if s.key != NOTE] + [OTHER])
+
 EXTRACTION_PROMPT = """You extract long-term memories from one message a user wrote.
-A memory is a fact about the user (name, city, job, family, pets, car...), a preference (likes, \
-diet, habits) or a decision (plans, appointments, choices).
-Answer in JSON: {"memories": [{"kind": ..., "key": ..., "value": ...}]}.
-key: the attribute in 1 to 3 lowercase words. value: its current value, in the user's words.
-If the message changes something known, use the same key with the new value.
+A memory is a fact (name, city, job, family, pets, car...), a preference (likes, diet, habits) \
+or a decision (plans, appointments, choices). For each one give:
+- op: "add" for something new, "update" when a new value replaces what was true before (give \
+only the new value), "delete" when the user says something is no longer true and nothing replaces it;
+- subject: "user" when it is about the user, else who it is about ("friend", "sister", "boss");
+- key: the slot, one of the allowed keys ("other" if none fits). job is what the user does \
+(nurse), employer the company; a dog's or cat's name goes in dog name or cat name, other animals in pet;
+- value: the value in the user's own words (for delete: the value that is no longer true).
+Examples:
+"We moved from Rome to Madrid." -> {"memories": [{"op": "update", "subject": "user", "key": "home city", \
+"value": "Madrid"}]}
+"My friend works as a chef." -> {"memories": [{"op": "add", "subject": "friend", "key": "job", "value": "chef"}]}
+"I no longer have a hamster." -> {"memories": [{"op": "delete", "subject": "user", "key": "pet", \
+"value": "hamster"}]}
 A question or small talk has no memories: {"memories": []}."""
 
 
@@ -132,10 +172,15 @@ class MemoryItem:
     source_turn: int | None = None
     source_text: str | None = None
     superseded_by: int | None = None
+    subject: str = SUBJECT_USER
+    ended: float | None = None
+    ended_turn: int | None = None
+    ended_conversation: str | None = None
 
     @property
     def text(self) -> str:
-        return f"{self.key}: {self.value}"
+        who = "" if self.subject == SUBJECT_USER else f"{self.subject}'s "
+        return f"{who}{self.key}: {self.value}"
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> MemoryItem:
@@ -151,8 +196,8 @@ class Remembered:
     """What storing one memory did."""
 
     item: MemoryItem
-    action: Literal["new", "merged", "superseded"]
-    replaced: list[MemoryItem] = field(default_factory=list)  # the rows it superseded
+    action: Literal["new", "merged", "superseded", "appended", "retracted"]
+    replaced: list[MemoryItem] = field(default_factory=list)  # the rows it superseded or retracted
 
 
 @dataclass
@@ -165,6 +210,7 @@ class Recalled:
     score: float
     tokens: int
     turn: int | None = None
+    note: str = ""  # "(changed from Lyon on turn 40)": a current value's history, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,12 +228,16 @@ class Extraction:
     ms: float = 0.0
 
 
-# --- matching keys and values ------------------------------------------------------------------
+# --- matching values -----------------------------------------------------------------------------
 
 _WORD = re.compile(r"[a-z0-9]+")
-_KEY_NOISE = {"my", "the", "a", "an", "current", "users", "user", "s", "of", "is", "new", "old"}
-# Head nouns too generic to identify an attribute alone: "name" is not the same slot as "dog name".
-_GENERIC = {"name", "day", "date", "time", "number", "type", "year", "place", "thing"}
+_VALUE_NOISE = {"my", "the", "a", "an", "current", "users", "user", "s", "of", "is", "new", "old"}
+# "I also play the banjo": an addition to a multi-valued slot, not a replacement of the values named.
+_ALSO = re.compile(r"\b(also|too|as well|in addition|another)\b", re.I)
+# Words that say a value changed: a message with one of them and a current value is an update,
+# whatever operation the model chose ("I've switched from oat latte to hot chocolate" as "add").
+_CHANGE = re.compile(r"\b(not|no longer|anymore|any more|instead|now|switched|moved|relocated|changed|"
+                     r"gave up|quit|left|dropped|sold|replaced|stopped)\b", re.I)
 
 
 def _stem(word: str) -> str:
@@ -197,28 +247,6 @@ def _stem(word: str) -> str:
     return word
 
 
-def key_words(key: str) -> frozenset[str]:
-    return frozenset(_stem(w) for w in _WORD.findall(key.lower().replace("favourite", "favorite")) if w not in _KEY_NOISE)
-
-
-def normalise_key(key: str) -> str:
-    return " ".join(_WORD.findall(key.lower())) or key.strip().lower()
-
-
-def same_slot(a: str, b: str) -> bool:
-    """Do two keys name the same attribute? Equal, or one's words contained in the other's
-    ("city" ~ "home city", "review day" ~ "project review day"), unless the smaller one is only
-    generic words ("name" is not "dog name"); "sister name" and "brother name" are different
-    slots. Deliberately lexical: embeddings rate those two as close as "city" and "home city"."""
-    wa, wb = key_words(a), key_words(b)
-    if not wa or not wb:
-        return normalise_key(a) == normalise_key(b)
-    if wa == wb:
-        return True
-    small, big = (wa, wb) if len(wa) <= len(wb) else (wb, wa)
-    return small <= big and bool(small - _GENERIC)
-
-
 def same_value(a: str, b: str) -> bool:
     wa, wb = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
     if not wa or not wb:
@@ -226,10 +254,16 @@ def same_value(a: str, b: str) -> bool:
     return wa <= wb or wb <= wa
 
 
+def mentions(text: str, value: str) -> bool:
+    """Every word of `value` occurs in `text` as a whole word (case-insensitive)."""
+    words = _WORD.findall(value.lower())
+    return bool(words) and all(re.search(rf"\b{re.escape(w)}\b", text.lower()) for w in words)
+
+
 def grounding(value: str, source: str) -> float:
     """Share of the value's words that occur in the message it was extracted from. Small models
     invent values (or copy the prompt's examples); a value the user never wrote is rejected."""
-    words = [w for w in _WORD.findall(value.lower()) if w not in _KEY_NOISE]
+    words = [w for w in _WORD.findall(value.lower()) if w not in _VALUE_NOISE]
     letters = sum(ch.isalnum() or ch.isspace() for ch in value)
     if not words or letters < 0.8 * len(value):  # mostly punctuation: a broken generation
         return 0.0
@@ -244,11 +278,16 @@ def grounding(value: str, source: str) -> float:
 class Memory:
     """Memories and archived turns in one Store, with hybrid recall."""
 
-    def __init__(self, store: Store, embedder: Embedder | None = None, min_grounding: float = 0.75):
+    def __init__(self, store: Store, embedder: Embedder | None = None, min_grounding: float = 0.75,
+                 history_notes: bool = True):
         self.store = store
         self.embedder = embedder
         self.min_grounding = min_grounding
+        # Recalled memory lines with history say "(changed from X on turn N)" (see recall).
+        self.history_notes = history_notes
+        self.slots = Canonicaliser(embedder)
         store.ensure(SCHEMA)
+        store.add_columns("memories", MIGRATION)
 
     # --- writing ---------------------------------------------------------------------------------
     def _vector(self, text: str) -> tuple[str | None, bytes | None]:
@@ -256,49 +295,105 @@ class Memory:
             return None, None
         return self.embedder.name, to_blob(self.embedder.embed([text])[0])
 
+    def keys(self, subject: str | None = None) -> list[str]:
+        """The slot keys in use (current memories), for `subject` or everyone."""
+        sql, args = "SELECT DISTINCT key FROM memories WHERE status = 'current'", []
+        if subject is not None:
+            sql += " AND subject = ?"
+            args.append(subject)
+        with self.store.connect() as db:
+            return sorted(r[0] for r in db.execute(sql, args))
+
+    def canonical_key(self, key: str, subject: str = SUBJECT_USER) -> str:
+        return self.slots.canonical(key, self.keys(subject))
+
     def remember(
         self,
-        kind: str,
+        kind: str | None,
         key: str,
         value: str,
         *,
+        op: str = "add",
+        subject: str | None = SUBJECT_USER,
         confidence: float = 1.0,
         conversation: str | None = None,
         source_turn: int | None = None,
         source_text: str | None = None,
     ) -> Remembered:
-        """Store one memory: merged into a current one with the same key and value, or
-        superseding current ones with the same key and another value, or new."""
-        kind, key, value = kind.strip().lower(), normalise_key(key), value.strip()
+        """Apply one operation to a canonical slot (see the module docstring): merged into a
+        current memory with the same value; superseding the slot's current value (single-valued)
+        or the values the message names (multi-valued); appended; or, for op "delete", the
+        matching current value retracted. `kind` None takes the slot's kind."""
+        op = op.strip().lower()
+        if op not in OPS:
+            raise InvalidOptionError(f"memory operation must be one of {', '.join(OPS)}, not {op!r}")
+        subject, key = attribute_of(normalise_subject(subject), key)
+        key, value = self.canonical_key(key, subject), value.strip()
+        if key == OTHER:
+            key = NOTE
+        slot = slot_for(key)
+        kind = (kind or slot.kind).strip().lower()
         if kind not in KINDS:
             raise InvalidOptionError(f"memory kind must be one of {', '.join(KINDS)}, not {kind!r}")
         if not key or not value:
             raise InvalidOptionError("a memory needs a non-empty key and value")
-        embed_model, vector = self._vector(f"{key}: {value}")
         now = time.time()
         with self.store.connect() as db:
             # IMMEDIATE: take the write lock before reading, so two writers cannot both decide
             # that a key is new (or both supersede the same row).
             db.execute("BEGIN IMMEDIATE")
-            current = [MemoryItem.from_row(r) for r in db.execute("SELECT * FROM memories WHERE status = 'current'")]
-            slot = [m for m in current if same_slot(m.key, key)]
-            for m in slot:
-                if same_value(m.value, value):
-                    db.execute(
-                        "UPDATE memories SET mentions = mentions + 1, confidence = MAX(confidence, ?), "
-                        "updated = ? WHERE id = ?", (confidence, now, m.id),
-                    )
-                    return Remembered(self._get(db, m.id), "merged")
+            held = [MemoryItem.from_row(r) for r in db.execute(
+                "SELECT * FROM memories WHERE status = 'current' AND subject = ?", (subject,))]
+            current = [m for m in held if m.key == key]
+            same = [m for m in current if same_value(m.value, value)]
+            ended = (now, source_turn, conversation)
+            # An update or a retraction names what it replaces ("We relocated from Lyon to Dublin",
+            # "I sold my Volvo"): a current value the message states is replaced even when the model
+            # filed it under another slot (small extractors misfile; the store decides, not them).
+            changing = op != "add" or bool(source_text and _CHANGE.search(source_text))
+            named = [m for m in held if m.key != key and source_text and mentions(source_text, m.value)
+                     and not same_value(m.value, value)] if changing else []
+            if op == "delete":
+                same += [m for m in held if m.key != key and same_value(m.value, value)
+                         and source_text and mentions(source_text, m.value)]
+                # "I no longer have a dog" (value "dog"): the value names a slot; its values end.
+                named_slot = self.slots.canonical(value, [m.key for m in held])
+                same += [m for m in held if m.key == named_slot and m not in same]
+                for m in same:
+                    self._end(db, m.id, "retracted", None, ended)
+                return Remembered(same[0] if same else MemoryItem(0, kind, key, value, confidence, "retracted", 0,
+                                                                    now, now, subject=subject), "retracted", same)
+            if same:
+                m = same[0]
+                db.execute("UPDATE memories SET mentions = mentions + 1, confidence = MAX(confidence, ?), "
+                           "updated = ? WHERE id = ?", (confidence, now, m.id))
+                return Remembered(self._get(db, m.id), "merged")
+            if slot.multi:
+                # A multi-valued slot keeps its values, except those this message replaces: the
+                # ones it names ("I gave up the cello; I play the banjo now"), unless it adds.
+                adding = op == "add" and source_text is not None and _ALSO.search(source_text)
+                replaced = [] if adding or not source_text else [m for m in current if mentions(source_text, m.value)]
+            else:
+                replaced = list(current)
+            replaced += [m for m in named if m not in replaced]
+            embed_model, vector = self._vector(f"{key}: {value}")
             new_id = db.execute(
                 "INSERT INTO memories (kind, key, value, confidence, conversation, source_turn, source_text, "
-                "created, updated, embed_model, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, key, value, confidence, conversation, source_turn, source_text, now, now, embed_model, vector),
+                "created, updated, embed_model, embedding, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, key, value, confidence, conversation, source_turn, source_text, now, now, embed_model,
+                 vector, subject),
             ).lastrowid
-            for m in slot:
-                db.execute("UPDATE memories SET status = 'superseded', superseded_by = ?, updated = ? WHERE id = ?",
-                           (new_id, now, m.id))
+            for m in replaced:
+                self._end(db, m.id, "superseded", new_id, ended)
             item = self._get(db, new_id)
-        return Remembered(item, "superseded" if slot else "new", replaced=slot)
+        action = "superseded" if replaced else ("appended" if current else "new")
+        return Remembered(item, action, replaced=replaced)
+
+    @staticmethod
+    def _end(db: sqlite3.Connection, memory_id: int, status: str, by: int | None,
+             ended: tuple[float, int | None, str | None]) -> None:
+        db.execute("UPDATE memories SET status = ?, superseded_by = ?, updated = ?, ended = ?, ended_turn = ?, "
+                   "ended_conversation = ? WHERE id = ?", (status, by, ended[0], *ended, memory_id))
 
     def edit(self, memory_id: int, *, key: str | None = None, value: str | None = None,
              kind: str | None = None) -> MemoryItem:
@@ -307,7 +402,7 @@ class Memory:
         kind = (kind or item.kind).strip().lower()
         if kind not in KINDS:
             raise InvalidOptionError(f"memory kind must be one of {', '.join(KINDS)}, not {kind!r}")
-        key = normalise_key(key) if key is not None else item.key
+        key = self.canonical_key(key, item.subject) if key is not None else item.key
         value = value.strip() if value is not None else item.value
         if not key or not value:
             raise InvalidOptionError("a memory needs a non-empty key and value")
@@ -353,22 +448,36 @@ class Memory:
         with self.store.connect() as db:
             return self._get(db, memory_id)
 
-    def list(self, status: str | None = "current", kind: str | None = None) -> list[MemoryItem]:
+    def list(self, status: str | None = "current", kind: str | None = None,
+             subject: str | None = None) -> list[MemoryItem]:
         """Memories newest first; status None lists all (history included)."""
         where, args = [], []
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
+        for column, wanted in (("status", status), ("kind", kind), ("subject", subject)):
+            if wanted is not None:
+                where.append(f"{column} = ?")
+                args.append(wanted)
         sql = "SELECT * FROM memories" + (" WHERE " + " AND ".join(where) if where else "")
         with self.store.connect() as db:
             rows = db.execute(sql + " ORDER BY updated DESC, id DESC", args).fetchall()
         return [MemoryItem.from_row(r) for r in rows]
 
-    def current(self) -> list[MemoryItem]:
-        return self.list("current")
+    def current(self, subject: str | None = None) -> list[MemoryItem]:
+        return self.list("current", subject=subject)
+
+    def ended(self) -> list[MemoryItem]:
+        """Memories that are no longer true (superseded or retracted), oldest change first."""
+        with self.store.connect() as db:
+            rows = db.execute("SELECT * FROM memories WHERE status IN ('superseded', 'retracted') "
+                              "ORDER BY ended, id").fetchall()
+        return [MemoryItem.from_row(r) for r in rows]
+
+    def history_note(self, item: MemoryItem, replaced: list[MemoryItem]) -> str:
+        """ "(changed from Lyon on turn 40)" for a current value that replaced others."""
+        if not replaced:
+            return ""
+        olds = ", ".join(m.value for m in replaced)
+        when = f" on turn {item.source_turn}" if item.source_turn is not None else ""
+        return f"(changed from {olds}{when})"
 
     def turns(self, conversation: str, role: str | None = "user") -> list[tuple[int, int, str]]:
         """(row id, turn, content) of a conversation's archived messages, oldest first."""
@@ -409,6 +518,34 @@ class Memory:
                              self._vectors("memories", [m.id for m in items], [m.text for m in items]))
         return [(items[i], score) for i, score in index.search(query, k, mode)]  # type: ignore[arg-type]
 
+    def outdated_turns(self, conversation: str, turns: list[tuple[int, int, str]]) -> set[int]:
+        """Turns (numbers) that state a value a later message replaced or retracted, and none of
+        the slot's current values: recalling them would contradict memory ("I live in Lyon"
+        after "We moved to Dublin"). A turn is 'before' the change by its number within the
+        conversation that made the change; for a change made in another conversation, every
+        turn archived before the change's time."""
+        ended = [m for m in self.ended() if m.subject == SUBJECT_USER]
+        if not ended:
+            return set()
+        current_by_key: dict[str, list[str]] = {}
+        for m in self.current(SUBJECT_USER):
+            current_by_key.setdefault(m.key, []).append(m.value)
+        with self.store.connect() as db:
+            ts = {r[0]: r[1] for r in db.execute(
+                "SELECT turn, ts FROM memory_turns WHERE conversation = ? AND role = 'user'", (conversation,))}
+        out: set[int] = set()
+        for _, turn, text in turns:
+            for m in ended:
+                if m.ended_conversation == conversation and m.ended_turn is not None:
+                    before = turn < m.ended_turn
+                else:
+                    before = m.ended is not None and ts.get(turn, 0.0) < m.ended
+                if before and mentions(text, m.value) and \
+                        not any(mentions(text, v) for v in current_by_key.get(m.key, []) if not same_value(v, m.value)):
+                    out.add(turn)
+                    break
+        return out
+
     def recall(
         self,
         query: str,
@@ -421,16 +558,23 @@ class Memory:
         mode: str = "hybrid",
     ) -> list[Recalled]:
         """What to put in the prompt for `query`: current memories and archived user turns of
-        this conversation (minus those already in the prompt), ranked together by hybrid
-        search and packed into `budget` tokens. Returned in prompt order: memories, then turns
-        oldest first (so a later statement reads as the newer one)."""
+        this conversation (minus those already in the prompt, and those that state a value
+        since replaced), ranked together by hybrid search and packed into `budget` tokens.
+        Returned in prompt order: turns oldest first, then memories (the current truth, last,
+        nearest the question)."""
         if budget <= 0:
             return []
         candidates: list[Recalled] = []
         vectors: list[np.ndarray] = []
         items = [m for m in self.current() if m.id not in (exclude_memories or set())]
         if items:
-            candidates += [Recalled("memory", m.id, m.text, 0.0, 0, m.source_turn) for m in items]
+            replaced: dict[int, list[MemoryItem]] = {}
+            if self.history_notes:
+                for old in self.list("superseded"):
+                    if old.superseded_by is not None:
+                        replaced.setdefault(old.superseded_by, []).append(old)
+            candidates += [Recalled("memory", m.id, m.text, 0.0, 0, m.source_turn,
+                                    note=self.history_note(m, replaced.get(m.id, []))) for m in items]
             vec = self._vectors("memories", [m.id for m in items], [m.text for m in items])
             if vec is not None:
                 vectors.append(vec)
@@ -440,6 +584,8 @@ class Memory:
                 if t[1] not in (exclude_turns or set()) and not is_question(t[2]):
                     latest[t[2].strip()] = t
             turns = sorted(latest.values(), key=lambda t: t[1])
+            outdated = self.outdated_turns(conversation, turns)
+            turns = [t for t in turns if t[1] not in outdated]
             if turns:
                 candidates += [Recalled("turn", row_id, text, 0.0, 0, turn) for row_id, turn, text in turns]
                 vec = self._vectors("memory_turns", [t[0] for t in turns], [t[2] for t in turns])
@@ -447,7 +593,7 @@ class Memory:
                     vectors.append(vec)
         if not candidates:
             return []
-        stacked = np.concatenate(vectors) if self.embedder is not None else None
+        stacked = np.concatenate(vectors) if self.embedder is not None and vectors else None
         index = HybridSearch([c.text for c in candidates], self.embedder if stacked is not None else None, stacked)
         ranked = []
         for i, score in index.search(query, k=len(candidates), mode=mode):  # type: ignore[arg-type]
@@ -456,13 +602,29 @@ class Memory:
             c.tokens = counter.count_text(format_recalled(c) + "\n")
             ranked.append(c)
         chosen, _ = pack(ranked, lambda c: c.tokens, budget)
-        return sorted(chosen, key=lambda c: (c.source != "memory", c.turn if c.turn is not None else -1))
+        return sorted(chosen, key=lambda c: (c.source == "memory", c.turn if c.turn is not None else -1))
 
     def pinned(self, counter: TokenCounter, budget: int) -> list[MemoryItem]:
         """The memories always kept in a compacted prompt: most mentioned, then most recent."""
         items = sorted(self.current(), key=lambda m: (-m.mentions, -m.updated))
         chosen, _ = pack(items, lambda m: counter.count_text(f"- {m.text}\n"), budget)
         return chosen
+
+
+def attribute_of(subject: str, key: str) -> tuple[str, str]:
+    """Models often write a relation as the subject of a name ("sister" / "name": "Ingrid") or
+    an attribute as the subject ("employer" / "name": "Acme"): both are the user's slots
+    ("sister name", "employer"). Facts about the other person ("friend" / "home city") stay theirs."""
+    if subject == SUBJECT_USER:
+        return subject, key
+    if subject in BY_KEY:  # "project review day" / "deadline": the subject is the user's slot
+        return SUBJECT_USER, subject
+    words = key_words(key)
+    if not words or words <= {"name", "other", "note"}:
+        for candidate in (f"{subject} name", subject):
+            if candidate in BY_KEY:
+                return SUBJECT_USER, candidate
+    return subject, key
 
 
 def is_question(text: str) -> bool:
@@ -477,16 +639,20 @@ def is_question(text: str) -> bool:
 
 def format_recalled(item: Recalled) -> str:
     if item.source == "memory":
-        return f"- {item.text}" + (f" (turn {item.turn})" if item.turn is not None else "")
+        return f"- {item.text}" + (f" {item.note}" if item.note else "")
     return f"- (turn {item.turn}) {item.text}"
 
 
 def recall_block(items: list[Recalled]) -> str:
-    """The recalled lines as a section of the prompt (empty when nothing was recalled)."""
-    if not items:
-        return ""
-    lines = ["From long-term memory (later statements replace earlier ones):"]
-    lines += [format_recalled(i) for i in items]
+    """The recalled lines as a section of the prompt (empty when nothing was recalled): earlier
+    messages oldest first, then the current memories, last, nearest the question."""
+    turns = [i for i in items if i.source == "turn"]
+    memories = [i for i in items if i.source == "memory"]
+    lines: list[str] = []
+    if turns:
+        lines += ["Earlier messages from the user (oldest first):"] + [format_recalled(i) for i in turns]
+    if memories:
+        lines += ["What is true now (long-term memory, up to date):"] + [format_recalled(i) for i in memories]
     return "\n".join(lines)
 
 
@@ -502,34 +668,41 @@ def pinned_block(items: list[MemoryItem]) -> str:
 class Extractor:
     """Asks a model for the memories in one user message, under a JSON schema; stores them.
 
-    Invalid JSON (possible on backends without grammar support) is retried once with another
-    seed, then the message is skipped with a warning: extraction never fails a chat turn."""
+    The model is shown the slots in use, with their current values, and picks a key from an
+    enum of the vocabulary's and the store's keys. Invalid JSON (possible on backends without
+    grammar support) is retried once with another seed, then the message is skipped with a
+    warning: extraction never fails a chat turn."""
 
     def __init__(self, client: Client, model: str, memory: Memory, options: dict[str, Any] | None = None):
         self.client = client
         self.model = model
         self.memory = memory
-        # 3 memories of at most 32 + 60 characters take at most ~150 tokens.
-        self.options = {"temperature": 0, "seed": 7, "num_predict": 160, **(options or {})}
+        # 3 memories of ~50 characters each take at most ~160 tokens.
+        self.options = {"temperature": 0, "seed": 7, "num_predict": 180, **(options or {})}
 
-    def _messages(self, text: str) -> list[Message]:
-        known = sorted({m.key for m in self.memory.current()})[:30]
-        system = EXTRACTION_PROMPT
-        if known:
-            system += "\nKnown keys: " + ", ".join(known) + "."
-        return [Message("system", system), Message("user", text)]
+    def _keys(self) -> list[str]:
+        vocab = [s.key for s in VOCABULARY if s.key != NOTE]
+        return vocab + [k for k in self.memory.keys() if k not in BY_KEY] + [OTHER]
+
+    def _messages(self, text: str) -> tuple[list[Message], dict[str, Any]]:
+        """The prompt lists the allowed keys (the vocabulary's, then the store's own, which change
+        least often first, so the engine's prefix cache keeps most of it). Current values are
+        not shown: small models copied them into unrelated messages (measured on tuning seeds)."""
+        keys = self._keys()
+        system = EXTRACTION_PROMPT + "\nAllowed keys: " + ", ".join(keys) + "."
+        return [Message("system", system), Message("user", text)], extraction_schema(keys)
 
     def propose(self, text: str) -> tuple[list[dict[str, str]], list[str], int]:
         """The model's proposals for one message, the warnings, and the attempts made."""
         warnings: list[str] = []
-        messages = self._messages(text)
+        messages, schema = self._messages(text)
         for attempt in (1, 2):
             options = dict(self.options)
             if attempt == 2:
                 options["seed"] = int(options.get("seed", 0)) + 1
                 options["temperature"] = 0.3
             try:
-                result = self.client.chat(self.model, messages, options=options, format=EXTRACTION_SCHEMA)
+                result = self.client.chat(self.model, messages, options=options, format=schema)
                 return parse_extraction(result.content), warnings, attempt
             except ValueError as exc:
                 warnings.append(f"memory extraction attempt {attempt}: invalid output ({exc})")
@@ -543,16 +716,16 @@ class Extractor:
         t0 = time.perf_counter()
         out = Extraction()
         out.proposed, out.warnings, out.attempts = self.propose(text)
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str]] = set()
         for p in out.proposed:
             score = grounding(p["value"], text)
-            ident = (normalise_key(p["key"]), p["value"].strip().lower())
-            if score < self.memory.min_grounding or not ident[0] or ident in seen:
+            ident = (normalise_subject(p["subject"]), normalise_key(p["key"]), p["value"].strip().lower())
+            if score < self.memory.min_grounding or not ident[1] or ident in seen:
                 out.rejected.append(p)
                 continue
             seen.add(ident)
             out.stored.append(self.memory.remember(
-                p["kind"], p["key"], p["value"], confidence=round(score, 3),
+                None, p["key"], p["value"], op=p["op"], subject=p["subject"], confidence=round(score, 3),
                 conversation=conversation, source_turn=turn, source_text=text,
             ))
         for w in out.warnings:
@@ -562,7 +735,8 @@ class Extractor:
 
 
 def parse_extraction(content: str) -> list[dict[str, str]]:
-    """Validate the model's JSON; ValueError (with the reason) when it is not what was asked."""
+    """Validate the model's JSON; ValueError (with the reason) when it is not what was asked.
+    `op` defaults to add and `subject` to the user (a backend without grammar may omit them)."""
     data = json.loads(content)  # json.JSONDecodeError is a ValueError
     if not isinstance(data, dict) or not isinstance(data.get("memories"), list):
         raise ValueError("expected an object with a 'memories' list")
@@ -570,9 +744,10 @@ def parse_extraction(content: str) -> list[dict[str, str]]:
     for entry in data["memories"]:
         if not isinstance(entry, dict):
             raise ValueError("each memory must be an object")
-        kind, key, value = entry.get("kind"), entry.get("key"), entry.get("value")
-        if kind not in KINDS or not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"memory {entry!r} needs kind in {KINDS}, a key and a value")
+        op, subject = entry.get("op", "add"), entry.get("subject", SUBJECT_USER)
+        key, value = entry.get("key"), entry.get("value")
+        if op not in OPS or not isinstance(subject, str) or not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"memory {entry!r} needs op in {OPS}, a subject, a key and a value")
         if key.strip() and value.strip():
-            out.append({"kind": kind, "key": key.strip(), "value": value.strip()})
+            out.append({"op": op, "subject": subject.strip(), "key": key.strip(), "value": value.strip()})
     return out

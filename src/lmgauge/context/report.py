@@ -15,7 +15,9 @@ def _pct(value: float | None) -> str:
 
 SHORT = {"keep-everything": "keep all", "keep-everything (same window)": "keep all, same window",
          "truncation": "truncation", "summarize": "summarize", "hybrid": "hybrid memory",
-         "hybrid (oracle memories)": "hybrid, oracle memories"}
+         "hybrid (oracle memories)": "hybrid, oracle memories",
+         "hybrid (without change notes)": "hybrid, no change notes",
+         "hybrid (oracle memories without change notes)": "oracle, no change notes"}
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
@@ -39,14 +41,16 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                        f"{s['compaction_ms_mean'] / 1000:.1f}" if s["compaction_ms_mean"] else "-")
     console.print(needles)
     console.print(tokens)
-    for s in report["strategies"]:
-        if s["extraction_precision"] is not None or s["supersession_accuracy"] is not None:
-            extraction = ("" if s["extraction_precision"] is None and s["extraction_recall"] is None else
-                          f"extraction precision {_pct(s['extraction_precision'])}, recall "
-                          f"{_pct(s['extraction_recall'])}; ")
-            console.print(f"{SHORT.get(s['name'], s['name'])}: {extraction}supersession accuracy "
-                          f"{_pct(s['supersession_accuracy'])}; stale values recalled as current memories: "
-                          f"{s['stale_recalled']}")
+    memory = [s for s in report["strategies"]
+              if s["supersession_accuracy"] is not None or s["extraction_precision"] is not None]
+    if memory:
+        table = Table("strategy", "extraction P / R", "misfiled", "supersession", "stale as current", "answer ok",
+                      "stale answers", "other's value", "added p50 / p95", "answer p50", "p95 share", "waits",
+                      "background p50 / p95", box=None, title_justify="left",
+                      title="Memory: extraction, supersession, stale values, added latency per turn")
+        for s in memory:
+            table.add_row(SHORT.get(s["name"], s["name"]), *memory_cells(s))
+        console.print(table)
     if "retrieval" in report:
         r = report["retrieval"]
         keys = [k for k in r["rows"][0] if k != "method"] if r["rows"] else []
@@ -57,6 +61,42 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             table.add_row(row["method"], *[_pct(row.get(k)) for k in keys])
         console.print(table)
     console.print(f"[dim]{report['seconds']:.0f}s[/]")
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else (f"{v:.0f} ms" if v < 10_000 else f"{v / 1000:.1f} s")
+
+
+def memory_cells(s: dict[str, Any]) -> list[str]:
+    """One strategy's memory figures as table cells (see evaluation._aggregate)."""
+    pr = ("-" if s["extraction_precision"] is None and s["extraction_recall"] is None else
+          f"{_pct(s['extraction_precision'])} / {_pct(s['extraction_recall'])}")
+    changes = s.get("changes") or {}
+    n = sum(v["n"] for k, v in changes.items() if k != "distractor")
+    ok = sum(v["correct"] for k, v in changes.items() if k != "distractor")
+    sup = f"{_pct(s['supersession_accuracy'])} ({ok}/{n})" if n else "-"
+    return [
+        pr, "-" if s.get("misfiled") is None else str(s["misfiled"]), sup,
+        _pct(s.get("stale_current")), _pct(s["correct"]) if s["answered"] else "not asked",
+        _pct(s["stale"]) if s["answered"] else "-", _pct(s.get("distracted")) if s["answered"] else "-",
+        f"{_ms(s.get('added_ms_p50'))} / {_ms(s.get('added_ms_p95'))}", _ms(s.get("answer_ms_p50")),
+        _pct(s.get("added_p95_share")), str(s.get("waits", 0)),
+        f"{_ms(s.get('background_ms_p50'))} / {_ms(s.get('background_ms_p95'))}",
+    ]
+
+
+def print_models(reports: list[dict[str, Any]], console: Console) -> None:
+    """The memory figures of several models side by side (one run of `eval context`)."""
+    table = Table("model", "strategy", "extraction P / R", "misfiled", "supersession", "stale as current",
+                  "answer ok", "stale answers", "other's value", "added p50 / p95", "answer p50", "p95 share",
+                  "waits", "background p50 / p95", box=None, title_justify="left",
+                  title="Memory, per model (same run)")
+    for report in reports:
+        for s in report["strategies"]:
+            if s["supersession_accuracy"] is None and s["extraction_precision"] is None:
+                continue
+            table.add_row(Path(report["model"]).name, SHORT.get(s["name"], s["name"]), *memory_cells(s))
+    console.print(table)
 
 
 def plot_tokens(report: dict[str, Any], path: Path) -> Path:

@@ -2,10 +2,15 @@
 document corpus whose questions have their evidence in known places. Same seed, same data.
 
 A conversation introduces facts about the user (home city, job, dog's name, ...), repeats some,
-updates some ("I moved from Lyon to Oslo") and asks about all of them much later; in between
-it is small talk (questions, and some statements) whose canned answers never mention a fact's
-value. Every user message carries
-its ground truth (the facts it states), so extraction can be scored too.
+updates some ("I moved from Lyon to Oslo"), retracts one ("I sold my Volvo; I don't own a car
+anymore"), adds to a multi-valued one ("I'm also allergic to pollen"), mentions other people's
+values as distractors ("My friend lives in Oslo": not the user's city) and asks about the
+user's facts much later; in between it is small talk (questions, and some statements) whose
+canned answers never mention a fact's value. Every user message carries its ground truth (the
+facts it states, with their operation and subject), so extraction can be scored too.
+
+Seeds 0-999 are the test set (`lmgauge eval context` defaults to seed 0); prompts and the slot
+vocabulary may be tuned only on seeds >= 1000 (TUNING_SEEDS), so the figures are not fitted.
 
 The corpus is a folder of Markdown service descriptions, Python modules and meeting notes about
 fictional services. Every service has the same sections (storage, security, deployment, ...),
@@ -19,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-TurnKind = Literal["filler", "state", "repeat", "update", "question"]
+TurnKind = Literal["filler", "state", "repeat", "update", "retract", "add", "distractor", "question"]
+TUNING_SEEDS = range(1000, 2000)  # what prompt or vocabulary tuning may look at; never reported
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,9 @@ class SlotSpec:
     question: tuple[str, ...]
     update: tuple[str, ...] = ()  # templates with {old} and {v}; empty: never changes
     repeat: tuple[str, ...] = ()
+    retract: tuple[str, ...] = ()  # templates with {old}: no longer true, no new value
+    add: tuple[str, ...] = ()  # multi-valued: templates with {v} adding a value to the others
+    distractor: tuple[tuple[str, str], ...] = ()  # (someone else, template with {v}): not the user's value
 
 
 SLOTS: tuple[SlotSpec, ...] = (
@@ -39,18 +48,22 @@ SLOTS: tuple[SlotSpec, ...] = (
              ("By the way, I live in {v}.", "I'm based in {v} these days."),
              ("Which city do I live in now?", "Remind me, where do I live?"),
              ("Big news: I moved from {old} to {v} last month.", "We relocated from {old} to {v}."),
-             ("It's raining again here in {v}.",)),
+             ("It's raining again here in {v}.",),
+             distractor=(("friend", "My friend lives in {v}."), ("sister", "My sister just moved to {v}."))),
     SlotSpec("job", "fact",
              ("nurse", "pilot", "architect", "baker", "librarian", "electrician", "translator", "geologist"),
              ("I work as a {v}.", "I'm a {v} by profession."),
              ("What is my job?", "What do I do for a living?"),
              ("I changed careers: I'm a {v} now, no longer a {old}.",),
-             ("Long shift today, being a {v} is tiring.",)),
+             ("Long shift today, being a {v} is tiring.",),
+             distractor=(("brother", "My brother works as a {v}."),)),
     SlotSpec("dog name", "fact",
              ("Rex", "Biscuit", "Pepper", "Mochi", "Ziggy", "Bruno", "Nala"),
              ("My dog is called {v}.", "I have a dog named {v}."),
              ("What is my dog's name?", "Do you remember what my dog is called?"),
-             (), ("{v} chewed my slippers again.",)),
+             (), ("{v} chewed my slippers again.",),
+             retract=("Sadly {old} died last month; I no longer have a dog.",),
+             distractor=(("friend", "My friend's dog is called {v}."),)),
     SlotSpec("sister name", "fact",
              ("Clara", "Ingrid", "Marta", "Yuki", "Sofia", "Amara"),
              ("My sister's name is {v}.", "I have a sister called {v}."),
@@ -59,12 +72,15 @@ SLOTS: tuple[SlotSpec, ...] = (
              ("Volvo", "Skoda", "Toyota", "Fiat", "Subaru", "Renault", "Mazda"),
              ("I drive a {v}.", "My car is a {v}."),
              ("What car do I drive?", "Which brand is my car?"),
-             ("I sold the {old} and bought a {v}.",), ()),
+             ("I sold the {old} and bought a {v}.",), (),
+             retract=("I sold my {old}; I don't own a car anymore.",),
+             distractor=(("neighbour", "My neighbour drives a {v}."),)),
     SlotSpec("morning drink", "preference",
              ("green tea", "black coffee", "oat latte", "hot chocolate", "chai", "espresso"),
              ("I always start my day with {v}.", "In the morning I prefer {v}."),
              ("What do I like to drink in the morning?",),
-             ("I've switched from {old} to {v} in the mornings.",), ()),
+             ("I've switched from {old} to {v} in the mornings.",), (),
+             distractor=(("colleague", "My colleague always drinks {v}."),)),
     SlotSpec("project review day", "decision",
              ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday"),
              ("Let's hold the project review on {v}.", "We decided the project review will be on {v}."),
@@ -78,7 +94,8 @@ SLOTS: tuple[SlotSpec, ...] = (
     SlotSpec("allergy", "fact",
              ("peanuts", "shellfish", "pollen", "penicillin", "sesame"),
              ("I'm allergic to {v}.",),
-             ("What am I allergic to?",), (), ()),
+             ("What am I allergic to?",), (), (),
+             add=("I found out I'm also allergic to {v}.",)),
     SlotSpec("language learning", "decision",
              ("Portuguese", "Japanese", "Finnish", "Swahili", "Korean", "Greek"),
              ("I've decided to learn {v} this year.",),
@@ -88,13 +105,20 @@ SLOTS: tuple[SlotSpec, ...] = (
              ("Nordlys Labs", "Acme Foods", "Bluefin Robotics", "Quarry Bank", "Tern Logistics"),
              ("I work at {v}.", "My employer is {v}."),
              ("Which company do I work for?",),
-             ("I left {old} and joined {v}.",), ()),
+             ("I left {old} and joined {v}.",), (),
+             distractor=(("partner", "My partner works at {v}."),)),
     SlotSpec("diet", "preference",
              ("vegetarian", "vegan", "pescatarian", "gluten-free"),
              ("I'm {v}, just so you know.",),
              ("What is my diet?",),
              ("I'm not {old} anymore, I'm {v} now.",), ()),
+    SlotSpec("hobby", "preference",
+             ("hiking", "chess", "pottery", "climbing", "gardening", "birdwatching"),
+             ("In my free time I enjoy {v}.",),
+             ("What are my hobbies?",), (), (),
+             add=("I've also taken up {v} recently.",)),
 )
+MULTI = {"allergy", "hobby"}  # multi-valued slots: an addition keeps the other values
 
 FILLER: tuple[tuple[str, str], ...] = (
     ("Can you explain how tides work?",
@@ -187,6 +211,8 @@ class Fact:
     kind: str
     key: str
     value: str
+    op: str = "add"  # add | update | delete
+    subject: str = "user"
 
 
 @dataclass
@@ -198,6 +224,8 @@ class SynthTurn:
     value: str | None = None  # the value stated, or the current value asked for
     old: list[str] = field(default_factory=list)  # earlier values of the slot (stale answers)
     facts: list[Fact] = field(default_factory=list)  # ground truth memories in this message
+    others: list[str] = field(default_factory=list)  # questions: other people's values (distractors)
+    values: list[str] = field(default_factory=list)  # questions: every current value (multi-valued)
 
 
 @dataclass
@@ -209,30 +237,47 @@ class SynthConversation:
     def questions(self) -> list[tuple[int, SynthTurn]]:
         return [(i + 1, t) for i, t in enumerate(self.turns) if t.kind == "question"]
 
-    def current_values(self, upto: int) -> dict[str, str]:
-        """Each slot's value as of turn `upto` (1-based, inclusive)."""
-        out: dict[str, str] = {}
+    def current_values(self, upto: int) -> dict[str, list[str]]:
+        """Each of the user's slots' current values as of turn `upto` (1-based, inclusive)."""
+        out: dict[str, list[str]] = {}
         for t in self.turns[:upto]:
-            if t.kind in ("state", "update", "repeat") and t.slot and t.value:
-                out[t.slot] = t.value
-        return out
+            for f in t.facts:
+                if f.subject != "user":
+                    continue
+                if f.op == "delete":
+                    out[f.key] = [v for v in out.get(f.key, []) if v != f.value]
+                elif f.key in MULTI and t.kind in ("add", "state", "repeat"):
+                    out[f.key] = list(dict.fromkeys(out.get(f.key, []) + [f.value]))
+                else:
+                    out[f.key] = [f.value]
+        return {k: v for k, v in out.items() if v}
 
 
-def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5) -> SynthConversation:
+def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5, retractions: int = 1,
+                 additions: int = 1, distractors: int = 2) -> SynthConversation:
     """A conversation of `turns` user turns: facts stated in the first third, repeated now and
-    then, `updates` of them changed in the middle third, all asked about in the last part."""
+    then; in the middle third `updates` of them changed, `retractions` withdrawn, `additions`
+    to multi-valued ones, and `distractors` (someone else's value for a slot); all the user's
+    facts still true asked about in the last part."""
     if turns < 12:
         raise ValueError("a synthetic conversation needs at least 12 turns")
     rng = random.Random(seed)
     specs = rng.sample(SLOTS, min(slots, len(SLOTS)))
     updatable = [s for s in specs if s.update]
     to_update = set(s.key for s in rng.sample(updatable, min(updates, len(updatable))))
+    retractable = [s for s in specs if s.retract and s.key not in to_update]
+    to_retract = set(s.key for s in rng.sample(retractable, min(retractions, len(retractable))))
+    addable = [s for s in specs if s.add]
+    to_add = set(s.key for s in rng.sample(addable, min(additions, len(addable))))
+    confusable = [s for s in specs if s.distractor and s.key not in to_retract]
+    to_distract = set(s.key for s in rng.sample(confusable, min(distractors, len(confusable))))
 
     plan: dict[int, SynthTurn] = {}
     free = lambda lo, hi: [i for i in range(lo, hi) if i not in plan]  # noqa: E731
     first_third, two_thirds, ask_from = max(turns // 3, len(specs)), max(2 * turns // 3, 2), int(turns * 0.7)
     state_at = sorted(rng.sample(free(0, first_third), len(specs)))
     rng.shuffle(specs)
+    others: dict[str, list[str]] = {}
     for spec, i in zip(specs, state_at):
         values = list(spec.values)
         rng.shuffle(values)
@@ -240,29 +285,51 @@ def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5)
         plan[i] = SynthTurn(rng.choice(spec.state).format(v=v), rng.choice(ACKS), "state", spec.key, v,
                             facts=[Fact(spec.kind, spec.key, v)])
         history = [v]
-        if spec.key in to_update:
-            slots_free = free(max(i + 3, first_third), two_thirds)
-            if slots_free:
-                j = rng.choice(slots_free)
-                new = values[1]
-                plan[j] = SynthTurn(rng.choice(spec.update).format(old=v, v=new), rng.choice(ACKS), "update",
-                                    spec.key, new, old=[v], facts=[Fact(spec.kind, spec.key, new)])
-                history.append(new)
-        if spec.repeat and rng.random() < 0.6:
-            last = max(k for k, t in plan.items() if t.slot == spec.key)
+        middle = free(max(i + 3, first_third), two_thirds)
+        if spec.key in to_update and middle:
+            j = rng.choice(middle)
+            new = values[1]
+            plan[j] = SynthTurn(rng.choice(spec.update).format(old=v, v=new), rng.choice(ACKS), "update",
+                                spec.key, new, old=[v], facts=[Fact(spec.kind, spec.key, new, "update")])
+            history.append(new)
+        elif spec.key in to_retract and middle:
+            j = rng.choice(middle)
+            plan[j] = SynthTurn(rng.choice(spec.retract).format(old=v), rng.choice(ACKS), "retract", spec.key,
+                                None, old=[v], facts=[Fact(spec.kind, spec.key, v, "delete")])
+            history.append("")
+        elif spec.key in to_add and middle:
+            j = rng.choice(middle)
+            plan[j] = SynthTurn(rng.choice(spec.add).format(v=values[1]), rng.choice(ACKS), "add", spec.key,
+                                values[1], facts=[Fact(spec.kind, spec.key, values[1])])
+        if spec.key in to_distract:
+            later = free(i + 1, ask_from)
+            if later:
+                j = rng.choice(later)
+                who, template = rng.choice(spec.distractor)
+                other = values[-1]  # never one of the user's values (those are values[0] and [1])
+                plan[j] = SynthTurn(template.format(v=other), rng.choice(ACKS), "distractor", spec.key, other,
+                                    facts=[Fact(spec.kind, spec.key, other, "add", who)])
+                others[spec.key] = [other]
+        if spec.repeat and history[-1] and rng.random() < 0.6:
+            last = max(k for k, t in plan.items() if t.slot == spec.key and t.kind != "distractor")
             slots_free = free(last + 2, ask_from)
             if slots_free:
                 j = rng.choice(slots_free)
                 plan[j] = SynthTurn(rng.choice(spec.repeat).format(v=history[-1]), rng.choice(ACKS), "repeat",
                                     spec.key, history[-1], facts=[Fact(spec.kind, spec.key, history[-1])])
-    ask_at = sorted(rng.sample(free(ask_from, turns), min(len(specs), len(free(ask_from, turns)))))
-    rng.shuffle(specs)
-    for spec, i in zip(specs, ask_at):
-        said = sorted((k, t) for k, t in plan.items() if t.slot == spec.key and t.kind != "question")
-        current = said[-1][1].value
-        olds = [t.value for _, t in said if t.value != current]
-        plan[i] = SynthTurn(rng.choice(spec.question), f"{current}.", "question", spec.key, current,
-                            old=sorted(set(olds)))
+    # Ask about every slot the user still has (a retracted one has no current value to ask for).
+    asked = [s for s in specs if s.key not in to_retract]
+    ask_at = sorted(rng.sample(free(ask_from, turns), min(len(asked), len(free(ask_from, turns)))))
+    rng.shuffle(asked)
+    for spec, i in zip(asked, ask_at):
+        said = SynthConversation(seed, [plan[k] for k in sorted(plan) if k < i])
+        current = said.current_values(len(said.turns)).get(spec.key, [])
+        if not current:
+            continue
+        stated = [f.value for t in said.turns for f in t.facts if f.key == spec.key and f.subject == "user"]
+        olds = sorted({v for v in stated if v not in current})
+        plan[i] = SynthTurn(rng.choice(spec.question), ", ".join(current) + ".", "question", spec.key,
+                            ", ".join(current), old=olds, others=others.get(spec.key, []), values=current)
     out = []
     for i in range(turns):
         if i in plan:

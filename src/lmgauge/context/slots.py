@@ -1,0 +1,209 @@
+"""Canonical memory slots: the same attribute is named the same way every time.
+
+Supersession only works if "We relocated from Lyon to Dublin" lands in the slot that holds
+"lives in Lyon". Small extractors name attributes differently from one message to the next
+("city", "location", "residence", "relocated to"), so keys are canonicalised:
+
+1. a built-in vocabulary of common personal and project attributes (VOCABULARY), each with
+   its kind, whether it holds one value or several (hobbies, allergies append; a home city is
+   replaced), and the names people and models use for it (aliases);
+2. the extractor's schema lists these keys plus the store's own keys as an enum, so the model
+   picks a slot rather than inventing a name (a grammar on the embedded engine);
+3. any other name (an API caller's, `lmgauge memory edit --key`) is matched to the vocabulary
+   and to the keys already stored: by its words (aliases, "city" ~ "home city"), then by
+   embedding similarity; a name that matches nothing becomes a new slot.
+
+The vocabulary is general on purpose (about 40 attributes a user typically tells an assistant);
+it is not derived from the evaluation's conversations, though those use common attributes that
+it covers (see docs/context.md on keeping the test set apart).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..embedding import Embedder
+
+OTHER = "other"  # the enum's escape hatch: a fact no slot names is kept as a note
+NOTE = "note"
+
+
+@dataclass(frozen=True)
+class Slot:
+    key: str
+    kind: str  # fact | preference | decision
+    multi: bool = False  # several current values (append) instead of one (supersede)
+    aliases: tuple[str, ...] = ()
+
+
+def _s(key: str, kind: str = "fact", *aliases: str, multi: bool = False) -> Slot:
+    return Slot(key, kind, multi, aliases)
+
+
+VOCABULARY: tuple[Slot, ...] = (
+    # who the user is
+    _s("name", "fact", "user name", "first name", "full name", "called"),
+    _s("age", "fact", "years old"),
+    _s("birthday", "fact", "birth date", "date of birth"),
+    _s("home city", "fact", "city", "location", "residence", "hometown", "lives in", "current city",
+       "place of residence", "town", "live", "based in", "moved to", "relocated to"),
+    _s("home country", "fact", "country", "country of residence"),
+    _s("nationality", "fact", "citizenship"),
+    _s("native language", "fact", "mother tongue", "first language"),
+    _s("job", "fact", "occupation", "profession", "role", "job title", "career", "work as", "position"),
+    _s("employer", "fact", "company", "workplace", "works at", "work at", "organisation", "organization",
+       "firm", "works for"),
+    _s("education", "fact", "school", "university", "degree", "field of study", "studies"),
+    # people and animals
+    _s("partner name", "fact", "partner", "spouse", "wife", "husband", "girlfriend", "boyfriend"),
+    _s("sister name", "fact", "sister"),
+    _s("brother name", "fact", "brother"),
+    _s("mother name", "fact", "mother", "mom", "mum"),
+    _s("father name", "fact", "father", "dad"),
+    _s("child name", "fact", "child", "children", "son", "daughter", "kids", multi=True),
+    _s("dog name", "fact", "dog", "dog's name", "puppy"),
+    _s("cat name", "fact", "cat", "cat's name", "kitten"),
+    _s("pet", "fact", "pets", "animal", multi=True),
+    # things and habits
+    _s("car", "fact", "vehicle", "car brand", "drives", "car model"),
+    _s("instrument", "fact", "musical instrument", "plays", "plays instrument", multi=True),
+    _s("hobby", "preference", "hobbies", "interest", "pastime", "sport", multi=True),
+    _s("allergy", "fact", "allergies", "allergic to", "allergic", multi=True),
+    _s("diet", "preference", "dietary preference", "eating habits", "dietary restriction"),
+    _s("morning drink", "preference", "drink", "favorite drink", "breakfast drink", "coffee", "tea", "beverage"),
+    _s("favorite food", "preference", "food", "favourite food", "favorite dish", "cuisine"),
+    _s("favorite color", "preference", "colour", "color", "favourite colour"),
+    _s("favorite music", "preference", "music", "music genre", "favorite band"),
+    _s("health condition", "fact", "condition", "illness", "medication", multi=True),
+    # plans and work
+    _s("language learning", "decision", "learning language", "language to learn", "studying language",
+       "language course"),
+    _s("project review day", "decision", "review day", "project review", "review meeting", "meeting day"),
+    _s("deadline", "decision", "project deadline", "due date", multi=True),
+    _s("appointment", "decision", "meeting", "event", multi=True),
+    _s("plan", "decision", "plans", "goal", "travel plan", "trip", multi=True),
+    _s("programming language", "preference", "coding language", "language used in project"),
+    _s("editor", "preference", "ide", "code editor"),
+    _s("operating system", "preference", "os"),
+    _s("project name", "fact", "project"),
+    _s(NOTE, "fact", OTHER, multi=True),
+)
+
+BY_KEY: dict[str, Slot] = {s.key: s for s in VOCABULARY}
+
+_WORD = re.compile(r"[a-z0-9]+")
+_NOISE = {"my", "the", "a", "an", "current", "users", "user", "s", "of", "is", "new", "old", "i", "am"}
+_GENERIC = {"name", "day", "date", "time", "number", "type", "year", "place", "thing"}
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ies", "es", "s"):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def key_words(key: str) -> frozenset[str]:
+    text = key.lower().replace("favourite", "favorite").replace("colour", "color")
+    return frozenset(_stem(w) for w in _WORD.findall(text) if w not in _NOISE)
+
+
+def normalise_key(key: str) -> str:
+    return " ".join(_WORD.findall(key.lower())) or key.strip().lower()
+
+
+def same_slot(a: str, b: str) -> bool:
+    """Do two keys name the same attribute? Equal, or one's words contained in the other's
+    ("city" ~ "home city", "review day" ~ "project review day"), unless the smaller one is only
+    generic words ("name" is not "dog name"); "sister name" and "brother name" are different
+    slots. Deliberately lexical: embeddings rate those two as close as "city" and "home city"."""
+    wa, wb = key_words(a), key_words(b)
+    if not wa or not wb:
+        return normalise_key(a) == normalise_key(b)
+    if wa == wb:
+        return True
+    small, big = (wa, wb) if len(wa) <= len(wb) else (wb, wa)
+    return small <= big and bool(small - _GENERIC)
+
+
+def slot_for(key: str) -> Slot:
+    """The vocabulary's slot for a canonical key, or a single-valued fact slot of that name."""
+    return BY_KEY.get(key) or Slot(key, "fact")
+
+
+class Canonicaliser:
+    """Maps an attribute name to a canonical key (see the module docstring).
+
+    Embedding matching only runs when words do not decide, and only above `min_similarity`:
+    a name close to nothing stays its own slot rather than being forced into a wrong one."""
+
+    def __init__(self, embedder: Embedder | None = None, min_similarity: float = 0.7):
+        self.embedder = embedder
+        self.min_similarity = min_similarity
+        self._names: list[tuple[str, str]] = [(s.key, s.key) for s in VOCABULARY]
+        self._names += [(a, s.key) for s in VOCABULARY for a in s.aliases]
+        self._vectors: np.ndarray | None = None
+
+    def _vocab_vectors(self) -> np.ndarray | None:
+        if self.embedder is None:
+            return None
+        if self._vectors is None:
+            self._vectors = self.embedder.embed([n for n, _ in self._names])
+        return self._vectors
+
+    def canonical(self, name: str, existing: list[str] | tuple[str, ...] = ()) -> str:
+        key = normalise_key(name)
+        if not key:
+            return key
+        if key in BY_KEY or key in existing:
+            return key
+        words = key_words(key)
+        # 1. exactly an alias ("location", "allergic to")
+        for alias, canon in self._names:
+            if key_words(alias) == words and words:
+                return canon
+        # 2. an existing key of the store, by words ("review day" ~ "project review day")
+        for other in existing:
+            if same_slot(other, key):
+                return other
+        # 3. a vocabulary key by words ("current home city" ~ "home city"), else the longest
+        #    alias whose words it contains ("city of residence" ~ "city", "workplace name")
+        for canon in BY_KEY:
+            if canon != NOTE and same_slot(canon, key):
+                return canon
+        contained = [(len(key_words(alias)), canon) for alias, canon in self._names
+                     if canon != NOTE and key_words(alias) and key_words(alias) <= words
+                     and key_words(alias) - _GENERIC]
+        if contained:
+            return max(contained, key=lambda c: c[0])[1]
+        # 4. embeddings: the nearest vocabulary name or existing key, if near enough
+        if self.embedder is not None:
+            names = list(self._names) + [(k, k) for k in existing]
+            vocab = self._vocab_vectors()
+            extra = self.embedder.embed([k for k in existing]) if existing else None
+            matrix = vocab if extra is None else np.concatenate([vocab, extra])  # type: ignore[list-item]
+            q = self.embedder.embed([key])[0]
+            sims = matrix @ q / (np.linalg.norm(matrix, axis=1) * (np.linalg.norm(q) or 1.0) + 1e-9)
+            best = int(np.argmax(sims))
+            if float(sims[best]) >= self.min_similarity:
+                return names[best][1]
+        return key
+
+
+SUBJECT_USER = "user"
+_USER_WORDS = {"user", "me", "i", "myself", "self", "the user", "you", "my", "mine", ""}
+
+
+def normalise_subject(subject: str | None) -> str:
+    """'user' for the user (however the model says it), else the person in 1-3 lowercase words
+    ("my friend" -> "friend")."""
+    text = (subject or "").strip().lower()
+    if text in _USER_WORDS:
+        return SUBJECT_USER
+    words = [w for w in _WORD.findall(text) if w not in {"my", "the", "a", "an", "user", "s"}]
+    return " ".join(words[:3]) or SUBJECT_USER

@@ -1,0 +1,176 @@
+"""Memory that changes its mind: canonical slots, add/update/delete decided against the slot
+index, subjects, history that is kept but never recalled as current, recall that does not
+contradict memory, and the migration of a database made by an older lmgauge (real SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from lmgauge.context.memory import Memory, recall_block
+from lmgauge.context.slots import Canonicaliser
+from lmgauge.context.tokens import ServerTokens
+from lmgauge.embedding import WordLlamaEmbedder
+from lmgauge.store import Store
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return WordLlamaEmbedder()
+
+
+@pytest.fixture
+def memory(tmp_path, embedder):
+    return Memory(Store(tmp_path / "m.db"), embedder)
+
+
+@pytest.mark.parametrize("name, canonical", [
+    ("location", "home city"), ("city", "home city"), ("city of residence", "home city"),
+    ("where I live", "home city"), ("occupation", "job"), ("workplace name", "employer"),
+    ("allergic to", "allergy"), ("food allergies", "allergy"), ("name of my dog", "dog name"),
+    ("wife", "partner name"), ("favourite beverage", "morning drink"),
+    # close to nothing in the vocabulary: a slot of its own, not forced into a wrong one
+    ("shoe size", "shoe size"), ("guitar teacher", "guitar teacher"),
+    # "name" alone is not "dog name"; "sister name" is not "brother name"
+    ("name", "name"), ("brother name", "brother name"),
+])
+def test_attribute_names_are_canonicalised(embedder, name, canonical):
+    assert Canonicaliser(embedder).canonical(name) == canonical
+
+
+def test_a_new_attribute_name_reuses_a_key_already_stored(memory):
+    memory.remember("fact", "shoe size", "44")
+    assert memory.remember("fact", "shoe sizes", "45").action == "superseded"
+    assert [m.text for m in memory.current()] == ["shoe size: 45"]
+
+
+def test_single_valued_slots_supersede_and_multi_valued_ones_append(memory):
+    memory.remember(None, "location", "Lyon", source_turn=3)
+    moved = memory.remember(None, "home city", "Dublin", op="update", source_turn=40,
+                            source_text="We relocated from Lyon to Dublin.")
+    assert moved.action == "superseded" and [m.value for m in moved.replaced] == ["Lyon"]
+    memory.remember(None, "allergies", "peanuts", source_text="I'm allergic to peanuts.")
+    also = memory.remember(None, "allergy", "pollen", source_text="I found out I'm also allergic to pollen.")
+    assert also.action == "appended"
+    assert sorted(m.text for m in memory.current()) == ["allergy: peanuts", "allergy: pollen", "home city: Dublin"]
+    # A multi-valued slot replaces only the value the message names.
+    memory.remember(None, "instrument", "cello", source_text="I play the cello.")
+    memory.remember(None, "instrument", "banjo", source_text="I also play the banjo.")
+    swapped = memory.remember(None, "instrument", "piano", op="update",
+                              source_text="I gave up the cello; I play the piano now.")
+    assert [m.value for m in swapped.replaced] == ["cello"]
+    assert sorted(m.value for m in memory.current() if m.key == "instrument") == ["banjo", "piano"]
+
+
+def test_a_retraction_ends_the_value_and_history_stays_queryable(memory):
+    car = memory.remember(None, "car", "Volvo", source_turn=2).item
+    gone = memory.remember(None, "car", "Volvo", op="delete", conversation="c", source_turn=9,
+                           source_text="I sold my Volvo; I don't own a car anymore.")
+    assert gone.action == "retracted" and [m.id for m in gone.replaced] == [car.id]
+    assert memory.current() == []
+    (old,) = memory.list(status=None)
+    assert old.status == "retracted" and old.ended_turn == 9 and old.superseded_by is None
+    assert memory.recall("What car do I drive?", ServerTokens(), 500) == []
+    # A retraction finds the value the message names even where the model misfiled it.
+    memory.remember(None, "pet", "Skoda")
+    sold = memory.remember(None, "car", "Skoda", op="delete", source_text="I sold my Skoda; I don't own a car.")
+    assert [m.key for m in sold.replaced] == ["pet"] and memory.current() == []
+    # "I no longer have a dog": the value names the slot, whatever the model filed it under.
+    memory.remember(None, "dog name", "Nala")
+    no_dog = memory.remember(None, "pet", "dog", op="delete", source_text="Sadly Nala died; I no longer have a dog.")
+    assert [m.value for m in no_dog.replaced] == ["Nala"] and memory.current() == []
+    # Retracting what was never stored changes nothing.
+    assert memory.remember(None, "pet", "hamster", op="delete").replaced == []
+
+
+def test_an_update_replaces_the_value_it_names_even_in_another_slot(memory):
+    # A small extractor filed the city under "home country"; the update names it.
+    misfiled = memory.remember(None, "home country", "Dublin").item
+    moved = memory.remember(None, "home city", "Tallinn", op="update",
+                            source_text="We relocated from Dublin to Tallinn.")
+    assert [m.id for m in moved.replaced] == [misfiled.id]
+    assert [m.text for m in memory.current()] == ["home city: Tallinn"]
+    # The model chose "add" for a change and another slot: the message says it changed.
+    memory.remember(None, "morning drink", "oat latte")
+    switched = memory.remember(None, "favorite food", "hot chocolate",
+                               source_text="I've switched from oat latte to hot chocolate in the mornings.")
+    assert [m.value for m in switched.replaced] == ["oat latte"]
+    # An addition that mentions another value replaces nothing outside its slot.
+    memory.remember(None, "hobby", "hiking", source_text="I go hiking near Tallinn.")
+    assert {m.value for m in memory.current()} == {"Tallinn", "hiking", "hot chocolate"}
+
+
+def test_other_peoples_facts_never_replace_the_users(memory):
+    memory.remember(None, "home city", "Lyon")
+    friend = memory.remember(None, "home city", "Oslo", subject="my friend", source_text="My friend lives in Oslo.")
+    assert friend.action == "new" and friend.item.subject == "friend"
+    assert sorted(m.text for m in memory.current()) == ["friend's home city: Oslo", "home city: Lyon"]
+    # "sister" / "name" is the user's slot "sister name", not a fact about a sister's name.
+    sister = memory.remember(None, "name", "Ingrid", subject="sister")
+    assert (sister.item.subject, sister.item.key) == ("user", "sister name")
+    # A slot written as the subject is the user's slot.
+    review = memory.remember(None, "deadline", "Monday", subject="project review day")
+    assert (review.item.subject, review.item.key) == ("user", "project review day")
+
+
+def test_superseded_history_is_listed_with_what_replaced_it(memory):
+    first = memory.remember(None, "job", "nurse", source_turn=1).item
+    second = memory.remember(None, "job", "pilot", op="update", source_turn=20).item
+    history = {m.value: m for m in memory.list(status=None)}
+    assert history["nurse"].status == "superseded" and history["nurse"].superseded_by == second.id
+    assert history["nurse"].id == first.id and history["pilot"].status == "current"
+
+
+def test_recall_drops_archived_turns_that_state_a_replaced_value(memory):
+    said = ["I live in Lyon.", "It's raining again here in Lyon.", "My dog is called Rex.",
+            "We relocated from Lyon to Dublin.", "Tell me about tides."]
+    for turn, text in enumerate(said, start=1):
+        memory.archive_turn("c1", turn, "user", text)
+    memory.remember(None, "home city", "Lyon", conversation="c1", source_turn=1, source_text=said[0])
+    memory.remember(None, "home city", "Dublin", op="update", conversation="c1", source_turn=4, source_text=said[3])
+    recalled = memory.recall("Where do I live?", ServerTokens(), 10_000, conversation="c1")
+    turns = [r.turn for r in recalled if r.source == "turn"]
+    # Turns 1 and 2 say Lyon and nothing newer; turn 4 says both (it is the change itself).
+    assert 1 not in turns and 2 not in turns and 4 in turns and turns == sorted(turns)
+    # The current memories come last, nearest the question, with their history.
+    assert recalled[-1].source == "memory" and recalled[-1].text == "home city: Dublin"
+    block = recall_block(recalled)
+    assert block.index("(turn 4)") < block.index("home city: Dublin (changed from Lyon on turn 4)")
+    assert "I live in Lyon" not in block
+
+
+def test_the_change_note_can_be_turned_off(tmp_path, embedder):
+    memory = Memory(Store(tmp_path / "m.db"), embedder, history_notes=False)
+    memory.remember(None, "home city", "Lyon", source_turn=1)
+    memory.remember(None, "home city", "Dublin", op="update", source_turn=4)
+    (line,) = memory.recall("Where do I live?", ServerTokens(), 10_000)
+    assert line.note == "" and "Lyon" not in recall_block([line])
+
+
+OLD_SCHEMA = """
+CREATE TABLE memories (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    confidence REAL NOT NULL, status TEXT NOT NULL DEFAULT 'current',
+    superseded_by INTEGER REFERENCES memories(id), mentions INTEGER NOT NULL DEFAULT 1,
+    conversation TEXT, source_turn INTEGER, source_text TEXT, created REAL NOT NULL,
+    updated REAL NOT NULL, embed_model TEXT, embedding BLOB
+)
+"""
+
+
+def test_a_database_from_before_slots_is_migrated_in_place(tmp_path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as raw:
+        raw.execute(OLD_SCHEMA)
+        raw.execute("INSERT INTO memories (kind, key, value, confidence, created, updated) "
+                    "VALUES ('fact', 'home city', 'Lyon', 1.0, 1, 1)")
+    memory = Memory(Store(db))
+    (old,) = memory.current()
+    assert old.subject == "user" and old.ended is None  # existing rows get the defaults
+    moved = memory.remember(None, "city", "Oslo", op="update", source_turn=5)
+    assert moved.replaced[0].id == old.id and [m.value for m in memory.current()] == ["Oslo"]
+    Memory(Store(db))  # opening it again changes nothing
+    with sqlite3.connect(db) as raw:
+        columns = [r[1] for r in raw.execute("PRAGMA table_info(memories)")]
+    assert columns.count("subject") == 1 and "ended_turn" in columns
