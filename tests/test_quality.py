@@ -37,9 +37,15 @@ def store(settings):
 
 
 def test_quality_run_on_smollm2_measures_resumes_and_writes(settings, store, tmp_path):
+    # First the quality passes alone (--no-speed), then the same command with speed: every row is
+    # reused from the store and only its speed and memory are measured.
+    first = run_quality(settings, _config("smollm2", speed=False), store)
+    assert all(r["decode_tps"] is None for r in first["rows"])
     report = run_quality(settings, _config("smollm2"), store)
     rows = {r["label"]: r for r in report["rows"]}
     assert list(rows) == ["Q4_1 (reference)", "Q8_0", "Q4_1 (reference), KV q8_0"]
+    assert report["resumed_rows"] == list(rows)
+    assert [r["quality"] for r in report["rows"]] == [r["quality"] for r in first["rows"]]
     ref, q8, kv = rows["Q4_1 (reference)"], rows["Q8_0"], rows["Q4_1 (reference), KV q8_0"]
     scored = 3 * (CTX // 2 - 1)
     assert report["corpus"]["scored_tokens"] == scored
@@ -52,6 +58,7 @@ def test_quality_run_on_smollm2_measures_resumes_and_writes(settings, store, tmp
         assert 0 < q["kld_mean"]["value"] < 1  # a different file / cache: some divergence, not a different model
         assert q["kld_median"] <= q["kld_p99"] <= q["kld_max"]
         assert 0.5 < q["same_top"]["value"] <= 1
+    for row in (ref, q8, kv):
         assert row["decode_tps"] > 0 and row["prefill_tps"] > 0
         assert row["rss_bytes"] > 0 and row["rss_estimate_bytes"] > 0
     assert q8["weights"] == "Q8_0" and q8["file_size"] > ref["file_size"]  # 8.5 bits/weight beats Q4_1's 5.7
@@ -62,10 +69,10 @@ def test_quality_run_on_smollm2_measures_resumes_and_writes(settings, store, tmp
     assert report["verdicts"] and all("text" in v for v in report["verdicts"])
     assert table(report).rows and verdict_table(report).rows
 
-    # The same command again: every row comes from the store, nothing is quantized or measured.
+    # The same command again: every row, speed included, comes from the store.
     again = run_quality(settings, _config("smollm2"), store)
     assert again["resumed_rows"] == list(rows)
-    assert [r["quality"] for r in again["rows"]] == [r["quality"] for r in report["rows"]]
+    assert [r["bench_run_id"] for r in again["rows"]] == [r["bench_run_id"] for r in report["rows"]]
 
     written = write_outputs(report, tmp_path / "out")
     assert sorted(p.suffix for p in written) == [".html", ".json", ".png"]
@@ -149,7 +156,7 @@ def test_bad_input_is_refused_with_what_to_do(settings, store, tmp_path):
         run_quality(settings, _config("ollama:llama3.2"), store)
 
 
-def test_cli_quality_one_line_errors(tmp_path):
+def test_cli_quality_one_line_errors():
     import subprocess
     import sys
 
@@ -170,3 +177,21 @@ def test_quality_on_qwen(settings: Settings, store, extra_model, name):
         assert 0 < rows[label]["quality"]["kld_mean"]["value"] < 1
     # requantizing Q4_K_M to Q4_0 moves further from it than to Q8_0
     assert rows["Q4_0"]["quality"]["kld_mean"]["value"] > rows["Q8_0"]["quality"]["kld_mean"]["value"]
+
+
+def test_cli_quality_prints_json_and_writes_the_report(tmp_path, isolated_home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LMGAUGE_HOME": str(isolated_home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmgauge", "quality", "smollm2", "--variants", "Q8_0", "--kv-types", "f16",
+         "--ctx", "128", "--chunks", "2", "--no-speed", "--json", "-O", str(tmp_path / "q.html")],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [r["label"] for r in report["rows"]] == ["Q4_1 (reference)", "Q8_0"]
+    assert report["rows"][1]["quality"]["kld_mean"]["value"] > 0
+    assert report["rows"][1]["decode_tps"] is None  # --no-speed
+    assert "<img" in (tmp_path / "q.html").read_text()

@@ -4,7 +4,8 @@ A `Row` is one configuration measured against the reference: a weight variant wi
 cache, or the reference weights with a quantized KV cache. Rows are stored under a key that
 names everything their figures depend on (reference file, corpus, window, chunks, top-k,
 benchmark settings, imatrix); running the same command again reuses every stored row and
-measures only the missing ones (`--fresh` measures everything again).
+measures only the missing ones (`--fresh` measures everything again). A row stored by a
+`--no-speed` run gets its speed and memory measured when a later run asks for them.
 """
 
 from __future__ import annotations

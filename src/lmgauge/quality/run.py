@@ -104,7 +104,7 @@ def run_quality(settings: Settings, config: QualityConfig, store: Store | None =
     st = Path(reference.path).stat()
     key = results_key({
         "reference": reference.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "corpus": text.sha256,
-        "ctx": config.ctx, "chunks": config.chunks, "top_k": config.top_k, "speed": config.speed,
+        "ctx": config.ctx, "chunks": config.chunks, "top_k": config.top_k,
         "reps": config.reps, "warmup": config.warmup, "num_predict": config.num_predict,
         "imatrix": config.imatrix, "threads": settings.threads, "version": 1,
     })
@@ -139,8 +139,15 @@ def run_quality(settings: Settings, config: QualityConfig, store: Store | None =
     try:
         for label, weights, kv in plan:
             if label in stored and not config.fresh:
-                rows.append(stored[label])
-                tick(f"{label}: stored", chunks_estimate + bench_units)
+                row = stored[label]
+                tick(f"{label}: stored", chunks_estimate)
+                if config.speed and row.decode_tps is None:  # stored by a --no-speed run: measure it now
+                    _measure_speed(settings, row, config, runs, tick)
+                    if qstore is not None:
+                        qstore.put(key, row)
+                else:
+                    tick(f"{label}: stored", bench_units)
+                rows.append(row)
                 continue
             row, path = _prepare_row(settings, reference, label, weights, kv, config, imatrix, notes)
             t_eval = time.perf_counter()
@@ -166,7 +173,10 @@ def run_quality(settings: Settings, config: QualityConfig, store: Store | None =
 
     chunks = state["chunks"]
     info = reference.info
-    scored = chunks.count * chunks.scored_per_chunk if chunks else None
+    per_chunk = config.ctx - 1 - config.ctx // 2
+    # every row was stored: the chunk count follows from the tokens each row scored
+    scored = chunks.count * chunks.scored_per_chunk if chunks else (rows[0].quality.get("n") if rows else None)
+    n_chunks = chunks.count if chunks else (scored // per_chunk if scored else None)
     report: dict[str, Any] = {
         "id": run_id,
         "model": config.model,
@@ -174,11 +184,11 @@ def run_quality(settings: Settings, config: QualityConfig, store: Store | None =
                       "bits_per_weight": bits_per_weight(info), "why": reference.why,
                       "n_vocab": info.n_vocab, "parameters": info.parameters},
         "corpus": {"label": text.label, "sha256": text.sha256,
-                   "chunks": chunks.count if chunks else config.chunks,
+                   "chunks": n_chunks,
                    "chunks_available": chunks.available if chunks else None,
                    "scored_tokens": scored},
         "config": {k: v for k, v in asdict(config).items() if k not in ("fresh",)},
-        "reference_logits": _reference_cost(ref_store, chunks, info.n_vocab, config),
+        "reference_logits": _reference_cost(ref_store, n_chunks or 0, info.n_vocab, config),
         "rows": [r.to_dict() for r in rows],
         "notes": notes,
         "machine": describe_machine(),
@@ -312,11 +322,9 @@ def _measure_speed(settings: Settings, row: Row, config: QualityConfig, runs: Ru
     row.bench_run_id = run.id
 
 
-def _reference_cost(ref_store: ReferenceStore, chunks: corpus_mod.Chunks | None, n_vocab: int,
-                    config: QualityConfig) -> dict[str, Any]:
+def _reference_cost(ref_store: ReferenceStore, count: int, n_vocab: int, config: QualityConfig) -> dict[str, Any]:
     """What the reference's distributions take on disk, beside what llama-perplexity's
     --kl-divergence-base file would (uint16 per vocabulary entry + 4 header values, per scored token)."""
-    count = chunks.count if chunks else (config.chunks or 0)
     scored = count * (config.ctx - 1 - config.ctx // 2)
     nv = 2 * ((n_vocab + 1) // 2) + 4
     out = ref_store.describe(count)
