@@ -195,3 +195,31 @@ def test_cli_quality_prints_json_and_writes_the_report(tmp_path, isolated_home):
     assert report["rows"][1]["quality"]["kld_mean"]["value"] > 0
     assert report["rows"][1]["decode_tps"] is None  # --no-speed
     assert "<img" in (tmp_path / "q.html").read_text()
+
+
+def test_an_importance_matrix_reaches_the_quantizer(tmp_path, smollm2_path):
+    """--imatrix: a file in llama-imatrix's GGUF layout (<tensor>.in_sum2, <tensor>.counts) is read
+    (values = in_sum2 / counts) and handed to llama.cpp's quantizer as its null-terminated array.
+    (That the quantizer weighs by it is llama.cpp's to test; here: it is read right and accepted.)"""
+    import gguf
+
+    from lmgauge.models import inspect_gguf
+    from lmgauge.quality.variants import load_imatrix, quantize
+
+    path = tmp_path / "imatrix.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="imatrix")
+    weights = [t for t in inspect_gguf(smollm2_path).tensors if len(t.shape) == 2 and t.name.startswith("blk.")]
+    for t in weights:
+        writer.add_tensor(f"{t.name}.in_sum2", np.full(t.shape[0], 2.0, dtype=np.float32))
+        writer.add_tensor(f"{t.name}.counts", np.array([2.0], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    imatrix = load_imatrix(str(path))
+    assert set(imatrix) == {t.name for t in weights}
+    assert all(v == 1.0 for v in imatrix[weights[0].name])  # in_sum2 / counts
+    out = quantize(smollm2_path, "Q4_K_M", tmp_path / "Q4_K_M-imatrix.gguf", imatrix)
+    assert inspect_gguf(out).quantization == "Q4_K_M"
+    with pytest.raises(InvalidOptionError, match="--imatrix"):
+        load_imatrix(smollm2_path)  # a model, not an importance matrix
