@@ -16,9 +16,10 @@ log-probabilities, the mass of the remaining "tail" tokens, and the log-probabil
 that actually came next (it may be outside the top-k). KL divergence from it (`kld_compressed`)
 treats the tail as one outcome: KL between the two distributions coarse-grained to k + 1
 outcomes. Merging outcomes never increases KL divergence (log-sum inequality), so this is a lower
-bound of the full-vocabulary KLD; with k = 64 the gap measured on SmolLM2 and Qwen2.5 was far below
-the differences between quantizations (see docs/quality.md). llama.cpp's own file is
-approximate too: it stores 16-bit log-probabilities and skips tokens below e^-16.
+bound of the full-vocabulary KLD. Measured (benchmarks/quality_topk.py, SmolLM2 Q4_K_M against
+its Q4_1 reference, 510 tokens): top-64 gives 95.1% of the full mean KLD and 95.4% of its p99,
+top-128 97.0%, top-32 92.2%. llama.cpp's own file is approximate too: it stores 16-bit
+log-probabilities and skips tokens below e^-16.
 """
 
 from __future__ import annotations
