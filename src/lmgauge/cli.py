@@ -1790,3 +1790,81 @@ def main() -> None:
         err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
                   "(set LMGAUGE_DEBUG=1 to see the traceback, and please report it)", markup=True)
         sys.exit(2)
+
+
+# --- lmgauge quality (issue 16): one block, kept together -----------------------------------------
+
+
+@app.command()
+def quality(
+    model: ModelArg,
+    variants: Annotated[str, typer.Option(help="Weight variants to quantize from the reference and measure "
+                                          "(llama-quantize's names).")] = "Q4_K_M,Q5_K_M,Q8_0",
+    kv_types: Annotated[str, typer.Option("--kv-types", help="KV-cache types measured on the reference's "
+                                          "weights (f16 is the baseline).")] = "f16,q8_0,q4_0",
+    reference: Annotated[str | None, typer.Option(help="The reference GGUF (default: the highest-precision "
+                                                  "local file of this model).")] = None,
+    text: Annotated[str | None, typer.Option(help="A UTF-8 text file to evaluate on (default: the shipped "
+                                             "public-domain corpus).")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="Tokens per chunk; the second half of each is scored.")] = 512,
+    chunks: Annotated[int | None, typer.Option(help="Chunks to evaluate (default 16; 0 = the whole text).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Reference tokens kept per position (+ tail mass).")] = 64,
+    imatrix: Annotated[str | None, typer.Option(help="An importance matrix from llama-imatrix (GGUF) for the "
+                                                "quantizer.")] = None,
+    budgets: Annotated[str | None, typer.Option(help="Memory budgets for the verdicts, e.g. 512MiB,1GiB,2GiB "
+                                                "(default: powers of two around the rows).")] = None,
+    budget_ctx: Annotated[int | None, typer.Option("--budget-ctx", help="The window the verdicts size for "
+                                                   "(default: min(8192, trained)).")] = None,
+    reps: Annotated[int, typer.Option(help="Measured repetitions of the speed benchmark per row.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Unmeasured warmup requests per row.")] = 1,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed and memory benchmark.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Measure every row again instead of reusing stored "
+                                        "rows.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-O", help="A directory (JSON, PNG, HTML) or "
+                                                "one .json/.png/.html file.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """What a quantization costs in accuracy beside what it saves: perplexity, KL divergence and top-1
+    agreement against the reference, with file size, memory and speed, and a verdict per memory budget.
+
+    Variants are quantized with llama.cpp's quantizer and cached; results are stored per row, so
+    running the same command again resumes (see docs/quality.md).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .quality import QualityConfig, run_quality, write_outputs
+    from .quality.report import parse_budgets, table, verdict_table
+    from .quality.variants import parse_variants
+    from .store import Store
+
+    config = QualityConfig(
+        model=model, variants=parse_variants(variants),
+        kv_types=list(dict.fromkeys(k.strip() for k in kv_types.split(",") if k.strip())),
+        reference=reference, text=text, ctx=ctx, top_k=top_k, imatrix=imatrix, speed=not no_speed,
+        reps=reps, warmup=warmup, budgets=parse_budgets(budgets) if budgets else None, budget_ctx=budget_ctx,
+        fresh=fresh,
+    )
+    if chunks is not None:
+        config.chunks = chunks or None
+    settings = load_settings()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("quality", total=None)
+        report = run_quality(settings, config, Store(settings.db_path),
+                             progress=lambda what, done, total: bar.update(task, description=what, completed=done,
+                                                                           total=total or None))
+    written = write_outputs(report, output) if output else []
+    if json_out:
+        out.print_json(data=report, default=str)
+    else:
+        for t in (table(report), verdict_table(report)):
+            grid = Table(title=t.title, title_justify="left")
+            for column in t.columns:
+                grid.add_column(column, overflow="fold")
+            for row in t.rows:
+                grid.add_row(*row)
+            out.print(grid)
+            for note in t.notes:
+                out.print(f"  {note}")
+    for path in written:
+        err.print(f"wrote {path}")
