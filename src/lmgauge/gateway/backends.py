@@ -56,6 +56,8 @@ class EngineBackend:
         self.ref = ref
         self.engine: Engine = client.engine(ref)
         self.concurrency = max(client.settings.parallel, 1) if ref.engine == "llamacpp" else 32
+        # Server-side configuration decides speculation; whatever a request carried is replaced.
+        self.speculation = client.speculation(ref)
 
     @property
     def embedded(self) -> bool:
@@ -84,6 +86,7 @@ class EngineBackend:
     def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
         request.model = self.ref.target
         trace.upstream = self.ref.url
+        request.speculation = self.speculation
         method = self.engine.chat if isinstance(request, ChatRequest) else self.engine.generate
         return _threaded(lambda: method(request))
 
