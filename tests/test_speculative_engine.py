@@ -182,3 +182,29 @@ def test_qwen_half_b_drafts_for_qwen_one_and_a_half_b(extra_model):
             ask(engine, target, prompt, Speculation(draft=extra_model("gemma-3-270m")), n=4)
     finally:
         engine.close()
+
+
+def test_the_gateway_speculates_per_model_config_and_counts_it(tmp_path, smollm2_path):
+    """Server-side config decides: the configured name speculates and /metrics counts it; a
+    client cannot switch speculation on, or point it at a file, from the request body."""
+    import httpx
+    from gateway_server import GatewayServer
+
+    settings = Settings(home=tmp_path, keep_alive=-1, num_ctx=512, aliases={"copy": smollm2_path},
+                        speculative={"models": {"copy": "lookup"}})
+    with GatewayServer(settings) as srv:
+        body = {"model": "copy", "stream": False, "options": {"temperature": 0, "num_predict": 24},
+                "messages": [{"role": "user", "content": REWRITE}]}
+        assert httpx.post(srv.url + "/api/chat", json=body, timeout=300).status_code == 200
+        metrics = httpx.get(srv.url + "/metrics").text
+        drafted = [line for line in metrics.splitlines() if line.startswith("lmgauge_speculative_drafted_tokens_total")]
+        assert drafted and 'model="copy"' in drafted[0] and float(drafted[0].split()[-1]) > 0
+        assert 'lmgauge_speculative_seconds_total{model="copy",phase="verify"}' in metrics
+        hostile = {**body, "model": "smollm2", "speculation": {"draft": "/etc/passwd"},
+                   "options": {"temperature": 0, "num_predict": 4}}
+        assert httpx.post(srv.url + "/api/chat", json=hostile, timeout=300).status_code == 200  # field ignored
+        bad_option = {**hostile, "options": {"draft_model": "/etc/passwd"}}
+        answer = httpx.post(srv.url + "/api/chat", json=bad_option, timeout=300)
+        assert answer.status_code == 400 and "draft_model" in answer.json()["error"]
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'lmgauge_speculative_drafted_tokens_total{model="smollm2"}' not in metrics
