@@ -325,12 +325,18 @@ class Scheduler:
             job.n_past = base + i  # row i follows the last token and i drafts (the window check)
             return self._sample(job, job.out_index + i)
 
-        accepted, _ = speculative.verify(drafts, row)
+        job.spec.verifying = True
+        try:
+            accepted, _ = speculative.verify(drafts, row)
+        finally:
+            job.spec.verifying = False
         slot.cache.extend(drafts[:accepted])
         job.n_past = base + accepted
         if accepted < len(drafts):
             L.llama_memory_seq_rm(self.mem, slot.seq, len(slot.cache), -1)
         speculative.record(job, len(drafts), accepted, decode_ns)
+        if job.spec.done is not None:  # the job ended in this step: its stats are complete now
+            job.events.put(("done", job.spec.done, job.stats))
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch
@@ -382,6 +388,9 @@ class Scheduler:
             tail = job.stops.flush() + job._utf8.decode(b"", final=True)
             if tail:
                 job.events.put(("text", tail))
+        if job.spec is not None and job.spec.verifying:
+            job.spec.done = reason  # sent by _verify once this step is counted in the stats
+            return
         job.events.put(("done", reason, job.stats))
 
 

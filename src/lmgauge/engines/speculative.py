@@ -30,6 +30,7 @@ drafting as soon as its own top probability falls below `P_MIN` (llama.cpp's rul
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from . import compute
 
 if TYPE_CHECKING:  # the scheduler imports this module; only its Job type is needed here
     from .scheduler import Job
+
+log = logging.getLogger("lmgauge.engine")
 
 # A draft model stops drafting when its most likely token is less likely than this (llama.cpp's
 # speculative p_min; a low-confidence draft is mostly a rejected one, and costs a draft step).
@@ -322,6 +325,8 @@ class SpecState:
     fed: int = 0  # output tokens already given to the lookup index
     plain_first: bool = True  # the first decode step is plain: the request's own baseline
     drafts: list[int] = field(default_factory=list)  # this step's drafts (in the batch)
+    verifying: bool = False  # the scheduler is sampling this step's rows
+    done: str | None = None  # the request ended during verification: its done reason
 
     @classmethod
     def create(cls, config: Speculation, prompt: list[int], drafter: Drafter | None,
@@ -358,7 +363,11 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
     for drafter, group in by_drafter.items():
         t0 = time.perf_counter_ns()
         wants = [(job.slot.seq, job.tokens + job.output_ids, k) for job, k in group]
-        drafts = drafter.propose(wants, group[0][0].spec.n_target_vocab)
+        try:
+            drafts = drafter.propose(wants, group[0][0].spec.n_target_vocab)
+        except EngineError:  # the draft model failed (its cells are cleared): plain steps this time
+            log.exception("the draft model %s failed; decoding without drafts this step", drafter.path)
+            drafts = [[] for _ in group]
         for (job, _), draft in zip(group, drafts):
             job.spec.drafts = _grammar_cut(job, draft)
         elapsed = time.perf_counter_ns() - t0
