@@ -7,7 +7,7 @@ own work); ratios are of the engine-clock decode rate (output tokens after the f
   --part draft    Qwen2.5-Coder 1.5B with 0.5B drafting, on code-completion, rewrite and chat prompts:
                   decode speed-up, acceptance rate, mean accepted length, draft vs verify time.
                   Target: >= 1.5x at greedy on code/rewrite.
-  --part lookup   prompt lookup on rewrite/extraction prompts, SmolLM2 and Qwen 1.5B.
+  --part lookup   prompt lookup on rewrite/extraction prompts (SmolLM2; --part draft has it for Qwen 1.5B).
   --part streams  1, 2 and 4 concurrent streams (parallel = 4): aggregate throughput (all output
                   tokens / wall time) with and without speculation; where it stops paying.
   --part memory   the draft model's memory: the sizing estimate against the engine process's
@@ -141,7 +141,7 @@ def part_draft(args) -> dict:
 
 def part_lookup(args) -> dict:
     out = {}
-    for name in ("smollm2", args.target or find("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")):
+    for name in args.lookup_models.split(","):
         target = Client().resolve(name).target
         print(f"prompt lookup on {Path(target).name}, {args.tokens} tokens per answer")
         with client_for(target, None) as client:
@@ -223,6 +223,8 @@ def main() -> None:
     ap.add_argument("--stream-target", help="model for --part streams (default smollm2)")
     ap.add_argument("--stream-draft", help="draft model for --part streams (default: prompt lookup only)")
     ap.add_argument("--streams", default="1,2,4")
+    ap.add_argument("--lookup-models", default="smollm2", help="models for --part lookup (comma-separated; "
+                    "--part draft measures prompt lookup on the target too)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--threads", type=int, help="llama.cpp threads (default: physical cores); 1 is steadier "

@@ -161,7 +161,7 @@ def _bench_tables(run: Run) -> list[TableData]:
     )
     detail = TableData("Distributions (n, mean, sd, percentiles)",
                        ["model · prompt", "metric", "n", "mean", "sd", "p50", "p90", "p95", "p99"])
-    speculated = any(s.spec_acceptance is not None or s.spec_verify_ms for s in run.samples)
+    speculated = any(s.spec_mode for s in run.samples)
     if speculated:
         overview.columns += ["accepted", "acc/step", "draft ms", "verify ms"]
     for g in summarize_run(run):

@@ -102,6 +102,7 @@ class Sample:
     tokens_from: str = "engine"  # engine: the engine's counts; chunks: a server that reports none
     # Speculative decoding (embedded engine, when the model speculates): accepted / drafted,
     # drafted tokens accepted per speculative step, time drafting and verifying (engine clock).
+    spec_mode: str | None = None  # "lookup" | "draft"
     spec_acceptance: float | None = None
     spec_mean_accepted: float | None = None
     spec_draft_ms: float | None = None
@@ -125,7 +126,7 @@ class Sample:
             tpot = tpot_ms(t.ttft_ms, t.e2e_ms, output_tokens)
         spec = t.speculation
         if spec is not None:
-            kw.update(spec_acceptance=spec.acceptance_rate, spec_mean_accepted=spec.mean_accepted,
+            kw.update(spec_mode=spec.mode, spec_acceptance=spec.acceptance_rate, spec_mean_accepted=spec.mean_accepted,
                       spec_draft_ms=spec.draft_ns / 1e6, spec_verify_ms=spec.verify_ns / 1e6)
         return cls(
             **kw, done_reason=result.done_reason, ttft_ms=t.ttft_ms, tpot_ms=tpot, e2e_ms=t.e2e_ms,
