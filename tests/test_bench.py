@@ -451,3 +451,24 @@ def test_empty_answers_are_counted_and_explained(runs):
     run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=3), runs)
     assert run.analysis["levels"][0]["empty"] == 3 and run.analysis["levels"][0]["ok"] == 3
     assert any("empty answer" in note for t in tables(run) for note in t.notes)
+
+
+def test_speculation_gets_columns_when_a_model_speculated():
+    from lmgauge.bench.report import tables
+    from lmgauge.bench.results import Run, Sample
+    from lmgauge.types import Result, SpecStats, Timings
+
+    spec = SpecStats(mode="lookup", drafted=10, accepted=8, steps=4, draft_ns=1_000_000, verify_ns=40_000_000)
+    result = Result(model="m", content="x", done_reason="stop",
+                    timings=Timings(output_tokens=20, eval_ns=10**9, speculation=spec))
+    sample = Sample.from_result(result, run_id="r", seq=0, model="fast", prompt="p", rep=0)
+    assert sample.spec_mode == "lookup" and sample.spec_acceptance == 0.8 and sample.spec_mean_accepted == 2.0
+    assert sample.spec_verify_ms == 40.0
+    plain = Sample(run_id="r", seq=1, model="plain", prompt="p", rep=0, decode_tps=10.0)
+    run = Run(id="r", kind="bench", config={"models": ["plain", "fast"]}, samples=[plain, sample])
+    overview = tables(run)[0]
+    assert overview.columns[-4:] == ["accepted", "acc/step", "draft ms", "verify ms"]
+    rows = {row[0]: row for row in overview.rows}
+    assert rows["fast"][-4] == "80%" and rows["plain"][-4] == "-"
+    no_spec = Run(id="r2", kind="bench", config={"models": ["plain"]}, samples=[plain])
+    assert "accepted" not in tables(no_spec)[0].columns

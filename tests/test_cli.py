@@ -134,3 +134,8 @@ def test_interactive_chat_in_a_terminal_keeps_the_conversation():
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_a_draft_model_that_cannot_draft_is_one_line():
+    assert_one_line_error(lmgauge("run", "smollm2", "hi", "--draft", "ollama:qwen2.5:0.5b"), "local GGUF")
+    assert_one_line_error(lmgauge("run", "smollm2", "hi", "--draft", "nosuchdraft"), "nosuchdraft")

@@ -311,3 +311,13 @@ def test_kv_estimate_equals_llamacpp_kv_buffer(num_ctx, parallel, kv_type):
     reserved = _mib(lines, r"compute buffer size =\s*([\d.]+) MiB")
     assert est.compute_reserved_bytes / MiB == pytest.approx(reserved, rel=0.05)
 
+
+
+def test_speculation_rows_of_logits_are_counted():
+    """A speculating model asks for a row of logits per drafted token: draft_max + 1 per slot."""
+    info = make_info()
+    plain = sizing.estimate(info, 2048, n_parallel=2)
+    spec = sizing.estimate(info, 2048, n_parallel=2, n_outputs=2 * 17)
+    assert spec.output_bytes == 17 * plain.output_bytes == 2 * 17 * info.n_vocab * 4
+    assert spec.total_bytes > plain.total_bytes and spec.kv_bytes == plain.kv_bytes
+    assert sizing.estimate(info, 2048, n_parallel=2, n_outputs=1).output_bytes == plain.output_bytes  # >= one per slot

@@ -179,7 +179,43 @@ def stats_rows(t: Timings) -> list[tuple[str, str]]:
         ("time to first token", _ms(t.ttft_ms) + "  (client clock)"),
         ("time per output token", _ms(t.tpot_ms) + "  (client clock)"),
         ("end to end", _ms(t.e2e_ms) + "  (client clock)"),
+        *speculation_rows(t.speculation),
     ]
+
+
+def speculation_rows(spec: Any) -> list[tuple[str, str]]:
+    """What speculative decoding did (`run --verbose`), and whether it paid for this answer."""
+    if spec is None:
+        return []
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    mean = "-" if spec.mean_accepted is None else f"{spec.mean_accepted:.2f}"
+    rows = [
+        ("speculation", f"{spec.mode}: {spec.accepted}/{spec.drafted} drafted tokens accepted "
+                        f"({pct(spec.acceptance_rate)}), {mean} per step over {spec.steps} step(s)"),
+        ("draft vs verify", f"{_ms(spec.draft_ns / 1e6)} drafting, {_ms(spec.verify_ns / 1e6)} verifying"
+                            + (f", {spec.grammar_cut} draft token(s) cut by the grammar" if spec.grammar_cut else "")),
+    ]
+    if spec.estimated_speedup is not None:
+        rows.append(("speculation gain", f"~{spec.estimated_speedup:.2f}x vs this answer's plain steps (estimate)"))
+    advice = speculation_advice(spec)
+    if advice:
+        rows.append(("recommendation", advice))
+    return rows
+
+
+def speculation_advice(spec: Any) -> str | None:
+    """A one-line recommendation when speculation did not help this answer (None when it did,
+    or when there is too little to judge)."""
+    gain = spec.estimated_speedup
+    if spec.steps + spec.plain_steps < 8:
+        return None
+    if spec.mode == "lookup" and spec.steps == 0:
+        return "prompt lookup found nothing to draft here (it pays when the answer repeats the prompt)"
+    if gain is not None and gain < 1.0:
+        what = "--draft lookup" if spec.mode == "lookup" else "the draft model"
+        return (f"speculation slowed this answer (~{gain:.2f}x): run without {what}, or with fewer "
+                "parallel streams (batching already fills the cores)")
+    return None
 
 
 def print_stats(t: Timings, console: Console = err) -> None:
@@ -225,6 +261,9 @@ def run(
                                                "inline) the answer must follow.")] = None,
     option: OptionFlag = None,
     keep_alive: Annotated[str | None, typer.Option(help="How long the model stays loaded (5m, 0, -1).")] = None,
+    draft: Annotated[str | None, typer.Option(help="Speculative decoding: a smaller model of the same family "
+                                              "drafts tokens the model checks in one step; 'lookup' drafts "
+                                              "from the prompt instead. Embedded models only.")] = None,
 ) -> None:
     """Answer one prompt (streamed), or chat interactively when no prompt is given.
 
@@ -235,7 +274,12 @@ def run(
     fmt = parse_format(format)
     with Client() as client:
         if model != "auto":
-            client.resolve(model)  # unknown model: fail before anything else
+            ref = client.resolve(model)  # unknown model: fail before anything else
+            if draft:
+                client.settings.speculative.models[model] = draft
+                client.speculation(ref)  # a wrong draft model fails now, in one line
+        elif draft:
+            raise InvalidOptionError("--draft needs a named model: `auto` picks its model per prompt")
         piped = read_piped_stdin()
         if prompt == "-":
             prompt = piped or ""

@@ -20,6 +20,7 @@ from typing import Any
 from .config import Settings, load_settings, parse_duration
 from .engines import create_engine
 from .engines.base import Engine, collect, with_client_clock
+from .errors import InvalidOptionError
 from .models import ModelRef, resolve
 from .types import (
     ChatRequest,
@@ -32,6 +33,7 @@ from .types import (
     ModelInfo,
     Options,
     Result,
+    Speculation,
 )
 
 MessagesLike = Iterable[Message | dict[str, Any]]
@@ -67,6 +69,24 @@ class Client:
                 self._engines[key] = create_engine(ref.engine, self.settings, ref.url)
             return self._engines[key]
 
+    def speculation(self, ref: ModelRef) -> Speculation | None:
+        """How this model speculates, from the settings (`[speculative]`, `run --draft`): None,
+        prompt lookup, or a draft model, resolved here like any model name."""
+        config = self.settings.speculative
+        source = config.models.get(ref.name)
+        if source is None:
+            return None
+        if ref.engine != "llamacpp":
+            raise InvalidOptionError(f"speculative decoding is done by the embedded engine; {ref.name} is served "
+                                     f"by {ref.engine} (remove it from [speculative.models])")
+        if source == "lookup":
+            return Speculation(lookup=True, draft_max=config.draft_max)
+        draft = self.resolve(source)
+        if draft.engine != "llamacpp":
+            raise InvalidOptionError(f"the draft model {source} must be a local GGUF model (it runs beside "
+                                     f"{ref.name} in this process), not a model served by {draft.engine}")
+        return Speculation(draft=draft.target, draft_max=config.draft_max)
+
     def _renamed(self, chunks: Iterator[Chunk], ref: ModelRef) -> Iterator[Chunk]:
         for chunk in with_client_clock(chunks):
             if chunk.result is not None:
@@ -88,7 +108,7 @@ class Client:
         ref = self.resolve(model)
         request = ChatRequest(
             model=ref.target, messages=as_messages(messages), options=as_options(options),
-            format=format, tools=tools, keep_alive=as_keep_alive(keep_alive),
+            format=format, tools=tools, keep_alive=as_keep_alive(keep_alive), speculation=self.speculation(ref),
         )
         return self._renamed(self.engine(ref).chat(request), ref)
 
@@ -109,7 +129,7 @@ class Client:
         ref = self.resolve(model)
         request = GenerateRequest(
             model=ref.target, prompt=prompt, system=system, raw=raw, options=as_options(options),
-            format=format, keep_alive=as_keep_alive(keep_alive),
+            format=format, keep_alive=as_keep_alive(keep_alive), speculation=self.speculation(ref),
         )
         return self._renamed(self.engine(ref).generate(request), ref)
 

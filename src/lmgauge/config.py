@@ -230,6 +230,19 @@ class ResilienceSettings(BaseModel):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)  # model -> models to try next
 
 
+class SpeculativeSettings(BaseModel):
+    """`[speculative]`: speculative decoding in the embedded engine (engines/speculative.py), per
+    model name (an alias counts, so one file can be benchmarked with and without it):
+
+        [speculative.models]
+        "qwen-1.5b" = "qwen-0.5b"    # a smaller model of the same family drafts
+        "smollm2" = "lookup"         # drafts come from the prompt (prompt lookup), no second model
+    """
+
+    models: dict[str, str] = Field(default_factory=dict)  # model name -> draft model name, or "lookup"
+    draft_max: int = Field(16, ge=1, le=64)  # most tokens drafted per step (the length adapts below it)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LMGAUGE_", env_nested_delimiter="__", extra="ignore"
@@ -262,6 +275,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)
 
     @field_validator("keep_alive", mode="before")
     @classmethod

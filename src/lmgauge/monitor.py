@@ -38,6 +38,7 @@ class Sample:
     output_tokens: int = 0
     cache_hit: bool = False
     context_used: float | None = None  # prompt tokens / window, 0..1
+    speculation: Any = None  # types.SpecStats, when the embedded engine speculated
 
     @property
     def tok_s(self) -> float | None:

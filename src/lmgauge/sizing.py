@@ -128,16 +128,20 @@ def estimate(
     kv_unified: bool = True,
     swa_full: bool = True,
     cpu_repack: bool = True,
+    n_outputs: int | None = None,
 ) -> MemoryEstimate:
     """Predict the memory of `info`'s model loaded with a `num_ctx`-token window per sequence.
 
     Defaults match the embedded engine: unified KV cache, llama.cpp's full-size sliding-window
     cache (`swa_full`), CPU repacking of Q4 weights (`cpu_repack`; pass False on CPUs without
-    AVX2/NEON kernels). `n_batch` is the engine's n_batch (= n_ubatch).
+    AVX2/NEON kernels). `n_batch` is the engine's n_batch (= n_ubatch). `n_outputs` is the rows
+    of logits one step may ask for: one per sequence (the default), more when the engine
+    verifies speculative drafts (every drafted token needs its own row).
     """
     _check_options(info, num_ctx, kv_type, n_parallel, n_batch, flash_attn)
     n_ctx = _pad(num_ctx * n_parallel, N_CTX_PAD)
     n_ubatch = min(max(n_batch, n_parallel), n_ctx)  # the engine raises n_batch to n_parallel
+    n_out = max(n_outputs or n_parallel, n_parallel)
 
     repack = repack_bytes(info) if cpu_repack else 0
     weights = info.tensor_bytes + repack
@@ -147,10 +151,10 @@ def estimate(
     # sequence. The engine sets llama.cpp's n_outputs_max to n_parallel, so llama.cpp reserves
     # logits space for that many rows too (its default, n_batch rows, reserved 98 MiB more for
     # SmolLM2 that was never touched).
-    compute = compute_buffer_bytes(info, n_ubatch, caches, n_parallel, flash_attn, kv_type)
+    compute = compute_buffer_bytes(info, n_ubatch, caches, n_out, flash_attn, kv_type)
     compute += work_buffer_bytes(info, n_ubatch)
-    reserved = compute_buffer_bytes(info, n_ubatch, caches, n_parallel, flash_attn, kv_type)
-    output = n_parallel * info.n_vocab * F32
+    reserved = compute_buffer_bytes(info, n_ubatch, caches, n_out, flash_attn, kv_type)
+    output = n_out * info.n_vocab * F32
     overhead = overhead_bytes(info)
     total = weights + kv + compute + output + overhead
     return MemoryEstimate(

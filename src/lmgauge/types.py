@@ -165,6 +165,21 @@ def _convert_option(name: str, value: Any, type_hint: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Speculation:
+    """How the embedded engine speculates for one request (engines/speculative.py). Set from the
+    server-side settings (`[speculative]`, `lmgauge run --draft`) by whoever resolved the model
+    name, never from a request body: `draft` is a file path."""
+
+    lookup: bool = False  # draft from the prompt and the text so far (n-gram prompt lookup)
+    draft: str | None = None  # GGUF path of a draft model with the target's vocabulary
+    draft_max: int = 16  # the most tokens drafted per step (the adaptive length stays below it)
+
+    @property
+    def mode(self) -> str:
+        return "draft" if self.draft else "lookup" if self.lookup else "off"
+
+
 @dataclass
 class ChatRequest:
     model: str
@@ -173,6 +188,7 @@ class ChatRequest:
     format: Format = None
     tools: list[dict[str, Any]] | None = None
     keep_alive: float | None = None  # seconds; None = engine default; 0 = unload after; <0 = forever
+    speculation: Speculation | None = None  # server-side only (see Speculation)
 
 
 @dataclass
@@ -185,13 +201,61 @@ class GenerateRequest:
     format: Format = None
     keep_alive: float | None = None
     suffix: str | None = None
+    speculation: Speculation | None = None  # server-side only (see Speculation)
 
     def as_chat(self) -> ChatRequest:
         """The same request as a conversation (system + the prompt as the user's message): what
         routing and the response cache look at. A raw prompt keeps its text as-is."""
         system = [Message("system", self.system)] if self.system else []
         return ChatRequest(model=self.model, messages=system + [Message("user", self.prompt)], options=self.options,
-                           format=self.format, keep_alive=self.keep_alive)
+                           format=self.format, keep_alive=self.keep_alive, speculation=self.speculation)
+
+
+@dataclass
+class SpecStats:
+    """What speculative decoding did for one request (engine clock, ns).
+
+    A speculative step drafts tokens and verifies them with one target decode; a plain step
+    decodes one token (no draft was worth making, or the first step, which is kept plain so the
+    request has its own baseline: what a step costs without speculation).
+    """
+
+    mode: str  # "lookup" or "draft"
+    drafted: int = 0  # tokens proposed and sent to verification (after grammar cuts)
+    accepted: int = 0  # drafted tokens the target agreed with
+    steps: int = 0  # speculative steps (target decodes that verified drafts)
+    draft_ns: int = 0  # time spent drafting (the draft model, or the n-gram lookup)
+    verify_ns: int = 0  # target decode time of the speculative steps
+    plain_steps: int = 0
+    plain_ns: int = 0  # target decode time of the plain steps
+    grammar_cut: int = 0  # drafted tokens dropped because the grammar forbids them
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def mean_accepted(self) -> float | None:
+        """Drafted tokens accepted per speculative step (each step also yields one token of its own)."""
+        return self.accepted / self.steps if self.steps else None
+
+    @property
+    def estimated_speedup(self) -> float | None:
+        """Tokens per unit of time in speculative steps over plain steps: (1 + mean accepted) per
+        (draft + verify) step against 1 per plain step. An estimate (the plain baseline is a few
+        steps of this very request), for deciding whether speculation pays here."""
+        if not self.steps or not self.plain_steps or not self.plain_ns:
+            return None
+        spec_step = (self.draft_ns + self.verify_ns) / self.steps
+        plain_step = self.plain_ns / self.plain_steps
+        return (1 + self.accepted / self.steps) * plain_step / spec_step if spec_step else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(acceptance_rate=self.acceptance_rate, mean_accepted=self.mean_accepted,
+                   estimated_speedup=self.estimated_speedup)
+        return out
 
 
 @dataclass
@@ -212,6 +276,7 @@ class Timings:
       output_tokens      tokens generated (excluding the end-of-generation token)
       eval_ns            time from the first output token to the last
       total_ns           the engine's total, load included
+      speculation        what speculative decoding did (SpecStats), when it was on
     """
 
     sent_ns: int = 0
@@ -227,6 +292,7 @@ class Timings:
     output_tokens: int = 0
     eval_ns: int | None = None
     total_ns: int | None = None
+    speculation: SpecStats | None = None  # embedded engine, when it speculated
 
     # --- client-side metrics (DESIGN.md definitions) -------------------------------------
     @property
@@ -285,6 +351,7 @@ class Timings:
         """Raw values plus derived metrics, for JSON output and the store."""
         raw = dataclasses.asdict(self)
         raw.pop("chunk_ns")
+        raw["speculation"] = self.speculation.to_dict() if self.speculation else None
         raw.update(
             ttft_ms=self.ttft_ms,
             e2e_ms=self.e2e_ms,

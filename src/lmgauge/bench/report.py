@@ -161,6 +161,9 @@ def _bench_tables(run: Run) -> list[TableData]:
     )
     detail = TableData("Distributions (n, mean, sd, percentiles)",
                        ["model · prompt", "metric", "n", "mean", "sd", "p50", "p90", "p95", "p99"])
+    speculated = any(s.spec_mode for s in run.samples)
+    if speculated:
+        overview.columns += ["accepted", "acc/step", "draft ms", "verify ms"]
     for g in summarize_run(run):
         m = g["metrics"]
         overview.rows.append([
@@ -169,6 +172,11 @@ def _bench_tables(run: Run) -> list[TableData]:
             fmt_ms(metric(g, "ttft_ms")), fmt_ms(metric(g, "tpot_ms")), fmt_ms(metric(g, "e2e_ms")),
             _mean_sd(m["decode_tps"]), fmt_num(metric(g, "prefill_tps")),
         ])
+        if speculated:
+            acceptance = metric(g, "spec_acceptance")
+            overview.rows[-1] += ["-" if acceptance is None else f"{acceptance:.0%}",
+                                  fmt_num(metric(g, "spec_mean_accepted")),
+                                  fmt_ms(metric(g, "spec_draft_ms")), fmt_ms(metric(g, "spec_verify_ms"))]
         for name, label, fmt in DETAIL_METRICS:
             d = m[name]
             detail.rows.append([f"{g['model']} · {g['group']}", label, str(d["n"]), fmt(d["mean"]), fmt(d["sd"]),
@@ -176,6 +184,10 @@ def _bench_tables(run: Run) -> list[TableData]:
     overview.notes.append("TTFT, TPOT, E2E (and ITL): client clock. decode/prefill tok/s: engine clock, mean ± sd. "
                           "Prefill counts only evaluated tokens: the few template tokens served from the prefix "
                           "cache (see cached_tokens) are not work done.")
+    if speculated:
+        overview.notes.append("Speculative decoding (medians): accepted = drafted tokens the model agreed with; "
+                              "acc/step = accepted per verification step; draft/verify ms = engine time spent "
+                              "drafting and in the verifying decodes.")
     overview.notes += _status_notes(run)
     return [overview, detail]
 

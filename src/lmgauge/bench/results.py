@@ -65,6 +65,7 @@ DDL = [
 METRICS = (
     "ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "prefill_tps", "prompt_tokens", "output_tokens",
     "cached_tokens", "engine_tpot_ms", "engine_prefill_ms", "load_ms", "engine_rss_bytes",
+    "spec_acceptance", "spec_mean_accepted", "spec_draft_ms", "spec_verify_ms",
 )
 
 
@@ -99,6 +100,13 @@ class Sample:
     engine_rss_bytes: int | None = None
     queue_delay_ms: float | None = None  # load, open loop: scheduled arrival -> actually sent
     tokens_from: str = "engine"  # engine: the engine's counts; chunks: a server that reports none
+    # Speculative decoding (embedded engine, when the model speculates): accepted / drafted,
+    # drafted tokens accepted per speculative step, time drafting and verifying (engine clock).
+    spec_mode: str | None = None  # "lookup" | "draft"
+    spec_acceptance: float | None = None
+    spec_mean_accepted: float | None = None
+    spec_draft_ms: float | None = None
+    spec_verify_ms: float | None = None
     itl_ms: list[float] = field(default_factory=list)
 
     @classmethod
@@ -116,6 +124,10 @@ class Sample:
         tpot = None
         if t.ttft_ms is not None and t.e2e_ms is not None:
             tpot = tpot_ms(t.ttft_ms, t.e2e_ms, output_tokens)
+        spec = t.speculation
+        if spec is not None:
+            kw.update(spec_mode=spec.mode, spec_acceptance=spec.acceptance_rate, spec_mean_accepted=spec.mean_accepted,
+                      spec_draft_ms=spec.draft_ns / 1e6, spec_verify_ms=spec.verify_ns / 1e6)
         return cls(
             **kw, done_reason=result.done_reason, ttft_ms=t.ttft_ms, tpot_ms=tpot, e2e_ms=t.e2e_ms,
             prompt_tokens=t.prompt_tokens or None, cached_tokens=t.cached_tokens, output_tokens=output_tokens,

@@ -45,12 +45,14 @@ from ..types import (
     ModelInfo,
     Options,
     Result,
+    Speculation,
     Timings,
 )
 from . import client_text, compute
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
 from .scheduler import Job, Scheduler
+from .speculative import Drafter, SpecState, load_drafter
 
 log = logging.getLogger("lmgauge.llama")
 
@@ -76,14 +78,20 @@ class Runner:
     """One model loaded for generation: weights, a context with `n_slots` KV sequences of
     `num_ctx` tokens each, and the scheduler thread that decodes for it."""
 
-    def __init__(self, path: str, num_ctx: int, settings: Settings, embedding: bool = False):
+    def __init__(self, path: str, num_ctx: int, settings: Settings, embedding: bool = False, draft_max: int = 0):
         t0 = time.perf_counter_ns()
         self.path = path
         self.info: GGUFInfo = inspect_gguf(path)
         self.num_ctx = num_ctx
         self.embedding = embedding
+        self.settings = settings
         self.n_slots = 1 if embedding else max(settings.parallel, 1)
-        self.estimate = None if embedding else check_fits(self.info, num_ctx, self.n_slots, settings)
+        # Rows of logits one step may ask for: one per sequence, plus room for speculative drafts
+        # when the request that loaded the model speculates (each drafted token needs a row).
+        self.n_outputs = self.n_slots * (1 + max(draft_max, 0))
+        self.drafters: dict[str, Drafter] = {}
+        self.estimate = None if embedding else check_fits(self.info, num_ctx, self.n_slots, settings,
+                                                          n_outputs=self.n_outputs)
         mparams = L.llama_model_default_params()
         self.model = compute.call(L.llama_model_load_from_file, path.encode(), mparams)
         if not self.model:
@@ -109,7 +117,7 @@ class Runner:
             cparams.n_batch = cparams.n_ubatch = max(settings.n_batch, self.n_slots)
             # The scheduler asks for at most one row of logits per sequence per step; without
             # this llama.cpp reserves logits for every token of a batch (98 MiB for SmolLM2).
-            cparams.n_outputs_max = self.n_slots
+            cparams.n_outputs_max = self.n_outputs
         self.ctx = compute.call(L.llama_init_from_model, self.model, cparams)
         if not self.ctx:
             L.llama_model_free(self.model)
@@ -127,7 +135,8 @@ class Runner:
         self.threads = threads
         self.template = make_template(self.info, self.vocab)
         self.scheduler = (
-            None if embedding else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, n_batch)
+            None if embedding else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, n_batch,
+                                             self.n_outputs)
         )
         self.lock = threading.Lock()  # serialises embedding calls
         self.users = 0
@@ -149,26 +158,47 @@ class Runner:
         return chat_prompt_tokens(self.vocab, self.template, messages, tools)
 
     # --- lifecycle -----------------------------------------------------------------------------
+    def drafter(self, path: str) -> Drafter:
+        """The draft model at `path`, loaded beside this one on first use (vocabularies checked,
+        memory estimated and refused before loading when it cannot fit). Its KV cache has the
+        target's slots and window."""
+        with self.lock:
+            drafter = self.drafters.get(path)
+            if drafter is None:
+                info = inspect_gguf(path)
+                est = check_fits(info, self.num_ctx, self.n_slots, self.settings, what="the draft model")
+                drafter = load_drafter(
+                    path, info, self.info, self.vocab, self.path, n_slots=self.n_slots, num_ctx=self.num_ctx,
+                    threads=self.threads, n_batch=self.settings.n_batch, kv_type=KV_TYPES[self.settings.kv_type],
+                    flash_attn=FLASH_ATTN[self.settings.flash_attn])
+                drafter.estimate = est  # its share of size_bytes
+                self.drafters[path] = drafter
+            return drafter
+
     @property
     def size_bytes(self) -> int:
         """What this runner holds in memory: the sizing estimate (validated against measured
-        RSS by benchmarks/sizing_accuracy.py), or weights + state for embedding runners."""
+        RSS by benchmarks/sizing_accuracy.py) plus its draft models', or weights + state for
+        embedding runners."""
         if self.estimate is not None:
-            return self.estimate.total_bytes
+            return self.estimate.total_bytes + sum(d.estimate.total_bytes for d in self.drafters.values())
         return int(L.llama_model_size(self.model)) + int(L.llama_state_get_size(self.ctx))
 
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+        for drafter in self.drafters.values():
+            drafter.close()
         L.llama_free(self.ctx)
         L.llama_model_free(self.model)
 
 
-def check_fits(info: GGUFInfo, num_ctx: int, n_slots: int, settings: Settings) -> MemoryEstimate:
+def check_fits(info: GGUFInfo, num_ctx: int, n_slots: int, settings: Settings, n_outputs: int | None = None,
+               what: str = "this model") -> MemoryEstimate:
     """Estimate what loading will cost and refuse, before loading, what cannot fit: the
     memory available now, or settings.memory_limit when set."""
     est = estimate(info, num_ctx, kv_type=settings.kv_type, n_parallel=n_slots, n_batch=settings.n_batch,
-                   flash_attn=settings.flash_attn != "off")
+                   flash_attn=settings.flash_attn != "off", n_outputs=n_outputs)
     available = psutil.virtual_memory().available
     limit, what = available, "available"
     if settings.memory_limit:
@@ -177,7 +207,7 @@ def check_fits(info: GGUFInfo, num_ctx: int, n_slots: int, settings: Settings) -
             limit, what = cap, "allowed by memory_limit"
     if est.total_bytes > limit:
         raise InsufficientMemoryError(
-            f"loading this model with num_ctx {num_ctx} x {n_slots} parallel needs about "
+            f"loading {what} with num_ctx {num_ctx} x {n_slots} parallel needs about "
             f"{format_size(est.total_bytes)} (weights {format_size(est.weights_bytes)}, KV cache "
             f"{format_size(est.kv_bytes)}, buffers {format_size(est.compute_bytes + est.output_bytes)}) "
             f"but only {format_size(limit)} is {what}; lower num_ctx or parallel, or use kv_type q8_0 "
@@ -282,20 +312,28 @@ class LlamaCppEngine:
         check_context(options.num_ctx, inspect_gguf(path).n_ctx_train)
         return options.num_ctx
 
-    def acquire(self, path: str, options: Options, embedding: bool = False) -> tuple[Runner, int]:
+    def acquire(self, path: str, options: Options, embedding: bool = False,
+                speculation: Speculation | None = None) -> tuple[Runner, int]:
         """A runner for this model and window (loading it if needed) and the load time in ns.
-        The caller must `release()` it."""
+        The caller must `release()` it. A speculating request that loads the model gives it
+        room for its drafts' logits."""
         num_ctx = self._num_ctx(path, options)
         key = (path, num_ctx, embedding)
+        draft_max = speculation.draft_max if speculation and speculation.mode != "off" else 0
         with self._lock:
             runner = self._runners.get(key)
             load_ns = 0
+            if runner is not None and runner.users == 0 and runner.n_outputs < runner.n_slots * (1 + draft_max):
+                # Loaded without room for drafts' logits and idle: reload with it. (A busy one
+                # serves the request with the rows it has: fewer drafts per step.)
+                self._unload(key)
+                runner = None
             if runner is None:
                 # Like Ollama: a new window size replaces an idle instance of the same model.
                 for other_key, other in list(self._runners.items()):
                     if other_key[0] == path and other_key[2] == embedding and other.users == 0:
                         self._unload(other_key)
-                runner = Runner(path, num_ctx, self.settings, embedding=embedding)
+                runner = Runner(path, num_ctx, self.settings, embedding=embedding, draft_max=draft_max)
                 self._runners[key] = runner
                 load_ns = runner.load_ns
                 self._start_reaper()
@@ -347,6 +385,7 @@ class LlamaCppEngine:
             request.keep_alive,
             request.format,
             lambda r: r.chat_tokens(request.messages, request.tools),
+            speculation=request.speculation,
         )
 
     def generate(self, request: GenerateRequest) -> Iterator[Chunk]:
@@ -358,7 +397,8 @@ class LlamaCppEngine:
             return runner.chat_tokens(messages)
 
         return self._stream(
-            request.model, request.options, request.keep_alive, request.format, prompt, keep_ids=True
+            request.model, request.options, request.keep_alive, request.format, prompt, keep_ids=True,
+            speculation=request.speculation,
         )
 
     def _stream(
@@ -369,10 +409,11 @@ class LlamaCppEngine:
         fmt: Any,
         make_prompt: Callable[[Runner], list[int]],
         keep_ids: bool = False,
+        speculation: Speculation | None = None,
     ) -> Iterator[Chunk]:
         t_call = time.perf_counter_ns()
         grammar = grammar_for(fmt)  # validate before loading anything
-        runner, load_ns = self.acquire(path, options)
+        runner, load_ns = self.acquire(path, options, speculation=speculation)
         job: Job | None = None
         try:
             tokens = make_prompt(runner)
@@ -380,10 +421,14 @@ class LlamaCppEngine:
             check_prompt_fits(len(tokens), window)
             room = window - len(tokens)
             limit = options.num_predict if options.num_predict and options.num_predict > 0 else room
+            t_draft, loaded = time.perf_counter_ns(), len(runner.drafters)
+            spec = self._spec_state(runner, speculation, tokens)
+            if len(runner.drafters) > loaded:  # this request loaded the draft model: part of its load time
+                load_ns += time.perf_counter_ns() - t_draft
             sampler = Sampler(runner.vocab, options, grammar)
             job = runner.scheduler.submit(
                 Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop),
-                    reuse_cache=self.settings.prefix_cache)
+                    reuse_cache=self.settings.prefix_cache, spec=spec)
             )
             while True:
                 event = job.events.get()
@@ -402,6 +447,7 @@ class LlamaCppEngine:
                         output_tokens=stats.output_tokens,
                         eval_ns=stats.eval_ns,
                         total_ns=time.perf_counter_ns() - t_call,
+                        speculation=job.spec.stats if job.spec else None,
                     )
                     result = Result(
                         model=path,
@@ -417,6 +463,13 @@ class LlamaCppEngine:
             if job is not None:
                 job.cancel()  # no-op when finished; frees the slot when the caller stopped early
             self.release(runner, keep_alive)
+
+    @staticmethod
+    def _spec_state(runner: Runner, speculation: Speculation | None, tokens: list[int]) -> SpecState | None:
+        if speculation is None or speculation.mode == "off":
+            return None
+        drafter = runner.drafter(speculation.draft) if speculation.draft else None
+        return SpecState.create(speculation, tokens, drafter, L.llama_vocab_n_tokens(runner.vocab))
 
     # --- the rest of the protocol ----------------------------------------------------------------
     def embed(self, model: str, inputs: list[str]) -> Embeddings:

@@ -112,6 +112,24 @@ class Sampler:
         L.llama_sampler_accept(self._chain, token)
         return token
 
+    def grammar_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens`, in order, the grammar allows from here (all of them without a
+        grammar). Checked on a copy of the grammar's state, which is left as it was: speculative
+        drafts are cut at the first token the grammar forbids, before they are verified."""
+        if self._grammar is None or not tokens:
+            return len(tokens)
+        probe = L.llama_sampler_clone(self._grammar)
+        try:
+            for i, token in enumerate(tokens):
+                self._one["id"], self._one["logit"] = token, 1.0
+                L.llama_sampler_apply(probe, ctypes.byref(_as_array(self._one)))
+                if not np.isfinite(self._one["logit"][0]):
+                    return i
+                L.llama_sampler_accept(probe, token)
+            return len(tokens)
+        finally:
+            L.llama_sampler_free(probe)
+
     def _select(self, logits: np.ndarray, with_grammar: bool) -> int:
         cands = self._cands
         cands["id"], cands["logit"], cands["p"] = self._ids, logits, 0.0

@@ -13,6 +13,10 @@ tokens already in the cache (a shared system prompt, the previous turn of a conv
 reuses them instead of recomputing: in place when the slot is idle, or by copying cells from a
 running sequence (`llama_memory_seq_cp`). Reused tokens are reported as cached, never as work.
 
+A job that speculates (engines/speculative.py) puts its drafted tokens right after its last
+token, with logits for each; after the decode its rows are sampled in order while the drafts
+match, and the cells of rejected drafts are removed from its sequence.
+
 With one slot this is exactly a plain single-stream decode loop; timings are taken here, on the
 engine's side, and sent with the final event.
 """
@@ -31,8 +35,9 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from ..errors import EngineError
-from . import compute
+from . import compute, speculative
 from .sampling import Sampler, StopMatcher
+from .speculative import SpecState
 
 # Below this many shared tokens, copying another sequence's cells is not worth a KV copy.
 MIN_SHARED_PREFIX = 16
@@ -75,6 +80,7 @@ class Job:
     max_tokens: int  # output tokens allowed (already capped by the window)
     stops: StopMatcher
     reuse_cache: bool = True
+    spec: SpecState | None = None  # speculative decoding, when the request asked for it
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     # scheduler state
@@ -100,12 +106,13 @@ class Slot:
 
 
 class Scheduler:
-    def __init__(self, ctx: Any, vocab: Any, n_slots: int, n_ctx_seq: int, n_batch: int):
+    def __init__(self, ctx: Any, vocab: Any, n_slots: int, n_ctx_seq: int, n_batch: int, n_outputs: int = 0):
         self.ctx = ctx
         self.vocab = vocab
         self.mem = L.llama_get_memory(ctx)
         self.n_ctx_seq = n_ctx_seq
         self.n_batch = max(n_batch, n_slots)
+        self.n_outputs = max(n_outputs, n_slots)  # rows of logits one decode may ask for (llama.cpp's n_outputs_max)
         self.slots = [Slot(seq=i) for i in range(n_slots)]
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
@@ -244,10 +251,29 @@ class Scheduler:
         decoding = [j for j in self._running() if not j.pending]
         prefilling = [j for j in self._running() if j.pending]
         chunks: list[tuple[Job, list[int]]] = []
+        speculating = [j for j in decoding if j.spec is not None]
+        if speculating:
+            # Rows left for drafts: one per decoding job and one for a prompt that completes
+            # are spoken for; a prompt chunk still gets at least a few tokens of the batch.
+            rows = [self.n_outputs - len(decoding) - (1 if prefilling else 0)]
+            tokens = [self.n_batch - len(decoding) - (16 if prefilling else 0)]
+
+            def budget(job: Job, k: int) -> int:
+                room = min(k, rows[0], tokens[0], self.n_ctx_seq - job.n_past - 2,
+                           job.max_tokens - job.stats.output_tokens - 1)
+                room = max(room, 0)
+                rows[0] -= room
+                tokens[0] -= room
+                return room
+
+            speculative.propose(speculating, budget)
         for job in decoding:
             self._put(n, job.last, job.n_past, job.slot.seq, True)
             job.out_index = n
             n += 1
+            for i, tok in enumerate(job.spec.drafts if job.spec else ()):
+                self._put(n + i, tok, job.n_past + 1 + i, job.slot.seq, True)
+            n += len(job.spec.drafts) if job.spec else 0
         for job in prefilling:
             # One newcomer's prompt per step: llama.cpp's results depend slightly on how a batch
             # is composed, and prompts prefilled together made greedy answers part from the ones
@@ -265,7 +291,9 @@ class Scheduler:
             chunks.append((job, chunk))
             n += take
         batch.n_tokens = n
+        t0 = time.perf_counter_ns()
         rc = compute.call(L.llama_decode, self.ctx, batch)  # one OpenMP team per process: see compute.py
+        decode_ns = time.perf_counter_ns() - t0
         if rc != 0:
             for job in decoding + [j for j, _ in chunks]:
                 L.llama_memory_seq_rm(self.mem, job.slot.seq, -1, -1)
@@ -279,9 +307,36 @@ class Scheduler:
             job.slot.cache.extend(chunk)
             job.n_past += len(chunk)
             job.pending = job.pending[len(chunk) :]
-        for job in decoding + [j for j, _ in chunks]:
+        for job in decoding:
+            if job.spec is not None:
+                self._verify(job, decode_ns)
+            else:
+                self._sample(job)
+        for job, _ in chunks:
             if job.out_index >= 0:
                 self._sample(job)
+
+    def _verify(self, job: Job, decode_ns: int) -> None:
+        """Sample a speculating job's rows while its drafts match, keep the accepted drafts'
+        cells and remove the rest (the target's and, lazily, the draft model's)."""
+        slot, drafts, base = job.slot, job.spec.drafts, job.n_past
+
+        def row(i: int) -> int | None:
+            job.n_past = base + i  # row i follows the last token and i drafts (the window check)
+            return self._sample(job, job.out_index + i)
+
+        job.spec.verifying = True
+        try:
+            accepted, _ = speculative.verify(drafts, row)
+        finally:
+            job.spec.verifying = False
+        slot.cache.extend(drafts[:accepted])
+        job.n_past = base + accepted
+        if accepted < len(drafts):
+            L.llama_memory_seq_rm(self.mem, slot.seq, len(slot.cache), -1)
+        speculative.record(job, len(drafts), accepted, decode_ns)
+        if job.spec.done is not None:  # the job ended in this step: its stats are complete now
+            job.events.put(("done", job.spec.done, job.stats))
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch
@@ -291,15 +346,17 @@ class Scheduler:
         b.seq_id[i][0] = seq
         b.logits[i] = logits
 
-    def _sample(self, job: Job) -> None:
-        tok = job.sampler.sample(self.ctx, job.out_index)
+    def _sample(self, job: Job, index: int = -1) -> int | None:
+        """Sample the job's next token from batch row `index` (default: its out_index) and emit
+        it; returns the token, or None when the job finished."""
+        tok = job.sampler.sample(self.ctx, job.out_index if index < 0 else index)
         now = time.perf_counter_ns()
         stats = job.stats
         if not stats.t_first_sample:
             stats.t_first_sample = now
         if L.llama_vocab_is_eog(self.vocab, tok):
             self._finish(job, reason="stop")
-            return
+            return None
         stats.output_tokens += 1
         job.output_ids.append(tok)
         if not stats.t_first_out:
@@ -315,6 +372,8 @@ class Scheduler:
             self._finish(job, reason="length")
         else:
             job.last = tok
+            return tok
+        return None
 
     def _finish(self, job: Job, reason: str = "", error: Exception | None = None) -> None:
         if job.slot is not None:
@@ -329,6 +388,9 @@ class Scheduler:
             tail = job.stops.flush() + job._utf8.decode(b"", final=True)
             if tail:
                 job.events.put(("text", tail))
+        if job.spec is not None and job.spec.verifying:
+            job.spec.done = reason  # sent by _verify once this step is counted in the stats
+            return
         job.events.put(("done", reason, job.stats))
 
 

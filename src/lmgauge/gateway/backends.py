@@ -60,6 +60,8 @@ class EngineBackend:
         self.ref = ref
         self.engine: Engine = client.engine(ref)
         self.concurrency = max(client.settings.parallel, 1) if ref.engine == "llamacpp" else 32
+        # Server-side configuration decides speculation; whatever a request carried is replaced.
+        self.speculation = client.speculation(ref)
 
     @property
     def embedded(self) -> bool:
@@ -93,6 +95,7 @@ class EngineBackend:
     def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
         request = dataclasses.replace(request, model=self.ref.target)  # the client's request stays as sent
         trace.upstream = self.ref.url
+        request.speculation = self.speculation
         method = self.engine.chat if isinstance(request, ChatRequest) else self.engine.generate
         return _threaded(lambda: method(request))
 

@@ -429,7 +429,8 @@ class Gateway:
         if backend is not None:
             sample = Sample(model=self._label(backend), status=status, ttft_ms=ttft, tpot_ms=tpot,
                             e2e_ms=e2e if status == "ok" else None, prompt_tokens=prompt_tokens or 0,
-                            output_tokens=output_tokens, cache_hit=cache_hit, context_used=used)
+                            output_tokens=output_tokens, cache_hit=cache_hit, context_used=used,
+                            speculation=t.speculation if t else None)
             self.monitor.add(sample)
             self.metrics.observe(api, sample)
             if p is not None:

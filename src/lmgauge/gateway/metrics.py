@@ -48,6 +48,15 @@ class GatewayMetrics:
                                    registry=r)
         self.failovers = Counter("lmgauge_upstream_failovers", "Requests that failed on this node before "
                                  "their first token and were answered by another", ["model", "url"], registry=r)
+        # Speculative decoding (embedded engine): acceptance rate = accepted / drafted.
+        self.spec_drafted = Counter("lmgauge_speculative_drafted_tokens", "Tokens drafted and verified",
+                                    ["model"], registry=r)
+        self.spec_accepted = Counter("lmgauge_speculative_accepted_tokens", "Drafted tokens the model accepted",
+                                     ["model"], registry=r)
+        self.spec_steps = Counter("lmgauge_speculative_steps", "Verification steps (target decodes with drafts)",
+                                  ["model"], registry=r)
+        self.spec_seconds = Counter("lmgauge_speculative_seconds", "Engine time drafting and verifying",
+                                    ["model", "phase"], registry=r)
         r.register(_LiveCollector(monitor, gauges))
         self._per_model: dict[str, _ModelMetrics] = {}
 
@@ -75,6 +84,13 @@ class GatewayMetrics:
             m.context.observe(sample.context_used)
         if sample.cache_hit:
             m.cache_hits.inc()
+        spec = sample.speculation
+        if spec is not None:
+            self.spec_drafted.labels(model).inc(spec.drafted)
+            self.spec_accepted.labels(model).inc(spec.accepted)
+            self.spec_steps.labels(model).inc(spec.steps)
+            self.spec_seconds.labels(model, "draft").inc(spec.draft_ns / 1e9)
+            self.spec_seconds.labels(model, "verify").inc(spec.verify_ns / 1e9)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
