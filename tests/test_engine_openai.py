@@ -14,7 +14,10 @@ import pytest
 from standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
 
 from lmgauge.engines.base import Engine, collect, with_client_clock
-from lmgauge.engines.openai import OpenAIEngine, openai_params, sse_data, to_openai_messages
+from lmgauge.engines.openai import OpenAIEngine
+from lmgauge.wire.openai import messages_to_wire as to_openai_messages
+from lmgauge.wire.openai import params_to_wire as openai_params
+from lmgauge.wire.openai import sse_data
 from lmgauge.engines._http import error_message
 from lmgauge.errors import (
     EngineBusyError,
