@@ -46,7 +46,7 @@ from ..types import (
     Result,
     Timings,
 )
-from . import compute
+from . import compute, toolcalls
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
 from .scheduler import Job, Scheduler
@@ -140,7 +140,7 @@ class Runner:
         return prompt_tokens(self.vocab, self.template, text)
 
     def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
-        return self.prompt_tokens(self.template.render(messages, tools))
+        return self.prompt_tokens(self.template.render(*toolcalls.template_inputs(self.template, messages, tools)))
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
@@ -321,6 +321,7 @@ class LlamaCppEngine:
             request.keep_alive,
             request.format,
             lambda r: r.chat_tokens(request.messages, request.tools),
+            chat=request,
         )
 
     def generate(self, request: GenerateRequest) -> Iterator[Chunk]:
@@ -343,31 +344,53 @@ class LlamaCppEngine:
         fmt: Any,
         make_prompt: Callable[[Runner], list[int]],
         keep_ids: bool = False,
+        chat: ChatRequest | None = None,
     ) -> Iterator[Chunk]:
         t_call = time.perf_counter_ns()
         grammar = grammar_for(fmt)  # validate before loading anything
         runner, load_ns = self.acquire(path, options)
         job: Job | None = None
         try:
-            tokens = make_prompt(runner)
+            plan = None
+            if chat is not None:
+                plan = toolcalls.plan(runner.template, chat.messages, chat.tools, chat.tool_choice, chat.forced_tool)
+            if plan is not None:
+                tokens = runner.prompt_tokens(runner.template.render(plan.messages, plan.template_tools))
+                if plan.required:
+                    grammar = plan.grammar  # a call must come out, whatever `format` said
+            else:
+                tokens = make_prompt(runner)
             window = runner.n_ctx_seq
             if len(tokens) >= window:
                 raise ContextOverflowError(len(tokens), window)
             room = window - len(tokens)
             limit = options.num_predict if options.num_predict and options.num_predict > 0 else room
-            sampler = Sampler(runner.vocab, options, grammar)
+            sampler = Sampler(runner.vocab, options, grammar, lazy=plan.lazy(runner.vocab) if plan else None)
             job = runner.scheduler.submit(
                 Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop),
                     reuse_cache=self.settings.prefix_cache)
             )
+            parser = plan.parser() if plan is not None else None
+            shown: list[str] = []  # the answer's text, calls taken out
             while True:
                 event = job.events.get()
                 if event[0] == "text":
-                    yield Chunk(content=event[1])
+                    if parser is None:
+                        yield Chunk(content=event[1])
+                        continue
+                    text, calls = parser.feed(event[1])
+                    shown.append(text)
+                    if text or calls:
+                        yield Chunk(content=text, tool_calls=calls or None)
                 elif event[0] == "error":
                     raise event[1]
                 else:
                     _, reason, stats = event
+                    if parser is not None:
+                        text, calls = parser.finish()
+                        shown.append(text)
+                        if text or calls:
+                            yield Chunk(content=text, tool_calls=calls or None)
                     timings = Timings(
                         load_ns=load_ns,
                         prompt_tokens=stats.prompt_tokens,
@@ -380,10 +403,11 @@ class LlamaCppEngine:
                     )
                     result = Result(
                         model=path,
-                        content=runner.detokenize(job.output_ids),
+                        content=runner.detokenize(job.output_ids) if parser is None else "".join(shown),
                         done_reason=reason,
                         timings=timings,
                         engine=self.name,
+                        tool_calls=(parser.calls or None) if parser is not None else None,
                         context=tokens + job.output_ids if keep_ids else None,
                     )
                     yield Chunk(done=True, result=result)
@@ -438,7 +462,7 @@ class LlamaCppEngine:
         """The exact prompt tokens a chat request would evaluate (template included)."""
         vocab = self._vocab(model)
         template = make_template(inspect_gguf(model), vocab)
-        return prompt_tokens(vocab, template, template.render(messages, tools))
+        return prompt_tokens(vocab, template, template.render(*toolcalls.template_inputs(template, messages, tools)))
 
     def prompt_tokens(self, model: str, text: str) -> list[int]:
         """The exact tokens a raw (untemplated) prompt evaluates, BOS included when the model wants it."""

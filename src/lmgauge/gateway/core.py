@@ -281,7 +281,7 @@ class Gateway:
                                                   "(gateway.first_token_timeout / gateway.request_timeout)") from None
                     except StopAsyncIteration:
                         raise EngineError("the backend ended a stream without a result") from None
-                    if chunk.content and first_ns is None:
+                    if (chunk.content or chunk.thinking or chunk.tool_calls) and first_ns is None:
                         first_ns = time.perf_counter_ns()
                     if chunk.done:
                         result = chunk.result
