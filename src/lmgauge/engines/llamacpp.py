@@ -46,7 +46,7 @@ from ..types import (
     Result,
     Timings,
 )
-from . import compute, toolcalls
+from . import compute, thinking, toolcalls
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
 from .scheduler import Job, Scheduler
@@ -351,12 +351,16 @@ class LlamaCppEngine:
         runner, load_ns = self.acquire(path, options)
         job: Job | None = None
         try:
-            plan = None
+            plan, splitter = None, None
             if chat is not None:
                 plan = toolcalls.plan(runner.template, chat.messages, chat.tools, chat.tool_choice, chat.forced_tool)
-            if plan is not None:
-                tokens = runner.prompt_tokens(runner.template.render(plan.messages, plan.template_tools))
-                if plan.required:
+                variables = thinking.template_variables(runner.template, chat.think)
+                messages, tools = (plan.messages, plan.template_tools) if plan else (chat.messages, chat.tools)
+                prompt_text = runner.template.render(messages, tools, **variables)
+                tokens = runner.prompt_tokens(prompt_text)
+                if thinking.template_thinks(runner.template):
+                    splitter = thinking.ThinkingSplitter.for_prompt(prompt_text)
+                if plan is not None and plan.required:
                     grammar = plan.grammar  # a call must come out, whatever `format` said
             else:
                 tokens = make_prompt(runner)
@@ -371,26 +375,39 @@ class LlamaCppEngine:
                     reuse_cache=self.settings.prefix_cache)
             )
             parser = plan.parser() if plan is not None else None
-            shown: list[str] = []  # the answer's text, calls taken out
+            shown: list[str] = []  # the answer's text, reasoning and calls taken out
+            thought: list[str] = []
+
+            def split(text: str, last: bool = False) -> Chunk | None:
+                """One piece of output as a Chunk of thinking, answer text and finished calls."""
+                reasoning = ""
+                if splitter is not None:
+                    reasoning, text = splitter.finish() if last else splitter.feed(text)
+                calls: list[dict] = []
+                if parser is not None:
+                    text, calls = parser.feed(text)
+                    if last:
+                        tail, more = parser.finish()
+                        text, calls = text + tail, calls + more
+                shown.append(text)
+                thought.append(reasoning)
+                return Chunk(content=text, thinking=reasoning, tool_calls=calls or None) if text or reasoning or calls else None
+
+            plain = splitter is None and parser is None
             while True:
                 event = job.events.get()
                 if event[0] == "text":
-                    if parser is None:
+                    if plain:
                         yield Chunk(content=event[1])
-                        continue
-                    text, calls = parser.feed(event[1])
-                    shown.append(text)
-                    if text or calls:
-                        yield Chunk(content=text, tool_calls=calls or None)
+                    elif (chunk := split(event[1])) is not None:
+                        yield chunk
                 elif event[0] == "error":
                     raise event[1]
                 else:
                     _, reason, stats = event
-                    if parser is not None:
-                        text, calls = parser.finish()
-                        shown.append(text)
-                        if text or calls:
-                            yield Chunk(content=text, tool_calls=calls or None)
+                    if not plain and (chunk := split("", last=True)) is not None:
+                        yield chunk
+                    reasoning = "".join(thought)
                     timings = Timings(
                         load_ns=load_ns,
                         prompt_tokens=stats.prompt_tokens,
@@ -400,15 +417,18 @@ class LlamaCppEngine:
                         output_tokens=stats.output_tokens,
                         eval_ns=stats.eval_ns,
                         total_ns=time.perf_counter_ns() - t_call,
+                        # the reasoning and its two tags, counted with the model's tokenizer
+                        thinking_tokens=len(runner.tokenize(reasoning)) + 2 if reasoning else 0,
                     )
                     result = Result(
                         model=path,
-                        content=runner.detokenize(job.output_ids) if parser is None else "".join(shown),
+                        content=runner.detokenize(job.output_ids) if plain else "".join(shown),
                         done_reason=reason,
                         timings=timings,
                         engine=self.name,
                         tool_calls=(parser.calls or None) if parser is not None else None,
                         context=tokens + job.output_ids if keep_ids else None,
+                        thinking=reasoning,
                     )
                     yield Chunk(done=True, result=result)
                     return
