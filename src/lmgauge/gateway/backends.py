@@ -239,8 +239,11 @@ class UpstreamPool:
         raise EngineUnavailableError(f"every upstream for {self.name} failed: " + "; ".join(errors))
 
     async def _post(self, node: Node, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        headers = {"Content-Type": "application/json"}
+        if self.spec.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.spec.api_key.get_secret_value()}"
         response = await self.session.post(node.url + path, data=orjson.dumps(body), timeout=self._timeout,
-                                           headers={"Content-Type": "application/json"})
+                                           headers=headers)
         if response.status != 200:
             text = (await response.read()).decode("utf-8", "replace")
             response.release()
@@ -379,7 +382,9 @@ class UpstreamPool:
         async def check(node: Node) -> None:
             path = "/api/version" if node.kind == "ollama" else "/models"
             try:
-                async with self.session.get(node.url + path, timeout=timeout) as response:
+                headers = ({"Authorization": f"Bearer {self.spec.api_key.get_secret_value()}"}
+                           if self.spec.api_key is not None else None)
+                async with self.session.get(node.url + path, timeout=timeout, headers=headers) as response:
                     await response.read()
                     ok = response.status == 200
                     why = f"health check answered {response.status}"
