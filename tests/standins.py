@@ -430,7 +430,11 @@ class StandinServer:
             yield tokens[i]
 
     def wants_tools(self, body: dict[str, Any]) -> bool:
-        return bool(self.tool_calls and body.get("tools"))
+        """Call the tools when they are offered, unless the conversation ends with their results
+        (then answer in text, as a model does)."""
+        messages = body.get("messages") or []
+        answered = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        return bool(self.tool_calls and body.get("tools")) and not answered
 
 
 def _text(content: Any) -> str:

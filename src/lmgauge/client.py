@@ -32,6 +32,8 @@ from .types import (
     ModelInfo,
     Options,
     Result,
+    Think,
+    ToolChoice,
 )
 
 MessagesLike = Iterable[Message | dict[str, Any]]
@@ -83,12 +85,15 @@ class Client:
         format: Format = None,
         tools: list[dict[str, Any]] | None = None,
         keep_alive: Any = None,
+        tool_choice: ToolChoice = "auto",
+        think: Think = None,
     ) -> Iterator[Chunk]:
-        """Stream an answer; the last chunk (done=True) carries the Result with its timings."""
+        """Stream an answer; the last chunk (done=True) carries the Result with its timings.
+        Chunks carry answer text (`content`), reasoning (`thinking`) and finished `tool_calls`."""
         ref = self.resolve(model)
         request = ChatRequest(
             model=ref.target, messages=as_messages(messages), options=as_options(options),
-            format=format, tools=tools, keep_alive=as_keep_alive(keep_alive),
+            format=format, tools=tools, keep_alive=as_keep_alive(keep_alive), tool_choice=tool_choice, think=think,
         )
         return self._renamed(self.engine(ref).chat(request), ref)
 
