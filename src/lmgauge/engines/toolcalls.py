@@ -191,16 +191,17 @@ class LazyGrammar:
         self._tokens.append(token)
         self._pieces.append(piece)
         self._text += piece
-        start = self._start()
+        start = self._start(len(piece))
         if start is None:
             return None
         self.done = True
         return self._activate(start)
 
-    def _start(self) -> int | None:
-        """Where the call starts in the text, once it has clearly started."""
+    def _start(self, new: int) -> int | None:
+        """Where the call starts in the text, once it has clearly started (only the newest
+        `new` characters and what precedes them by a marker's length are searched)."""
         if self.syntax.start is not None:
-            at = self._text.find(self.syntax.start)
+            at = self._text.find(self.syntax.start, max(len(self._text) - new - len(self.syntax.start), 0))
             return at if at >= 0 else None
         if _ANCHORED.match(self._text):
             return self._text.index("{")
