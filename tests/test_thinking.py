@@ -127,3 +127,13 @@ def test_gateway_carries_thinking_to_both_apis_and_refuses_it_for_smollm2(tmp_pa
         assert reasoning == "Rayleigh scattering, probably."
         refused = http.post("/api/chat", json={"model": "smollm2", "messages": ask, "think": True, "stream": False})
         assert refused.status_code == 400 and "does not support thinking" in refused.json()["error"]
+
+
+def test_thinking_and_tool_choice_are_part_of_the_cache_key():
+    from lmgauge.cache import request_key
+
+    base = ChatRequest(model="m", messages=[Message("user", "hi")])
+    variants = [ChatRequest(model="m", messages=base.messages, think=t) for t in (True, False, "high")]
+    variants.append(ChatRequest(model="m", messages=base.messages, tool_choice="required"))
+    keys = {request_key(r) for r in [base, *variants]}
+    assert len(keys) == 5
