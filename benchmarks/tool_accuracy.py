@@ -11,7 +11,7 @@ prints, per model and mode:
 - schema-valid:   every call's arguments validate against its tool's JSON schema;
 - right values:   the labelled argument values are there (strings compared case-insensitively);
 - parse share:    of the answers where the model started a call, the share whose calls parsed
-                  (target 100% with the grammar);
+                  (target 100% with the grammar); "started" counts those answers;
 - no call:        answers with no call at all.
 
 Accuracy, not speed: it needs no CPU lock. Greedy decoding (temperature 0), so runs repeat.
@@ -114,42 +114,50 @@ def started_a_call(text: str, syntax: toolcalls.ToolSyntax) -> bool:
     return text.lstrip().startswith("{")
 
 
-def evaluate(engine: LlamaCppEngine, model: str, grammar: bool, limit: int) -> dict[str, float]:
+def ask(engine: LlamaCppEngine, model: str, prompt: str, grammar: bool) -> list | str:
+    """The calls the model makes (or its text when it makes none), with or without the grammar."""
     original = toolcalls.ToolPlan.lazy
     if not grammar:
         toolcalls.ToolPlan.lazy = lambda self, vocab: None  # the parser alone
-    counts = dict(right_function=0, schema_valid=0, right_values=0, started=0, parsed=0, no_call=0)
-    syntax = toolcalls.syntax_for(make_template(inspect_gguf(model), engine._vocab(model)))
     try:
-        for prompt, name, expected in LABELLED[:limit]:
-            result = collect(engine.chat(ChatRequest(model=model, messages=[Message("user", prompt)], tools=TOOLS,
-                                                     options=Options(temperature=0, num_predict=128))))
-            calls = result.tool_calls or []
-            unparsed = started_a_call(result.content, syntax)
-            if calls or unparsed:
-                counts["started"] += 1
-                counts["parsed"] += bool(calls) and not unparsed
-            if not calls:
-                counts["no_call"] += 1
-                continue
-            first = calls[0]["function"]
-            counts["right_function"] += first["name"] == name
-            valid = True
-            for call in calls:
-                try:
-                    jsonschema.validate(call["function"]["arguments"], SCHEMAS[call["function"]["name"]])
-                except (jsonschema.ValidationError, KeyError):
-                    valid = False
-            counts["schema_valid"] += valid
-            counts["right_values"] += first["name"] == name and values_match(first["arguments"], expected)
+        result = collect(engine.chat(ChatRequest(model=model, messages=[Message("user", prompt)], tools=TOOLS,
+                                                 options=Options(temperature=0, num_predict=96))))
     finally:
         toolcalls.ToolPlan.lazy = original
-    n = min(limit, len(LABELLED))
-    out = {k: counts[k] / n for k in ("right_function", "schema_valid", "right_values", "no_call")}
-    out["parse_share"] = counts["parsed"] / counts["started"] if counts["started"] else float("nan")
-    out["n"] = n
-    out["started"] = counts["started"]
-    return out
+    return result.tool_calls or result.content
+
+
+class Score:
+    def __init__(self) -> None:
+        self.n = self.right_function = self.schema_valid = self.right_values = self.started = self.parsed = 0
+        self.no_call = 0
+
+    def add(self, answer: list | str, name: str, expected: dict, syntax: toolcalls.ToolSyntax) -> None:
+        self.n += 1
+        calls = answer if isinstance(answer, list) else []
+        unparsed = isinstance(answer, str) and started_a_call(answer, syntax)
+        if calls or unparsed:
+            self.started += 1
+            self.parsed += bool(calls)
+        if not calls:
+            self.no_call += 1
+            return
+        first = calls[0]["function"]
+        self.right_function += first["name"] == name
+        valid = True
+        for call in calls:
+            try:
+                jsonschema.validate(call["function"]["arguments"], SCHEMAS[call["function"]["name"]])
+            except (jsonschema.ValidationError, KeyError):
+                valid = False
+        self.schema_valid += valid
+        self.right_values += first["name"] == name and values_match(first["arguments"], expected)
+
+    def row(self, model: str, mode: str) -> str:
+        share = lambda k: f"{k / self.n:>7.0%}" if self.n else "      -"  # noqa: E731
+        parses = f"{self.parsed / self.started:>7.0%}" if self.started else "      -"
+        return (f"{model[:40]:40} {mode:8} {self.n:>3} {share(self.right_function):>9} {share(self.schema_valid)} "
+                f"{share(self.right_values)} {parses} {self.started:>8} {share(self.no_call):>8}")
 
 
 def main() -> None:
@@ -158,15 +166,21 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=len(LABELLED))
     args = parser.parse_args()
     engine = LlamaCppEngine(Settings(keep_alive=-1))
-    print(f"{'model':40} {'grammar':8} {'n':>3} {'function':>9} {'schema':>7} {'values':>7} {'parses':>7} "
-          f"{'started':>8} {'no call':>8}")
+    header = (f"{'model':40} {'grammar':8} {'n':>3} {'function':>9} {'schema':>7} {'values':>7} {'parses':>7} "
+              f"{'started':>8} {'no call':>8}")
+    rows = []
     try:
         for model in args.models:
-            for grammar in (True, False):
-                r = evaluate(engine, model, grammar, args.limit)
-                print(f"{Path(model).name[:40]:40} {'on' if grammar else 'off':8} {r['n']:>3} "
-                      f"{r['right_function']:>9.0%} {r['schema_valid']:>7.0%} {r['right_values']:>7.0%} "
-                      f"{r['parse_share']:>7.0%} {r['started']:>8} {r['no_call']:>8.0%}", flush=True)
+            syntax = toolcalls.syntax_for(make_template(inspect_gguf(model), engine._vocab(model)))
+            scores = {True: Score(), False: Score()}
+            for i, (prompt, name, expected) in enumerate(LABELLED[: args.limit]):
+                for grammar in (True, False):  # the same prompt both ways, so a partial run still compares
+                    scores[grammar].add(ask(engine, model, prompt, grammar), name, expected, syntax)
+                print(f"[{i + 1}/{min(args.limit, len(LABELLED))}] so far:", scores[True].row(Path(model).name, "on"),
+                      scores[False].row(Path(model).name, "off"), sep="\n", file=sys.stderr, flush=True)
+            rows += [scores[True].row(Path(model).name, "on"), scores[False].row(Path(model).name, "off")]
+            print(header, *rows, sep="\n", flush=True)
+            engine.unload(model)
     finally:
         engine.close()
 
