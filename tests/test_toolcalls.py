@@ -238,3 +238,20 @@ def test_calls_stream_in_their_own_chunk_and_results_go_back(llama_engine, smoll
     assert answer.content or answer.tool_calls
     prompt = llama_engine.detokenize(smollm2_path, llama_engine.chat_tokens(smollm2_path, follow_up, [WEATHER]))
     assert "rain, 7 degrees" in prompt and '"get_weather"' in prompt  # the call and its result, both shown
+
+
+@pytest.mark.parametrize("syntax", [HERMES, GENERIC, MISTRAL])
+def test_a_call_written_as_a_json_block_is_a_call(syntax):
+    """Qwen2.5-Coder 0.5B answers a tool request with ```json {"name", "arguments"} ``` instead of
+    its template's <tool_call> tags: the answer is held and parsed as a call."""
+    text = '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Paris", "unit": "celsius"}\n}\n```'
+    shown, calls = feed_all(toolcalls.ToolCallParser(syntax, NAMES), pieces_of(text, 3))
+    assert shown == "" and calls[0]["function"] == {"name": "get_weather",
+                                                    "arguments": {"city": "Paris", "unit": "celsius"}}
+
+
+def test_a_code_block_that_is_not_a_call_streams_as_text():
+    parser = toolcalls.ToolCallParser(HERMES, NAMES)
+    assert parser.feed("```python\nprint(1)") == ("```python\nprint(1)", [])  # not held: not JSON
+    assert feed_all(toolcalls.ToolCallParser(HERMES, NAMES), ['```json\n{"a": 1}\n```']) == (
+        '```json\n{"a": 1}\n```', [])

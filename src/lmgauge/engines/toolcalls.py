@@ -160,6 +160,7 @@ def _gbnf_escape(text: str) -> str:
 
 # --- lazy activation on the decode thread ----------------------------------------------------------
 
+FENCE = "```json"
 _ANCHORED = re.compile(r'\s*(?:<\|python_tag\|>)?\s*\{\s*"name"')
 _ANCHORED_PREFIX = '{"name"'
 
@@ -252,8 +253,9 @@ class ToolCallParser:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.syntax.start is None:
-            self._state = "undecided"
+        # Every syntax starts undecided: an answer that opens with a JSON object (or a ```json
+        # block, as Qwen2.5-Coder writes its calls) is held to the end and parsed as calls.
+        self._state = "undecided"
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         self._buf += text
@@ -261,10 +263,15 @@ class ToolCallParser:
         while True:
             if self._state == "undecided":
                 probe = self._buf.lstrip().removeprefix("<|python_tag|>").lstrip()
-                if not probe or "<|python_tag|>".startswith(probe):
+                if not probe or "<|python_tag|>".startswith(probe) or FENCE.startswith(probe):
                     return out, calls
-                self._state = "call" if probe.startswith("{") else "text"
+                if probe.startswith("{") or probe.startswith(FENCE):
+                    self._state = "json"
+                    return out, calls
+                self._state = "text"
                 continue
+            if self._state == "json":  # held whole: parsed (or given back) at the end
+                return out, calls
             if self._state == "text":
                 if self.calls:  # whitespace between calls is not part of the answer
                     self._buf = self._buf.lstrip()
@@ -301,7 +308,7 @@ class ToolCallParser:
     def finish(self) -> tuple[str, list[dict[str, Any]]]:
         """The end of the answer: whatever is held back, as a call if it parses."""
         buf, self._buf = self._buf, ""
-        if self._state == "call" and buf.strip():
+        if self._state in ("call", "json") and buf.strip():
             parsed = self._parse(buf)
             if parsed is not None:
                 return "", parsed
@@ -314,6 +321,8 @@ class ToolCallParser:
         if self.syntax.end and text.endswith(self.syntax.end):
             text = text[: -len(self.syntax.end)]
         text = text.strip().removeprefix("<|python_tag|>").strip()
+        if text.startswith(FENCE) and text.endswith("```"):
+            text = text[len(FENCE):-3].strip()
         objects = _json_objects(text)
         if objects is None:
             return None
