@@ -193,11 +193,13 @@ class StandinServer:
         embedding_dim: int = 8,
         host: str = "127.0.0.1",
         port: int = 0,
+        thinking: str | None = None,
     ):
         self.reply = reply
         self.num_tokens = num_tokens  # repeat the reply's tokens to exactly this many
         self.token_delay = token_delay  # seconds between tokens
         self.tool_calls = tool_calls  # Ollama-shaped calls, answered when a request offers tools
+        self.thinking = thinking  # reasoning sent before the answer (Ollama: unless "think": false)
         self.embedding_dim = embedding_dim
         self.faults = Faults()
         self.requests: list[Recorded] = []
@@ -428,7 +430,11 @@ class StandinServer:
             yield tokens[i]
 
     def wants_tools(self, body: dict[str, Any]) -> bool:
-        return bool(self.tool_calls and body.get("tools"))
+        """Call the tools when they are offered, unless the conversation ends with their results
+        (then answer in text, as a model does)."""
+        messages = body.get("messages") or []
+        answered = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        return bool(self.tool_calls and body.get("tools")) and not answered
 
 
 def _text(content: Any) -> str:
@@ -648,10 +654,14 @@ class OllamaStandin(StandinServer):
                 return {**head, "message": {"role": "assistant", "content": text}, "done": False}
             return {**head, "response": text, "done": False}
 
+        thinks = chat and self.thinking and body.get("think") is not False
+
         def final(first: int | None, last: int | None, text: str, calls: bool = False) -> dict[str, Any]:
             out = piece(text)
             if calls:
                 out["message"]["tool_calls"] = self.tool_calls
+            if thinks and body.get("stream", True) is False:
+                out["message"]["thinking"] = self.thinking
             out.update(done=True, done_reason=reason)
             if not chat:
                 out["context"] = self.tokenize(body.get("prompt") or "") + self.tokenize("".join(tokens))
@@ -675,6 +685,10 @@ class OllamaStandin(StandinServer):
         async def lines() -> AsyncIterator[bytes]:
             first = last = None
             try:
+                if thinks:
+                    thought = piece("")
+                    thought["message"]["thinking"] = self.thinking
+                    yield _ndjson(thought)
                 async for tok in self.emit([] if use_tools else tokens, fault, request):
                     last = time.perf_counter_ns()
                     first = first or last

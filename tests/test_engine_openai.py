@@ -14,7 +14,10 @@ import pytest
 from standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
 
 from lmgauge.engines.base import Engine, collect, with_client_clock
-from lmgauge.engines.openai import OpenAIEngine, openai_params, sse_data, to_openai_messages
+from lmgauge.engines.openai import OpenAIEngine
+from lmgauge.wire.openai import messages_to_wire as to_openai_messages
+from lmgauge.wire.openai import params_to_wire as openai_params
+from lmgauge.wire.openai import sse_data
 from lmgauge.engines._http import error_message
 from lmgauge.errors import (
     EngineBusyError,
@@ -496,3 +499,36 @@ def test_error_message_from_plain_text():
 
 def test_openai_params_leave_defaults_out():
     assert openai_params(Options()) == {}
+
+
+def test_api_key_comes_from_settings_and_is_never_shown(start_standin, make_settings, monkeypatch, caplog):
+    import logging
+
+    from lmgauge.config import load_settings
+    from lmgauge.engines import create_engine
+
+    server = start_standin(OpenAIStandin, api_key="sk-secret-123")
+    monkeypatch.setenv("LMGAUGE_OPENAI_API_KEY", "sk-secret-123")
+    settings = load_settings()
+    assert "sk-secret-123" not in repr(settings) and "sk-secret-123" not in str(settings.model_dump(mode="json"))
+    caplog.set_level(logging.DEBUG)
+    engine = create_engine("openai", settings, server.base_url)
+    assert collect(engine.chat(chat())).content == DEFAULT_REPLY
+    assert server.last().headers["authorization"] == "Bearer sk-secret-123"
+    engine.close()
+    monkeypatch.setenv("LMGAUGE_OPENAI_API_KEY", "sk-wrong-456")
+    wrong = create_engine("openai", load_settings(), server.base_url)
+    with pytest.raises(InvalidOptionError) as refused:
+        collect(wrong.chat(chat()))
+    assert "sk-wrong-456" not in str(refused.value) and "sk-wrong-456" not in caplog.text
+    wrong.close()
+
+
+def test_tools_and_reasoning_are_forwarded(openai_standin, engine):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    request = chat("hi", tools=tools)
+    request.tool_choice, request.forced_tool, request.think = "required", "f", "high"
+    collect(engine.chat(request))
+    body = openai_standin.last().body
+    assert body["tools"] == tools and body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert body["reasoning_effort"] == "high"

@@ -162,7 +162,7 @@ def test_overflow_policy_comes_from_settings():
     ({"model": "m", "format": "yaml"}, "format must be"),
     ({"model": "m", "stream": "yes"}, "stream must be true or false"),
     ({"model": "m", "keep_alive": "forever"}, "invalid duration"),
-    ({"model": "m", "think": True}, "thinking"),
+    ({"model": "m", "think": "maximum"}, "think must be"),
 ])
 def test_ollama_chat_rejects_bad_fields_by_name(body, fragment):
     with pytest.raises(InvalidOptionError, match=fragment):

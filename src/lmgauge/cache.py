@@ -75,6 +75,10 @@ def normalized_request(request: ChatRequest, *, without_last_user: bool = False)
         "format": request.format,
         "tools": request.tools,
         "semantic": without_last_user,
+    } | {  # tool choice and thinking change the answer; absent when default, so older keys still match
+        name: value for name, value in (("tool_choice", request.tool_choice), ("forced_tool", request.forced_tool),
+                                        ("think", request.think))
+        if value not in (None, "auto")
     }
 
 
@@ -559,7 +563,7 @@ class ResponseCache:
             key=request_key(request), context_key=request_key(request, without_last_user=True),
             model=request.model, question=question or "", embedding=embedding,
             response={"content": result.content, "done_reason": result.done_reason, "tool_calls": result.tool_calls,
-                      "engine": result.engine, "prompt_tokens": t.prompt_tokens, "output_tokens": t.output_tokens},
+                      "thinking": result.thinking, "engine": result.engine, "prompt_tokens": t.prompt_tokens, "output_tokens": t.output_tokens},
             created=now, expires=now + self.settings.ttl,
         )
         self.backend.put(entry, self.settings.max_entries)
@@ -579,7 +583,7 @@ def _result(entry: Entry, model: str) -> Result:
     timings = Timings(prompt_tokens=r.get("prompt_tokens", 0), output_tokens=r.get("output_tokens", 0),
                       prompt_eval_tokens=0, eval_ns=0, prompt_eval_ns=0, total_ns=0)
     return Result(model=model, content=r["content"], done_reason=r.get("done_reason", "stop"), timings=timings,
-                  engine="cache", tool_calls=r.get("tool_calls"))
+                  engine="cache", tool_calls=r.get("tool_calls"), thinking=r.get("thinking") or "")
 
 
 def as_request(model: str, messages: list[Message | dict[str, Any]], options: Any = None, format: Any = None,

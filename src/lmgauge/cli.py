@@ -264,6 +264,9 @@ def run(
     draft: Annotated[str | None, typer.Option(help="Speculative decoding: a smaller model of the same family "
                                               "drafts tokens the model checks in one step; 'lookup' drafts "
                                               "from the prompt instead. Embedded models only.")] = None,
+    tools: Annotated[Path | None, typer.Option("--tools", help="A .py file whose functions the model may "
+                                               "call (run for real), or a .json list of tool schemas "
+                                               "(you type the results).")] = None,
 ) -> None:
     """Answer one prompt (streamed), or chat interactively when no prompt is given.
 
@@ -287,6 +290,27 @@ def run(
             prompt = f"{prompt}\n\n{piped}"
         elif prompt is None and piped is not None:
             prompt = piped
+        if tools is not None:  # --- the tool loop (tool_loop.py) ---
+            from . import tool_loop
+
+            toolbox = tool_loop.load_toolbox(tools)
+            if prompt is None:
+                raise InvalidOptionError("--tools needs a prompt: lmgauge run MODEL \"question\" --tools FILE")
+            messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+            result = tool_loop.run_loop(
+                lambda history: client.chat(model, history, options=options, format=fmt, tools=toolbox.schemas,
+                                            keep_alive=keep_alive),
+                messages, toolbox, show=lambda kind, text: err.print(f"[cyan]{kind}:[/] {text}", markup=True,
+                                                                     highlight=False),
+                ask=lambda call: input(f"result of {call}> "))
+            if json_out:
+                out.print_json(data=result_json(result) | {"tool_calls": result.tool_calls})
+            else:
+                out.print(result.content, markup=False, highlight=False)
+                if verbose:
+                    print_stats(result.timings)
+            _log(client, result)
+            return
         if prompt is None:
             _interactive(client, model, system, options, fmt, verbose, keep_alive)
             return

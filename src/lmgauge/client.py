@@ -34,6 +34,8 @@ from .types import (
     Options,
     Result,
     Speculation,
+    Think,
+    ToolChoice,
 )
 
 MessagesLike = Iterable[Message | dict[str, Any]]
@@ -103,12 +105,16 @@ class Client:
         format: Format = None,
         tools: list[dict[str, Any]] | None = None,
         keep_alive: Any = None,
+        tool_choice: ToolChoice = "auto",
+        think: Think = None,
     ) -> Iterator[Chunk]:
-        """Stream an answer; the last chunk (done=True) carries the Result with its timings."""
+        """Stream an answer; the last chunk (done=True) carries the Result with its timings.
+        Chunks carry answer text (`content`), reasoning (`thinking`) and finished `tool_calls`."""
         ref = self.resolve(model)
         request = ChatRequest(
             model=ref.target, messages=as_messages(messages), options=as_options(options),
             format=format, tools=tools, keep_alive=as_keep_alive(keep_alive), speculation=self.speculation(ref),
+            tool_choice=tool_choice, think=think,
         )
         return self._renamed(self.engine(ref).chat(request), ref)
 

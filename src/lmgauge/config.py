@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -131,6 +131,7 @@ class UpstreamSettings(BaseModel):
     max_concurrency: int = Field(default=32, ge=1)  # in-flight requests per node
     num_ctx: int | None = Field(default=None, ge=16)
     tokenizer: str | None = None
+    api_key: SecretStr | None = None  # kind "openai": sent as Authorization: Bearer (never logged)
 
     @field_validator("urls")
     @classmethod
@@ -268,6 +269,10 @@ class Settings(BaseSettings):
     # remote engines
     ollama_host: str = Field(default_factory=default_ollama_host)
     request_timeout: float = 600.0  # seconds, for remote engines
+    # Bearer key for `openai:NAME@URL` models (hosted OpenAI-compatible APIs); env
+    # LMGAUGE_OPENAI_API_KEY. A SecretStr: never shown by repr, dumps or logs. OPENAI_API_KEY is
+    # deliberately not read: it would go to whatever server an openai: model names.
+    openai_api_key: SecretStr | None = None
 
     context: ContextSettings = Field(default_factory=ContextSettings)
     # `lmgauge serve`

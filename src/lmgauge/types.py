@@ -20,6 +20,11 @@ from .errors import InvalidOptionError
 from .limits import check_option
 
 Role = Literal["system", "user", "assistant", "tool"]
+# "auto": the model decides; "none": never call a tool; "required": call at least one
+# (ChatRequest.forced_tool names the one to call, OpenAI's {"type": "function", ...}).
+ToolChoice = Literal["auto", "none", "required"]
+# Ollama's `think`: None = the model's default, True/False, or an effort level.
+Think = None | bool | Literal["low", "medium", "high"]
 DoneReason = Literal["stop", "length", "cancel", "error"]
 # None: free text; "json": any JSON object; dict: a JSON schema the output must follow.
 Format = None | Literal["json"] | dict[str, Any]
@@ -27,18 +32,28 @@ Format = None | Literal["json"] | dict[str, Any]
 
 @dataclass
 class Message:
+    """One turn. `tool_calls` are Ollama-shaped, lmgauge's one shape for a call:
+    {"function": {"name": str, "arguments": {...}}, "id": str (optional)}; the wire layer
+    (lmgauge.wire) converts them to and from OpenAI's string-argument form."""
+
     role: str
     content: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     tool_name: str | None = None  # for role == "tool": which tool produced this result
     images: list[str] | None = None
+    thinking: str = ""  # role == "assistant": the reasoning that preceded the answer
+    tool_call_id: str | None = None  # role == "tool": the id of the call this result answers
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.thinking:
+            out["thinking"] = self.thinking
         if self.tool_calls:
             out["tool_calls"] = self.tool_calls
         if self.tool_name:
             out["tool_name"] = self.tool_name
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
         if self.images:
             out["images"] = self.images
         return out
@@ -56,6 +71,8 @@ class Message:
             tool_calls=data.get("tool_calls"),
             tool_name=data.get("tool_name") or data.get("name"),
             images=data.get("images"),
+            thinking=str(data.get("thinking") or ""),
+            tool_call_id=data.get("tool_call_id"),
         )
 
 
@@ -189,6 +206,9 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     keep_alive: float | None = None  # seconds; None = engine default; 0 = unload after; <0 = forever
     speculation: Speculation | None = None  # server-side only (see Speculation)
+    tool_choice: ToolChoice = "auto"
+    forced_tool: str | None = None  # with tool_choice "required": the function that must be called
+    think: Think = None
 
 
 @dataclass
@@ -274,6 +294,7 @@ class Timings:
       cached_tokens      prompt tokens served from the engine's prefix cache
       prompt_eval_ns     time to evaluate the prompt (until the first token was sampled)
       output_tokens      tokens generated (excluding the end-of-generation token)
+      thinking_tokens    of those, the tokens spent reasoning (before the answer)
       eval_ns            time from the first output token to the last
       total_ns           the engine's total, load included
       speculation        what speculative decoding did (SpecStats), when it was on
@@ -293,6 +314,7 @@ class Timings:
     eval_ns: int | None = None
     total_ns: int | None = None
     speculation: SpecStats | None = None  # embedded engine, when it speculated
+    thinking_tokens: int = 0
 
     # --- client-side metrics (DESIGN.md definitions) -------------------------------------
     @property
@@ -374,19 +396,25 @@ class Result:
     engine: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     context: list[int] | None = None  # prompt + output token ids (Ollama's legacy `context`)
+    thinking: str = ""  # the reasoning, apart from the answer (`content`)
 
     @property
     def message(self) -> Message:
-        return Message(role="assistant", content=self.content, tool_calls=self.tool_calls)
+        return Message(role="assistant", content=self.content, tool_calls=self.tool_calls, thinking=self.thinking)
 
 
 @dataclass
 class Chunk:
-    """One piece of a streamed answer. The last chunk has done=True and carries the Result."""
+    """One piece of a streamed answer. The last chunk has done=True and carries the Result.
+
+    A piece is answer text (`content`), reasoning text (`thinking`), or finished tool calls
+    (`tool_calls`, each complete with parsed arguments; the Result lists them all again)."""
 
     content: str = ""
     done: bool = False
     result: Result | None = None
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass

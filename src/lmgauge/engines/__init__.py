@@ -20,5 +20,6 @@ def create_engine(kind: str, settings: Settings, url: str | None = None) -> Engi
     if kind == "openai":
         from .openai import OpenAIEngine
 
-        return OpenAIEngine(settings, base_url=url or "")
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        return OpenAIEngine(settings, base_url=url or "", api_key=key)
     raise ValueError(f"unknown engine kind {kind!r}")

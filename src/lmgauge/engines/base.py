@@ -95,12 +95,16 @@ def with_client_clock(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
 
 
 def collect(chunks: Iterator[Chunk]) -> Result:
-    """Drain a stream and return its Result (the text is the concatenation of the chunks)."""
+    """Drain a stream and return its Result (the text and the thinking are the concatenation of
+    the chunks'; tool calls are the Result's own)."""
     parts: list[str] = []
+    thinking: list[str] = []
     for chunk in chunks:
         parts.append(chunk.content)
+        thinking.append(chunk.thinking)
         if chunk.done:
             assert chunk.result is not None
             chunk.result.content = "".join(parts)
+            chunk.result.thinking = "".join(thinking) or chunk.result.thinking
             return chunk.result
     raise EngineError("engine stream ended without a final chunk")

@@ -46,7 +46,10 @@ class ChatTemplate:
         messages: list[Message],
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        **variables: Any,
     ) -> str:
+        """`variables`: what some templates read besides the conversation (enable_thinking,
+        reasoning_effort; see thinking.py)."""
         try:
             return self._template.render(
                 messages=[_for_template(m) for m in messages],
@@ -54,6 +57,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **variables,
             )
         except (TemplateError, TypeError, ValueError, LookupError, AttributeError) as exc:
             # a conversation the template cannot render (e.g. a tool call's name that is not a string)

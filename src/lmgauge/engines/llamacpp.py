@@ -48,7 +48,7 @@ from ..types import (
     Speculation,
     Timings,
 )
-from . import client_text, compute
+from . import client_text, compute, thinking, toolcalls
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
 from .scheduler import Job, Scheduler
@@ -155,7 +155,7 @@ class Runner:
         return prompt_tokens(self.vocab, self.template, text)
 
     def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
-        return chat_prompt_tokens(self.vocab, self.template, messages, tools)
+        return chat_prompt_tokens(self.vocab, self.template, *toolcalls.template_inputs(self.template, messages, tools))
 
     # --- lifecycle -----------------------------------------------------------------------------
     def drafter(self, path: str) -> Drafter:
@@ -239,12 +239,13 @@ def prompt_tokens(vocab: Any, template: ChatTemplate, text: str) -> list[int]:
 
 
 def chat_prompt_tokens(vocab: Any, template: ChatTemplate, messages: list[Message],
-                       tools: list[dict] | None = None) -> list[int]:
+                       tools: list[dict] | None = None, **variables: Any) -> list[int]:
     """A conversation's prompt tokens; control tokens come from the template only, never from
-    message text (client_text.py)."""
+    message text (client_text.py). `variables`: extra template inputs (thinking.py)."""
     return client_text.chat_tokens(
         lambda text, special: tokenize(vocab, text, False, parse_special=special),
-        lambda text: prompt_tokens(vocab, template, text), template.render, messages, tools,
+        lambda text: prompt_tokens(vocab, template, text),
+        lambda msgs, tls: template.render(msgs, tls, **variables), messages, tools,
         control_initials(vocab, L.llama_vocab_n_tokens(vocab)))
 
 
@@ -386,6 +387,7 @@ class LlamaCppEngine:
             request.format,
             lambda r: r.chat_tokens(request.messages, request.tools),
             speculation=request.speculation,
+            chat=request,
         )
 
     def generate(self, request: GenerateRequest) -> Iterator[Chunk]:
@@ -410,13 +412,27 @@ class LlamaCppEngine:
         make_prompt: Callable[[Runner], list[int]],
         keep_ids: bool = False,
         speculation: Speculation | None = None,
+        chat: ChatRequest | None = None,
     ) -> Iterator[Chunk]:
         t_call = time.perf_counter_ns()
         grammar = grammar_for(fmt)  # validate before loading anything
         runner, load_ns = self.acquire(path, options, speculation=speculation)
         job: Job | None = None
         try:
-            tokens = make_prompt(runner)
+            plan, splitter = None, None
+            if chat is not None:
+                plan = toolcalls.plan(runner.template, chat.messages, chat.tools, chat.tool_choice, chat.forced_tool)
+                variables = thinking.template_variables(runner.template, chat.think)
+                messages, tools = (plan.messages, plan.template_tools) if plan else (chat.messages, chat.tools)
+                prompt_text = runner.template.render(messages, tools, **variables)  # for the thinking splitter
+                # client text tokenized as plain text: control tokens come from the template only
+                tokens = chat_prompt_tokens(runner.vocab, runner.template, messages, tools, **variables)
+                if thinking.template_thinks(runner.template):
+                    splitter = thinking.ThinkingSplitter.for_prompt(prompt_text)
+                if plan is not None and plan.required:
+                    grammar = plan.grammar  # a call must come out, whatever `format` said
+            else:
+                tokens = make_prompt(runner)
             window = runner.n_ctx_seq
             check_prompt_fits(len(tokens), window)
             room = window - len(tokens)
@@ -425,19 +441,45 @@ class LlamaCppEngine:
             spec = self._spec_state(runner, speculation, tokens)
             if len(runner.drafters) > loaded:  # this request loaded the draft model: part of its load time
                 load_ns += time.perf_counter_ns() - t_draft
-            sampler = Sampler(runner.vocab, options, grammar)
+            sampler = Sampler(runner.vocab, options, grammar, lazy=plan.lazy(runner.vocab) if plan else None)
             job = runner.scheduler.submit(
                 Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop),
                     reuse_cache=self.settings.prefix_cache, spec=spec)
             )
+            parser = plan.parser() if plan is not None else None
+            shown: list[str] = []  # the answer's text, reasoning and calls taken out
+            thought: list[str] = []
+
+            def split(text: str, last: bool = False) -> Chunk | None:
+                """One piece of output as a Chunk of thinking, answer text and finished calls."""
+                reasoning = ""
+                if splitter is not None:
+                    reasoning, text = splitter.finish() if last else splitter.feed(text)
+                calls: list[dict] = []
+                if parser is not None:
+                    text, calls = parser.feed(text)
+                    if last:
+                        tail, more = parser.finish()
+                        text, calls = text + tail, calls + more
+                shown.append(text)
+                thought.append(reasoning)
+                return Chunk(content=text, thinking=reasoning, tool_calls=calls or None) if text or reasoning or calls else None
+
+            plain = splitter is None and parser is None
             while True:
                 event = job.events.get()
                 if event[0] == "text":
-                    yield Chunk(content=event[1])
+                    if plain:
+                        yield Chunk(content=event[1])
+                    elif (chunk := split(event[1])) is not None:
+                        yield chunk
                 elif event[0] == "error":
                     raise event[1]
                 else:
                     _, reason, stats = event
+                    if not plain and (chunk := split("", last=True)) is not None:
+                        yield chunk
+                    reasoning = "".join(thought)
                     timings = Timings(
                         load_ns=load_ns,
                         prompt_tokens=stats.prompt_tokens,
@@ -448,14 +490,18 @@ class LlamaCppEngine:
                         eval_ns=stats.eval_ns,
                         total_ns=time.perf_counter_ns() - t_call,
                         speculation=job.spec.stats if job.spec else None,
+                        # the reasoning and its two tags, counted with the model's tokenizer
+                        thinking_tokens=len(runner.tokenize(reasoning)) + 2 if reasoning else 0,
                     )
                     result = Result(
                         model=path,
-                        content=runner.detokenize(job.output_ids),
+                        content=runner.detokenize(job.output_ids) if plain else "".join(shown),
                         done_reason=reason,
                         timings=timings,
                         engine=self.name,
+                        tool_calls=(parser.calls or None) if parser is not None else None,
                         context=tokens + job.output_ids if keep_ids else None,
+                        thinking=reasoning,
                     )
                     yield Chunk(done=True, result=result)
                     return
@@ -515,7 +561,8 @@ class LlamaCppEngine:
     def chat_tokens(self, model: str, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
         """The exact prompt tokens a chat request would evaluate (template included)."""
         vocab = self._vocab(model)
-        return chat_prompt_tokens(vocab, make_template(inspect_gguf(model), vocab), messages, tools)
+        template = make_template(inspect_gguf(model), vocab)
+        return chat_prompt_tokens(vocab, template, *toolcalls.template_inputs(template, messages, tools))
 
     def prompt_tokens(self, model: str, text: str) -> list[int]:
         """The exact tokens a raw (untemplated) prompt evaluates, BOS included when the model wants it."""

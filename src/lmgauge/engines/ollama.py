@@ -30,10 +30,8 @@ from ..types import (
     GenerateRequest,
     LoadedModel,
     ModelInfo,
-    Options,
-    Result,
-    Timings,
 )
+from ..wire import ollama as wire
 from ._http import http_timeout, normalized, status_error, transport_error
 
 # Ollama reports "keep forever" as an expiry ~290 years away; anything past this is "never".
@@ -58,31 +56,36 @@ class OllamaEngine:
 
     # --- generation ----------------------------------------------------------------------------
     def chat(self, request: ChatRequest) -> Iterator[Chunk]:
+        body = wire.chat_body(request, request.model, self.stream)
+
         def call() -> Any:
             return self._client.chat(
                 model=request.model,
-                messages=[m.to_dict() for m in request.messages],
-                tools=request.tools or None,
+                messages=body["messages"],
+                tools=body.get("tools"),
                 stream=self.stream,
-                format=request.format,
-                options=_options(request.options),
-                keep_alive=request.keep_alive,
+                think=body.get("think"),
+                format=body.get("format"),
+                options=body.get("options"),
+                keep_alive=body.get("keep_alive"),
             )
 
         return self._stream(request.model, call)
 
     def generate(self, request: GenerateRequest) -> Iterator[Chunk]:
+        body = wire.generate_body(request, request.model, self.stream)
+
         def call() -> Any:
             return self._client.generate(
                 model=request.model,
-                prompt=request.prompt,
-                suffix=request.suffix,
-                system=request.system,
-                raw=request.raw or None,
+                prompt=body["prompt"],
+                suffix=body.get("suffix"),
+                system=body.get("system"),
+                raw=body.get("raw"),
                 stream=self.stream,
-                format=request.format,
-                options=_options(request.options),
-                keep_alive=request.keep_alive,
+                format=body.get("format"),
+                options=body.get("options"),
+                keep_alive=body.get("keep_alive"),
             )
 
         return self._stream(request.model, call)
@@ -102,20 +105,13 @@ class OllamaEngine:
                 raise InvalidOptionError(f"invalid request for {self._server}: {_first_error(exc)}") from None
             if not self.stream:
                 parts = iter([parts])
-            texts: list[str] = []
-            tool_calls: list[dict[str, Any]] = []
+            reader = wire.StreamReader(model, self.name)
             for part in parts:
                 received += 1
-                text = _text_of(part)
-                calls = _tool_calls_of(part)
-                if calls:
-                    tool_calls.extend(calls)
-                if text:
-                    texts.append(text)
-                    yield Chunk(content=text)
-                if part.done:
-                    yield Chunk(done=True, result=self._result(model, part, "".join(texts), tool_calls))
-                    return
+                for chunk in reader.feed(part.model_dump(exclude_none=True)):
+                    yield chunk
+                    if chunk.done:
+                        return
             raise EngineError(
                 f"{self._server} ended the stream after {received} chunks without the final one; "
                 "the model runner may have crashed (see the Ollama server log)"
@@ -129,28 +125,6 @@ class OllamaEngine:
             if close is not None:
                 close()  # a stream closed early releases its connection (and Ollama cancels)
 
-    def _result(self, model: str, final: Any, content: str, tool_calls: list[dict[str, Any]]) -> Result:
-        timings = Timings(
-            load_ns=final.load_duration or 0,
-            prompt_tokens=final.prompt_eval_count or 0,
-            # Ollama counts the prompt tokens it evaluated and says nothing about its cache.
-            prompt_eval_tokens=final.prompt_eval_count,
-            prompt_eval_ns=final.prompt_eval_duration,
-            output_tokens=final.eval_count or 0,
-            eval_ns=final.eval_duration,
-            total_ns=final.total_duration,
-        )
-        context = getattr(final, "context", None)
-        return Result(
-            model=model,
-            content=content,
-            done_reason="length" if final.done_reason == "length" else "stop",
-            timings=timings,
-            engine=self.name,
-            tool_calls=tool_calls or None,
-            context=list(context) if context else None,
-        )
-
     # --- the rest of the protocol ----------------------------------------------------------------
     def embed(self, model: str, inputs: list[str]) -> Embeddings:
         try:
@@ -163,13 +137,9 @@ class OllamaEngine:
             raise EngineError(
                 f"{self._server} returned {len(resp.embeddings)} embeddings for {len(inputs)} inputs"
             )
-        return Embeddings(
-            model=model,
-            vectors=[normalized(list(v)) for v in resp.embeddings],
-            prompt_tokens=resp.prompt_eval_count or 0,
-            load_ns=resp.load_duration or 0,
-            total_ns=resp.total_duration or 0,
-        )
+        emb = wire.embeddings_from_wire(resp.model_dump(exclude_none=True), model)
+        emb.vectors = [normalized(v) for v in emb.vectors]
+        return emb
 
     def tokenize(self, model: str, text: str) -> list[int]:
         raise EngineError(
@@ -282,24 +252,6 @@ class OllamaEngine:
 
     def _names(self) -> list[str]:
         return [m.name for m in self.list_models()]
-
-
-def _options(options: Options) -> dict[str, Any] | None:
-    return options.to_dict() or None
-
-
-def _text_of(part: Any) -> str:
-    message = getattr(part, "message", None)
-    if message is not None:
-        return message.content or ""
-    return getattr(part, "response", None) or ""
-
-
-def _tool_calls_of(part: Any) -> list[dict[str, Any]]:
-    message = getattr(part, "message", None)
-    if message is None or not message.tool_calls:
-        return []
-    return [call.model_dump(exclude_none=True) for call in message.tool_calls]
 
 
 def _details(details: Any) -> dict[str, Any]:

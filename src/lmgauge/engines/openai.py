@@ -15,44 +15,24 @@ server process there (num_ctx, threads, GPU placement) cannot be set per request
 from __future__ import annotations
 
 import json
-import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from ..config import Settings
-from ..errors import EngineError, InvalidOptionError, LmgaugeError, UnknownModelError
+from ..errors import EngineError, LmgaugeError, UnknownModelError
 from ..types import (
     ChatRequest,
     Chunk,
     Embeddings,
-    Format,
     GenerateRequest,
     LoadedModel,
     Message,
     ModelInfo,
-    Options,
-    Result,
-    Timings,
 )
-from ._http import error_message, http_timeout, message_from, normalized, status_error, transport_error
-
-log = logging.getLogger("lmgauge.openai")
-
-# Options whose OpenAI name is the Ollama name.
-_SAME_NAME = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
-# llama-server (and, where noted, vLLM) sampling extras, sent under these names in the body.
-_EXTRAS = ("top_k", "min_p", "typical_p", "repeat_last_n", "mirostat", "mirostat_tau", "mirostat_eta")
-# Fixed when the server starts (or meaningless over HTTP): never sent.
-_SERVER_SIDE = frozenset(
-    {
-        "num_ctx", "num_thread", "num_batch", "num_gpu", "main_gpu", "low_vram", "use_mmap",
-        "use_mlock", "numa", "vocab_only", "f16_kv", "logits_all", "num_keep", "penalize_newline",
-        "tfs_z", "draft_num_predict",
-    }
-)
+from ..wire import openai as wire
+from ._http import error_message, http_timeout, normalized, status_error, transport_error
 
 
 class OpenAIEngine:
@@ -78,10 +58,7 @@ class OpenAIEngine:
 
     # --- generation ----------------------------------------------------------------------------
     def chat(self, request: ChatRequest) -> Iterator[Chunk]:
-        body = {"model": request.model, "messages": to_openai_messages(request.messages)}
-        if request.tools:
-            body["tools"] = request.tools
-        body.update(openai_params(request.options, request.format))
+        body = wire.chat_body(request, request.model, self.stream)
         return self._stream("chat/completions", body, request.model)
 
     def generate(self, request: GenerateRequest) -> Iterator[Chunk]:
@@ -95,19 +72,12 @@ class OpenAIEngine:
                     format=request.format, keep_alive=request.keep_alive,
                 )
             )
-        body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
-        if request.suffix:
-            body["suffix"] = request.suffix
-        body.update(openai_params(request.options, request.format))
-        return self._stream("completions", body, request.model)
+        return self._stream("completions", wire.completion_body(request, request.model, self.stream), request.model)
 
     def _stream(self, path: str, body: dict[str, Any], model: str) -> Iterator[Chunk]:
         """POST and parse the answer; the request goes out on the first `next`, so the client
         clock starts at the send."""
-        body["stream"] = self.stream
-        if self.stream:
-            body["stream_options"] = {"include_usage": True}
-        state = _Answer()
+        reader = wire.StreamReader(model, self.name)
         try:
             with self._client.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
@@ -115,41 +85,33 @@ class OpenAIEngine:
                     raise self._status(response.status_code, error_message(response), model)
                 if not self.stream:
                     response.read()
-                    state.add(_json(response, self._server))
-                    if state.text:
-                        yield Chunk(content=state.text)
+                    reader.feed(_json(response, self._server))
+                    if reader.text:
+                        yield Chunk(content=reader.text)
                 else:
-                    for data in sse_data(response.iter_lines()):
+                    for data in wire.sse_data(response.iter_lines()):
                         if data == "[DONE]":
-                            state.done = True
+                            reader.done = True
                             break
                         event = _loads(data, self._server)
-                        if "error" in event:
-                            raise self._in_band(event, model)
-                        state.received += 1
-                        text = state.add(event)
-                        if text:
-                            yield Chunk(content=text)
-                    if not state.done and state.finish_reason is None:
+                        error = wire.error_of(event)
+                        if error is not None:
+                            raise self._status(error[0], error[1], model)
+                        yield from reader.feed(event)
+                    if not reader.done and reader.finish_reason is None:
                         raise EngineError(
-                            f"{self._server} ended the stream after {state.received} chunks "
+                            f"{self._server} ended the stream after {reader.received} chunks "
                             "without finishing (no finish_reason, no [DONE]); the server may have crashed"
                         )
         except LmgaugeError:
             raise
         except httpx.TransportError as exc:
             raise transport_error(
-                exc, self._server, self.timeout, state.received, hint=": is it running?"
+                exc, self._server, self.timeout, reader.received, hint=": is it running?"
             ) from exc
         except httpx.HTTPError as exc:  # decoding and other client-side failures
             raise EngineError(f"request to {self._server} failed: {exc}") from exc
-        yield Chunk(done=True, result=state.result(model, self.name))
-
-    def _in_band(self, event: dict[str, Any], model: str) -> LmgaugeError:
-        err = event.get("error")
-        code = err.get("code") if isinstance(err, dict) else None
-        status = code if isinstance(code, int) and code >= 400 else -1
-        return self._status(status, message_from(event), model)
+        yield Chunk(done=True, result=reader.result())
 
     def _status(self, status: int, message: str, model: str | None) -> LmgaugeError:
         if status in (401, 403):
@@ -161,16 +123,15 @@ class OpenAIEngine:
 
     # --- the rest of the protocol ----------------------------------------------------------------
     def embed(self, model: str, inputs: list[str]) -> Embeddings:
-        data = self._request("POST", "embeddings", model, {"model": model, "input": list(inputs), "encoding_format": "float"})
-        rows = sorted(data.get("data") or [], key=lambda row: row.get("index", 0))
-        if len(rows) != len(inputs):
-            raise EngineError(f"{self._server} returned {len(rows)} embeddings for {len(inputs)} inputs")
-        usage = data.get("usage") or {}
-        return Embeddings(
-            model=model,
-            vectors=[normalized([float(v) for v in row["embedding"]]) for row in rows],
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        )
+        data = self._request("POST", "embeddings", model, wire.embeddings_body(model, inputs))
+        try:
+            emb = wire.embeddings_from_wire(data, model, len(inputs))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineError(f"{self._server} sent embeddings lmgauge cannot read: {exc}") from None
+        except EngineError as exc:
+            raise EngineError(f"{self._server}: {exc}") from None
+        emb.vectors = [normalized(v) for v in emb.vectors]
+        return emb
 
     def tokenize(self, model: str, text: str) -> list[int]:
         """The server's own tokenizer, where it has one: llama-server and vLLM serve /tokenize
@@ -258,191 +219,6 @@ class OpenAIEngine:
         return [m.name for m in self.list_models()]
 
 
-class _Answer:
-    """What a completion has said so far: text, tool calls, finish reason, usage, timings."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.received = 0
-        self.done = False
-        self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.timings: dict[str, Any] | None = None
-        self._calls: dict[int, dict[str, Any]] = {}
-
-    def add(self, event: dict[str, Any]) -> str:
-        """Fold one chunk (or a whole non-streamed response) in; return its new text."""
-        if isinstance(event.get("usage"), dict):
-            self.usage = event["usage"]
-        if isinstance(event.get("timings"), dict):
-            self.timings = event["timings"]
-        new = ""
-        for choice in event.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            part = choice.get("delta") or choice.get("message") or {}
-            text = part.get("content") if isinstance(part, dict) else None
-            if text is None:
-                text = choice.get("text")  # /v1/completions
-            if isinstance(text, str):
-                new += text
-            for call in (part.get("tool_calls") if isinstance(part, dict) else None) or []:
-                self._add_call(call)
-        self.text += new
-        return new
-
-    def _add_call(self, call: dict[str, Any]) -> None:
-        # Streamed tool calls come in pieces keyed by index; arguments are string fragments.
-        slot = self._calls.setdefault(call.get("index", len(self._calls)), {"name": "", "arguments": ""})
-        if call.get("id"):
-            slot["id"] = call["id"]
-        fn = call.get("function") or {}
-        slot["name"] += fn.get("name") or ""
-        args = fn.get("arguments")
-        if isinstance(args, dict):
-            slot["arguments"] = args
-        elif args:
-            slot["arguments"] += args
-
-    def tool_calls(self) -> list[dict[str, Any]] | None:
-        """Ollama-shaped tool calls ({"function": {"name", "arguments": {...}}}), like every
-        other engine returns them."""
-        out = []
-        for _, slot in sorted(self._calls.items()):
-            args = slot["arguments"]
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args) if args else {}
-                except ValueError:
-                    pass  # keep the server's text: a malformed call is the model's, shown as is
-            call: dict[str, Any] = {"function": {"name": slot["name"], "arguments": args}}
-            if "id" in slot:
-                call["id"] = slot["id"]
-            out.append(call)
-        return out or None
-
-    def result(self, model: str, engine: str) -> Result:
-        t = Timings()
-        usage = self.usage or {}
-        if usage:
-            t.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            t.output_tokens = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details") or {}
-            t.cached_tokens = int(details.get("cached_tokens") or 0)
-        timings = self.timings or {}
-        if timings:
-            # llama-server's engine clock: prompt_n excludes the cache_n tokens it reused.
-            prompt_n = timings.get("prompt_n")
-            cache_n = int(timings.get("cache_n") or 0)
-            if prompt_n is not None:
-                t.prompt_eval_tokens = int(prompt_n)
-            if timings.get("prompt_ms") is not None:
-                t.prompt_eval_ns = round(float(timings["prompt_ms"]) * 1e6)
-            if timings.get("predicted_ms") is not None:
-                t.eval_ns = round(float(timings["predicted_ms"]) * 1e6)
-            if not t.cached_tokens:
-                t.cached_tokens = cache_n
-            if not usage:
-                t.output_tokens = int(timings.get("predicted_n") or 0)
-                t.prompt_tokens = int(prompt_n or 0) + cache_n
-        return Result(
-            model=model,
-            content=self.text,
-            done_reason="length" if self.finish_reason == "length" else "stop",
-            timings=t,
-            engine=engine,
-            tool_calls=self.tool_calls(),
-        )
-
-
-def openai_params(options: Options, fmt: Format = None) -> dict[str, Any]:
-    """Ollama-style options and format as OpenAI request fields."""
-    opts = options.to_dict()
-    out: dict[str, Any] = {}
-    n = opts.pop("num_predict", None)
-    if n is not None and n > 0:  # -1/-2 ("until done"/"fill the window") is the server default
-        out["max_tokens"] = n
-    for name in _SAME_NAME:
-        if name in opts:
-            out[name] = opts.pop(name)
-    if "stop" in opts:
-        out["stop"] = list(opts.pop("stop"))
-    for name in _EXTRAS:
-        if name in opts:
-            out[name] = opts.pop(name)
-    if "repeat_penalty" in opts:
-        value = opts.pop("repeat_penalty")
-        out["repeat_penalty"] = value  # llama-server
-        out["repetition_penalty"] = value  # vLLM
-    skipped = sorted(name for name in opts if name in _SERVER_SIDE)
-    if skipped:
-        log.debug("options fixed by the server, not sent: %s", ", ".join(skipped))
-    unknown = sorted(name for name in opts if name not in _SERVER_SIDE)
-    if unknown:
-        raise InvalidOptionError(f"option(s) {', '.join(unknown)} cannot be sent to an OpenAI-compatible server")
-    if fmt == "json":
-        out["response_format"] = {"type": "json_object"}
-    elif isinstance(fmt, dict):
-        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt}}
-    elif fmt is not None:
-        raise InvalidOptionError(f"format must be 'json' or a JSON schema object, not {fmt!r}")
-    return out
-
-
-def to_openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """lmgauge (Ollama-shaped) messages as OpenAI's: tool calls get ids and JSON-string
-    arguments, and each tool result is linked to the oldest call not yet answered."""
-    out: list[dict[str, Any]] = []
-    pending: list[str] = []
-    for m in messages:
-        msg: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.images:
-            msg["content"] = [{"type": "text", "text": m.content}] + [
-                {"type": "image_url", "image_url": {"url": _data_url(img)}} for img in m.images
-            ]
-        if m.tool_calls:
-            calls = []
-            for call in m.tool_calls:
-                fn = call.get("function", {})
-                call_id = call.get("id") or f"call_{uuid.uuid4().hex[:12]}"
-                args = fn.get("arguments", {})
-                calls.append({
-                    "id": call_id, "type": "function",
-                    "function": {"name": fn.get("name", ""),
-                                 "arguments": args if isinstance(args, str) else json.dumps(args)},
-                })
-                pending.append(call_id)
-            msg["tool_calls"] = calls
-        if m.role == "tool":
-            if pending:
-                msg["tool_call_id"] = pending.pop(0)
-            if m.tool_name:
-                msg["name"] = m.tool_name
-        out.append(msg)
-    return out
-
-
-def sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The `data` of each server-sent event (multi-line data joined with newlines; comments and
-    other fields skipped), per the HTML SSE spec."""
-    buf: list[str] = []
-    for line in lines:
-        if not line:
-            if buf:
-                yield "\n".join(buf)
-                buf = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            buf.append(value[1:] if value.startswith(" ") else value)
-    if buf:  # a server that does not end its last event with a blank line
-        yield "\n".join(buf)
-
-
 def _base_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
@@ -450,16 +226,6 @@ def _base_url(url: str) -> str:
     if "/" not in url.split("://", 1)[1]:
         url += "/v1"  # host:port alone: every OpenAI-compatible server serves /v1
     return url
-
-
-def _data_url(image: str) -> str:
-    if image.startswith("data:"):
-        return image
-    mime = "image/png"
-    for prefix, kind in (("/9j/", "image/jpeg"), ("R0lG", "image/gif"), ("UklGR", "image/webp")):
-        if image.startswith(prefix):
-            mime = kind
-    return f"data:{mime};base64,{image}"
 
 
 def _loads(data: str, server: str) -> dict[str, Any]:

@@ -58,7 +58,9 @@ class Sampler:
     (measured here: 4.8 vs ~80 tok/s on SmolLM2).
     """
 
-    def __init__(self, vocab: Any, options: Options, grammar: str | None):
+    def __init__(self, vocab: Any, options: Options, grammar: str | None, lazy: Any = None):
+        """`lazy`: an object whose observe(token) returns a grammar sampler to apply from then on
+        (toolcalls.LazyGrammar: the grammar of a tool call, once the model starts one)."""
         def opt(name: str) -> Any:
             value = getattr(options, name)
             return DEFAULTS[name] if value is None else value
@@ -67,6 +69,8 @@ class Sampler:
         params.no_perf = True
         self._chain = L.llama_sampler_chain_init(params)
         self._grammar = None
+        self._vocab = vocab
+        self._lazy = lazy
         add = lambda s: L.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         penalty = opt("repeat_penalty")
         freq, presence = opt("frequency_penalty"), opt("presence_penalty")
@@ -89,19 +93,28 @@ class Sampler:
             seed = options.seed if options.seed is not None and options.seed >= 0 else random.getrandbits(32)
             add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         if grammar:
-            self._grammar = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-            if not self._grammar:
+            compiled = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not compiled:
                 self.close()
                 raise InvalidOptionError("the JSON schema could not be compiled to a grammar")
-            n_vocab = L.llama_vocab_n_tokens(vocab)
-            self._ids = np.arange(n_vocab, dtype=np.int32)
-            self._cands = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-            self._one = np.zeros(1, dtype=_TOKEN_DATA)
+            self._use_grammar(compiled)
+
+    def _use_grammar(self, grammar: Any) -> None:
+        self._grammar = grammar
+        n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._cands = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
 
     def sample(self, ctx: Any, batch_index: int) -> int:
         """Sample from the logits of batch row `batch_index` and accept the token."""
         if self._grammar is None:
-            return L.llama_sampler_sample(self._chain, ctx, batch_index)
+            token = L.llama_sampler_sample(self._chain, ctx, batch_index)
+            if self._lazy is not None:
+                grammar = self._lazy.observe(token)
+                if grammar:
+                    self._use_grammar(grammar)
+            return token
         logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, batch_index), shape=self._ids.shape)
         token = self._select(logits, with_grammar=False)
         self._one["id"], self._one["logit"] = token, 1.0

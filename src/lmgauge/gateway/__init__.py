@@ -4,8 +4,8 @@
     core.py        one request's way through: resolve, context guard, admission, backend, record
     backends.py    where answers come from: a library engine (embedded llama.cpp by default) or
                    a pool of upstream Ollama / OpenAI-compatible nodes
-    ollama_api.py  Ollama's wire format <-> lmgauge types (both as a server and to upstreams)
-    openai_api.py  OpenAI's wire format <-> lmgauge types (both as a server and to upstreams)
+    ollama_api.py  Ollama's routes (the JSON shapes: lmgauge.wire.ollama)
+    openai_api.py  OpenAI's routes (the JSON shapes: lmgauge.wire.openai)
     admission.py   per-model concurrency limit and bounded queue
     metrics.py     Prometheus metrics (/metrics)
     reqlog.py      the request log, written off the request path

@@ -30,9 +30,10 @@ from ..config import UpstreamSettings
 from ..engines.base import Engine
 from ..errors import EngineError, EngineUnavailableError, LmgaugeError
 from ..models import ModelRef
-from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options
+from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Message, Options
 from ..errors import RequestTimeoutError
-from . import ollama_api, openai_api
+from ..wire import ollama as ollama_wire
+from ..wire import openai as openai_wire
 from .health import NodeHealth, probe_body
 
 log = logging.getLogger("lmgauge.gateway")
@@ -81,8 +82,6 @@ class EngineBackend:
             return len(engine.chat_tokens(self.ref.target, request.messages, request.tools))
         if request.raw:
             return len(engine.prompt_tokens(self.ref.target, request.prompt))
-        from ..types import Message
-
         messages = ([Message("system", request.system)] if request.system else []) + [Message("user", request.prompt)]
         return len(engine.chat_tokens(self.ref.target, messages))
 
@@ -308,8 +307,11 @@ class UpstreamPool:
         raise EngineUnavailableError(f"every upstream for {self.name} failed: " + "; ".join(errors))
 
     async def _post(self, node: Node, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        headers = {"Content-Type": "application/json"}
+        if self.spec.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.spec.api_key.get_secret_value()}"
         response = await self.session.post(node.url + path, data=orjson.dumps(body), timeout=self._timeout,
-                                           headers={"Content-Type": "application/json"})
+                                           headers=headers)
         if response.status != 200:
             text = (await response.read()).decode("utf-8", "replace")
             response.release()
@@ -324,20 +326,28 @@ class UpstreamPool:
 
     async def _call(self, node: Node, request: Request, stream: bool) -> AsyncIterator[Chunk]:
         if node.kind == "ollama":
-            path = "/api/chat" if isinstance(request, ChatRequest) else "/api/generate"
-            body = ollama_api.upstream_body(request, self.target, stream)
+            if isinstance(request, ChatRequest):
+                path, body = "/api/chat", ollama_wire.chat_body(request, self.target, stream)
+            else:
+                path, body = "/api/generate", ollama_wire.generate_body(request, self.target, stream)
+        elif isinstance(request, GenerateRequest) and request.raw:
+            path, body = "/completions", openai_wire.completion_body(request, self.target, stream)
         else:
-            path, body = openai_api.upstream_request(request, self.target, stream)
+            path, body = "/chat/completions", openai_wire.chat_body(_as_chat(request), self.target, stream)
         response = await self._post(node, path, body)
         try:
             if not stream:
                 obj = orjson.loads(await response.read())
-                if node.kind == "ollama":
-                    result = ollama_api.parse_result(obj, self.name, ollama_api.chunk_text(obj))
-                else:
-                    result = openai_api.parse_result(obj, self.name)
-                if result.content:
-                    yield Chunk(content=result.content)
+                chunks = ollama_wire.StreamReader(self.name).feed(obj) if node.kind == "ollama" else None
+                if chunks is None:
+                    reader = openai_wire.StreamReader(self.name)
+                    reader.feed(obj)
+                    chunks = [Chunk(done=True, result=reader.result())]
+                result = chunks[-1].result
+                if not result:
+                    raise EngineUnavailableError("the upstream answered without a final object")
+                if result.content or result.thinking:
+                    yield Chunk(content=result.content, thinking=result.thinking)
                 yield Chunk(done=True, result=result)
                 return
             parse = self._ollama_events if node.kind == "ollama" else self._openai_events
@@ -347,59 +357,29 @@ class UpstreamPool:
             response.release()
 
     async def _ollama_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
-        parts: list[str] = []
-        calls: list[dict[str, Any]] = []  # Ollama streams tool calls in a chunk of their own
+        reader = ollama_wire.StreamReader(self.name)
         async for line in _lines(response):
-            obj = orjson.loads(line)
-            if "error" in obj:
-                raise EngineError(f"upstream error: {obj['error']}")
-            text = ollama_api.chunk_text(obj)
-            message = obj.get("message")
-            if isinstance(message, dict) and message.get("tool_calls"):
-                calls.extend(message["tool_calls"])
-            if obj.get("done"):
-                if text:
-                    parts.append(text)
-                    yield Chunk(content=text)
-                result = ollama_api.parse_result(obj, self.name, "".join(parts))
-                result.tool_calls = calls or None
-                yield Chunk(done=True, result=result)
-                return
-            if text:
-                parts.append(text)
-                yield Chunk(content=text)
+            for chunk in reader.feed(orjson.loads(line)):
+                yield chunk
+                if chunk.done:
+                    return
         raise EngineUnavailableError("the upstream closed the stream before its final message")
 
     async def _openai_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
-        parts: list[str] = []
-        reason = None
-        final: dict[str, Any] | None = None
-        calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, by index
+        reader = openai_wire.StreamReader(self.name)
         async for line in _lines(response):
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
-                result = openai_api.parse_result(final or {}, self.name, "".join(parts), reason)
-                result.tool_calls = openai_api.ollama_tool_calls(list(calls.values())) or None
-                yield Chunk(done=True, result=result)
+                yield Chunk(done=True, result=reader.result())
                 return
-            obj = orjson.loads(data)
-            if "error" in obj:
-                error = obj["error"]
-                raise EngineError(f"upstream error: {error.get('message') if isinstance(error, dict) else error}")
-            text = openai_api.delta_text(obj)
-            reason = openai_api.finish_reason(obj) or reason
-            for fragment in openai_api.delta_tool_calls(obj):
-                call = calls.setdefault(int(fragment.get("index", 0)), {"function": {"name": "", "arguments": ""}})
-                function = fragment.get("function") or {}
-                call["function"]["name"] += function.get("name") or ""
-                call["function"]["arguments"] += function.get("arguments") or ""
-            if obj.get("usage"):
-                final = obj
-            if text:
-                parts.append(text)
-                yield Chunk(content=text)
+            event = orjson.loads(data)
+            error = openai_wire.error_of(event) if isinstance(event, dict) else None
+            if error is not None:
+                raise EngineError(f"upstream error: {error[1]}")
+            for chunk in reader.feed(event):
+                yield chunk
         raise EngineUnavailableError("the upstream closed the stream before [DONE]")
 
     # --- the rest --------------------------------------------------------------------------------
@@ -411,23 +391,19 @@ class UpstreamPool:
             try:
                 if node.kind == "ollama":
                     response = await self._post(node, "/api/embed", {"model": self.target, "input": inputs})
-                    obj = orjson.loads(await response.read())
-                    vectors = obj.get("embeddings") or []
-                    tokens = int(obj.get("prompt_eval_count") or 0)
+                    emb = ollama_wire.embeddings_from_wire(orjson.loads(await response.read()), self.name)
                 else:
-                    response = await self._post(node, "/embeddings", {"model": self.target, "input": inputs})
-                    obj = orjson.loads(await response.read())
-                    vectors = [d["embedding"] for d in sorted(obj.get("data", []), key=lambda d: d.get("index", 0))]
-                    tokens = int((obj.get("usage") or {}).get("prompt_tokens") or 0)
+                    response = await self._post(node, "/embeddings", openai_wire.embeddings_body(self.target, inputs))
+                    emb = openai_wire.embeddings_from_wire(orjson.loads(await response.read()), self.name, len(inputs))
                 response.release()
-                return Embeddings(model=self.name, vectors=vectors, prompt_tokens=tokens,
-                                  total_ns=time.perf_counter_ns() - t0)
+                emb.load_ns, emb.total_ns = 0, time.perf_counter_ns() - t0
+                return emb
             except UpstreamStatusError as exc:
                 if exc.status < 500:
                     raise
                 errors.append(f"{node.url}: {exc}")
                 self._down(node, str(exc))
-            except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+            except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError, EngineError) as exc:
                 errors.append(f"{node.url}: {exc}")
                 self._down(node, str(exc))
             finally:
@@ -477,8 +453,10 @@ class UpstreamPool:
         async def check(node: Node) -> None:
             if node.healthy:
                 path = "/api/version" if node.kind == "ollama" else "/models"
+                headers = ({"Authorization": f"Bearer {self.spec.api_key.get_secret_value()}"}
+                           if self.spec.api_key is not None else None)
                 try:
-                    async with self.session.get(node.url + path, timeout=liveness) as response:
+                    async with self.session.get(node.url + path, timeout=liveness, headers=headers) as response:
                         await response.read()
                         ok, why = response.status == 200, f"health check answered {response.status}"
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
@@ -514,6 +492,15 @@ class UpstreamPool:
 
     async def close(self) -> None:
         pass
+
+
+def _as_chat(request: Request) -> ChatRequest:
+    """A templated generate as the conversation an OpenAI-compatible server templates itself."""
+    if isinstance(request, ChatRequest):
+        return request
+    system = [Message("system", request.system)] if request.system else []
+    return ChatRequest(model=request.model, messages=system + [Message("user", request.prompt)],
+                       options=request.options, format=request.format, keep_alive=request.keep_alive)
 
 
 async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

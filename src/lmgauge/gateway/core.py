@@ -369,7 +369,7 @@ class Gateway:
                         raise EngineError("the backend ended a stream without a result") from None
                     finally:
                         self.cutoff.timers.discard(timer)
-                    if chunk.content and first_ns is None:
+                    if (chunk.content or chunk.thinking or chunk.tool_calls) and first_ns is None:
                         first_ns = time.perf_counter_ns()
                     if chunk.done:
                         result = chunk.result
@@ -681,9 +681,11 @@ def _show_entry(info: Any) -> dict[str, Any]:
                           ("n_head_kv", "attention.head_count_kv")):
         if d.get(key) is not None:
             model_info[f"{arch}.{gguf_key}"] = d[key]
-    capabilities = ["completion"]
-    if isinstance(template, str) and "tools" in template:
-        capabilities.append("tools")
+    # The embedded engine calls tools with any template (a generic JSON syntax where the template
+    # knows none) and thinks where the template has a <think> section (engines/thinking.py).
+    capabilities = ["completion", "tools"]
+    if isinstance(template, str) and ("<think>" in template or "enable_thinking" in template):
+        capabilities.append("thinking")
     details = _gguf_details(info.path)
     return {"license": "", "modelfile": f"# lmgauge: {info.source}\nFROM {info.path}\n", "parameters": "",
             "template": template if isinstance(template, str) else "", "details": details,
