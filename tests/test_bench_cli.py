@@ -28,7 +28,7 @@ from lmgauge.models import file_sha256
     (["bench", "nosuchmodel"], "nosuchmodel"),
     (["bench", "smollm2", "-o", "temprature=0"], "temprature"),
     (["load", "smollm2", "--concurrency", "1", "--rate", "1"], "not both"),
-    (["load", "smollm2", "--concurrency", "1,x"], "comma-separated"),
+    (["load", "smollm2", "--concurrency", "1,x"], "not a whole number"),
     (["load", "smollm2", "--slo", "latency=5ms"], "--slo"),
     (["load", "smollm2", "--model", "x"], "--model goes with a server URL"),
     (["load", "smollm2", "--duration", "soon"], "duration"),
