@@ -149,6 +149,11 @@ def test_fuzz_no_5xx_and_still_answering(fuzz_server, caplog):
     sent: list[int] = []
     client = httpx.Client(base_url=fuzz_server.url, timeout=30)
     process = psutil.Process()  # the gateway runs in this process (a uvicorn thread)
+    # `auto` is the default model (SmolLM2) without routing tiers: load it once first, so the
+    # growth measured is what the hostile requests leave behind, not one model load.
+    warm = client.post("/api/chat", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}],
+                                          "stream": False, "options": {"num_predict": 1}})
+    assert warm.status_code == 200, warm.text
     rss_before = process.memory_info().rss
 
     @settings(max_examples=MIN_REQUESTS + 100, deadline=None, database=None,

@@ -209,12 +209,13 @@ def test_a_client_hanging_up_while_queued_leaves_the_queue(tmp_path):
 def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
     """The same with the embedded SmolLM2 on a long answer: the engine's job is cancelled."""
     with GatewayServer(Settings(home=tmp_path, parallel=1)) as srv:
-        long = {"model": "smollm2", "messages": [{"role": "user", "content": "Count from 1 to 5000."}],
-                "stream": False, "options": {"num_predict": 3000, "temperature": 0}}
+        text = "Write the numbers from 1 to 5000, separated by commas."  # greedy: 3000 tokens, no early stop
+        long = {"model": "smollm2", "messages": [{"role": "user", "content": text}], "stream": False,
+                "options": {"num_predict": 3000, "temperature": 0}}
         warm = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 1}}, timeout=120)
         assert warm.status_code == 200  # loaded: the next requests reach the engine at once
         _hang_up(srv.url, "/api/chat", long, after=1.5)
-        _hang_up(srv.url, "/v1/chat/completions", {**long, "max_tokens": 3000}, after=1.5)
+        _hang_up(srv.url, "/v1/chat/completions", {**long, "max_tokens": 3000, "temperature": 0}, after=1.5)
 
         def idle() -> bool:
             engines = {id(b.engine): b.engine for b in srv.gateway._engines.values()}
@@ -357,17 +358,17 @@ def test_timeout_messages_say_what_did_not_happen(tmp_path):
     and the whole answer."""
     node = ollama_stub(num_tokens=20, token_delay=0.3)
     try:
-        settings = Settings(home=tmp_path, ollama_host=node.url,
+        settings = Settings(home=tmp_path, ollama_host=node.url, aliases={"remote": "ollama:stub"},
                             gateway=GatewaySettings(first_token_timeout=0.5, request_timeout=1.5))
         with GatewayServer(settings) as srv:
             node.faults.hang, node.faults.paths, node.faults.times = True, ["/api/chat"], 1
-            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "ollama:stub", "stream": False}, timeout=30)
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "remote", "stream": False}, timeout=30)
             assert r.status_code == 504
-            assert r.json()["error"] == ("ollama:stub: the first token did not come within 0.5s "
+            assert r.json()["error"] == ("remote: the first token did not come within 0.5s "
                                          "(gateway.first_token_timeout)")
-            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "ollama:stub", "stream": True}, timeout=30)
+            r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "remote", "stream": True}, timeout=30)
             last = json.loads(r.text.splitlines()[-1])
-            assert last["error"] == "ollama:stub: the answer did not finish within 1.5s (gateway.request_timeout)"
+            assert last["error"] == "remote: the answer did not finish within 1.5s (gateway.request_timeout)"
     finally:
         node.stop()
 

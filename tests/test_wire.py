@@ -229,6 +229,8 @@ WIRE_KEYS = {
     "reasoning_effort", "tool_choice",
 }
 SRC = Path(__file__).resolve().parent.parent / "src" / "lmgauge"
+# Same spelling, not the wire format: the variable chat templates read for an effort level.
+NOT_WIRE = {("engines/thinking.py", "reasoning_effort")}
 
 
 def _wire_strings(path: Path) -> list[tuple[int, str]]:
@@ -247,7 +249,8 @@ def test_no_module_outside_wire_builds_or_parses_wire_json():
     for path in sorted(SRC.rglob("*.py")):
         if "wire" in path.relative_to(SRC).parts:
             continue
-        offenders += [f"{path.relative_to(SRC)}:{line}: {key!r}" for line, key in _wire_strings(path)]
+        offenders += [f"{path.relative_to(SRC)}:{line}: {key!r}" for line, key in _wire_strings(path)
+                      if (str(path.relative_to(SRC)), key) not in NOT_WIRE]
     assert offenders == [], "Ollama/OpenAI JSON handled outside lmgauge/wire:\n" + "\n".join(offenders)
 
 

@@ -76,7 +76,7 @@ def normalized_request(request: ChatRequest, *, without_last_user: bool = False)
         "tools": request.tools,
         "semantic": without_last_user,
     } | {  # tool choice and thinking change the answer; absent when default, so older keys still match
-        name: value for name, value in (("tool_choice", request.tool_choice), ("forced_tool", request.forced_tool),
+        name: value for name, value in (("choice", request.tool_choice), ("forced_tool", request.forced_tool),
                                         ("think", request.think))
         if value not in (None, "auto")
     }

@@ -62,6 +62,9 @@ DOCS_SHARE = 0.3
 SUMMARY_SHARE = 0.15
 
 
+EXTRACTION_MIN_CTX = 2048  # the extractor's window: its prompt plus up to 180 tokens of JSON
+
+
 @dataclass
 class Prepared:
     """A turn's prompt, built and checked, before the model is called."""
@@ -183,7 +186,10 @@ class Conversation:
             Summarizer(client, helper, self.counter, self.window.num_ctx, summary_tokens, store)
             if self.cfg.strategy in ("summarize", "hybrid") else None
         )
-        self.extractor = Extractor(client, helper, memory, {"num_ctx": self.window.num_ctx}) if memory and extract else None
+        # The extraction prompt lists every allowed slot key (~480 tokens with the built-in
+        # vocabulary): in a small chat window it would leave no room for the answer's JSON.
+        extract_ctx = max(self.window.num_ctx, EXTRACTION_MIN_CTX)
+        self.extractor = Extractor(client, helper, memory, {"num_ctx": extract_ctx}) if memory and extract else None
 
         base = system if system is not None else (DEFAULT_SYSTEM if (memory or docs) else "")
         if docs is not None and self.cfg.docs_summary_tokens > 0:

@@ -40,16 +40,23 @@ def has_control_text(tokenize: Tokenize, text: str, initials: frozenset[str]) ->
     return tokenize(text, True) != tokenize(text, False)
 
 
-def chat_tokens(tokenize: Tokenize, whole: Callable[[str], list[int]],
-                render: Callable[[list[Message], list[dict[str, Any]] | None], str],
-                messages: list[Message], tools: list[dict[str, Any]] | None, initials: frozenset[str]) -> list[int]:
-    """The prompt tokens of a conversation. `whole(text)` tokenizes the start of a prompt (BOS
-    added when the model wants it, special tokens parsed); `tokenize` the pieces after it."""
+def refuse_control_text_in_tools(tokenize: Tokenize, messages: list[Message], tools: list[dict[str, Any]] | None,
+                                 initials: frozenset[str]) -> None:
+    """Tool definitions and calls are rendered as JSON (or folded into a system message by
+    toolcalls.py): control-token text there is refused (400), never rendered."""
     for name, value in (("tools", tools), ("tool_calls", [m.tool_calls for m in messages if m.tool_calls]),
                         ("tool_name", [m.tool_name for m in messages if m.tool_name])):
         if value and has_control_text(tokenize, json.dumps(value, ensure_ascii=False), initials):
             raise InvalidOptionError(f"{name} contain the model's control tokens (e.g. <|im_start|>); "
                                      "only message content may quote them")
+
+
+def chat_tokens(tokenize: Tokenize, whole: Callable[[str], list[int]],
+                render: Callable[[list[Message], list[dict[str, Any]] | None], str],
+                messages: list[Message], tools: list[dict[str, Any]] | None, initials: frozenset[str]) -> list[int]:
+    """The prompt tokens of a conversation. `whole(text)` tokenizes the start of a prompt (BOS
+    added when the model wants it, special tokens parsed); `tokenize` the pieces after it."""
+    refuse_control_text_in_tools(tokenize, messages, tools, initials)
     marked: dict[str, str] = {}
     safe = []
     for i, m in enumerate(messages):

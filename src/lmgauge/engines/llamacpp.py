@@ -421,6 +421,9 @@ class LlamaCppEngine:
         try:
             plan, splitter = None, None
             if chat is not None:
+                client_text.refuse_control_text_in_tools(  # before toolcalls.py folds tools into text
+                    lambda text, special: tokenize(runner.vocab, text, False, parse_special=special),
+                    chat.messages, chat.tools, control_initials(runner.vocab, L.llama_vocab_n_tokens(runner.vocab)))
                 plan = toolcalls.plan(runner.template, chat.messages, chat.tools, chat.tool_choice, chat.forced_tool)
                 variables = thinking.template_variables(runner.template, chat.think)
                 messages, tools = (plan.messages, plan.template_tools) if plan else (chat.messages, chat.tools)
