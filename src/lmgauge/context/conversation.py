@@ -62,7 +62,7 @@ DOCS_SHARE = 0.3
 SUMMARY_SHARE = 0.15
 
 
-EXTRACTION_MIN_CTX = 2048  # the extractor's window: its prompt plus up to 180 tokens of JSON
+EXTRACTION_MIN_CTX = 1024  # the extractor's window: its prompt (~480 tokens) plus up to 180 tokens of JSON
 
 
 @dataclass
