@@ -19,7 +19,7 @@ from lmgauge.cache import (
     numbers_in,
     request_key,
 )
-from lmgauge.cache_eval import load_pairs, rates, run_pairs
+from lmgauge.cache.evaluation import load_pairs, rates, run_pairs
 from lmgauge.config import CacheSettings
 from lmgauge.embedding import make_embedder
 from lmgauge.errors import InvalidOptionError

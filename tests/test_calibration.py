@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from standins import OllamaStandin
 
-from lmgauge.calibration import (
+from lmgauge.routing.calibration import (
     CODE_TASKS,
     cheapest_correct,
     cheapest_point,

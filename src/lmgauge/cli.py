@@ -1491,7 +1491,7 @@ def route_calibrate(
     every tier, fit the router on which tier answered correctly, and print the quality-vs-cost curve."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .calibration import Outcome, calibrate, make_tasks
+    from .routing.calibration import Outcome, calibrate, make_tasks
     from .routing import calibrated_path, router_embedder, save_calibrated, tiers_from_settings
 
     settings = _settings_with_tiers(tier)
@@ -1527,7 +1527,7 @@ def route_calibrate(
 
 
 def _print_calibration(report) -> None:
-    from .calibration import summarize_curve
+    from .routing.calibration import summarize_curve
 
     names = list(report.tiers)
     table = Table("tier", "model", "correct", "mean E2E", "cheapest correct for", box=None,
@@ -1574,7 +1574,7 @@ def eval_routing(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .routing import LLMClassifier, load_queries, router_embedder, tiers_from_settings
-    from .routing_eval import (
+    from .routing.evaluation import (
         evaluate_classifier,
         feature_classifier_for_eval,
         measure_tiers,
@@ -1651,7 +1651,7 @@ def eval_cache(
     import tempfile
 
     from .cache import RedisBackend, ResponseCache, SQLiteBackend
-    from .cache_eval import exact_hit_latency, load_pairs, rates, run_pairs, sweep
+    from .cache.evaluation import exact_hit_latency, load_pairs, rates, run_pairs, sweep
     from .config import load_settings
     from .embedding import make_embedder
     from .store import Store

@@ -183,7 +183,7 @@ class GatewaySettings(BaseModel):
 
 
 class RoutingSettings(BaseModel):
-    """`[routing]`: which model answers a request sent to the model name `auto` (routing.py)."""
+    """`[routing]`: which model answers a request sent to the model name `auto` (routing/)."""
 
     # Tier name -> model name, cheapest first (TOML and JSON keep the order). Empty: one tier,
     # the default model. E.g. {small = "smollm2", medium = "qwen-0.5b", large = "ollama:qwen2.5:7b"}
@@ -200,7 +200,7 @@ class RoutingSettings(BaseModel):
 
 
 class CacheSettings(BaseModel):
-    """`[cache]`: response caching (cache.py)."""
+    """`[cache]`: response caching (cache/)."""
 
     enabled: bool = True
     backend: Literal["sqlite", "redis"] = "sqlite"

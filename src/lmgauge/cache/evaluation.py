@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .bench.metrics import summarize
-from .cache import ResponseCache, guard_mismatch
-from .types import ChatRequest, Message, Options, Result, Timings
+from ..bench.metrics import summarize
+from ..types import ChatRequest, Message, Options, Result, Timings
+from .guard import guard_mismatch
+from .response import ResponseCache
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from .embedding import Embedder
-from .errors import LmgaugeError
-from .routing import LEVELS, FeatureClassifier, Tier, load_queries, spread
+from ..embedding import Embedder
+from ..errors import LmgaugeError
+from .classifier import FeatureClassifier
+from .queries import LEVELS, load_queries
+from .tiers import Tier, spread
 
 ANSWER_HINT = " End with a line 'Answer: <number>'."
 
@@ -57,7 +59,6 @@ class Task:
         return asdict(self)
 
 
-# --- the task families ---------------------------------------------------------------------------
 
 
 def _arithmetic(rng: random.Random, d: int) -> tuple[str, float]:
@@ -197,7 +198,6 @@ def make_tasks(n: int = 125, seed: int = 0) -> list[Task]:
     return tasks
 
 
-# --- checking answers -----------------------------------------------------------------------------
 
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -288,7 +288,6 @@ def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-# --- running the tiers ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -350,7 +349,6 @@ def cheapest_correct(correct: np.ndarray) -> np.ndarray:
     return labels
 
 
-# --- fitting and the curve -------------------------------------------------------------------------
 
 
 def labeled_as_tiers(tiers: list[Tier]) -> tuple[list[str], list[str]]:
@@ -445,7 +443,6 @@ def summarize_curve(points: list[CurvePoint], steps: int = 10) -> list[CurvePoin
     return [points[i] for i in picks]
 
 
-# --- the whole run ----------------------------------------------------------------------------------
 
 
 @dataclass

@@ -19,17 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .bench.metrics import summarize
-from .embedding import Embedder
-from .errors import LmgaugeError
-from .routing import (
-    LEVELS,
-    Classifier,
-    LabeledQuery,
-    Router,
-    Tier,
-    default_classifier,
-)
+from ..bench.metrics import summarize
+from ..embedding import Embedder
+from ..errors import LmgaugeError
+from .classifier import Classifier, default_classifier
+from .queries import LEVELS, LabeledQuery
+from .router import Router
+from .tiers import Tier
 
 
 @dataclass
