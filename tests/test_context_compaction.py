@@ -186,11 +186,14 @@ def test_split_text_cuts_at_line_ends_into_pieces_that_fit():
     assert "".join(split_text("y" * 250, lambda t: len(t) <= 100)) == "y" * 250
 
 
-def test_the_gateway_guard_entry_point_trims_to_its_budget_by_its_own_count():
-    from lmgauge.gateway.guard import find_compactor
+def test_the_gateway_guard_entry_point_trims_to_its_budget_by_its_own_count(tmp_path):
+    from lmgauge.config import Settings
+    from lmgauge.context.compaction import compact_to_budget
+    from lmgauge.gateway.app import wire
 
-    compactor = find_compactor()
-    assert compactor is not None  # the gateway finds it by name
+    gateway = wire(Settings(home=tmp_path))
+    compactor = gateway.compactor
+    assert compactor is compact_to_budget  # app.py hands it to the gateway at start-up
     counter = ServerTokens()
     messages = conversation(10, words=10)
     for i in range(11, 14):

@@ -138,7 +138,7 @@ def test_guard_compacts_through_the_hook_when_configured():
     verdict = guard.check(WordCounter(), request, 10, "compact", keep_last)
     assert verdict.compacted and verdict.prompt_tokens == 2
     assert [m.content for m in request.messages] == ["new question"]
-    with pytest.raises(ContextOverflowError, match="not available"):
+    with pytest.raises(ContextOverflowError, match="without a compactor"):
         guard.check(WordCounter(), _chat("w " * 20), 10, "compact", None)
 
 

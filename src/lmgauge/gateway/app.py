@@ -23,9 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from ..cache.gateway import gateway_cache
 from ..client import Client
 from ..config import Settings
+from ..context.compaction import compact_to_budget
 from ..errors import EngineUnavailableError
+from ..routing.gateway import gateway_router
 from .core import Gateway
 from .env import BindAddress, serve_settings
 from .http import json_response, ollama_error, openai_error
@@ -39,8 +42,17 @@ from .shutdown import MARGIN_S, graceful_server
 log = logging.getLogger("lmgauge.gateway")
 
 
+def wire(settings: Settings, client: Client | None = None, own_url: str | None = None) -> Gateway:
+    """The gateway and the features it uses, built here and handed in (no lookups by name):
+    the `auto` router (routing/), the response cache (cache/, None unless `[gateway] cache`),
+    and the guard's compaction (context/)."""
+    client = client or Client(settings)
+    return Gateway(settings, client, own_url, router=gateway_router(settings, client),
+                   cache=gateway_cache(settings, client), compactor=compact_to_budget)
+
+
 def create_app(settings: Settings, client: Client | None = None, own_url: str | None = None) -> FastAPI:
-    gateway = Gateway(settings, client, own_url)
+    gateway = wire(settings, client, own_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -60,13 +60,14 @@ PS_TIMEOUT_S = 2.0  # how long /api/ps waits for a remote engine to say what it 
 
 
 class Router(Protocol):
-    """Hook for routing.py: the model that should answer a request sent to `auto`."""
+    """What the gateway needs of routing/ (routing/gateway.py): the model that should answer a
+    request sent to `auto`."""
 
     def choose(self, request: Request) -> str: ...
 
 
 class ResponseCache(Protocol):
-    """Hook for cache.py: a stored answer for a request, and storing new ones. Called on the event
+    """What the gateway needs of cache/ (cache/gateway.py): a stored answer for a request, and storing new ones. Called on the event
     loop: either fast plain functions or coroutines (for a network store such as Redis)."""
 
     def get(self, backend: str, request: Request) -> Result | None: ...
@@ -97,7 +98,13 @@ class Prepared:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, client: Client | None = None, own_url: str | None = None):
+    """The parts that are features of their own (the `auto` router, the response cache, the
+    guard's compaction) come in as arguments, each None when not configured; app.py builds them
+    at start-up (`wire`)."""
+
+    def __init__(self, settings: Settings, client: Client | None = None, own_url: str | None = None, *,
+                 router: Router | None = None, cache: ResponseCache | None = None,
+                 compactor: guard.Compactor | None = None):
         self.settings = settings
         self.own_url = own_url  # where this gateway listens: never a backend of itself
         self.client = client or Client(settings)
@@ -107,9 +114,9 @@ class Gateway:
         self.log = LogWriter(Store(settings.db_path)) if gw.log_requests else None
         self.upstreams: dict[str, UpstreamPool] = {}
         self.allowlist = Allowlist(settings, {u.model for u in gw.upstreams})
-        self.router: Router | None = _hook("routing", "gateway_router", settings, self.client)
-        self.cache: ResponseCache | None = _hook("cache", "gateway_cache", settings, self.client)
-        self.compactor = guard.find_compactor()
+        self.router = router
+        self.cache = cache
+        self.compactor = compactor
         self._engines: dict[tuple[str, str, str | None], EngineBackend] = {}
         # (trusted, name) -> (expiry, backend): a name the router resolved is not thereby a client's to use
         self._resolved: dict[tuple[bool, str], tuple[float, Backend]] = {}
@@ -585,20 +592,6 @@ class Gateway:
 async def _maybe_await(value: Any) -> Any:
     """Cache hooks may be plain functions (an in-process lookup) or coroutines (a network store)."""
     return await value if inspect.isawaitable(value) else value
-
-
-def _hook(module: str, factory: str, settings: Settings, client: Client) -> Any:
-    """The routing / cache modules plug in by defining `gateway_router(settings, client)` /
-    `gateway_cache(settings, client)` (returning None when not configured). Until they exist,
-    the gateway runs without them."""
-    import importlib
-
-    try:
-        found = importlib.import_module(f"lmgauge.{module}")
-    except ImportError:
-        return None
-    make = getattr(found, factory, None)
-    return make(settings, client) if make is not None else None
 
 
 async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

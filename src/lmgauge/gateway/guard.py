@@ -29,7 +29,8 @@ class Counter(Protocol):
 
 
 # compact(messages, budget_tokens, count) -> messages that fit the budget. `count` gives the exact
-# token count of a candidate list of messages. The context package provides the real one.
+# token count of a candidate list of messages. The real one is context.compaction.compact_to_budget,
+# which app.py hands to the Gateway.
 Compactor = Callable[[list[Message], int, Callable[[list[Message]], int]], list[Message]]
 
 
@@ -52,18 +53,8 @@ class Verdict:
 
 
 def overflow_policy(settings: Settings) -> str:
-    """`[context] overflow` once the context package defines it, else `[gateway] overflow`."""
-    context = getattr(settings, "context", None)
-    return getattr(context, "overflow", None) or settings.gateway.overflow
-
-
-def find_compactor() -> Compactor | None:
-    """The context package's compaction entry point, if it is installed in this version."""
-    try:
-        from ..context import compaction  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(compaction, "compact_to_budget", None)
+    """`[context] overflow` when set, else `[gateway] overflow` (refuse by default)."""
+    return settings.context.overflow or settings.gateway.overflow
 
 
 def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int | None, policy: str,
@@ -78,8 +69,8 @@ def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int 
     if tokens < window:
         return Verdict(tokens, window)
     if compactor is None:
-        raise ContextOverflowError(tokens, window, what="prompt (compaction is configured but the context "
-                                   "package is not available)")
+        raise ContextOverflowError(tokens, window, what="prompt (compaction is configured but this gateway "
+                                   "was built without a compactor)")
 
     def count(messages: list[Message]) -> int:
         trial = ChatRequest(model=request.model, messages=messages, tools=request.tools)
