@@ -89,3 +89,84 @@ class RequestTimeoutError(LmgaugeError, TimeoutError):
     """A request took longer than its configured timeout (first token or total)."""
 
     http_status = 504
+
+
+# --- resilience (resilience.py) -------------------------------------------------------------------
+
+
+class UpstreamTimeoutError(EngineUnavailableError):
+    """A model did not answer (or stopped answering) within the configured timeout."""
+
+    http_status = 504
+
+
+class CircuitOpenError(EngineUnavailableError):
+    """A model's circuit breaker is open: it failed repeatedly, so calls fail fast for a while."""
+
+    http_status = 503
+
+
+# --- the gateway: what its clients and its upstream nodes can cause -------------------------------
+
+
+class BodyTooLargeError(InvalidOptionError):
+    """A request body over `[gateway] max_body_bytes`."""
+
+    http_status = 413
+
+
+class BodyTimeoutError(LmgaugeError):
+    """A request body that did not arrive within `[gateway] body_timeout`."""
+
+    http_status = 408
+
+
+class UnauthorizedError(LmgaugeError):
+    """No API key, or the wrong one (`[gateway] api_key`)."""
+
+    http_status = 401
+
+
+class ForbiddenError(LmgaugeError):
+    """A Host or Origin the gateway does not serve (DNS rebinding, cross-site requests)."""
+
+    http_status = 403
+
+
+class UnsupportedMediaError(LmgaugeError):
+    """A body that is neither JSON nor the form-encoded JSON curl sends."""
+
+    http_status = 415
+
+
+class NoSuchRouteError(LmgaugeError):
+    """A path or method the gateway does not serve (404 / 405, in the caller's API's shape)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.http_status = status
+
+
+class ClientGoneError(LmgaugeError):
+    """The client closed the connection before its answer was ready."""
+
+    http_status = 499  # nginx's "client closed request": nobody reads it, logs and tests may
+
+
+class ShuttingDownError(EngineUnavailableError):
+    """The gateway stopped before this answer was complete."""
+
+    http_status = 503
+
+
+class UpstreamStatusError(LmgaugeError):
+    """An upstream node answered with an HTTP error status."""
+
+    def __init__(self, url: str, status: int, message: str):
+        self.http_status = status if 400 <= status < 500 else 502
+        self.status = status
+        super().__init__(message if 400 <= status < 500 else f"upstream {url} answered {status}: {message}")
+
+
+class FirstTokenTimeoutError(RequestTimeoutError):
+    """A node accepted a request but sent no first token in time: a node failure, like a 5xx."""

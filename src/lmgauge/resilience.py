@@ -39,22 +39,17 @@ from typing import Any
 
 from .config import ResilienceSettings
 from .engines.base import collect
-from .errors import EngineBusyError, EngineError, EngineUnavailableError, LmgaugeError
+from .errors import (
+    CircuitOpenError,
+    EngineBusyError,
+    EngineError,
+    EngineUnavailableError,
+    LmgaugeError,
+    UpstreamTimeoutError,
+)
 from .types import Chunk, Result
 
 log = logging.getLogger("lmgauge.resilience")
-
-
-class UpstreamTimeoutError(EngineUnavailableError):
-    """A model did not answer (or stopped answering) within the configured timeout."""
-
-    http_status = 504
-
-
-class CircuitOpenError(EngineUnavailableError):
-    """A model's circuit breaker is open: it failed repeatedly, so calls fail fast for a while."""
-
-    http_status = 503
 
 
 RETRYABLE: tuple[type[LmgaugeError], ...] = (EngineUnavailableError, EngineBusyError, EngineError)

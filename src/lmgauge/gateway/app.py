@@ -27,7 +27,7 @@ from ..cache.gateway import gateway_cache
 from ..client import Client
 from ..config import Settings
 from ..context.compaction import compact_to_budget
-from ..errors import EngineUnavailableError
+from ..errors import EngineUnavailableError, NoSuchRouteError
 from ..routing.gateway import gateway_router
 from .core import Gateway
 from .env import BindAddress, serve_settings
@@ -90,7 +90,7 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
         """404 / 405 in the caller's API's error shape."""
         message = f"{request.method} {request.url.path}: " + (
             "not found" if exc.status_code == 404 else exc.detail or "error")
-        error = _Status(message, exc.status_code)
+        error = NoSuchRouteError(message, exc.status_code)
         return openai_error(error) if request.url.path.startswith("/v1/") else ollama_error(error)
 
     @app.exception_handler(Exception)
@@ -103,12 +103,6 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
         app.add_middleware(ApiKey, key=settings.gateway.api_key)
     app.add_middleware(EdgeGuard, policy=Policy(settings))
     return app
-
-
-class _Status(Exception):
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.http_status = status
 
 
 def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,

@@ -28,10 +28,16 @@ import orjson
 from ..client import Client
 from ..config import UpstreamSettings
 from ..engines.base import Engine
-from ..errors import EngineError, EngineUnavailableError, LmgaugeError
+from ..errors import (
+    EngineError,
+    EngineUnavailableError,
+    FirstTokenTimeoutError,
+    LmgaugeError,
+    RequestTimeoutError,
+    UpstreamStatusError,
+)
 from ..models import ModelRef
 from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Message, Options
-from ..errors import RequestTimeoutError
 from ..wire import ollama as ollama_wire
 from ..wire import openai as openai_wire
 from .health import NodeHealth, probe_body
@@ -158,19 +164,6 @@ async def _threaded(make: Any) -> AsyncIterator[Chunk]:
 
 
 # --- upstream nodes -------------------------------------------------------------------------------
-
-class UpstreamStatusError(LmgaugeError):
-    """A node answered with an HTTP error status."""
-
-    def __init__(self, url: str, status: int, message: str):
-        self.http_status = status if 400 <= status < 500 else 502
-        self.status = status
-        super().__init__(message if 400 <= status < 500 else f"upstream {url} answered {status}: {message}")
-
-
-class FirstTokenTimeoutError(RequestTimeoutError):
-    """A node accepted a request but sent no first token in time: a node failure, like a 5xx."""
-
 
 @dataclass
 class Node:

@@ -39,6 +39,7 @@ from ..errors import (
     InvalidOptionError,
     LmgaugeError,
     RequestTimeoutError,
+    ShuttingDownError,
     UnknownModelError,
 )
 from ..monitor import Monitor, Sample
@@ -50,7 +51,7 @@ from .allowlist import Allowlist
 from .backends import EngineBackend, Trace, UpstreamPool
 from .metrics import GatewayMetrics
 from .reqlog import LogWriter
-from .shutdown import Cutoff, ShuttingDownError
+from .shutdown import Cutoff
 
 log = logging.getLogger("lmgauge.gateway")
 Request = ChatRequest | GenerateRequest

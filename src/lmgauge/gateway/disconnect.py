@@ -20,15 +20,9 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from ..errors import LmgaugeError
+from ..errors import ClientGoneError
 
 T = TypeVar("T")
-
-
-class ClientGoneError(LmgaugeError):
-    """The client closed the connection before its answer was ready."""
-
-    http_status = 499  # nginx's "client closed request": nobody reads it, logs and tests may
 
 
 async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:

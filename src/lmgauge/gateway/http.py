@@ -14,16 +14,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import InvalidOptionError, LmgaugeError
+from ..errors import BodyTimeoutError, BodyTooLargeError, InvalidOptionError
 from ..types import Format, Options
-
-
-class BodyTooLargeError(InvalidOptionError):
-    http_status = 413
-
-
-class UnauthorizedError(LmgaugeError):
-    http_status = 401
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -67,7 +59,6 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         async with asyncio.timeout(limits.body_timeout if limits is not None else None):
             body = await _read_body(request, limit)
     except TimeoutError:
-        from .limits import BodyTimeoutError
 
         raise BodyTimeoutError(f"the request body did not arrive within {limits.body_timeout:g}s "
                                "(gateway.body_timeout)") from None

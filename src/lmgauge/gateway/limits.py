@@ -24,11 +24,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..config import GatewaySettings
-from ..errors import InvalidOptionError, LmgaugeError
-
-
-class BodyTimeoutError(LmgaugeError):
-    http_status = 408
+from ..errors import InvalidOptionError
 
 
 class Limits:

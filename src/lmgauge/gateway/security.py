@@ -33,8 +33,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
-from ..errors import InvalidOptionError, LmgaugeError
-from .http import UnauthorizedError, ollama_error, openai_error
+from ..errors import ForbiddenError, InvalidOptionError, LmgaugeError, UnauthorizedError, UnsupportedMediaError
+from .http import ollama_error, openai_error
 
 log = logging.getLogger("lmgauge.gateway")
 
@@ -44,14 +44,6 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # GET / (the liveness check Ollama clients do) and the dashboard page (static HTML; its data
 # requests carry the key, read from the URL fragment, which browsers never send to a server).
 OPEN_PATHS = frozenset({"/", "/dashboard"})
-
-
-class ForbiddenError(LmgaugeError):
-    http_status = 403
-
-
-class UnsupportedMediaError(LmgaugeError):
-    http_status = 415
 
 
 def _host_name(value: str) -> str:

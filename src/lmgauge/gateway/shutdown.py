@@ -6,7 +6,7 @@ the open ones to finish. Left to itself it then cancels whatever is still runnin
 stops mid-body (the client sees an incomplete chunked read, not an error) and every cut request
 prints a traceback. Instead, when the grace period runs out the gateway ends each answer still
 in flight itself: its wait for the next chunk (core.py) is cut short and becomes a
-`ShuttingDownError`, which a stream sends as its final error event and a request not yet
+`ShuttingDownError` (errors.py), which a stream sends as its final error event and a request not yet
 answered gets as a 503; the request is logged once, as one line. uvicorn's own deadline is set
 a little later (`MARGIN_S`), so that those last events are written before it would cancel.
 """
@@ -16,15 +16,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..errors import EngineUnavailableError
 
 MARGIN_S = 3.0  # after the grace period: time for the cut answers to send their last event
-
-
-class ShuttingDownError(EngineUnavailableError):
-    """The gateway stopped before this answer was complete."""
-
-    http_status = 503
 
 
 class Cutoff:
