@@ -3,7 +3,7 @@ error rate and cache hit rate over the last N requests and T seconds (whichever 
 
 The gateway feeds it one `Sample` per finished request and a gauge reading (queue depth,
 in-flight, per model) once a second; /metrics, the dashboard and `lmgauge monitor` read it.
-Statistics come from bench.metrics (the same percentile definition as every benchmark), and
+Statistics come from stats.py (the same percentile definition as every benchmark), and
 the plots (latency over time, latency histogram) are matplotlib PNGs.
 
     monitor = Monitor(max_samples=2000, window_s=300)
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench.metrics import Summary, summarize
+from .stats import Summary, summarize, tps_from_tpot
 
 
 @dataclass(slots=True)
@@ -43,7 +43,7 @@ class Sample:
     @property
     def tok_s(self) -> float | None:
         """Output tokens per second over the decode phase (1000 / TPOT)."""
-        return 1000.0 / self.tpot_ms if self.tpot_ms else None
+        return tps_from_tpot(self.tpot_ms)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import stats
 from .errors import InvalidOptionError
 from .limits import check_option
 
@@ -320,28 +321,22 @@ class Timings:
     @property
     def ttft_ms(self) -> float | None:
         """TTFT: request sent -> first non-empty content chunk received."""
-        if self.first_token_ns is None:
-            return None
-        return (self.first_token_ns - self.sent_ns) / 1e6
+        return stats.span_ms(self.sent_ns, self.first_token_ns)
 
     @property
     def e2e_ms(self) -> float | None:
         """E2E: request sent -> last chunk received."""
-        if self.end_ns is None:
-            return None
-        return (self.end_ns - self.sent_ns) / 1e6
+        return stats.span_ms(self.sent_ns, self.end_ns)
 
     @property
     def tpot_ms(self) -> float | None:
         """TPOT: (E2E - TTFT) / (output_tokens - 1); undefined for fewer than 2 tokens."""
-        if self.output_tokens < 2 or self.ttft_ms is None or self.e2e_ms is None:
-            return None
-        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+        return stats.tpot_ms(self.ttft_ms, self.e2e_ms, self.output_tokens)
 
     @property
     def itl_ms(self) -> list[float]:
         """ITL: gaps between successive content chunks of this request."""
-        return [(b - a) / 1e6 for a, b in zip(self.chunk_ns, self.chunk_ns[1:])]
+        return stats.itl_ms(self.chunk_ns)
 
     # --- engine-side metrics ---------------------------------------------------------------
     @property
@@ -353,21 +348,18 @@ class Timings:
     @property
     def prefill_tps(self) -> float | None:
         """Prompt tokens actually evaluated / prompt eval time (cache hits are not work done)."""
-        if not self.prompt_eval_ns or not self.evaluated_tokens:
-            return None
-        return self.evaluated_tokens / (self.prompt_eval_ns / 1e9)
+        return stats.prefill_tps(self.evaluated_tokens, self.prompt_eval_ns)
 
     @property
     def decode_tps(self) -> float | None:
-        """Output tokens / decode time.
+        """Output tokens / decode time (output_tokens - 1 steps over the engine's eval time:
+        exactly 1000 / TPOT on the engine clock; stats.decode_tps says why)."""
+        return stats.decode_tps(self.output_tokens, self.eval_ns)
 
-        The engine's eval_ns runs from the first output token to the last, so it spans
-        output_tokens - 1 decode steps (the first token comes out of the prompt pass); the rate
-        is those steps over that time, which makes it exactly 1000 / TPOT on the engine clock.
-        """
-        if not self.eval_ns or self.output_tokens < 2:
-            return None
-        return (self.output_tokens - 1) / (self.eval_ns / 1e9)
+    @property
+    def engine_tpot_ms(self) -> float | None:
+        """TPOT on the engine clock: decode time / (output_tokens - 1)."""
+        return stats.per_output_token_ms(self.eval_ns / 1e6 if self.eval_ns else None, self.output_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """Raw values plus derived metrics, for JSON output and the store."""

@@ -1,8 +1,8 @@
 """Pure functions over measured samples. No I/O, no clocks: easy to test on known sets.
 
-Percentiles use linear interpolation between closest ranks (numpy's default, "linear"), the
-same definition vLLM's benchmark scripts and most dashboards use; n is always reported beside
-them because a p99 of 5 samples is just the maximum.
+The per-request figures and the summaries (TTFT, TPOT, ITL, tok/s, percentiles) are defined
+once in lmgauge/stats.py and re-exported here; this module adds what only benchmarks need:
+goodput, cost-curve fits, the saturation point, run-against-run comparisons.
 """
 
 from __future__ import annotations
@@ -13,58 +13,13 @@ from typing import Any
 
 import numpy as np
 
-PERCENTILES = (50, 90, 95, 99)
+from ..stats import PERCENTILES, Summary, clean, percentile, pooled_itl, summarize, tpot_ms
 
-
-@dataclass(frozen=True)
-class Summary:
-    n: int
-    mean: float | None
-    sd: float | None  # sample standard deviation (n - 1); None for n < 2
-    min: float | None
-    max: float | None
-    p50: float | None
-    p90: float | None
-    p95: float | None
-    p99: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def clean(values: list[float | None]) -> list[float]:
-    """Drop None and NaN (a metric undefined for a sample, e.g. TPOT with one output token)."""
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-
-def percentile(values: list[float | None], q: float) -> float | None:
-    data = clean(values)
-    if not data:
-        return None
-    return float(np.percentile(np.asarray(data), q))
-
-
-def summarize(values: list[float | None]) -> Summary:
-    data = clean(values)
-    if not data:
-        return Summary(0, None, None, None, None, None, None, None, None)
-    arr = np.asarray(data)
-    p50, p90, p95, p99 = (float(v) for v in np.percentile(arr, PERCENTILES))
-    sd = float(arr.std(ddof=1)) if len(arr) > 1 else None
-    return Summary(len(arr), float(arr.mean()), sd, float(arr.min()), float(arr.max()), p50, p90, p95, p99)
-
-
-def tpot_ms(ttft_ms: float, e2e_ms: float, output_tokens: int) -> float | None:
-    """TPOT: (E2E - TTFT) / (output_tokens - 1); undefined below 2 tokens."""
-    if output_tokens < 2:
-        return None
-    return (e2e_ms - ttft_ms) / (output_tokens - 1)
-
-
-def pooled_itl(per_request_itl: list[list[float]]) -> list[float]:
-    """ITL pooled across requests: every gap between successive chunks of every request."""
-    return [gap for gaps in per_request_itl for gap in gaps]
-
+__all__ = [  # the first seven live in lmgauge/stats.py
+    "PERCENTILES", "Summary", "clean", "percentile", "pooled_itl", "summarize", "tpot_ms",
+    "Comparison", "CostFit", "bootstrap_delta_ci", "compare_samples", "fit_cost_curve", "goodput",
+    "saturation_index",
+]
 
 def goodput(samples: list[dict[str, Any]], duration_s: float, slo: dict[str, float]) -> float:
     """Requests per second that succeeded AND met every SLO bound (e.g. {"ttft_ms": 500,
@@ -193,8 +148,6 @@ def compare_samples(
     is no verdict and no interval: a bootstrap interval over 2 values per side only shows how
     those values fell. When the test and the interval disagree, `agree` is False (the verdict is
     then "unclear", never "no change")."""
-    import math
-
     xa, xb = np.asarray(clean(a)), np.asarray(clean(b))
     if len(xa) == 0 or len(xb) == 0:
         return Comparison(len(xa), len(xb), None, None, None, None, None, None, False)

@@ -24,7 +24,7 @@ from ..errors import InvalidOptionError
 from ..models import file_sha256
 from ..store import Store
 from ..types import Result
-from .metrics import Summary, pooled_itl, summarize, tpot_ms
+from ..stats import Summary, pooled_itl, summarize, tpot_ms
 
 SCHEMA_VERSION = 1
 
@@ -112,18 +112,14 @@ class Sample:
     @classmethod
     def from_result(cls, result: Result, **kw: Any) -> Sample:
         t = result.timings
-        engine_tpot = None
-        if t.eval_ns and t.output_tokens >= 2:
-            engine_tpot = t.eval_ns / 1e6 / (t.output_tokens - 1)
+        engine_tpot = t.engine_tpot_ms
         output_tokens, tokens_from = t.output_tokens, "engine"
         if not output_tokens and t.chunk_ns:
             # A server that streams without token counts (llama-cpp-python's server ignores
             # stream_options.include_usage): count the streamed chunks, one token each on llama.cpp
             # servers, and say so, rather than report no TPOT at all.
             output_tokens, tokens_from = len(t.chunk_ns), "chunks"
-        tpot = None
-        if t.ttft_ms is not None and t.e2e_ms is not None:
-            tpot = tpot_ms(t.ttft_ms, t.e2e_ms, output_tokens)
+        tpot = tpot_ms(t.ttft_ms, t.e2e_ms, output_tokens)
         spec = t.speculation
         if spec is not None:
             kw.update(spec_mode=spec.mode, spec_acceptance=spec.acceptance_rate, spec_mean_accepted=spec.mean_accepted,

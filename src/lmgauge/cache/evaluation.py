@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.metrics import summarize
+from ..stats import summarize
 from ..types import ChatRequest, Message, Options, Result, Timings
 from .guard import guard_mismatch
 from .response import ResponseCache

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..bench.metrics import percentile
+from ..stats import percentile
 from ..config import ContextSettings
 from ..embedding import Embedder
 from ..errors import ContextOverflowError

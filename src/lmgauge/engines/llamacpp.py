@@ -51,7 +51,7 @@ from ..types import (
 from . import client_text, compute, thinking, toolcalls
 from .chat_template import ChatTemplate
 from .sampling import Sampler, StopMatcher, grammar_for
-from .scheduler import Job, Scheduler
+from .scheduler import ErrorEvent, Job, Scheduler, TextEvent
 from .speculative import Drafter, SpecState, load_drafter
 
 log = logging.getLogger("lmgauge.llama")
@@ -471,15 +471,15 @@ class LlamaCppEngine:
             plain = splitter is None and parser is None
             while True:
                 event = job.events.get()
-                if event[0] == "text":
+                if isinstance(event, TextEvent):
                     if plain:
-                        yield Chunk(content=event[1])
-                    elif (chunk := split(event[1])) is not None:
+                        yield Chunk(content=event.text)
+                    elif (chunk := split(event.text)) is not None:
                         yield chunk
-                elif event[0] == "error":
-                    raise event[1]
+                elif isinstance(event, ErrorEvent):
+                    raise event.error
                 else:
-                    _, reason, stats = event
+                    reason, stats = event.reason, event.stats
                     if not plain and (chunk := split("", last=True)) is not None:
                         yield chunk
                     reasoning = "".join(thought)

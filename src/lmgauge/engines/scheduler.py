@@ -70,10 +70,35 @@ class EngineStats:
         return max(self.t_start - self.t_submit, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    """A piece of output text (stop strings already held back or cut)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DoneEvent:
+    """The job ended: why ("stop" | "length" | "cancel") and its engine-side clock and counts."""
+
+    reason: str
+    stats: EngineStats
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """The job failed (a llama.cpp decode error): the caller's thread raises it."""
+
+    error: Exception
+
+
+JobEvent = TextEvent | DoneEvent | ErrorEvent
+
+
 @dataclass(eq=False)
 class Job:
     """One request inside the scheduler. Events go to `events` (read by the caller's thread):
-    ("text", str) per piece of output, then ("done", reason, EngineStats) or ("error", exc)."""
+    a TextEvent per piece of output, then a DoneEvent or an ErrorEvent."""
 
     tokens: list[int]
     sampler: Sampler
@@ -81,7 +106,7 @@ class Job:
     stops: StopMatcher
     reuse_cache: bool = True
     spec: SpecState | None = None  # speculative decoding, when the request asked for it
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    events: queue.SimpleQueue[JobEvent] = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     # scheduler state
     slot: Slot | None = None
@@ -336,7 +361,7 @@ class Scheduler:
             L.llama_memory_seq_rm(self.mem, slot.seq, len(slot.cache), -1)
         speculative.record(job, len(drafts), accepted, decode_ns)
         if job.spec.done is not None:  # the job ended in this step: its stats are complete now
-            job.events.put(("done", job.spec.done, job.stats))
+            job.events.put(DoneEvent(job.spec.done, job.stats))
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch
@@ -365,7 +390,7 @@ class Scheduler:
         n = L.llama_token_to_piece(self.vocab, tok, self._piece, len(self._piece), 0, False)
         text, stopped = job.stops.feed(job._utf8.decode(self._piece.raw[: max(n, 0)]))
         if text:
-            job.events.put(("text", text))
+            job.events.put(TextEvent(text))
         if stopped:
             self._finish(job, reason="stop")
         elif stats.output_tokens >= job.max_tokens or job.n_past + 1 >= self.n_ctx_seq:
@@ -382,16 +407,16 @@ class Scheduler:
         job.stats.t_end = time.perf_counter_ns()
         job.sampler.close()
         if error is not None:
-            job.events.put(("error", error))
+            job.events.put(ErrorEvent(error))
             return
         if reason != "cancel":  # text held back as a possible stop-string start is real output
             tail = job.stops.flush() + job._utf8.decode(b"", final=True)
             if tail:
-                job.events.put(("text", tail))
+                job.events.put(TextEvent(tail))
         if job.spec is not None and job.spec.verifying:
             job.spec.done = reason  # sent by _verify once this step is counted in the stats
             return
-        job.events.put(("done", reason, job.stats))
+        job.events.put(DoneEvent(reason, job.stats))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ..bench.metrics import percentile
 from ..client import Client
 from ..config import Settings
 from ..errors import (
@@ -43,6 +42,7 @@ from ..errors import (
     UnknownModelError,
 )
 from ..monitor import Monitor, Sample
+from ..stats import percentile, span_ms, tpot_ms
 from ..store import RequestRecord, Store
 from ..types import ChatRequest, Chunk, Embeddings, GenerateRequest, Options, Result
 from . import guard
@@ -77,6 +77,23 @@ class ResponseCache(Protocol):
 
     # `backend` is the resolved backend's identity (engine kind + server + target), never the
     # name the client sent: one name cannot read or write another backend's answers.
+
+
+@dataclass
+class Outcome:
+    """What became of one request, for the metrics, the rolling monitor and the request log."""
+
+    api: str  # "ollama" | "openai"
+    model: str  # the name the client asked for
+    arrived_ns: int
+    status: str  # ok | error | timeout | busy | cancel | overflow | invalid
+    backend: Backend | None = None  # None when the name did not resolve
+    prepared: Prepared | None = None  # None when the request failed before it was admitted
+    error: BaseException | None = None
+    first_ns: int | None = None  # first content chunk
+    result: Result | None = None
+    cache_hit: bool = False
+    delivered: int = 0  # content chunks sent: what an answer cut short did output
 
 
 @dataclass
@@ -261,10 +278,10 @@ class Gateway:
             self._asked(name, backend)
             await self._admit(admission)
         except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
-            self._record(api, request.model, backend, None, "cancel", None, arrived, None, None)
+            self._record(Outcome(api, request.model, arrived, "cancel", backend))
             raise
         except Exception as exc:
-            self._record(api, request.model, backend, None, _status(exc), exc, arrived, None, None)
+            self._record(Outcome(api, request.model, arrived, _status(exc), backend, error=exc))
             raise
         request_id = ("chatcmpl-" if isinstance(request, ChatRequest) else "cmpl-") + uuid.uuid4().hex[:24]
         if verdict.compacted:
@@ -401,8 +418,8 @@ class Gateway:
             raise
         finally:
             self._release(p)
-            self._record(p.api, p.model, p.backend, p, status, error, p.arrived_ns, first_ns, result, cache_hit,
-                         delivered)
+            self._record(Outcome(p.api, p.model, p.arrived_ns, status, p.backend, p, error, first_ns, result,
+                                 cache_hit, delivered))
 
     def _stamp(self, p: Prepared, result: Result, first_ns: int | None) -> None:
         """Fill the durations a node did not report with the gateway's own measurements."""
@@ -419,17 +436,16 @@ class Gateway:
             t.prompt_tokens = p.verdict.prompt_tokens
         result.model = p.model
 
-    def _record(self, api: str, model: str, backend: Backend | None, p: Prepared | None, status: str,
-                error: BaseException | None, arrived_ns: int, first_ns: int | None, result: Result | None,
-                cache_hit: bool = False, delivered: int = 0) -> None:
-        end = time.perf_counter_ns()
+    def _record(self, o: Outcome) -> None:
+        api, model, backend, p, status, error = o.api, o.model, o.backend, o.prepared, o.status, o.error
+        result, cache_hit = o.result, o.cache_hit
         t = result.timings if result is not None else None
-        ttft = (first_ns - arrived_ns) / 1e6 if first_ns is not None else None
-        e2e = (end - arrived_ns) / 1e6
+        ttft = span_ms(o.arrived_ns, o.first_ns)
+        e2e = span_ms(o.arrived_ns, time.perf_counter_ns())
         # An answer cut short has no final count from its engine: what it delivered, one token per
         # streamed chunk (as Ollama, OpenAI-compatible servers and the embedded engine stream them).
-        output_tokens = t.output_tokens if t else delivered
-        tpot = (e2e - ttft) / (output_tokens - 1) if ttft is not None and output_tokens >= 2 else None
+        output_tokens = t.output_tokens if t else o.delivered
+        tpot = tpot_ms(ttft, e2e, output_tokens)
         verdict = p.verdict if p else None
         window = verdict.window if verdict else None
         prompt_tokens = t.prompt_tokens if t else verdict.prompt_tokens if verdict else None

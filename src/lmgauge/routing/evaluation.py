@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.metrics import summarize
+from ..stats import summarize
 from ..embedding import Embedder
 from ..errors import LmgaugeError
 from .classifier import Classifier, default_classifier
