@@ -415,9 +415,17 @@ def test_router_and_cache_hooks_drive_requests(tmp_path):
     without touching the backend, and counted."""
     from lmgauge.types import Result, Timings
 
-    class Router:
-        def choose(self, request):
-            return "stub"
+    class Router:  # the gateway's router protocol (routing/gateway.py), with one tier
+        def plan(self, request):
+            from lmgauge.routing import Tier
+
+            return [Tier("only", "stub")], "the only tier"
+
+        def check(self, request, result):
+            return None
+
+        def escalates(self, error):
+            return False
 
     class Cache:
         def __init__(self):

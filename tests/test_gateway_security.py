@@ -674,9 +674,17 @@ def test_sampling_options_out_of_range_are_400(server, stub, option):
 def test_a_name_the_router_resolved_does_not_become_a_clients_to_use(tmp_path, stub):
     """Router tiers are configuration and may name `ollama:...`; that resolution is cached, but
     a client naming the same spelling afterwards is still refused."""
-    class Router:
-        def choose(self, request):
-            return "ollama:stub"
+    class Router:  # the gateway's router protocol (routing/gateway.py), with one tier
+        def plan(self, request):
+            from lmgauge.routing import Tier
+
+            return [Tier("only", "ollama:stub")], "the only tier"
+
+        def check(self, request, result):
+            return None
+
+        def escalates(self, error):
+            return False
 
     with GatewayServer(Settings(home=tmp_path, ollama_host=stub.url)) as srv:
         srv.gateway.router = Router()

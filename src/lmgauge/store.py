@@ -52,7 +52,7 @@ SCHEMA = [
 # What the request log holds, for `lmgauge log --status/--source` (checked, so a typo is an error,
 # not an empty list). Who writes each source: the gateway, `lmgauge run`/`route ask` (cli),
 # `lmgauge chat` (chat), benchmarks (bench).
-LOG_STATUSES = ("ok", "error", "timeout", "busy", "overflow", "invalid", "cancel", "skipped")
+LOG_STATUSES = ("ok", "error", "timeout", "busy", "overflow", "invalid", "cancel", "skipped", "escalated")
 LOG_SOURCES = ("gateway", "cli", "chat", "bench")
 
 

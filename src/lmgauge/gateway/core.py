@@ -1,12 +1,19 @@
 """One request's way through the gateway, whichever API it came in by:
 
-    prepare:  resolve the model (aliases, upstream pools, `auto` via the router hook, else the
+    prepare:  resolve the model (aliases, upstream pools, `auto` via the router, else the
               library's resolution), count its exact prompt tokens against the window (guard.py),
               take an admission slot (admission.py)
     run:      the backend's chunks, with first-token and total deadlines; the first chunk is
               awaited before the HTTP status is sent, so anything that fails before it (every
               upstream down, a timeout) is still a proper error status
     record:   metrics, the rolling monitor and the request log (queued, written off the path)
+
+`auto` escalates as `lmgauge run auto` does: while a larger tier is left, an attempt whose
+answer fails the router's check, or that fails with an error a larger tier may not have (a
+prompt over a small window, an engine down), is held back and the next tier answers, with its
+own admission slot, inside the same request deadline. Every attempt is a request-log row (the
+ones left behind with status `escalated`, all with `extra.route`) and counted in
+`lmgauge_escalations_total`; the client only ever sees the answer it gets.
 
 The API modules translate wire formats and call `prepare` / `start_stream` / `complete`; the
 gateway-specific concerns live here and in the modules it names.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -60,11 +68,25 @@ RESOLVE_TTL_S = 10.0  # how long a resolved name is reused (resolution scans mod
 PS_TIMEOUT_S = 2.0  # how long /api/ps waits for a remote engine to say what it has loaded
 
 
-class Router(Protocol):
-    """What the gateway needs of routing/ (routing/gateway.py): the model that should answer a
-    request sent to `auto`."""
+class Tier(Protocol):
+    name: str
+    model: str
 
-    def choose(self, request: Request) -> str: ...
+
+class Router(Protocol):
+    """What the gateway needs of routing/ (routing/gateway.py) for a request sent to `auto`."""
+
+    def plan(self, request: Request) -> tuple[list[Tier], str]:
+        """The tiers to try in order, and why the first was chosen (blocking: a classifier runs)."""
+        ...
+
+    def check(self, request: Request, result: Result) -> str | None:
+        """Why an answer visibly failed, so that the next tier should answer; None when usable."""
+        ...
+
+    def escalates(self, error: BaseException) -> bool:
+        """Whether a larger tier may answer after this error."""
+        ...
 
 
 class ResponseCache(Protocol):
@@ -77,6 +99,33 @@ class ResponseCache(Protocol):
 
     # `backend` is the resolved backend's identity (engine kind + server + target), never the
     # name the client sent: one name cannot read or write another backend's answers.
+
+
+@dataclass
+class Route:
+    """An `auto` request on its way up the router's tiers."""
+
+    request: Request  # as the client sent it: each tier's guard starts from this
+    tiers: list[Tier]  # still to try; the first is the current one
+    reason: str  # why the router chose the first tier
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # the tiers left behind, and why
+
+    @property
+    def tier(self) -> Tier:
+        return self.tiers[0]
+
+    @property
+    def last(self) -> bool:
+        return len(self.tiers) == 1
+
+    def log_entry(self) -> dict[str, Any]:
+        """For the request log's `extra.route`: this row's tier and the escalations so far."""
+        return {"tier": self.tier.name, "model": self.tier.model, "reason": self.reason,
+                "attempts": [dict(a) for a in self.attempts]}
+
+
+class _Escalate(Exception):
+    """An attempt of an `auto` request was left behind (recorded): the next tier answers."""
 
 
 @dataclass
@@ -94,6 +143,7 @@ class Outcome:
     result: Result | None = None
     cache_hit: bool = False
     delivered: int = 0  # content chunks sent: what an answer cut short did output
+    route: Route | None = None  # for `auto`
 
 
 @dataclass
@@ -109,6 +159,7 @@ class Prepared:
     request_id: str
     trace: Trace = field(default_factory=Trace)
     released: bool = False
+    route: Route | None = None  # for `auto`: the tiers still to try
 
     @property
     def headers(self) -> dict[str, str]:
@@ -256,37 +307,85 @@ class Gateway:
     # --- a request -------------------------------------------------------------------------------
     async def prepare(self, api: str, request: Request, stream: bool) -> Prepared:
         arrived = time.perf_counter_ns()
-        name = request.model
-        backend: Backend | None = None
-        try:
-            routed = name == "auto"
-            if routed:
-                if self.router is None:
-                    raise UnknownModelError("auto", hint=" (`auto` picks a model once [routing] tiers are configured)")
-                # a classifier embeds the prompt (or asks a model): not on the event loop
-                name = await asyncio.to_thread(self.router.choose, request)
-            backend = await self.backend_for(name, trusted=routed)  # the router's tiers are configuration
-            window = backend.window(request.options)
-            policy = guard.overflow_policy(self.settings)
-            if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
-                verdict = guard.check(backend, request, window, policy, self.compactor)  # nothing to count
-            else:  # tokenizing a long prompt takes a while: off the event loop, inside the deadline
-                verdict = await self._within_deadline(
-                    arrived, "counting the prompt's tokens",
-                    asyncio.to_thread(guard.check, backend, request, window, policy, self.compactor))
-            admission = self._admission_for(backend)
-            self._asked(name, backend)
-            await self._admit(admission)
-        except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
-            self._record(Outcome(api, request.model, arrived, "cancel", backend))
-            raise
-        except Exception as exc:
-            self._record(Outcome(api, request.model, arrived, _status(exc), backend, error=exc))
-            raise
+        route: Route | None = None
+        if request.model == "auto":
+            try:
+                route = await self._route(request)
+            except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
+                self._record(Outcome(api, request.model, arrived, "cancel"))
+                raise
+            except Exception as exc:
+                self._record(Outcome(api, request.model, arrived, _status(exc), error=exc))
+                raise
+        attempt, backend, verdict, admission = await self._enter(api, request, route, arrived)
         request_id = ("chatcmpl-" if isinstance(request, ChatRequest) else "cmpl-") + uuid.uuid4().hex[:24]
-        if verdict.compacted:
-            self.metrics.compactions.labels(self._label(backend)).inc()
-        return Prepared(api, request.model, request, stream, backend, admission, verdict, arrived, request_id)
+        return Prepared(api, request.model, attempt, stream, backend, admission, verdict, arrived, request_id,
+                        route=route)
+
+    async def _route(self, request: Request) -> Route:
+        if self.router is None:
+            raise UnknownModelError("auto", hint=" (`auto` picks a model once [routing] tiers are configured)")
+        # a classifier embeds the prompt (or asks a model): not on the event loop
+        tiers, reason = await asyncio.to_thread(self.router.plan, request)
+        return Route(request, list(tiers), reason)
+
+    async def _enter(self, api: str, request: Request, route: Route | None,
+                     arrived: int) -> tuple[Request, Backend, guard.Verdict, Admission]:
+        """Resolve, guard and admit a request on its backend. For `auto`, on the current tier,
+        moving up while a tier fails in a way a larger one may not (a prompt over its window, its
+        engine down). Returns the request as it will run (the guard may have compacted it)."""
+        while True:
+            name = route.tier.model if route else request.model
+            # each tier's guard starts from the client's request (a copy: compaction replaces messages)
+            attempt = dataclasses.replace(route.request) if route else request
+            backend: Backend | None = None
+            try:
+                backend = await self.backend_for(name, trusted=route is not None)  # router tiers are configuration
+                window = backend.window(attempt.options)
+                policy = guard.overflow_policy(self.settings)
+                if window is None or isinstance(backend, UpstreamPool) and not backend.has_tokenizer:
+                    verdict = guard.check(backend, attempt, window, policy, self.compactor)  # nothing to count
+                else:  # tokenizing a long prompt takes a while: off the event loop, inside the deadline
+                    verdict = await self._within_deadline(
+                        arrived, "counting the prompt's tokens",
+                        asyncio.to_thread(guard.check, backend, attempt, window, policy, self.compactor))
+                admission = self._admission_for(backend)
+                self._asked(name, backend)
+                await self._admit(admission)
+            except asyncio.CancelledError:  # the client left while its request waited (disconnect.py)
+                self._record(Outcome(api, request.model, arrived, "cancel", backend, route=route))
+                raise
+            except Exception as exc:
+                if route is None or not self._escalates(route, exc):
+                    self._record(Outcome(api, request.model, arrived, _status(exc), backend, error=exc, route=route))
+                    raise
+                self._left_behind(route, "error", f"error: {exc}")
+                self._record(Outcome(api, request.model, arrived, "escalated", backend, error=exc, route=route))
+                route.tiers.pop(0)
+                continue
+            if verdict.compacted:
+                self.metrics.compactions.labels(self._label(backend)).inc()
+            return attempt, backend, verdict, admission
+
+    def _escalates(self, route: Route, error: BaseException) -> bool:
+        """A larger tier is left and may answer after this error (a shutdown is not such an error)."""
+        return (not route.last and self.router is not None and self.router.escalates(error)
+                and not isinstance(error, ShuttingDownError) and not self.cutoff.cutting)
+
+    def _left_behind(self, route: Route, status: str, why: str) -> None:
+        """Note that the current tier's attempt is left behind: in the route and the metrics."""
+        tier = route.tier
+        route.attempts.append({"tier": tier.name, "model": tier.model, "status": status, "reason": why})
+        self.metrics.escalations.labels(tier.name, status).inc()
+        log.info("auto: %s (%s) %s: %s; trying %s", tier.name, tier.model, status, why, route.tiers[1].name)
+
+    async def _next_tier(self, p: Prepared) -> None:
+        """After an attempt was left behind (recorded, its slot released): the next tier, admitted."""
+        assert p.route is not None
+        p.route.tiers.pop(0)
+        p.request, p.backend, p.verdict, p.admission = await self._enter(p.api, p.route.request, p.route,
+                                                                         p.arrived_ns)
+        p.trace, p.released = Trace(), False
 
     async def _within_deadline(self, arrived_ns: int, what: str, work: Any) -> Any:
         """Await `work` within what is left of the request's timeout (a worker thread keeps
@@ -346,6 +445,25 @@ class Gateway:
         raise EngineError("the backend ended without a result")  # pragma: no cover
 
     async def _run(self, p: Prepared) -> AsyncIterator[Chunk]:
+        """The answer's chunks. An `auto` attempt that a larger tier may replace is held back
+        until it passes the router's check; on the last tier (or without routing) chunks flow live."""
+        while p.route is not None and not p.route.last:
+            try:
+                async with contextlib.aclosing(self._attempt(p, hold=True)) as attempt:
+                    held = [chunk async for chunk in attempt]
+            except _Escalate:
+                await self._next_tier(p)
+                continue
+            for chunk in held:
+                yield chunk
+            return
+        # closed with this generator, so that a client hanging up releases the slot at once
+        async with contextlib.aclosing(self._attempt(p, hold=False)) as attempt:
+            async for chunk in attempt:
+                yield chunk
+
+    async def _attempt(self, p: Prepared, hold: bool) -> AsyncIterator[Chunk]:
+        """One backend's answer, timed, cached and recorded; `hold`: checked before it is final."""
         gw = self.settings.gateway
         loop = asyncio.get_running_loop()
         start = loop.time() - (time.perf_counter_ns() - p.arrived_ns) / 1e9
@@ -400,6 +518,11 @@ class Gateway:
                         result = chunk.result
                         self._stamp(p, result, first_ns)
                         status = "ok"
+                        why = self.router.check(p.request, result) if hold and self.router is not None else None
+                        if why is not None and p.route is not None:
+                            status = "escalated"
+                            self._left_behind(p.route, "failed_check", why)
+                            raise _Escalate(why)
                         if self.cache is not None and not cache_hit:
                             await _maybe_await(self.cache.put(p.backend.identity, p.request, result))
                     yield chunk
@@ -413,13 +536,19 @@ class Gateway:
             if status != "ok":  # closed after its final chunk is a finished request, not a cancel
                 status = "cancel"
             raise
+        except _Escalate:
+            raise
         except Exception as exc:
             status, error = _status(exc), exc
+            if hold and p.route is not None and self._escalates(p.route, exc):
+                status = "escalated"
+                self._left_behind(p.route, "error", f"error: {exc}")
+                raise _Escalate(str(exc)) from exc
             raise
         finally:
             self._release(p)
             self._record(Outcome(p.api, p.model, p.arrived_ns, status, p.backend, p, error, first_ns, result,
-                                 cache_hit, delivered))
+                                 cache_hit, delivered, p.route))
 
     def _stamp(self, p: Prepared, result: Result, first_ns: int | None) -> None:
         """Fill the durations a node did not report with the gateway's own measurements."""
@@ -471,6 +600,8 @@ class Gateway:
             extra["stream"] = p.stream
             if p.trace.failovers:
                 extra["failed_over"] = p.trace.failovers
+        if o.route is not None:
+            extra["route"] = o.route.log_entry()
         if error is not None:
             extra["http_status"] = getattr(error, "http_status", 500)
         self.log.put(RequestRecord(

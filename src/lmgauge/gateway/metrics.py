@@ -46,6 +46,9 @@ class GatewayMetrics:
                                   registry=r)
         self.compactions = Counter("lmgauge_compactions", "Requests compacted to fit the window", ["model"],
                                    registry=r)
+        self.escalations = Counter("lmgauge_escalations", "Requests to `auto` that left this tier for a larger "
+                                   "one: its answer failed the check, or it failed with an error", ["tier", "reason"],
+                                   registry=r)
         self.failovers = Counter("lmgauge_upstream_failovers", "Requests that failed on this node before "
                                  "their first token and were answered by another", ["model", "url"], registry=r)
         # Speculative decoding (embedded engine): acceptance rate = accepted / drafted.
