@@ -134,3 +134,32 @@ def test_the_last_tier_is_not_checked_and_escalation_off_keeps_the_first_answer(
         small.stop()
         large.stop()
         small_failing.stop()
+
+
+def test_a_prompt_over_the_small_tiers_window_goes_to_the_large_tier(tmp_path):
+    """The guard counts the prompt exactly (the stand-ins share SmolLM2's vocabulary here) and
+    refuses it for the small tier's 64-token window: a larger window may fit it, so the request
+    escalates before any model is called, as a ContextOverflowError does in `run auto`."""
+    small, large = standin(SMALL, GOOD), standin(LARGE, GOOD + " (large)")
+    try:
+        upstreams = [UpstreamSettings(model=SMALL, urls=[small.url], num_ctx=64, tokenizer="smollm2"),
+                     UpstreamSettings(model=LARGE, urls=[large.url], num_ctx=4096, tokenizer="smollm2")]
+        settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=upstreams),
+                            routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE}))
+        system = "You are a helpful assistant who answers briefly. " * 20  # ~200 tokens; the router reads the user turn
+        with GatewayServer(settings) as srv:
+            body = {"model": "auto", "stream": False, "messages": [
+                {"role": "system", "content": system}, {"role": "user", "content": EASY}]}
+            r = httpx.post(srv.url + "/api/chat", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["message"]["content"] == GOOD + " (large)"
+            assert (calls(small), calls(large)) == (0, 1)
+            assert escalations(srv.url) == {'{reason="error",tier="small"}': 1.0}
+            srv.wait_logged(2)
+            rows = Store(settings.db_path).requests(model="auto", limit=10)[::-1]
+            assert [r["status"] for r in rows] == ["escalated", "ok"]
+            assert "context window" in rows[1]["extra"]["route"]["attempts"][0]["reason"]
+            assert rows[1]["extra"]["window"] == 4096
+    finally:
+        small.stop()
+        large.stop()
