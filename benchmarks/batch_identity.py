@@ -55,11 +55,11 @@ def main() -> None:
         with Client(parallel=8, num_ctx=args.ctx, keep_alive=-1, prefix_cache=False) as client:
             alone = answers(client, model, False, args.tokens)
             batched = answers(client, model, True, args.tokens)
-        same = sum(a == b for a, b in zip(alone, batched))
+        same = sum(a == b for a, b in zip(alone, batched, strict=True))
         line = f"{Path(model).name}: {same}/8 answers identical alone vs in a batch of 8"
-        for a, b in zip(alone, batched):
+        for a, b in zip(alone, batched, strict=True):
             if a != b:
-                at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
                 line += f"; first difference at character {at} of {len(a)}: {a[max(0, at - 20):at + 20]!r} vs " \
                         f"{b[max(0, at - 20):at + 20]!r}"
                 break

@@ -31,7 +31,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bare_llama import BareLlama, on_llama_thread  # noqa: E402
-
 from lmgauge import Client  # noqa: E402
 from lmgauge.engines.llamacpp import default_threads  # noqa: E402
 from lmgauge.types import Message  # noqa: E402
@@ -126,7 +125,7 @@ def shared_prefix(model: str, ctx: int, threads: int, tokens: int) -> dict:
         results = [None] * 8
 
         def one(i: int) -> None:
-            results[i] = client.chat(model, [Message("system", system), Message("user", f"Question {i}: what is {i}+{i}?")],
+            results[i] = client.chat(model, [Message("system", system), Message("user", f"Question {i}: what is {i}+{i}?")],  # noqa: B023  called within this iteration, not after the loop
                                      options={**GREEDY, "num_predict": tokens})
 
         t0 = time.perf_counter_ns()

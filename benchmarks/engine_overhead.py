@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bare_llama import BareLlama, on_llama_thread  # noqa: E402
-
 from lmgauge import Client  # noqa: E402
 from lmgauge.engines.llamacpp import default_threads  # noqa: E402
 

@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace) -> dict:
                         streamed_openai = body.get("stream") and path.startswith("/v1/")
                         ok = r.status == 200 and '"error"' not in text and (not streamed_openai or "[DONE]" in text)
                         why = "" if ok else f"{r.status} {text[-200:]}"
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, aiohttp.ClientError) as exc:
                         ok, why = False, repr(exc)
                     samples.append((t0, time.time() - t0, ok, why))
 
@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace) -> dict:
                         marks["changed_at"] = node["changed_at"]
                         marks["times_down"] = node["times_down"]
                         marks["request_log"] = stats.get("request_log")
-                    except (aiohttp.ClientError, asyncio.TimeoutError, StopIteration, KeyError):
+                    except (TimeoutError, aiohttp.ClientError, StopIteration, KeyError):
                         pass
                     await asyncio.sleep(0.05)
 

@@ -34,7 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bare_llama import BareLlama, on_llama_thread  # noqa: E402
-
 from lmgauge import Client  # noqa: E402
 from lmgauge.bench.prompts import load_prompts  # noqa: E402
 from lmgauge.bench.runner import measure  # noqa: E402
@@ -73,8 +72,8 @@ def main() -> None:
                 mismatched += 1
 
             def run_lmgauge() -> dict:
-                sample, _ = measure(client, messages, options, run_id="overhead", seq=0, model=args.model,
-                                    prompt=prompt.name, rep=i)
+                sample, _ = measure(client, messages, options, run_id="overhead", seq=0, model=args.model,  # noqa: B023  called within this iteration, not after the loop
+                                    prompt=prompt.name, rep=i)  # noqa: B023  called within this iteration, not after the loop
                 assert sample.status == "ok", sample.error
                 return {"ttft_ms": sample.ttft_ms, "decode_tps": sample.decode_tps,
                         "client_decode_tps": 1000 / sample.tpot_ms, "tpot_ms": sample.tpot_ms,
@@ -82,7 +81,7 @@ def main() -> None:
                         "prompt": sample.prompt_tokens, "cached": sample.cached_tokens}
 
             def run_bare() -> dict:
-                b = on_llama_thread(bare.generate, text, args.tokens)
+                b = on_llama_thread(bare.generate, text, args.tokens)  # noqa: B023  called within this iteration, not after the loop
                 return {"ttft_ms": b.ttft_ns / 1e6, "decode_tps": b.decode_tps, "out": b.output_tokens,
                         "prompt": b.prompt_tokens}
 
@@ -93,10 +92,10 @@ def main() -> None:
                     rows[name].append(row)
         med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in rows.items()}
         tpot_ratio = statistics.median(r["tpot_ms"] / r["engine_tpot_ms"] for r in rows["lmgauge"])
-        pairs = list(zip(rows["lmgauge"], rows["bare"]))  # run back to back: the same machine state
+        pairs = list(zip(rows["lmgauge"], rows["bare"], strict=True))  # run back to back: the same machine state
 
         def paired(key: str, bare_key: str | None = None) -> float:
-            return statistics.median(a[key] / b[bare_key or key] for a, b in pairs)
+            return statistics.median(a[key] / b[bare_key or key] for a, b in pairs)  # noqa: B023  called within this iteration, not after the loop
 
         report["prompts"][prompt.name] = {
             "median": med,

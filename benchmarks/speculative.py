@@ -101,7 +101,7 @@ def compare(client: Client, modes: list[str], prompts: dict[str, list[str]], tok
                 for mode in modes:
                     runs[mode].append(one(client, mode, text, tokens))
         plain = runs["plain"]
-        same = all(a["content"] == b["content"] for m in modes[1:] for a, b in zip(plain, runs[m]))
+        same = all(a["content"] == b["content"] for m in modes[1:] for a, b in zip(plain, runs[m], strict=True))
         row = {"kind": kind, "identical_output": same}
         for mode in modes:
             rates = [x["decode_tps"] for x in runs[mode] if x["decode_tps"]]

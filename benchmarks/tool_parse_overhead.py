@@ -60,7 +60,7 @@ def main() -> None:
             lazy.done = False
             parse, split = toolcalls.ToolCallParser(syntax, {"get_weather"}), ThinkingSplitter()
             t0 = time.perf_counter_ns()
-            for tok, piece in zip(tokens, pieces):
+            for tok, piece in zip(tokens, pieces, strict=True):
                 lazy.done = False  # keep watching: the worst case, a trigger check on every token
                 lazy.observe(tok)
                 _, answer = split.feed(piece)

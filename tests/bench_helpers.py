@@ -9,12 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from scripted import ScriptedEngine
-
 from lmgauge.client import Client
 from lmgauge.config import Settings
 from lmgauge.models import ModelRef
 from lmgauge.types import ChatRequest, Chunk
+from scripted import ScriptedEngine
 
 
 class ScriptedClient(Client):

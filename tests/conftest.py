@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import provision
 import pytest
-from standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
 
+import provision
 from lmgauge.config import Settings, load_settings
+from standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

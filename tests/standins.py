@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import uvicorn
@@ -71,7 +71,7 @@ def split_tokens(text: str) -> list[str]:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- faults and records --------------------------------------------------------------------------
@@ -405,7 +405,7 @@ class StandinServer:
         while not self._stopping.is_set():
             try:
                 message = await asyncio.wait_for(request.receive(), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if message.get("type") == "http.disconnect":
                 return
@@ -540,8 +540,8 @@ class OllamaStandin(StandinServer):
         keep = body.get("keep_alive", 300)
         seconds = _seconds(keep)
         entry["expires_at"] = (
-            datetime.now(timezone.utc) + timedelta(days=365 * 290) if seconds < 0
-            else datetime.now(timezone.utc) + timedelta(seconds=seconds)
+            datetime.now(UTC) + timedelta(days=365 * 290) if seconds < 0
+            else datetime.now(UTC) + timedelta(seconds=seconds)
         )
         return time.perf_counter_ns() - t0
 

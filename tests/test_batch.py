@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from standins import OpenAIStandin
 
 from lmgauge.batch import BatchItem, read_items, read_results, request_of, run_batch
 from lmgauge.errors import EngineError, InvalidOptionError
 from lmgauge.types import Result, Timings
+from standins import OpenAIStandin
 
 
 def write_lines(path: Path, lines: list) -> Path:

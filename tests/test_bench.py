@@ -10,9 +10,8 @@ import statistics
 
 import jsonschema
 import pytest
-from bench_helpers import ConcurrencyProbe, FlakyEngine, ScriptedClient
-from scripted import ScriptedEngine
 
+from bench_helpers import ConcurrencyProbe, FlakyEngine, ScriptedClient
 from lmgauge.bench.compare import compare_runs
 from lmgauge.bench.load import LoadConfig, parse_levels, parse_slo, poisson_arrivals, run_load
 from lmgauge.bench.prompts import BenchPrompt, load_prompts, passage, sized_prompt
@@ -21,6 +20,7 @@ from lmgauge.bench.results import SAMPLE_FIELDS, RunStore, summarize_run
 from lmgauge.bench.runner import BenchConfig, parse_token_counts, run_bench
 from lmgauge.errors import InvalidOptionError, UnknownModelError
 from lmgauge.store import Store
+from scripted import ScriptedEngine
 
 ANSWER = "one two three four five six seven eight"
 

@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
-from test_cli import assert_one_line_error, lmgauge
 
 from lmgauge.models import file_sha256
+from test_cli import assert_one_line_error, lmgauge
 
 
 @pytest.mark.parametrize("args, fragment", [

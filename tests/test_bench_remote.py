@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from standins import OllamaStandin, OpenAIStandin
 
 from lmgauge.bench.load import LoadConfig, resolve_url_target, run_load
 from lmgauge.bench.machine import engine_process
@@ -16,6 +15,7 @@ from lmgauge.bench.runner import BenchConfig, run_bench
 from lmgauge.client import Client
 from lmgauge.errors import EngineUnavailableError, InvalidOptionError
 from lmgauge.store import Store
+from standins import OllamaStandin, OpenAIStandin
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from standins import OllamaStandin
 
+from lmgauge.client import Client
+from lmgauge.routing import Router
 from lmgauge.routing.calibration import (
     CODE_TASKS,
     cheapest_correct,
@@ -23,8 +24,7 @@ from lmgauge.routing.calibration import (
     quality_cost_curve,
     run_code_tests,
 )
-from lmgauge.client import Client
-from lmgauge.routing import Router
+from standins import OllamaStandin
 
 SOLUTIONS = {
     "square": "def square(x):\n    return x * x",

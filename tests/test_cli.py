@@ -17,7 +17,7 @@ def lmgauge(*args, input=None, env_extra=None, timeout=300):
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0]
@@ -85,7 +85,7 @@ def test_run_verbose_prints_the_stats_block_and_logs_the_request(isolated_home):
     assert proc.stdout.strip()  # the answer, on stdout
     for label in ("prompt eval count", "eval rate", "time to first token", "time per output token"):
         assert label in proc.stderr
-    eval_count = next(l for l in proc.stderr.splitlines() if l.startswith("eval count"))
+    eval_count = next(line for line in proc.stderr.splitlines() if line.startswith("eval count"))
     assert "16 token(s)" in eval_count
 
     from lmgauge.store import Store

@@ -328,8 +328,8 @@ def test_8_compare_with_two_reps_says_the_test_cannot_decide():
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("\t") for line in proc.stdout.splitlines() if not line.startswith("#")]
     header, body = rows[0], rows[1:]
-    assert body and all(dict(zip(header, r))["verdict"] == "too few" for r in body)
-    assert all(dict(zip(header, r))["95% CI"] == "-" for r in body)  # no interval contradicting the verdict
+    assert body and all(dict(zip(header, r, strict=True))["verdict"] == "too few" for r in body)
+    assert all(dict(zip(header, r, strict=True))["95% CI"] == "-" for r in body)  # no interval contradicting the verdict
     assert "cannot reach p < 0.05" in proc.stderr and "at least 4" in proc.stderr
 
 
@@ -436,9 +436,9 @@ def test_9_version():
 
 
 def test_9_ps_lists_what_a_running_gateway_has_loaded(start_standin):
-    from standins import OllamaStandin
-
     import httpx
+
+    from standins import OllamaStandin
 
     server = start_standin(OllamaStandin, models=("stub",))
     httpx.post(server.url + "/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "hi"}],

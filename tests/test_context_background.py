@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import threading
 
-from standins import OllamaStandin
-
 from lmgauge.client import Client
 from lmgauge.context.conversation import Conversation
 from lmgauge.context.memory import Memory
@@ -17,6 +15,7 @@ from lmgauge.context.synthetic import FILLER
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.context.window import ContextWindow
 from lmgauge.store import Store
+from standins import OllamaStandin
 
 
 class ScriptedOllama(OllamaStandin):

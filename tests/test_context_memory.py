@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from standins import OllamaStandin
 
 from lmgauge.client import Client
-from lmgauge.context.memory import EXTRACTION_SCHEMA, Extractor, Memory, grounding, parse_extraction, same_slot
+from lmgauge.context.memory import EXTRACTION_SCHEMA, Extractor, Memory, grounding, parse_extraction
+from lmgauge.context.slots import same_slot
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.store import Store
+from standins import OllamaStandin
 
 
 @pytest.fixture(scope="module")

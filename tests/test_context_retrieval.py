@@ -4,7 +4,6 @@ evidence, packing to a token budget, and the 'ask the model' strategy."""
 from __future__ import annotations
 
 import pytest
-from standins import OllamaStandin
 
 from lmgauge.client import Client
 from lmgauge.context.retrieval import DocIndex, chunk_file
@@ -13,6 +12,7 @@ from lmgauge.context.synthetic import corpus
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.errors import InvalidOptionError
+from standins import OllamaStandin
 
 MARKDOWN = """# Falcon service
 

@@ -131,7 +131,7 @@ def test_embeddings_are_normalised(llama_engine):
         pytest.skip("the MiniLM GGUF is only on this machine kind")
     emb = llama_engine.embed(path, ["a cat sat on the mat", "a kitten rested on a rug", "stock market crash"])
     assert len(emb.vectors) == 3 and len(emb.vectors[0]) == 384
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
     assert dot(emb.vectors[0], emb.vectors[0]) == pytest.approx(1.0, abs=1e-4)
     assert dot(emb.vectors[0], emb.vectors[1]) > dot(emb.vectors[0], emb.vectors[2])
 

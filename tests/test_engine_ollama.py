@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import jsonschema
 import pytest
-from standins import DEFAULT_REPLY, OllamaStandin, split_tokens
 
 from lmgauge.engines.base import Engine, collect, with_client_clock
 from lmgauge.engines.ollama import OllamaEngine
@@ -21,6 +20,7 @@ from lmgauge.errors import (
     UnknownModelError,
 )
 from lmgauge.types import ChatRequest, Chunk, GenerateRequest, Message, Options
+from standins import DEFAULT_REPLY, OllamaStandin, split_tokens
 
 HANG_TIMEOUT = 1.0
 N_REPLY = len(split_tokens(DEFAULT_REPLY))  # 9

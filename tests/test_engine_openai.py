@@ -11,14 +11,10 @@ from collections.abc import Iterator
 import httpx
 import jsonschema
 import pytest
-from standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
 
+from lmgauge.engines._http import error_message
 from lmgauge.engines.base import Engine, collect, with_client_clock
 from lmgauge.engines.openai import OpenAIEngine
-from lmgauge.wire.openai import messages_to_wire as to_openai_messages
-from lmgauge.wire.openai import params_to_wire as openai_params
-from lmgauge.wire.openai import sse_data
-from lmgauge.engines._http import error_message
 from lmgauge.errors import (
     EngineBusyError,
     EngineError,
@@ -27,6 +23,10 @@ from lmgauge.errors import (
     UnknownModelError,
 )
 from lmgauge.types import ChatRequest, GenerateRequest, Message, Options
+from lmgauge.wire.openai import messages_to_wire as to_openai_messages
+from lmgauge.wire.openai import params_to_wire as openai_params
+from lmgauge.wire.openai import sse_data
+from standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
 
 HANG_TIMEOUT = 1.0
 N_REPLY = len(split_tokens(DEFAULT_REPLY))  # 9

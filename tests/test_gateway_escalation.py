@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import httpx
-from gateway_server import GatewayServer
 
+from gateway_server import GatewayServer
 from lmgauge.config import GatewaySettings, RoutingSettings, Settings, UpstreamSettings
 from lmgauge.store import Store
 

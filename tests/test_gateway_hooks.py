@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from gateway_server import GatewayServer
 
+from gateway_server import GatewayServer
 from lmgauge.config import CacheSettings, GatewaySettings, RoutingSettings, Settings, UpstreamSettings
 
 SMALL, LARGE = "small-model", "large-model"

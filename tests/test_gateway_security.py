@@ -119,7 +119,7 @@ def _blank(text: str, name: str) -> str:
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_model_urls_are_refused_like_unknown_models_and_reach_nothing(server, listener, path):
     names = [f"openai:x@{listener.url}/v1", f"openai:stub@{listener.url}", "ollama:stub",
-             f"ollama:stub@{listener.url}", f"openai:x@http://169.254.169.254/latest", f"openai:x@{server.url}/v1"]
+             f"ollama:stub@{listener.url}", "openai:x@http://169.254.169.254/latest", f"openai:x@{server.url}/v1"]
     expected = _blank(unknown_body(server, path, "no-such-model"), "no-such-model")
     for name in names:
         if path.startswith("/v1/models/"):

@@ -17,7 +17,6 @@ from lmgauge.gateway.ollama_api import parse_chat, parse_generate
 from lmgauge.gateway.openai_api import parse_chat as openai_chat
 from lmgauge.types import ChatRequest, Message
 
-
 # --- admission --------------------------------------------------------------------------------------
 
 def test_admission_runs_limit_queues_fifo_then_refuses():

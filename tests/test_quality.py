@@ -12,9 +12,8 @@ import pytest
 from lmgauge.config import Settings
 from lmgauge.engines import compute
 from lmgauge.errors import InvalidOptionError
-from lmgauge.quality import QualityConfig, run_quality, write_outputs
+from lmgauge.quality import QualityConfig, run_quality, stats, write_outputs
 from lmgauge.quality import corpus as corpus_mod
-from lmgauge.quality import stats
 from lmgauge.quality.report import table, verdict_table
 from lmgauge.quality.scorer import Scorer
 from lmgauge.store import Store

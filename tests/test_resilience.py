@@ -7,7 +7,6 @@ import random
 import time
 
 import pytest
-from standins import OllamaStandin, OpenAIStandin
 
 from lmgauge.client import Client
 from lmgauge.config import ResilienceSettings, Settings
@@ -25,6 +24,7 @@ from lmgauge.resilience import (
     guarded_stream,
 )
 from lmgauge.types import Chunk
+from standins import OllamaStandin, OpenAIStandin
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

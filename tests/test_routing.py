@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from standins import OllamaStandin
 
 from lmgauge.client import Client
 from lmgauge.config import Settings
@@ -34,6 +33,7 @@ from lmgauge.routing import (
 )
 from lmgauge.store import Store
 from lmgauge.types import Result, Timings
+from standins import OllamaStandin
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_labeled_set_is_large_varied_and_split():
 
 
 def test_features_see_code_math_and_length():
-    short = dict(zip(FEATURE_NAMES, text_features("What is the capital of France?")))
-    code = dict(zip(FEATURE_NAMES, text_features("Refactor this:\n```python\ndef f(x):\n    return x\n```")))
-    proof = dict(zip(FEATURE_NAMES, text_features("Prove the theorem and derive the formula for the variance.")))
+    short = dict(zip(FEATURE_NAMES, text_features("What is the capital of France?"), strict=True))
+    code = dict(zip(FEATURE_NAMES, text_features("Refactor this:\n```python\ndef f(x):\n    return x\n```"), strict=True))
+    proof = dict(zip(FEATURE_NAMES, text_features("Prove the theorem and derive the formula for the variance."), strict=True))
     assert short["simple_start"] == 1 and code["simple_start"] == 0
     assert code["code_marks"] >= 2 and short["code_marks"] == 0
     assert proof["math_words"] >= 3
@@ -98,7 +98,7 @@ def test_feature_classifier_generalizes_to_the_test_split(embedder):
     test = load_queries("test")
     proba = clf.predict_proba([q.text for q in test])
     assert proba.shape == (len(test), 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
-    accuracy = np.mean([LEVELS[i] == q.label for i, q in zip(proba.argmax(axis=1), test)])
+    accuracy = np.mean([LEVELS[i] == q.label for i, q in zip(proba.argmax(axis=1), test, strict=True)])
     assert accuracy >= 0.85
 
 

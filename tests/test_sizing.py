@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import pairwise
 
 import pytest
 
@@ -169,9 +170,9 @@ CONFIGS = [
 def test_estimate_grows_with_num_ctx(config):
     info = make_info()
     totals = [sizing.estimate(info, n, **config).total_bytes for n in range(16, 8193, 16)]
-    assert all(a <= b for a, b in zip(totals, totals[1:]))
+    assert all(a <= b for a, b in pairwise(totals))
     kv = [sizing.estimate(info, n, **config).kv_bytes for n in range(256, 8193, 256)]
-    assert all(a < b for a, b in zip(kv, kv[1:]))
+    assert all(a < b for a, b in pairwise(kv))
 
 
 @pytest.mark.parametrize("config", CONFIGS)

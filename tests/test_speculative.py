@@ -54,9 +54,9 @@ def speculative(rng: np.random.Generator, k: int, trust_drafts: bool = False) ->
             drafts.append(prev)
 
         def sample_row(i: int) -> int | None:
-            tok = int(rng.choice(V, p=TARGET[drafts[i - 1] if i else context]))
-            if trust_drafts and i < len(drafts):
-                tok = drafts[i]
+            tok = int(rng.choice(V, p=TARGET[drafts[i - 1] if i else context]))  # noqa: B023  called within this iteration, not after the loop
+            if trust_drafts and i < len(drafts):  # noqa: B023  called within this iteration, not after the loop
+                tok = drafts[i]  # noqa: B023  called within this iteration, not after the loop
             out.append(tok)
             return tok if len(out) < LENGTH else None
 
@@ -122,8 +122,8 @@ def test_greedy_output_is_the_targets_own():
 
             def sample_row(i, drafts=drafts, context=context):
                 tok = int(np.argmax(TARGET[drafts[i - 1] if i else context]))
-                out.append(tok)
-                return tok if len(out) < 6 else None
+                out.append(tok)  # noqa: B023  called within this iteration, not after the loop
+                return tok if len(out) < 6 else None  # noqa: B023  called within this iteration, not after the loop
 
             verify(drafts, sample_row)
             steps += 1

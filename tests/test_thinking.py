@@ -103,9 +103,8 @@ def test_the_ollama_engine_keeps_an_upstreams_thinking(start_standin, make_setti
 @pytest.mark.integration
 def test_gateway_carries_thinking_to_both_apis_and_refuses_it_for_smollm2(tmp_path, start_standin):
     from gateway_server import GatewayServer
-    from standins import OllamaStandin
-
     from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
+    from standins import OllamaStandin
 
     upstream = start_standin(OllamaStandin, thinking="Rayleigh scattering, probably.")
     settings = Settings(home=tmp_path, keep_alive=-1, gateway=GatewaySettings(

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-from test_cli import assert_one_line_error, lmgauge
-
 from lmgauge import tool_loop
 from lmgauge.types import Message, Result, Timings
+from test_cli import assert_one_line_error, lmgauge
 
 TOOLS_PY = '''
 def get_weather(city: str, unit: str = "celsius") -> str:

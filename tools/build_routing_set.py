@@ -71,14 +71,14 @@ def simple_templates(rng: random.Random) -> dict[str, list[str]]:
         "arith": [rng.choice(["What is {a} + {b}?", "what's {a} times {b}", "What is {a} minus {b}?"]).format(
             a=rng.randint(10, 99), b=rng.randint(2, 20)) for _ in range(PER_TEMPLATE)],
         "translate": [f"Translate '{p}' into {lang}." for p, lang in zip(rng.sample(PHRASES, PER_TEMPLATE),
-                                                                      rng.sample(LANGUAGES, PER_TEMPLATE))],
+                                                                      rng.sample(LANGUAGES, PER_TEMPLATE), strict=True)],
     }
 
 
 def moderate_templates(rng: random.Random) -> dict[str, list[str]]:
     return {
         "function": [f"Write a {lang} function that {t}." for lang, t in zip(rng.sample(LANGS, PER_TEMPLATE),
-                                                                       rng.sample(SMALL_TASKS, PER_TEMPLATE))],
+                                                                       rng.sample(SMALL_TASKS, PER_TEMPLATE), strict=True)],
         "difference": [f"Explain the difference between {a} and {b}, with an example of each."
                        for a, b in rng.sample(PAIRS, PER_TEMPLATE)],
         "email": [f"Write a short, polite email to {r} about {t}." for r, t in rng.sample(RECIPIENTS, PER_TEMPLATE)],
@@ -93,7 +93,7 @@ def complex_templates(rng: random.Random) -> dict[str, list[str]]:
                   "say what evidence would change your mind." for p in rng.sample(POSITIONS, PER_TEMPLATE)],
         "implement": [f"Implement {a} in {lang}, analyze the time and space complexity of each operation, and write "
                       "tests for the edge cases." for a, lang in zip(rng.sample(ALGORITHMS, PER_TEMPLATE),
-                                                                  rng.sample(LANGS, PER_TEMPLATE))],
+                                                                  rng.sample(LANGS, PER_TEMPLATE), strict=True)],
         "compare3": [f"Compare {a}, {b} and {c} for {ctx} in terms of cost, operational complexity, performance "
                      "and risk, then recommend one and explain when you would choose differently."
                      for a, b, c, ctx in rng.sample(OPTIONS3, PER_TEMPLATE)],

@@ -87,7 +87,7 @@ def print_records(console: Console, rows: Rows) -> None:
     for n, row in enumerate(rows.rows):
         if n and rows.header:
             console.print()
-        for name, cell in zip(rows.columns, row):
+        for name, cell in zip(rows.columns, row, strict=False):
             pieces = textwrap.wrap(plain_cell(cell), width, break_long_words=False, break_on_hyphens=False) or [""]
             label = f"{name}:" if rows.header else name
             console.print(escape(f"{label:<{label_width}}{pieces[0]}"), highlight=False, crop=False)

@@ -160,7 +160,7 @@ def _ollama_store_models() -> list[ModelInfo]:
         except (OSError, ValueError):
             continue
         blob = next(
-            (l["digest"] for l in layers if l.get("mediaType") == "application/vnd.ollama.image.model"),
+            (layer["digest"] for layer in layers if layer.get("mediaType") == "application/vnd.ollama.image.model"),
             None,
         )
         if not blob:

@@ -339,7 +339,7 @@ def kv_cache_bytes(
     heads = _per_layer(info, "attention.head_count_kv", info.n_head_kv)
     cells = kv_cells(info, n_ctx, n_parallel, n_ubatch, kv_unified=kv_unified, swa_full=swa_full)
     total = 0
-    for n_cells, n_kv_heads in zip(cells, heads):
+    for n_cells, n_kv_heads in zip(cells, heads, strict=False):
         k_row = n_kv_heads * info.head_dim_k // block * block_bytes
         v_row = n_kv_heads * info.head_dim_v // block * block_bytes
         total += n_cells * (k_row + v_row)

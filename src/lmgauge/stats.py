@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ def tpot_ms(ttft_ms: float | None, e2e_ms: float | None, output_tokens: int) -> 
 
 def itl_ms(chunk_ns: list[int]) -> list[float]:
     """ITL of one request: the gaps between its successive content chunks."""
-    return [(b - a) / 1e6 for a, b in zip(chunk_ns, chunk_ns[1:])]
+    return [(b - a) / 1e6 for a, b in pairwise(chunk_ns)]
 
 
 def pooled_itl(per_request_itl: list[list[float]]) -> list[float]:

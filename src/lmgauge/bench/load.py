@@ -33,7 +33,17 @@ from .machine import describe_machine, engine_process
 from .metrics import goodput, pooled_itl, saturation_index, summarize
 from .prompts import BenchPrompt
 from .results import Run, RunStore, Sample
-from .runner import OnSample, Progress, Recorder, describe_model, lifecycle, loaded_details, measure, memory_report, nonce
+from .runner import (
+    OnSample,
+    Progress,
+    Recorder,
+    describe_model,
+    lifecycle,
+    loaded_details,
+    measure,
+    memory_report,
+    nonce,
+)
 
 # --slo names -> the Sample field each bounds.
 SLO_METRICS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms", "itl": "itl_ms"}

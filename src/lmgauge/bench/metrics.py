@@ -74,7 +74,7 @@ class CostFit:
 
 def fit_cost_curve(n_tokens: list[float], values: list[float]) -> CostFit:
     """Fit t = a + b n + c n^2 (and the log-log slope) to samples; needs >= 3 distinct n."""
-    pairs = [(float(n), float(t)) for n, t in zip(n_tokens, values) if t is not None and n]
+    pairs = [(float(n), float(t)) for n, t in zip(n_tokens, values, strict=True) if t is not None and n]
     x = np.asarray([p[0] for p in pairs])
     y = np.asarray([p[1] for p in pairs])
     if len(set(x.tolist())) < 3:

@@ -511,7 +511,7 @@ def _plot_bench(run: Run, axes: Any) -> None:
         data = [values(k, name) for k in labels]
         means = [sum(d) / len(d) if d else 0 for d in data]
         ax.bar(positions, means, 0.6, yerr=[_sd(d) for d in data], capsize=4, color=color)
-        for x, m in zip(positions, means):
+        for x, m in zip(positions, means, strict=True):
             ax.annotate(f"{m:.1f}", (x, m), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
                         textcoords="offset points")
         ax.set_xticks(positions, labels, fontsize=8)

@@ -22,9 +22,9 @@ from typing import Any
 
 from ..errors import InvalidOptionError
 from ..models import file_sha256
+from ..stats import Summary, pooled_itl, summarize, tpot_ms
 from ..store import Store
 from ..types import Result
-from ..stats import Summary, pooled_itl, summarize, tpot_ms
 
 SCHEMA_VERSION = 1
 

@@ -456,7 +456,7 @@ def analyze_sweep(run: Run, ref: ModelRef | None = None) -> dict[str, Any]:
             est = memory_estimate(info, max(int(p["prompt_tokens"] or p["ctx"]), 16),
                                   model_info.get("kv_type", "f16"), 1)
             kv.append(est["kv_bytes"] if est else None)
-        for p, k in zip(points, kv):
+        for p, k in zip(points, kv, strict=True):
             p["kv_bytes"] = k
     tpot = [(s.prompt_tokens, s.engine_tpot_ms or s.tpot_ms) for s in ok if (s.engine_tpot_ms or s.tpot_ms)]
     if len({n for n, _ in tpot}) >= 2:

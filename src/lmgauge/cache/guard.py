@@ -154,7 +154,7 @@ def word_swap(a: str, b: str, embedder: Embedder, synonym: float = 0.3) -> str |
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes():
         if op != "replace" or i2 - i1 != j2 - j1:
             continue
-        for x, y in zip(wa[i1:i2], wb[j1:j2]):
+        for x, y in zip(wa[i1:i2], wb[j1:j2], strict=False):
             if _stem(x) != _stem(y) and x not in STOPWORDS and y not in STOPWORDS:
                 pairs.append((x, y))
     if not pairs:

@@ -52,7 +52,7 @@ class RedisBackend:
         for key in keys:
             pipe.hmget(self._k("e", key), "question", "embedding", "expires")
         out, gone = [], []
-        for key, (question, embedding, expires) in zip(keys, pipe.execute()):
+        for key, (question, embedding, expires) in zip(keys, pipe.execute(), strict=True):
             if expires is None or float(expires) <= now:
                 gone.append(key)
             elif embedding:

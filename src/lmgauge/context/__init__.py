@@ -15,10 +15,6 @@
 
 import logging
 
-# A library does not print: warnings reach the user through Turn.warnings (the CLI shows them),
-# and through logging only where the application configures it (LMGAUGE_LOG=warning).
-logging.getLogger("lmgauge.context").addHandler(logging.NullHandler())
-
 from ..embedding import Embedder, make_embedder
 from .compaction import CompactionResult, Summarizer, compact, compactions, should_compact, turn_blocks
 from .conversation import Conversation, Prepared, Turn
@@ -27,6 +23,10 @@ from .retrieval import DocChunk, DocIndex, Retrieval
 from .search import HybridSearch, pack, rrf
 from .tokens import GGUFTokens, ServerTokens, TokenCounter, counter_for
 from .window import Budget, ContextWindow
+
+# A library does not print: warnings reach the user through Turn.warnings (the CLI shows them),
+# and through logging only where the application configures it (LMGAUGE_LOG=warning).
+logging.getLogger("lmgauge.context").addHandler(logging.NullHandler())
 
 __all__ = [
     "Budget", "CompactionResult", "ContextWindow", "Conversation", "DocChunk", "DocIndex", "Embedder",

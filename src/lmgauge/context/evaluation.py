@@ -35,16 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..stats import percentile
 from ..config import ContextSettings
 from ..embedding import Embedder
 from ..errors import ContextOverflowError
+from ..stats import percentile
 from ..store import Store
 from .conversation import Conversation
 from .memory import Memory, same_value
-from .slots import SUBJECT_USER
 from .retrieval import DocIndex
 from .search import pack
+from .slots import SUBJECT_USER
 from .synthetic import SynthConversation, conversation, corpus
 from .tokens import TokenCounter, counter_for
 from .window import ContextWindow
@@ -259,7 +259,7 @@ class ExtractionScore:
         self.wrong_subject += sum(1 for g in got if not any(match(g, f) for f in truth)
                                   and any(same_value(g.value, f.value) for f in truth))
         if memory is not None:
-            for f, g in zip(truth, matched):
+            for f, g in zip(truth, matched, strict=True):
                 if g is not None and g.key != memory.slots.canonical(f.key):
                     self.misfiled += 1
         self.proposed += len(extraction.proposed)

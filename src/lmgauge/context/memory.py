@@ -42,8 +42,16 @@ from ..store import Store
 from ..types import Message
 from .search import HybridSearch, pack
 from .slots import (
-    BY_KEY, NOTE, OTHER, SUBJECT_USER, VOCABULARY, Canonicaliser, key_words, normalise_key, normalise_subject,
-    same_slot, slot_for,
+    BY_KEY,
+    NOTE,
+    OTHER,
+    SUBJECT_USER,
+    VOCABULARY,
+    Canonicaliser,
+    key_words,
+    normalise_key,
+    normalise_subject,
+    slot_for,
 )
 
 if TYPE_CHECKING:
@@ -503,8 +511,8 @@ class Memory:
             fresh = self.embedder.embed([texts[i] for i in missing])
             with self.store.connect() as db:
                 db.executemany(f"UPDATE {table} SET embed_model = ?, embedding = ? WHERE id = ?",
-                               [(self.embedder.name, to_blob(v), ids[i]) for i, v in zip(missing, fresh)])
-            for i, v in zip(missing, fresh):
+                               [(self.embedder.name, to_blob(v), ids[i]) for i, v in zip(missing, fresh, strict=True)])
+            for i, v in zip(missing, fresh, strict=True):
                 rows[ids[i]] = (self.embedder.name, to_blob(v))
         return np.stack([from_blob(rows[row_id][1]) for row_id in ids])
 

@@ -33,7 +33,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         needles.add_row(name, str(s["num_ctx"]), _pct(s["in_prompt"]),
                         _pct(s["correct"]) if s["answered"] else "not asked",
                         _pct(s["stale"]) if s["answered"] else "-", str(s["questions"]))
-        alerts = ", ".join(f"t{t} {f:.0%}" for t, f in zip(s["alert_turn"], s["alert_fraction"]) if t) or "-"
+        alerts = ", ".join(f"t{t} {f:.0%}" for t, f in zip(s["alert_turn"], s["alert_fraction"], strict=True) if t) or "-"
         refused = ", ".join(f"t{r}" for r in s["refused_at"] if r) or "-"
         run = next(r for r in report["runs"] if r["name"] == s["name"])
         tokens.add_row(name, str(run["tokens_first"]), str(s["tokens_max"]), str(s["limit"]),

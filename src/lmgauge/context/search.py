@@ -80,7 +80,7 @@ class HybridSearch:
         q = self._tokenizer.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)
         k = min(k, len(self.texts))
         ids, scores = self._bm25.retrieve(q, k=k, show_progress=False)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
 
     def dense(self, query: str, k: int) -> list[tuple[int, float]]:
         """Ids and cosine similarities, best first."""

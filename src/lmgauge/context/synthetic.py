@@ -278,7 +278,7 @@ def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5,
     state_at = sorted(rng.sample(free(0, first_third), len(specs)))
     rng.shuffle(specs)
     others: dict[str, list[str]] = {}
-    for spec, i in zip(specs, state_at):
+    for spec, i in zip(specs, state_at, strict=True):
         values = list(spec.values)
         rng.shuffle(values)
         v = values[0]
@@ -321,7 +321,7 @@ def conversation(seed: int, turns: int = 100, slots: int = 10, updates: int = 5,
     asked = [s for s in specs if s.key not in to_retract]
     ask_at = sorted(rng.sample(free(ask_from, turns), min(len(asked), len(free(ask_from, turns)))))
     rng.shuffle(asked)
-    for spec, i in zip(asked, ask_at):
+    for spec, i in zip(asked, ask_at, strict=False):
         said = SynthConversation(seed, [plan[k] for k in sorted(plan) if k < i])
         current = said.current_values(len(said.turns)).get(spec.key, [])
         if not current:

@@ -217,7 +217,7 @@ class Drafter:
         active: list[int] = []  # indexes into wants still drafting
         # Catch up: bring each sequence to the stream's tokens so far (cut what differs).
         feeds: list[tuple[int, list[int]]] = []
-        for i, (seq, history, k) in enumerate(wants):
+        for i, (seq, history, _k) in enumerate(wants):
             cache = self.caches[seq]
             keep = min(_common_prefix(cache, history), len(history) - 1)  # the last token is fed for its logits
             if keep < len(cache):
@@ -368,7 +368,7 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
         except EngineError:  # the draft model failed (its cells are cleared): plain steps this time
             log.exception("the draft model %s failed; decoding without drafts this step", drafter.path)
             drafts = [[] for _ in group]
-        for (job, _), draft in zip(group, drafts):
+        for (job, _), draft in zip(group, drafts, strict=True):
             job.spec.drafts = _grammar_cut(job, draft)
         elapsed = time.perf_counter_ns() - t0
         for job, _ in group:  # the streams drafted together: each waited for all of it

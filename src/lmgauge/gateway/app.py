@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import logging
+import socket
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any

@@ -452,7 +452,7 @@ class UpstreamPool:
                     async with self.session.get(node.url + path, timeout=liveness, headers=headers) as response:
                         await response.read()
                         ok, why = response.status == 200, f"health check answered {response.status}"
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     ok, why = False, f"health check failed: {type(exc).__name__} {exc}"
                 if not ok:
                     self._down(node, why)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-
 MARGIN_S = 3.0  # after the grace period: time for the cut answers to send their last event
 
 

@@ -133,7 +133,7 @@ def _table(rng: random.Random, d: int) -> tuple[str, Any]:
     n = [4, 6, 8][d]
     cities = rng.sample(CITIES, n)
     pops = rng.sample(range(120, 990), n)
-    rows = "\n".join(f"| {c} | {p} |" for c, p in zip(cities, pops))
+    rows = "\n".join(f"| {c} | {p} |" for c, p in zip(cities, pops, strict=True))
     table = f"| city | population (thousands) |\n|---|---|\n{rows}"
     if d == 0:
         i = rng.randrange(n)

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import summarize
 from ..embedding import Embedder
 from ..errors import LmgaugeError
+from ..stats import summarize
 from .classifier import Classifier, default_classifier
 from .queries import LEVELS, LabeledQuery
 from .router import Router
@@ -43,7 +43,7 @@ class ClassifierReport:
 
 def confusion_matrix(truth: list[str], predicted: list[str], labels: list[str]) -> np.ndarray:
     m = np.zeros((len(labels), len(labels)), dtype=int)
-    for t, p in zip(truth, predicted):
+    for t, p in zip(truth, predicted, strict=True):
         m[labels.index(t), labels.index(p)] += 1
     return m
 
@@ -79,7 +79,7 @@ def evaluate_classifier(classifier: Classifier, test: list[LabeledQuery], tiers:
     f1, per_class = macro_f1(m)
     report = ClassifierReport(
         classifier=classifier.name, n=len(test), accuracy=float(np.trace(m) / max(m.sum(), 1)), macro_f1=f1,
-        per_class_f1=dict(zip(labels, per_class)), labels=labels, confusion=m.tolist(),
+        per_class_f1=dict(zip(labels, per_class, strict=True)), labels=labels, confusion=m.tolist(),
         overhead_ms=summarize(overhead).to_dict(), model=model,
     )
     return report, predicted
@@ -135,7 +135,7 @@ def time_saved(routed_tiers: list[str], truth: list[str], times: list[TierTimes]
         means = by_tier[tier].mean_e2e_ms
         return means.get(level, float(np.mean(list(means.values()))) if means else 0.0)
 
-    routed = sum(cost(t, level) for t, level in zip(routed_tiers, truth))
+    routed = sum(cost(t, level) for t, level in zip(routed_tiers, truth, strict=True))
     always = sum(cost(largest.tier, level) for level in truth)
     return {"routed_ms": routed, "always_largest_ms": always,
             "saved_share": (1 - routed / always) if always else 0.0}

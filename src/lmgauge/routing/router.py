@@ -122,7 +122,7 @@ class Router:
         tier = self.tiers[index]
         return Decision(
             tier=tier.name, model=tier.model, confidence=confidence, reason=reason, index=index,
-            label=label, probabilities={c: float(p) for c, p in zip(self.classifier.classes, probs)},
+            label=label, probabilities={c: float(p) for c, p in zip(self.classifier.classes, probs, strict=True)},
             classifier=self.classifier.name, overhead_ms=(time.perf_counter_ns() - t0) / 1e6,
         )
 

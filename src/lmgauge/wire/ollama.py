@@ -35,7 +35,7 @@ THINK_LEVELS = ("low", "medium", "high")
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- tool calls: lmgauge's one shape ---------------------------------------------------------------
