@@ -142,7 +142,7 @@ class Options:
                 continue
             check_option(name, value)  # before conversion: the message shows the value as given
             if name in own:
-                kwargs[name] = _convert_option(name, value, own[name].type)
+                kwargs[name] = _convert_option(name, value, str(own[name].type))  # a str: annotations are postponed
             else:
                 extra[name] = value
         return cls(**kwargs, extra=extra)

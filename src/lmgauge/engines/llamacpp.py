@@ -60,7 +60,7 @@ KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYP
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 
-@L.llama_log_callback
+@L.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp's ctypes CFUNCTYPE is unannotated
 def _llama_log(level: int, text: bytes, _user_data: Any) -> None:
     log.debug(text.decode("utf-8", "replace").rstrip())
 
@@ -154,7 +154,7 @@ class Runner:
     def prompt_tokens(self, text: str) -> list[int]:
         return prompt_tokens(self.vocab, self.template, text)
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
         return chat_prompt_tokens(self.vocab, self.template, *toolcalls.template_inputs(self.template, messages, tools))
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class Runner:
         RSS by benchmarks/sizing_accuracy.py) plus its draft models', or weights + state for
         embedding runners."""
         if self.estimate is not None:
-            return self.estimate.total_bytes + sum(d.estimate.total_bytes for d in self.drafters.values())
+            return self.estimate.total_bytes + sum(d.estimate.total_bytes for d in self.drafters.values() if d.estimate)
         return int(L.llama_model_size(self.model)) + int(L.llama_state_get_size(self.ctx))
 
     def close(self) -> None:
@@ -239,7 +239,7 @@ def prompt_tokens(vocab: Any, template: ChatTemplate, text: str) -> list[int]:
 
 
 def chat_prompt_tokens(vocab: Any, template: ChatTemplate, messages: list[Message],
-                       tools: list[dict] | None = None, **variables: Any) -> list[int]:
+                       tools: list[dict[str, Any]] | None = None, **variables: Any) -> list[int]:
     """A conversation's prompt tokens; control tokens come from the template only, never from
     message text (client_text.py). `variables`: extra template inputs (thinking.py)."""
     return client_text.chat_tokens(
@@ -445,6 +445,7 @@ class LlamaCppEngine:
             if len(runner.drafters) > loaded:  # this request loaded the draft model: part of its load time
                 load_ns += time.perf_counter_ns() - t_draft
             sampler = Sampler(runner.vocab, options, grammar, lazy=plan.lazy(runner.vocab) if plan else None)
+            assert runner.scheduler is not None, "a generation runner has a scheduler (embedding runners do not)"
             job = runner.scheduler.submit(
                 Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop),
                     reuse_cache=self.settings.prefix_cache, spec=spec)
@@ -458,7 +459,7 @@ class LlamaCppEngine:
                 reasoning = ""
                 if splitter is not None:
                     reasoning, text = splitter.finish() if last else splitter.feed(text)
-                calls: list[dict] = []
+                calls: list[dict[str, Any]] = []
                 if parser is not None:
                     text, calls = parser.feed(text)
                     if last:
@@ -561,7 +562,7 @@ class LlamaCppEngine:
     def detokenize(self, model: str, tokens: list[int]) -> str:
         return detokenize(self._vocab(model), tokens)
 
-    def chat_tokens(self, model: str, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+    def chat_tokens(self, model: str, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The exact prompt tokens a chat request would evaluate (template included)."""
         vocab = self._vocab(model)
         template = make_template(inspect_gguf(model), vocab)

@@ -59,7 +59,8 @@ class OllamaEngine:
         body = wire.chat_body(request, request.model, self.stream)
 
         def call() -> Any:
-            return self._client.chat(
+            # ollama's overloads accept only a literal True or False for stream; ours is a bool.
+            return self._client.chat(  # type: ignore[call-overload,misc]
                 model=request.model,
                 messages=body["messages"],
                 tools=body.get("tools"),
@@ -76,7 +77,7 @@ class OllamaEngine:
         body = wire.generate_body(request, request.model, self.stream)
 
         def call() -> Any:
-            return self._client.generate(
+            return self._client.generate(  # type: ignore[call-overload,misc]  # the same: stream
                 model=request.model,
                 prompt=body["prompt"],
                 suffix=body.get("suffix"),
@@ -227,7 +228,7 @@ class OllamaEngine:
             raise self._error(exc, model) from exc
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves close() unannotated
 
     # --- errors ----------------------------------------------------------------------------------
     def _error(self, exc: Exception, model: str | None, received: int = 0) -> LmgaugeError:

@@ -168,7 +168,7 @@ class OpenAIEngine:
             if not isinstance(entry, dict) or "id" not in entry:
                 continue
             details = dict(entry)
-            meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}  # llama-server
+            meta = entry["meta"] if isinstance(entry.get("meta"), dict) else {}  # llama-server
             # The served window: vLLM's max_model_len; llama-server's meta has the trained one.
             if entry.get("max_model_len"):
                 details["context_length"] = entry["max_model_len"]

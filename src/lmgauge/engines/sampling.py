@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import random
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp.llama_cpp as L
 import numpy as np
@@ -31,15 +31,16 @@ DEFAULTS = {
 }
 
 
-def grammar_for(fmt: Format) -> str | None:
-    """GBNF text constraining output to JSON (any object) or to a JSON schema."""
+def grammar_for(fmt: Format | Literal[""]) -> str | None:
+    """GBNF text constraining output to JSON (any object) or to a JSON schema. "" is Ollama's
+    "no format", which a library caller may pass as the wire does."""
     if fmt is None or fmt == "":
         return None
     if fmt == "json":
         return JSON_GBNF
     if isinstance(fmt, dict):
         try:
-            grammar = json_schema_to_gbnf(json.dumps(fmt))
+            grammar: str = json_schema_to_gbnf(json.dumps(fmt))
         except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
             raise InvalidOptionError(f"unsupported JSON schema in format: {exc}") from None
         # The bundled Python converter lets raw control characters (newlines) into strings,
@@ -71,7 +72,10 @@ class Sampler:
         self._grammar = None
         self._vocab = vocab
         self._lazy = lazy
-        add = lambda s: L.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+
+        def add(sampler: Any) -> None:
+            L.llama_sampler_chain_add(self._chain, sampler)
+
         penalty = opt("repeat_penalty")
         freq, presence = opt("frequency_penalty"), opt("presence_penalty")
         if penalty != 1.0 or freq or presence:
@@ -109,7 +113,7 @@ class Sampler:
     def sample(self, ctx: Any, batch_index: int) -> int:
         """Sample from the logits of batch row `batch_index` and accept the token."""
         if self._grammar is None:
-            token = L.llama_sampler_sample(self._chain, ctx, batch_index)
+            token: int = L.llama_sampler_sample(self._chain, ctx, batch_index)
             if self._lazy is not None:
                 grammar = self._lazy.observe(token)
                 if grammar:

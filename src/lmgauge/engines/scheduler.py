@@ -35,6 +35,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from ..errors import EngineError
+from ..types import DoneReason
 from . import compute, speculative
 from .sampling import Sampler, StopMatcher
 from .speculative import SpecState
@@ -81,7 +82,7 @@ class TextEvent:
 class DoneEvent:
     """The job ended: why ("stop" | "length" | "cancel") and its engine-side clock and counts."""
 
-    reason: str
+    reason: DoneReason
     stats: EngineStats
 
 
@@ -114,12 +115,21 @@ class Job:
     n_past: int = 0
     last: int = -1
     out_index: int = -1
-    stats: EngineStats | None = None
+    stats: EngineStats = field(init=False)  # set anew by Scheduler.submit (its clock starts there)
     _utf8: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     output_ids: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.stats = EngineStats(prompt_tokens=len(self.tokens))
+
     def cancel(self) -> None:
         self.cancelled = True
+
+    @property
+    def held(self) -> Slot:
+        """The slot of a running job: set when the scheduler admits it, cleared when it finishes."""
+        assert self.slot is not None, "the job is not running"
+        return self.slot
 
 
 @dataclass(eq=False)
@@ -267,8 +277,8 @@ class Scheduler:
         for job in self._running():
             if job.cancelled:
                 # Free the cancelled sequence's cells: its cache is not worth the space.
-                L.llama_memory_seq_rm(self.mem, job.slot.seq, -1, -1)
-                job.slot.cache.clear()
+                L.llama_memory_seq_rm(self.mem, job.held.seq, -1, -1)
+                job.held.cache.clear()
                 self._finish(job, reason="cancel")
 
     def _step(self) -> None:
@@ -293,11 +303,11 @@ class Scheduler:
 
             speculative.propose(speculating, budget)
         for job in decoding:
-            self._put(n, job.last, job.n_past, job.slot.seq, True)
+            self._put(n, job.last, job.n_past, job.held.seq, True)
             job.out_index = n
             n += 1
             for i, tok in enumerate(job.spec.drafts if job.spec else ()):
-                self._put(n + i, tok, job.n_past + 1 + i, job.slot.seq, True)
+                self._put(n + i, tok, job.n_past + 1 + i, job.held.seq, True)
             n += len(job.spec.drafts) if job.spec else 0
         for job in prefilling:
             # One newcomer's prompt per step: llama.cpp's results depend slightly on how a batch
@@ -311,7 +321,7 @@ class Scheduler:
             chunk = job.pending[:take]
             completes = take == len(job.pending)
             for i, tok in enumerate(chunk):
-                self._put(n + i, tok, job.n_past + i, job.slot.seq, completes and i == take - 1)
+                self._put(n + i, tok, job.n_past + i, job.held.seq, completes and i == take - 1)
             job.out_index = n + take - 1 if completes else -1
             chunks.append((job, chunk))
             n += take
@@ -321,15 +331,15 @@ class Scheduler:
         decode_ns = time.perf_counter_ns() - t0
         if rc != 0:
             for job in decoding + [j for j, _ in chunks]:
-                L.llama_memory_seq_rm(self.mem, job.slot.seq, -1, -1)
-                job.slot.cache.clear()
+                L.llama_memory_seq_rm(self.mem, job.held.seq, -1, -1)
+                job.held.cache.clear()
                 self._finish(job, error=EngineError(f"llama_decode failed (code {rc})"))
             return
         for job in decoding:
-            job.slot.cache.append(job.last)
+            job.held.cache.append(job.last)
             job.n_past += 1
         for job, chunk in chunks:
-            job.slot.cache.extend(chunk)
+            job.held.cache.extend(chunk)
             job.n_past += len(chunk)
             job.pending = job.pending[len(chunk) :]
         for job in decoding:
@@ -344,24 +354,26 @@ class Scheduler:
     def _verify(self, job: Job, decode_ns: int) -> None:
         """Sample a speculating job's rows while its drafts match, keep the accepted drafts'
         cells and remove the rest (the target's and, lazily, the draft model's)."""
-        slot, drafts, base = job.slot, job.spec.drafts, job.n_past
+        spec = job.spec
+        assert spec is not None, "only a speculating job is verified"
+        slot, drafts, base = job.held, spec.drafts, job.n_past
 
         def row(i: int) -> int | None:
             job.n_past = base + i  # row i follows the last token and i drafts (the window check)
             return self._sample(job, job.out_index + i)
 
-        job.spec.verifying = True
+        spec.verifying = True
         try:
             accepted, _ = speculative.verify(drafts, row)
         finally:
-            job.spec.verifying = False
+            spec.verifying = False
         slot.cache.extend(drafts[:accepted])
         job.n_past = base + accepted
         if accepted < len(drafts):
             L.llama_memory_seq_rm(self.mem, slot.seq, len(slot.cache), -1)
         speculative.record(job, len(drafts), accepted, decode_ns)
-        if job.spec.done is not None:  # the job ended in this step: its stats are complete now
-            job.events.put(DoneEvent(job.spec.done, job.stats))
+        if spec.done is not None:  # the job ended in this step: its stats are complete now
+            job.events.put(DoneEvent(spec.done, job.stats))
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch
@@ -400,7 +412,7 @@ class Scheduler:
             return tok
         return None
 
-    def _finish(self, job: Job, reason: str = "", error: Exception | None = None) -> None:
+    def _finish(self, job: Job, reason: DoneReason = "error", error: Exception | None = None) -> None:
         if job.slot is not None:
             job.slot.job = None
             job.slot = None

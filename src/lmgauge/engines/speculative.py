@@ -41,7 +41,8 @@ import numpy as np
 
 from ..errors import EngineError, InvalidOptionError, ModelFileError
 from ..models import GGUFInfo
-from ..types import SpecStats, Speculation
+from ..sizing import MemoryEstimate
+from ..types import DoneReason, SpecStats, Speculation
 from . import compute
 
 if TYPE_CHECKING:  # the scheduler imports this module; only its Job type is needed here
@@ -184,7 +185,7 @@ class Drafter:
                  kv_type: Any, flash_attn: int):
         self.path = path
         self.info = info
-        self.estimate: Any = None  # sizing.MemoryEstimate, set by whoever checked it fits
+        self.estimate: MemoryEstimate | None = None  # set by whoever checked it fits
         self.n_batch = max(n_batch, n_slots)
         mparams = L.llama_model_default_params()
         self.model = compute.call(L.llama_model_load_from_file, path.encode(), mparams)
@@ -326,7 +327,7 @@ class SpecState:
     plain_first: bool = True  # the first decode step is plain: the request's own baseline
     drafts: list[int] = field(default_factory=list)  # this step's drafts (in the batch)
     verifying: bool = False  # the scheduler is sampling this step's rows
-    done: str | None = None  # the request ended during verification: its done reason
+    done: DoneReason | None = None  # the request ended during verification: its done reason
 
     @classmethod
     def create(cls, config: Speculation, prompt: list[int], drafter: Drafter | None,
@@ -343,7 +344,7 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
     grammar forbids are cut here, before they cost a verification row."""
     by_drafter: dict[Drafter, list[tuple[Job, int]]] = {}
     for job in jobs:
-        spec = job.spec
+        spec = _spec(job)
         spec.drafts = []
         if spec.plain_first:
             spec.plain_first = False
@@ -355,6 +356,7 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
             by_drafter.setdefault(spec.drafter, []).append((job, k))
             continue
         t0 = time.perf_counter_ns()
+        assert spec.lookup is not None, "a speculation without a draft model drafts by lookup"
         new = job.output_ids[spec.fed :]
         spec.lookup.extend(new)
         spec.fed += len(new)
@@ -362,34 +364,40 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
         spec.stats.draft_ns += time.perf_counter_ns() - t0
     for drafter, group in by_drafter.items():
         t0 = time.perf_counter_ns()
-        wants = [(job.slot.seq, job.tokens + job.output_ids, k) for job, k in group]
+        wants = [(job.held.seq, job.tokens + job.output_ids, k) for job, k in group]
         try:
-            drafts = drafter.propose(wants, group[0][0].spec.n_target_vocab)
+            drafts = drafter.propose(wants, _spec(group[0][0]).n_target_vocab)
         except EngineError:  # the draft model failed (its cells are cleared): plain steps this time
             log.exception("the draft model %s failed; decoding without drafts this step", drafter.path)
             drafts = [[] for _ in group]
         for (job, _), draft in zip(group, drafts, strict=True):
-            job.spec.drafts = _grammar_cut(job, draft)
+            _spec(job).drafts = _grammar_cut(job, draft)
         elapsed = time.perf_counter_ns() - t0
         for job, _ in group:  # the streams drafted together: each waited for all of it
-            job.spec.stats.draft_ns += elapsed
+            _spec(job).stats.draft_ns += elapsed
+
+
+def _spec(job: Job) -> SpecState:
+    """A speculating job's state (the scheduler passes only jobs with one here)."""
+    assert job.spec is not None, "the job does not speculate"
+    return job.spec
 
 
 def _grammar_cut(job: Job, drafts: list[int]) -> list[int]:
     keep = job.sampler.grammar_prefix(drafts)
-    job.spec.stats.grammar_cut += len(drafts) - keep
+    _spec(job).stats.grammar_cut += len(drafts) - keep
     return drafts[:keep]
 
 
 def record(job: Job, drafted: int, accepted: int, decode_ns: int) -> None:
     """Count one step of a speculating job: a speculative step if it verified drafts."""
-    stats = job.spec.stats
+    stats = _spec(job).stats
     if drafted:
         stats.steps += 1
         stats.drafted += drafted
         stats.accepted += accepted
         stats.verify_ns += decode_ns
-        job.spec.length.update(drafted, accepted)
+        _spec(job).length.update(drafted, accepted)
     else:
         stats.plain_steps += 1
         stats.plain_ns += decode_ns

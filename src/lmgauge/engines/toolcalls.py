@@ -259,7 +259,7 @@ class ToolCallParser:
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         self._buf += text
-        out, calls = "", []
+        out, calls = "", list[dict[str, Any]]()
         while True:
             if self._state == "undecided":
                 probe = self._buf.lstrip().removeprefix("<|python_tag|>").lstrip()
@@ -394,7 +394,7 @@ class ToolPlan:
         return self.tools if self.syntax.renders_tools else None
 
     def parser(self) -> ToolCallParser:
-        return ToolCallParser(self.syntax, {_function(t).get("name") for t in self.tools})
+        return ToolCallParser(self.syntax, {n for t in self.tools if isinstance(n := _function(t).get("name"), str)})
 
     def lazy(self, vocab: Any) -> LazyGrammar | None:
         return None if self.required else LazyGrammar(vocab, self.grammar, self.syntax)

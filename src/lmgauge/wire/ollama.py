@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import EngineError, InvalidOptionError
 from ..types import (
@@ -31,7 +31,7 @@ from ..types import (
 )
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-THINK_LEVELS = ("low", "medium", "high")
+THINK_LEVELS: tuple[Literal["low", "medium", "high"], ...] = ("low", "medium", "high")
 
 
 def now_iso() -> str:
@@ -140,8 +140,9 @@ def think_from_wire(value: Any) -> Think:
     """Ollama's `think`: true/false, or an effort level "low"/"medium"/"high"."""
     if value is None or isinstance(value, bool):
         return value
-    if value in THINK_LEVELS:
-        return value
+    for level in THINK_LEVELS:
+        if value == level:
+            return level
     raise InvalidOptionError('think must be true, false, "low", "medium" or "high"')
 
 
