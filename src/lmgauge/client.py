@@ -14,7 +14,7 @@ the caller used.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 from .config import Settings, load_settings, parse_duration
@@ -89,7 +89,7 @@ class Client:
                                      f"{ref.name} in this process), not a model served by {draft.engine}")
         return Speculation(draft=draft.target, draft_max=config.draft_max)
 
-    def _renamed(self, chunks: Iterator[Chunk], ref: ModelRef) -> Iterator[Chunk]:
+    def _renamed(self, chunks: Iterator[Chunk], ref: ModelRef) -> Generator[Chunk, None, None]:
         for chunk in with_client_clock(chunks):
             if chunk.result is not None:
                 chunk.result.model = ref.name
@@ -107,7 +107,7 @@ class Client:
         keep_alive: Any = None,
         tool_choice: ToolChoice = "auto",
         think: Think = None,
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk, None, None]:
         """Stream an answer; the last chunk (done=True) carries the Result with its timings.
         Chunks carry answer text (`content`), reasoning (`thinking`) and finished `tool_calls`."""
         ref = self.resolve(model)
@@ -131,7 +131,7 @@ class Client:
         options: OptionsLike = None,
         format: Format = None,
         keep_alive: Any = None,
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk, None, None]:
         ref = self.resolve(model)
         request = GenerateRequest(
             model=ref.target, prompt=prompt, system=system, raw=raw, options=as_options(options),

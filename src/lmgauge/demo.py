@@ -68,6 +68,7 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
         result = chunk.result or result
     console.print()
     rss_after = proc.memory_info().rss
+    assert result is not None, "the last chunk carries the result"
     _stats_table(console, result.timings)
     report["answer"] = {"text": result.content, "timings": result.timings.to_dict()}
 
@@ -119,7 +120,10 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
     # 6. Context budget: exact tokens, template included
     console.rule("[bold]6. The context budget of a conversation")
     if ref.engine == "llamacpp":
+        from .engines.llamacpp import LlamaCppEngine
+
         engine = client.engine(ref)
+        assert isinstance(engine, LlamaCppEngine)
         conversation = [Message("user", QUESTION), result.message, Message("user", "And why are sunsets red?")]
         used = len(engine.chat_tokens(ref.target, conversation))
         window = client.settings.num_ctx

@@ -193,7 +193,7 @@ def _hf_cache_models() -> list[ModelInfo]:
         for gguf_file in files:
             stem = gguf_file.stem
             quant = stem.rsplit("-", 1)[-1].rsplit(".", 1)[-1]
-            names = (f"{repo}:{quant}", f"hf:{repo}:{quant}", stem, f"{repo}:{quant.lower()}")
+            names: tuple[str, ...] = (f"{repo}:{quant}", f"hf:{repo}:{quant}", stem, f"{repo}:{quant.lower()}")
             if len(files) == 1:
                 names += (repo, f"hf:{repo}")
             out.append(_file_info(f"{repo}:{quant}", gguf_file, "Hugging Face cache", names))

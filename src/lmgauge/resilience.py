@@ -28,12 +28,13 @@ whole answer first, so they can retry even then.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,7 @@ class CircuitBreaker:
 
 def guarded_stream(
     start: Callable[[], Iterator[Chunk]], first_token_s: float, total_s: float, what: str
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     """Run `start()`'s stream in a worker thread and pass its chunks on, raising
     UpstreamTimeoutError when the first chunk or the end does not come in time.
 
@@ -280,7 +281,7 @@ class ResilientClient:
                     break
                 shown = 0
                 chunks = guarded_stream(
-                    lambda model=current: start(model), self.policy.first_token_timeout, self.policy.total_timeout, current
+                    functools.partial(start, current), self.policy.first_token_timeout, self.policy.total_timeout, current
                 )
                 try:
                     held: list[Chunk] = []

@@ -249,7 +249,7 @@ def parse_size(value: str | int) -> int:
     else:
         match = _SIZE_RE.match(value)
         unit = match.group(2).lower() if match else None
-        if match is None or unit not in _SIZE_UNITS:
+        if match is None or unit is None or unit not in _SIZE_UNITS:
             raise InvalidOptionError(
                 f"invalid size {value!r}; use bytes or a number with a unit: "
                 "KiB, MiB, GiB, TiB (or K, M, G, T), kB, MB, GB, TB (e.g. 4GiB, 512MB, 2G)"

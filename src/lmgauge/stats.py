@@ -20,6 +20,7 @@ them because a p99 of 5 samples is just the maximum. Pure functions: no I/O, no 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any
@@ -106,19 +107,19 @@ class Summary:
         return asdict(self)
 
 
-def clean(values: list[float | None]) -> list[float]:
+def clean(values: Sequence[float | None]) -> list[float]:
     """Drop None and NaN (a metric undefined for a sample, e.g. TPOT with one output token)."""
     return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
-def percentile(values: list[float | None], q: float) -> float | None:
+def percentile(values: Sequence[float | None], q: float) -> float | None:
     data = clean(values)
     if not data:
         return None
     return float(np.percentile(np.asarray(data), q))
 
 
-def summarize(values: list[float | None]) -> Summary:
+def summarize(values: Sequence[float | None]) -> Summary:
     data = clean(values)
     if not data:
         return Summary(0, None, None, None, None, None, None, None, None)

@@ -160,7 +160,9 @@ class Store:
     def log_request(self, record: RequestRecord) -> int:
         row = _row(record)
         with self.connect() as db:
-            return db.execute(_INSERT, row).lastrowid
+            row_id = db.execute(_INSERT, row).lastrowid
+        assert row_id is not None  # set by every INSERT
+        return row_id
 
     def log_requests(self, records: list[RequestRecord]) -> None:
         """Many rows in one transaction (the gateway's log writer batches what accumulated)."""
@@ -172,7 +174,8 @@ class Store:
         since: float | None = None, limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Newest first, filtered."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for column, value in (("model", model), ("status", status), ("source", source)):
             if value is not None:
                 where.append(f"{column} = ?")

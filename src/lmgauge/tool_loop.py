@@ -59,7 +59,7 @@ def _from_python(path: Path) -> Toolbox:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file: say what failed, in one line
         raise InvalidOptionError(f"--tools {path}: importing it failed: {type(exc).__name__}: {exc}") from None
-    functions = {name: f for name, f in vars(module).items()
+    functions: dict[str, Callable[..., Any]] = {name: f for name, f in vars(module).items()
                  if inspect.isfunction(f) and f.__module__ == module.__name__ and not name.startswith("_")}
     if not functions:
         raise InvalidOptionError(f"--tools {path}: defines no public functions to offer as tools")

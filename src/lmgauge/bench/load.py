@@ -171,6 +171,7 @@ def run_load(client: Client, config: LoadConfig, runs: RunStore | None = None,
             if concurrency:
                 level.closed_loop(concurrency)
             else:
+                assert rate is not None  # a level is a concurrency or a rate
                 level.open_loop(rate)
         info["memory"] = memory_report(proc, rss_before)
         info["loaded"] = loaded_details(client, ref)
@@ -386,12 +387,12 @@ def resolve_url_target(url: str, model: str | None, timeout: float = 10.0) -> tu
     if not base.endswith("/v1"):
         models = listing(f"{base}/api/tags", "models")
         if models is not None:
-            names = [m.get("name") or m.get("model") for m in models]
+            names = [n for m in models if (n := m.get("name") or m.get("model"))]
             return f"ollama:{_pick(model, names, url)}", {"ollama_host": base}
     api = base if base.endswith("/v1") else f"{base}/v1"
     models = listing(f"{api}/models", "data")
     if models is not None:
-        return f"openai:{_pick(model, [m.get('id') for m in models], url)}@{api}", {}
+        return f"openai:{_pick(model, [i for m in models if (i := m.get('id'))], url)}@{api}", {}
     raise EngineUnavailableError(f"{url} answers neither /api/tags (Ollama) nor /v1/models (OpenAI-compatible)")
 
 

@@ -8,6 +8,7 @@ goodput, cost-curve fits, the saturation point, run-against-run comparisons.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,7 +73,7 @@ class CostFit:
         return {**asdict(self), "exact": self.exact}
 
 
-def fit_cost_curve(n_tokens: list[float], values: list[float]) -> CostFit:
+def fit_cost_curve(n_tokens: Sequence[float | None], values: Sequence[float | None]) -> CostFit:
     """Fit t = a + b n + c n^2 (and the log-log slope) to samples; needs >= 3 distinct n."""
     pairs = [(float(n), float(t)) for n, t in zip(n_tokens, values, strict=True) if t is not None and n]
     x = np.asarray([p[0] for p in pairs])

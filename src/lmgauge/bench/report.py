@@ -557,8 +557,9 @@ def _plot_sweep(run: Run, axes: Any) -> None:
     ys = [s.engine_prefill_ms if use_engine else s.ttft_ms for s in ok]
     ax.plot(xs, ys, "o", alpha=0.5, label="measured")
     fit = a.get("prefill_fit") or a.get("ttft_fit")
-    if fit and xs:
-        grid = np.linspace(0, max(xs) * 1.05, 200)
+    known = [x for x in xs if x is not None]
+    if fit and known:
+        grid = np.linspace(0, max(known) * 1.05, 200)
         ax.plot(grid, fit["a"] + fit["b"] * grid + fit["c"] * grid**2, "-",
                 label="fit a + bn + cn² (exact through 3 sizes)" if fit.get("exact")
                 else f"fit a + bn + cn² (R² {fit['r2']:.3f})")

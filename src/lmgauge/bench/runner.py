@@ -92,7 +92,7 @@ def timed_request(client: Client, model: str, messages: list[dict[str, str]], op
     stream = client.chat_stream(model, messages, options=options)
     try:
         for chunk in stream:
-            if chunk.done:
+            if chunk.done and chunk.result is not None:
                 return chunk.result
             if cancel is not None and cancel.is_set():
                 raise RequestCancelled("cancelled")
@@ -182,8 +182,11 @@ def describe_model(client: Client, ref: ModelRef, num_ctx: int | None, runs: Run
     out: dict[str, Any] = {"engine": ref.engine, "target": ref.target, "source": ref.source, "url": ref.url,
                            "engine_version": engine_version(ref)}
     if ref.engine == "llamacpp":
+        from ..engines.llamacpp import LlamaCppEngine
+
         info = inspect_gguf(ref.target)
         engine = client.engine(ref)
+        assert isinstance(engine, LlamaCppEngine)
         window = num_ctx or engine.default_num_ctx(ref.target)
         out.update(gguf=info.summary(), num_ctx=window, file_size=info.file_size,
                    file_sha256=runs.sha256(ref.target) if runs else file_sha256(ref.target),
@@ -256,7 +259,7 @@ def run_bench(client: Client, config: BenchConfig, runs: RunStore | None = None,
                 if progress:
                     progress(label, done, total)
                 done += 1
-                base = dict(run_id=run.id, seq=0, model=model, prompt=prompt.name, rep=rep,
+                base: dict[str, Any] = dict(run_id=run.id, seq=0, model=model, prompt=prompt.name, rep=rep,
                             t_start_s=time.time() - run.started)
                 if failures >= config.max_consecutive_errors:
                     recorder.add(Sample(**base, status="skipped",
@@ -327,7 +330,10 @@ def token_counter(client: Client, ref: ModelRef) -> Callable[[list[dict[str, str
     text plus a small template allowance, else ~4 characters per token. The sweep records the
     prompt length the engine reports, so an estimate here only moves a point slightly."""
     if ref.engine == "llamacpp":
+        from ..engines.llamacpp import LlamaCppEngine
+
         engine = client.engine(ref)
+        assert isinstance(engine, LlamaCppEngine)
         return lambda ms: len(engine.chat_tokens(ref.target, [Message.from_dict(m) for m in ms]))
     try:
         client.tokenize(ref.name, "probe")
@@ -458,7 +464,7 @@ def analyze_sweep(run: Run, ref: ModelRef | None = None) -> dict[str, Any]:
             kv.append(est["kv_bytes"] if est else None)
         for p, k in zip(points, kv, strict=True):
             p["kv_bytes"] = k
-    tpot = [(s.prompt_tokens, s.engine_tpot_ms or s.tpot_ms) for s in ok if (s.engine_tpot_ms or s.tpot_ms)]
+    tpot = [(s.prompt_tokens, t) for s in ok if s.prompt_tokens is not None and (t := s.engine_tpot_ms or s.tpot_ms)]
     if len({n for n, _ in tpot}) >= 2:
         import numpy as np
 

@@ -24,7 +24,7 @@ NEGATION_WORDS = frozenset("not no never none nothing nobody nowhere neither nor
 # Antonyms made by a prefix ("unsafe", "illegal", "dislike"): a negation when the other question
 # has the bare word.
 NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-")
-NUMBER_WORDS = {w: i for i, w in enumerate(
+NUMBER_WORDS: dict[str, float] = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty".split())}
 NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from ..errors import InvalidOptionError
 from .backend import CacheStats, Candidate, Entry
@@ -39,13 +40,14 @@ class RedisBackend:
                      expires=float(data[b"expires"]), hits=int(data.get(b"hits", 0)))
 
     def get(self, key: str, now: float) -> Entry | None:
-        data = self.db.hgetall(self._k("e", key))
+        # cast: redis-py types replies as bytes | str; without decode_responses they are bytes
+        data = cast("dict[bytes, bytes]", self.db.hgetall(self._k("e", key)))
         if not data or float(data[b"expires"]) <= now:
             return None
         return self._entry(data)
 
     def neighbours(self, context_key: str, now: float) -> list[Candidate]:
-        keys = [k.decode() for k in self.db.smembers(self._k("c", context_key))]
+        keys = [k.decode() for k in cast("set[bytes]", self.db.smembers(self._k("c", context_key)))]
         if not keys:
             return []
         pipe = self.db.pipeline()
@@ -86,9 +88,9 @@ class RedisBackend:
             self._evict(count - max_entries)
 
     def _evict(self, n: int) -> None:
-        for raw in self.db.zrange(self._k("lru"), 0, n - 1):
+        for raw in cast("list[bytes]", self.db.zrange(self._k("lru"), 0, n - 1)):
             key = raw.decode()
-            data = self.db.hmget(self._k("e", key), "context_key")
+            data = cast("list[bytes | None]", self.db.hmget(self._k("e", key), "context_key"))
             pipe = self.db.pipeline()
             pipe.delete(self._k("e", key))
             pipe.zrem(self._k("lru"), key)

@@ -134,7 +134,7 @@ def turn_blocks(messages: list[Message]) -> tuple[list[Message], list[list[Messa
     i = 0
     while i < len(messages) and messages[i].role == "system":
         i += 1
-    head, blocks = messages[:i], []
+    head, blocks = messages[:i], list[list[Message]]()
     for m in messages[i:]:
         if m.role == "user" or not blocks:
             blocks.append([m])

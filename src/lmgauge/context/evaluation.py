@@ -215,8 +215,7 @@ def run_strategy(
         finally:
             conv.close()
         run.waits = conv.waits
-        for q in [q for q in synth.questions if run.refused_at is not None and q[0] >= run.refused_at]:
-            turn_no, t = q
+        for turn_no, t in [x for x in synth.questions if run.refused_at is not None and x[0] >= run.refused_at]:
             run.questions.append(QuestionResult(turn_no, t.slot or "", t.value or "", t.old, False))
         if memory_mode == "model":
             run.extraction = score.summary()

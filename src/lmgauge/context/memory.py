@@ -26,6 +26,7 @@ nearest the question, where small models weigh them most (they favour what they 
 
 from __future__ import annotations
 
+import builtins  # Memory has a method named list: its signatures say builtins.list
 import json
 import logging
 import re
@@ -165,6 +166,9 @@ A question or small talk has no memories: {"memories": []}."""
 # --- records -----------------------------------------------------------------------------------
 
 
+Action = Literal["new", "merged", "superseded", "appended", "retracted"]  # what remember() did
+
+
 @dataclass
 class MemoryItem:
     id: int
@@ -204,7 +208,7 @@ class Remembered:
     """What storing one memory did."""
 
     item: MemoryItem
-    action: Literal["new", "merged", "superseded", "appended", "retracted"]
+    action: Action
     replaced: list[MemoryItem] = field(default_factory=list)  # the rows it superseded or retracted
 
 
@@ -391,10 +395,11 @@ class Memory:
                 (kind, key, value, confidence, conversation, source_turn, source_text, now, now, embed_model,
                  vector, subject),
             ).lastrowid
+            assert new_id is not None  # set by every INSERT
             for m in replaced:
                 self._end(db, m.id, "superseded", new_id, ended)
             item = self._get(db, new_id)
-        action = "superseded" if replaced else ("appended" if current else "new")
+        action: Action = "superseded" if replaced else ("appended" if current else "new")
         return Remembered(item, action, replaced=replaced)
 
     @staticmethod
@@ -469,17 +474,17 @@ class Memory:
             rows = db.execute(sql + " ORDER BY updated DESC, id DESC", args).fetchall()
         return [MemoryItem.from_row(r) for r in rows]
 
-    def current(self, subject: str | None = None) -> list[MemoryItem]:
+    def current(self, subject: str | None = None) -> builtins.list[MemoryItem]:
         return self.list("current", subject=subject)
 
-    def ended(self) -> list[MemoryItem]:
+    def ended(self) -> builtins.list[MemoryItem]:
         """Memories that are no longer true (superseded or retracted), oldest change first."""
         with self.store.connect() as db:
             rows = db.execute("SELECT * FROM memories WHERE status IN ('superseded', 'retracted') "
                               "ORDER BY ended, id").fetchall()
         return [MemoryItem.from_row(r) for r in rows]
 
-    def history_note(self, item: MemoryItem, replaced: list[MemoryItem]) -> str:
+    def history_note(self, item: MemoryItem, replaced: builtins.list[MemoryItem]) -> str:
         """ "(changed from Lyon on turn 40)" for a current value that replaced others."""
         if not replaced:
             return ""
@@ -487,7 +492,7 @@ class Memory:
         when = f" on turn {item.source_turn}" if item.source_turn is not None else ""
         return f"(changed from {olds}{when})"
 
-    def turns(self, conversation: str, role: str | None = "user") -> list[tuple[int, int, str]]:
+    def turns(self, conversation: str, role: str | None = "user") -> builtins.list[tuple[int, int, str]]:
         """(row id, turn, content) of a conversation's archived messages, oldest first."""
         sql = "SELECT id, turn, content FROM memory_turns WHERE conversation = ?"
         args: list[Any] = [conversation]
@@ -497,7 +502,7 @@ class Memory:
         with self.store.connect() as db:
             return [(r[0], r[1], r[2]) for r in db.execute(sql + " ORDER BY turn, id", args)]
 
-    def _vectors(self, table: str, ids: list[int], texts: list[str]) -> np.ndarray | None:
+    def _vectors(self, table: str, ids: builtins.list[int], texts: builtins.list[str]) -> np.ndarray | None:
         """Stored vectors for these rows, (re)computing any made by another embedder."""
         if self.embedder is None or not ids:
             return None
@@ -517,7 +522,7 @@ class Memory:
         return np.stack([from_blob(rows[row_id][1]) for row_id in ids])
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid",
-               status: str | None = "current") -> list[tuple[MemoryItem, float]]:
+               status: str | None = "current") -> builtins.list[tuple[MemoryItem, float]]:
         """Memories best matching `query` (current ones unless status is None)."""
         items = self.list(status)
         if not items:
@@ -526,7 +531,7 @@ class Memory:
                              self._vectors("memories", [m.id for m in items], [m.text for m in items]))
         return [(items[i], score) for i, score in index.search(query, k, mode)]  # type: ignore[arg-type]
 
-    def outdated_turns(self, conversation: str, turns: list[tuple[int, int, str]]) -> set[int]:
+    def outdated_turns(self, conversation: str, turns: builtins.list[tuple[int, int, str]]) -> set[int]:
         """Turns (numbers) that state a value a later message replaced or retracted, and none of
         the slot's current values: recalling them would contradict memory ("I live in Lyon"
         after "We moved to Dublin"). A turn is 'before' the change by its number within the
@@ -564,7 +569,7 @@ class Memory:
         exclude_turns: set[int] | None = None,
         exclude_memories: set[int] | None = None,
         mode: str = "hybrid",
-    ) -> list[Recalled]:
+    ) -> builtins.list[Recalled]:
         """What to put in the prompt for `query`: current memories and archived user turns of
         this conversation (minus those already in the prompt, and those that state a value
         since replaced), ranked together by hybrid search and packed into `budget` tokens.
@@ -612,7 +617,7 @@ class Memory:
         chosen, _ = pack(ranked, lambda c: c.tokens, budget)
         return sorted(chosen, key=lambda c: (c.source == "memory", c.turn if c.turn is not None else -1))
 
-    def pinned(self, counter: TokenCounter, budget: int) -> list[MemoryItem]:
+    def pinned(self, counter: TokenCounter, budget: int) -> builtins.list[MemoryItem]:
         """The memories always kept in a compacted prompt: most mentioned, then most recent."""
         items = sorted(self.current(), key=lambda m: (-m.mentions, -m.updated))
         chosen, _ = pack(items, lambda m: counter.count_text(f"- {m.text}\n"), budget)

@@ -185,8 +185,9 @@ class Canonicaliser:
         if self.embedder is not None:
             names = list(self._names) + [(k, k) for k in existing]
             vocab = self._vocab_vectors()
+            assert vocab is not None  # there is an embedder
             extra = self.embedder.embed([k for k in existing]) if existing else None
-            matrix = vocab if extra is None else np.concatenate([vocab, extra])  # type: ignore[list-item]
+            matrix = vocab if extra is None else np.concatenate([vocab, extra])
             q = self.embedder.embed([key])[0]
             sims = matrix @ q / (np.linalg.norm(matrix, axis=1) * (np.linalg.norm(q) or 1.0) + 1e-9)
             best = int(np.argmax(sims))

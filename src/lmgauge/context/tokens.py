@@ -133,15 +133,20 @@ class ServerTokens:
 
 def counter_for(client: Client, model: str) -> TokenCounter:
     """The most exact counter available for a model (see the module docstring for the order)."""
+    from ..engines.llamacpp import LlamaCppEngine
     from ..models import resolve
 
     ref = client.resolve(model)
     if ref.engine == "llamacpp":
-        return GGUFTokens(client.engine(ref), ref.target)
+        engine = client.engine(ref)
+        assert isinstance(engine, LlamaCppEngine)
+        return GGUFTokens(engine, ref.target)
     try:  # the same model as a local GGUF (Ollama's store, HF cache, model_dirs)
         local = resolve(ref.target, client.settings)
     except UnknownModelError:
         local = None
     if local is not None and local.engine == "llamacpp":
-        return GGUFTokens(client.engine(local), local.target)
+        engine = client.engine(local)
+        assert isinstance(engine, LlamaCppEngine)
+        return GGUFTokens(engine, local.target)
     return ServerTokens()

@@ -118,7 +118,9 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     config = uvicorn.Config(
         app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=http_protocol(settings.gateway),
         lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
-        timeout_graceful_shutdown=settings.gateway.shutdown_grace + MARGIN_S, server_header=False,
+        # uvicorn's hint says int; it waits with asyncio, where a float is what it means
+        timeout_graceful_shutdown=settings.gateway.shutdown_grace + MARGIN_S,  # type: ignore[arg-type]
+        server_header=False,
     )
     server = graceful_server(config, app.state.gateway.cutoff, settings.gateway.shutdown_grace)
     sock = _listen(bind)  # bind first: a busy port is a one-line error, not a uvicorn log

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,12 +97,15 @@ class EngineBackend:
         engine: Any = self.engine
         return options.num_ctx or engine.default_num_ctx(self.ref.target)
 
-    def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
+    def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncGenerator[Chunk, None]:
         request = dataclasses.replace(request, model=self.ref.target)  # the client's request stays as sent
         trace.upstream = self.ref.url
         request.speculation = self.speculation
-        method = self.engine.chat if isinstance(request, ChatRequest) else self.engine.generate
-        return _threaded(lambda: method(request))
+        if isinstance(request, ChatRequest):
+            chat = request
+            return _threaded(lambda: self.engine.chat(chat))
+        generate = request
+        return _threaded(lambda: self.engine.generate(generate))
 
     async def embed(self, inputs: list[str]) -> Embeddings:
         return await asyncio.to_thread(self.engine.embed, self.ref.target, inputs)
@@ -120,7 +123,7 @@ class EngineBackend:
         pass
 
 
-async def _threaded(make: Any) -> AsyncIterator[Chunk]:
+async def _threaded(make: Any) -> AsyncGenerator[Chunk, None]:
     """Run a synchronous chunk iterator on its own thread; hand its chunks to the event loop.
 
     When the consumer stops early (client gone, timeout), the thread is told to close the
@@ -246,7 +249,7 @@ class UpstreamPool:
         return self.first_token_timeout if left is None else min(self.first_token_timeout, left)
 
     # --- generation ------------------------------------------------------------------------------
-    async def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncIterator[Chunk]:
+    async def stream(self, request: Request, stream: bool, trace: Trace) -> AsyncGenerator[Chunk, None]:
         errors: list[str] = []
         failed: list[str] = []  # counted as failovers only if another node then answers
         timeouts = 0
@@ -317,7 +320,7 @@ class UpstreamPool:
             raise UpstreamStatusError(node.url, response.status, str(message)[:500])
         return response
 
-    async def _call(self, node: Node, request: Request, stream: bool) -> AsyncIterator[Chunk]:
+    async def _call(self, node: Node, request: Request, stream: bool) -> AsyncGenerator[Chunk, None]:
         if node.kind == "ollama":
             if isinstance(request, ChatRequest):
                 path, body = "/api/chat", ollama_wire.chat_body(request, self.target, stream)
@@ -349,7 +352,7 @@ class UpstreamPool:
         finally:
             response.release()
 
-    async def _ollama_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+    async def _ollama_events(self, response: aiohttp.ClientResponse) -> AsyncGenerator[Chunk, None]:
         reader = ollama_wire.StreamReader(self.name)
         async for line in _lines(response):
             for chunk in reader.feed(orjson.loads(line)):
@@ -358,7 +361,7 @@ class UpstreamPool:
                     return
         raise EngineUnavailableError("the upstream closed the stream before its final message")
 
-    async def _openai_events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+    async def _openai_events(self, response: aiohttp.ClientResponse) -> AsyncGenerator[Chunk, None]:
         reader = openai_wire.StreamReader(self.name)
         async for line in _lines(response):
             if not line.startswith(b"data:"):
@@ -429,7 +432,7 @@ class UpstreamPool:
                 return None
             try:
                 response = await self._post(node, "/api/show", {"model": self.target})
-                obj = orjson.loads(await response.read())
+                obj: dict[str, Any] | None = orjson.loads(await response.read())
                 response.release()
                 return obj
             except (LmgaugeError, aiohttp.ClientError, OSError, ValueError):

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,14 +69,17 @@ PS_TIMEOUT_S = 2.0  # how long /api/ps waits for a remote engine to say what it 
 
 
 class Tier(Protocol):
-    name: str
-    model: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
 
 
 class Router(Protocol):
     """What the gateway needs of routing/ (routing/gateway.py) for a request sent to `auto`."""
 
-    def plan(self, request: Request) -> tuple[list[Tier], str]:
+    def plan(self, request: Request) -> tuple[Sequence[Tier], str]:
         """The tiers to try in order, and why the first was chosen (blocking: a classifier runs)."""
         ...
 
@@ -93,9 +96,9 @@ class ResponseCache(Protocol):
     """What the gateway needs of cache/ (cache/gateway.py): a stored answer for a request, and storing new ones. Called on the event
     loop: either fast plain functions or coroutines (for a network store such as Redis)."""
 
-    def get(self, backend: str, request: Request) -> Result | None: ...
+    def get(self, backend: str, request: Request) -> Result | None | Awaitable[Result | None]: ...
 
-    def put(self, backend: str, request: Request, result: Result) -> None: ...
+    def put(self, backend: str, request: Request, result: Result) -> None | Awaitable[None]: ...
 
     # `backend` is the resolved backend's identity (engine kind + server + target), never the
     # name the client sent: one name cannot read or write another backend's answers.
@@ -423,7 +426,7 @@ class Gateway:
             p.released = True
             p.admission.release()
 
-    async def start_stream(self, p: Prepared) -> AsyncIterator[Chunk]:
+    async def start_stream(self, p: Prepared) -> AsyncGenerator[Chunk, None]:
         """The answer's chunks; the first is already here, so a failure before it raised."""
         chunks = self._run(p)
         try:
@@ -438,13 +441,14 @@ class Gateway:
             async for chunk in chunks:
                 if chunk.done:
                     result = chunk.result
+                    assert result is not None, "a done chunk carries the result"
                     if parts:
                         result.content = "".join(parts)
                     return result
                 parts.append(chunk.content)
         raise EngineError("the backend ended without a result")  # pragma: no cover
 
-    async def _run(self, p: Prepared) -> AsyncIterator[Chunk]:
+    async def _run(self, p: Prepared) -> AsyncGenerator[Chunk, None]:
         """The answer's chunks. An `auto` attempt that a larger tier may replace is held back
         until it passes the router's check; on the last tier (or without routing) chunks flow live."""
         while p.route is not None and not p.route.last:
@@ -462,7 +466,7 @@ class Gateway:
             async for chunk in attempt:
                 yield chunk
 
-    async def _attempt(self, p: Prepared, hold: bool) -> AsyncIterator[Chunk]:
+    async def _attempt(self, p: Prepared, hold: bool) -> AsyncGenerator[Chunk, None]:
         """One backend's answer, timed, cached and recorded; `hold`: checked before it is final."""
         gw = self.settings.gateway
         loop = asyncio.get_running_loop()
@@ -470,8 +474,8 @@ class Gateway:
         total_deadline = start + gw.request_timeout
         # A pool times each node's first token itself, so that it can move on to the next node
         # within the request's deadline; a single engine's first token is timed here.
-        own_first = isinstance(p.backend, UpstreamPool) or not gw.first_token_timeout
-        first_deadline = total_deadline if own_first else start + gw.first_token_timeout
+        first_timeout = None if isinstance(p.backend, UpstreamPool) else gw.first_token_timeout
+        first_deadline = total_deadline if not first_timeout else start + first_timeout
         p.trace.deadline = total_deadline
         first_ns: int | None = None
         status, error, result = "cancel", None, None
@@ -481,7 +485,7 @@ class Gateway:
             cached = await _maybe_await(self.cache.get(p.backend.identity, p.request)) if self.cache is not None else None
             if cached is not None:
                 cache_hit = True
-                chunks: AsyncIterator[Chunk] = _replay(cached)
+                chunks: AsyncGenerator[Chunk, None] = _replay(cached)
             else:
                 chunks = p.backend.stream(p.request, p.stream, p.trace)
             try:
@@ -516,6 +520,7 @@ class Gateway:
                         first_ns = time.perf_counter_ns()
                     if chunk.done:
                         result = chunk.result
+                        assert result is not None, "a done chunk carries the result"
                         self._stamp(p, result, first_ns)
                         status = "ok"
                         why = self.router.check(p.request, result) if hold and self.router is not None else None
@@ -635,7 +640,7 @@ class Gateway:
         admission = self._admission_for(backend)
         await admission.acquire(self.settings.gateway.request_timeout)
         try:
-            emb = await self._within_deadline(arrived, "embedding", backend.embed(inputs))
+            emb: Embeddings = await self._within_deadline(arrived, "embedding", backend.embed(inputs))
         finally:
             admission.release()
         if dimensions is not None:  # Matryoshka-style: keep the first N, renormalise
@@ -709,10 +714,10 @@ class Gateway:
             first = loaded[0]
             name = self._asked_as.get(first.name) or self._served_names.get(first.name, first.name)
             size = sum(m.size_bytes or 0 for m in loaded)
-            expires = [m.expires_at for m in loaded]
+            expires = [m.expires_at for m in loaded if m.expires_at]
             entry = _tag_entry(name, first.path, size)
             entry.update(size=size, size_vram=0, context_length=max(m.context_length or 0 for m in loaded),
-                         expires_at=_iso(max(expires)) if all(expires) else "0001-01-01T00:00:00Z")
+                         expires_at=_iso(max(expires)) if len(expires) == len(loaded) else "0001-01-01T00:00:00Z")
             entry.pop("modified_at", None)
             out.append(entry)
         return out
@@ -742,7 +747,7 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+async def _prepend(first: Chunk, rest: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
     try:
         yield first
         if first.done:
@@ -753,7 +758,7 @@ async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Ch
         await rest.aclose()
 
 
-async def _replay(result: Result) -> AsyncIterator[Chunk]:
+async def _replay(result: Result) -> AsyncGenerator[Chunk, None]:
     if result.content:
         yield Chunk(content=result.content)
     yield Chunk(done=True, result=result)

@@ -15,7 +15,7 @@ engine's slot) generating to the end, and fire-and-disconnect fills every slot f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -25,7 +25,7 @@ from ..errors import ClientGoneError
 T = TypeVar("T")
 
 
-async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> None:
     """Returns when the server reports the client gone. The body has been read already, so the
     only message left to come is the disconnect (or, once the response is sent, nothing)."""
     while True:

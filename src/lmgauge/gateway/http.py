@@ -60,6 +60,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             body = await _read_body(request, limit)
     except TimeoutError:
 
+        assert limits is not None  # only a configured body timeout expires
         raise BodyTimeoutError(f"the request body did not arrive within {limits.body_timeout:g}s "
                                "(gateway.body_timeout)") from None
     data = _parse(body)
@@ -131,7 +132,8 @@ def _json_type(value: Any) -> str:
 
 
 def model_name(body: dict[str, Any]) -> str:
-    name = get(body, "model", str, required=True).strip()
+    value: str = get(body, "model", str, required=True)
+    name = value.strip()
     if not name:
         raise InvalidOptionError("model is required")
     return name

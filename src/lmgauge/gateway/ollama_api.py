@@ -42,7 +42,8 @@ router = APIRouter()
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 # --- request parsing ------------------------------------------------------------------------------
@@ -114,7 +115,8 @@ async def _answer(request: Request, kind: str) -> Response:
         body = await read_json(request, gateway.settings.gateway.max_body_bytes)
         call, stream = parse_chat(body) if kind == "chat" else parse_generate(body)
         make = chat_object if kind == "chat" else generate_object
-        if kind == "chat" and not call.messages or kind == "generate" and not call.prompt and not call.suffix:
+        empty = not call.messages if isinstance(call, ChatRequest) else not call.prompt and not call.suffix
+        if empty:
             # An empty request loads the model, or with keep_alive 0 unloads it (Ollama's convention).
             reason = await gateway.load_or_unload(call.model, call.keep_alive, call.options)
             obj = make(call.model, "", True)

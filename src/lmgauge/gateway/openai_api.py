@@ -34,7 +34,8 @@ router = APIRouter()
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 # --- request parsing ------------------------------------------------------------------------------

@@ -51,13 +51,13 @@ def verdicts(rows: list[Row], budgets: list[int] | None, ctx: int) -> list[dict[
         budgets = [b for b in BUDGET_STEPS if min(sizes) / 2 < b <= max(sizes) * 2]
     out = []
     for budget in budgets:
-        fit = [r for r in rows if predicted[r.label] is not None and predicted[r.label] <= budget]
+        fit = [r for r in rows if (p := predicted[r.label]) is not None and p <= budget]
         entry: dict[str, Any] = {"budget_bytes": budget, "ctx": ctx, "fits": [r.label for r in fit]}
         if not fit:
             smallest = min(rows, key=lambda r: predicted[r.label] or math.inf, default=None)
             need = predicted[smallest.label] if smallest else None
             entry["text"] = (f"fits in {format_size(budget)} at {ctx} ctx: nothing measured fits"
-                             + (f" (the smallest, {smallest.label}, needs {format_size(need)})" if need else ""))
+                             + (f" (the smallest, {smallest.label}, needs {format_size(need)})" if smallest and need else ""))
             out.append(entry)
             continue
         best = min(fit, key=lambda r: (r.kld_mean() if not math.isnan(r.kld_mean()) else math.inf, -(r.decode_tps or 0)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 from types import TracebackType
+from typing import Any
 
 import llama_cpp.llama_cpp as L
 import numpy as np
@@ -60,9 +61,9 @@ class Scorer:
             self.model = None
             raise EngineError(f"llama.cpp could not create a {self.n_ctx}-token context with KV type "
                               f"{self.kv_type} for {self.path}")
-        self.vocab = L.llama_model_get_vocab(self.model)
-        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.bos = L.llama_vocab_bos(self.vocab) if L.llama_vocab_get_add_bos(self.vocab) else None
+        self.vocab: Any = L.llama_model_get_vocab(self.model)
+        self.n_vocab: int = L.llama_vocab_n_tokens(self.vocab)
+        self.bos: int | None = L.llama_vocab_bos(self.vocab) if L.llama_vocab_get_add_bos(self.vocab) else None
 
     def chunk_logits(self, tokens: list[int] | np.ndarray, first: int) -> np.ndarray:
         """Decode one chunk (len(tokens) == n_ctx, the BOS substitution already done) from an

@@ -89,6 +89,8 @@ def choose_reference(model_path: str, settings: Settings, reference: str | None 
                                         f"{bits_per_weight(ref):.2f} bits/weight)")
     best, best_bpw = model_path, bits_per_weight(model)
     for found in local_models(settings):
+        if found.path is None:
+            continue
         try:
             info = inspect_gguf(found.path)
         except ModelFileError:

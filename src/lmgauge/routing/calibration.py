@@ -146,7 +146,7 @@ def _table(rng: random.Random, d: int) -> tuple[str, Any]:
     return f"{table}\n\nUsing the table, how many cities have a population above {limit} thousand?", count
 
 
-CODE_TASKS = [  # (description, function name, test cases, difficulty)
+CODE_TASKS: list[tuple[str, str, list[tuple[Any, Any]], int]] = [  # (description, function name, test cases, difficulty)
     ("returns the square of a number x", "square", [(3, 9), (-4, 16), (0, 0)], 0),
     ("returns the string s reversed", "reverse", [("abc", "cba"), ("", ""), ("racecar", "racecar")], 0),
     ("returns True when the integer n is even and False otherwise", "is_even", [(4, True), (7, False), (0, True)], 0),

@@ -35,7 +35,7 @@ class OnlyTier:
     name = "single tier"
 
     def __init__(self, tier: str):
-        self.classes = (tier,)
+        self.classes: tuple[str, ...] = (tier,)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return np.ones((len(texts), 1))

@@ -104,7 +104,7 @@ def measure_tiers(caller: Any, tiers: list[Tier], sample: list[LabeledQuery], nu
     """Every tier answers every sample query (greedy, capped output). Each tier is loaded by a
     warm-up call first (not timed), and the tiers take turns query by query, so a load spike on a
     shared machine hits all of them alike instead of whichever tier happened to be running."""
-    samples = {t.name: {level: [] for level in LEVELS} for t in tiers}
+    samples: dict[str, dict[str, list[float]]] = {t.name: {level: [] for level in LEVELS} for t in tiers}
     errors = {t.name: 0 for t in tiers}
     options = {"temperature": 0, "seed": 0, "num_predict": num_predict}
     for tier in tiers:

@@ -36,7 +36,7 @@ class LLMClassifier:
     answers that agree (one greedy vote at temperature 0, the others sampled at 0.7)."""
 
     name = "llm"
-    classes = LEVELS
+    classes: tuple[str, ...] = LEVELS
 
     def __init__(self, caller: Any, model: str, votes: int = 3, examples: list[LabeledQuery] | None = None):
         self.caller = caller
