@@ -95,3 +95,17 @@ def test_a_server_without_token_counts_is_measured_in_streamed_chunks(start_stan
         assert s.status == "ok" and s.tokens_from == "chunks" and s.output_tokens == 5
         assert s.tpot_ms == pytest.approx((s.e2e_ms - s.ttft_ms) / 4) and s.prompt_tokens is None
     assert any("no token counts" in note for t in tables(run) for note in t.notes)
+
+
+@pytest.mark.parametrize("path,listing", [
+    ("/api/tags", {"models": [{"name": "a:1"}, {"size": 1}, {"model": "b:2"}]}),
+    ("/v1/models", {"data": [{"id": "a:1"}, {"object": "model"}, {"id": "b:2"}]}),
+])
+def test_a_model_listing_with_a_nameless_entry_still_names_the_others(httpserver, path, listing):
+    # Found by mypy: a nameless entry reached ", ".join(names) as None, a TypeError traceback
+    # instead of the one-line "pass --model NAME".
+    if path == "/v1/models":
+        httpserver.expect_request("/api/tags").respond_with_data("not found", status=404)
+    httpserver.expect_request(path).respond_with_json(listing)
+    with pytest.raises(InvalidOptionError, match=r"several models \(a:1, b:2\); pass --model NAME"):
+        resolve_url_target(httpserver.url_for("/").rstrip("/"), None)
