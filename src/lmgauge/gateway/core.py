@@ -20,8 +20,8 @@ import hashlib
 import inspect
 import logging
 import math
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -258,7 +258,8 @@ class Gateway:
         except Exception as exc:
             self._record(api, request.model, backend, None, _status(exc), exc, arrived, None, None)
             raise
-        request_id = ("chatcmpl-" if isinstance(request, ChatRequest) else "cmpl-") + uuid.uuid4().hex[:24]
+        # An id, not a secret: random's generator costs no system call, unlike uuid4.
+        request_id = ("chatcmpl-" if isinstance(request, ChatRequest) else "cmpl-") + f"{random.getrandbits(96):024x}"
         if verdict.compacted:
             self.metrics.compactions.labels(self._label(backend)).inc()
         return Prepared(api, request.model, request, stream, backend, admission, verdict, arrived, request_id)
@@ -279,6 +280,8 @@ class Gateway:
         """Take a slot; a shutdown whose grace runs out ends the wait in the queue too."""
         if self.cutoff.cutting:
             raise ShuttingDownError("the gateway is shutting down")
+        if admission.try_acquire():
+            return  # a free slot: no wait to cut short
         waiting = asyncio.timeout(None)
         self.cutoff.timers.add(waiting)
         try:
