@@ -601,6 +601,45 @@ def test_keep_alive_zero_waits_for_the_stream_in_flight(tmp_path):
         assert victim_after.status_code == 200 and victim_after.json()["done"] is True
 
 
+def test_a_window_size_per_request_never_loads_a_second_copy_of_the_model(tmp_path):
+    """The memory attack: concurrent requests, each with its own num_ctx, would each load their
+    own instance of the model. One instance per model file runs at a time; the others wait for
+    it (as Ollama does) and every request is answered."""
+    settings = Settings(home=tmp_path, keep_alive=-1, parallel=4)
+    windows = [256, 320, 384]
+    with GatewayServer(settings) as srv:
+        results: dict[int, httpx.Response] = {}
+        instances: list[int] = []
+        done = threading.Event()
+
+        def attack(num_ctx: int) -> None:
+            results[num_ctx] = httpx.post(srv.url + "/api/generate", timeout=300, json={
+                "model": "smollm2", "prompt": "Count from 1 to 50.", "stream": False,
+                "options": {"num_ctx": num_ctx, "num_predict": 16, "temperature": 0}})
+
+        def watch() -> None:
+            while not done.is_set():
+                instances.append(sum(1 for m in srv.gateway.client.loaded() if not m.details["embedding"]))
+                done.wait(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=attack, args=(n,)) for n in windows]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        done.set()
+        watcher.join(10)
+        assert max(instances) == 1, f"instances loaded at once: {max(instances)}"
+        for num_ctx, r in results.items():
+            assert r.status_code == 200 and r.json()["done"] is True, (num_ctx, r.text)
+        assert sorted(results) == windows
+        victim = httpx.post(srv.url + "/api/generate", timeout=120, json={
+            "model": "smollm2", "prompt": "hi", "stream": False, "options": {"num_predict": 4}})
+        assert victim.status_code == 200 and victim.json()["done"] is True
+
+
 # --- 7. 500s on malformed input -------------------------------------------------------------------
 
 @pytest.mark.parametrize("function", ["get_weather", ["get_weather"], 7])

@@ -15,6 +15,7 @@ the library and the gateway can all use it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ MAX_BATCH = 1 << 16  # tokens per llama_decode call
 MAX_PREDICT = 1 << 24
 
 
+@functools.cache
 def max_threads() -> int:
     """Threads a request may ask for: 4 per logical CPU, at least 256 (a remote server may be bigger)."""
     return max(256, 4 * (os.cpu_count() or 1))
@@ -83,8 +85,10 @@ def _range(name: str) -> Range | None:
 
 def check_option(name: str, value: Any) -> None:
     """Refuse a converted option value outside its range; the message shows the value as given."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
     rule = _range(name)
-    if rule is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+    if rule is None:
         return
     if not rule.allows(value):
         raise InvalidOptionError(f"option {name!r} is out of range: {value!r} (must be {rule.what})")

@@ -13,6 +13,7 @@ and the last chunk carries a `Result` whose `Timings` hold both clocks:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -115,9 +116,9 @@ class Options:
     def __post_init__(self) -> None:
         """One set of ranges (limits.py) for the library, the CLI and the gateway, however the
         options were built (from_dict, the constructor, merged)."""
-        for f in dataclasses.fields(self):
-            if f.name not in ("extra", "stop"):
-                check_option(f.name, getattr(self, f.name))
+        for name in _option_fields():
+            if name != "stop":
+                check_option(name, getattr(self, name))
         for name, value in self.extra.items():
             check_option(name, value)
         if any(not s for s in self.stop):
@@ -130,7 +131,7 @@ class Options:
             return cls()
         if not isinstance(data, dict):
             raise InvalidOptionError("options must be an object of name: value")
-        own = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        own = _option_fields()
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for name, value in data.items():
@@ -160,6 +161,12 @@ class Options:
     def merged(self, **overrides: Any) -> Options:
         """A copy with the given non-None values replacing this one's."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@functools.cache
+def _option_fields() -> dict[str, dataclasses.Field[Any]]:
+    """Options' own fields by name (computed once: from_dict runs for every gateway request)."""
+    return {f.name: f for f in dataclasses.fields(Options) if f.name != "extra"}
 
 
 def _convert_option(name: str, value: Any, type_hint: str) -> Any:

@@ -28,6 +28,7 @@ import psutil
 from ..config import Settings
 from ..errors import (
     ContextOverflowError,
+    EngineBusyError,
     EngineError,
     InsufficientMemoryError,
     ModelFileError,
@@ -55,6 +56,10 @@ from .scheduler import ErrorEvent, Job, Scheduler, TextEvent
 from .speculative import Drafter, SpecState, load_drafter
 
 log = logging.getLogger("lmgauge.llama")
+
+# How long a request for another window of a model waits for the instance in use to finish before
+# it is refused as busy (a model file has one instance at a time: see LlamaCppEngine.acquire).
+WINDOW_WAIT_S = 120.0
 
 KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
@@ -299,6 +304,7 @@ class LlamaCppEngine:
         self._runners: dict[tuple[str, int, bool], Runner] = {}
         self._vocab_models: dict[str, Any] = {}
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # notified when a runner's last user leaves
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
 
@@ -322,25 +328,43 @@ class LlamaCppEngine:
         key = (path, num_ctx, embedding)
         draft_max = speculation.draft_max if speculation and speculation.mode != "off" else 0
         with self._lock:
+            runner, loaded = self._take_or_load(key, draft_max)
+            runner.users += 1
+            runner.expires_at = None
+            return runner, runner.load_ns if loaded else 0
+
+    def _take_or_load(self, key: tuple[str, int, bool], draft_max: int) -> tuple[Runner, bool]:
+        """The runner for `key`, loading it if needed. One instance per model file (and kind) at a
+        time, like Ollama: a new window size replaces the instance once it is idle, and waits
+        for it while it is busy (up to WINDOW_WAIT_S). Otherwise each client-chosen `num_ctx`
+        would load another copy of the model, and a few concurrent requests could fill memory."""
+        path, _, embedding = key
+        deadline = time.monotonic() + WINDOW_WAIT_S
+        while True:
             runner = self._runners.get(key)
-            load_ns = 0
             if runner is not None and runner.users == 0 and runner.n_outputs < runner.n_slots * (1 + draft_max):
                 # Loaded without room for drafts' logits and idle: reload with it. (A busy one
                 # serves the request with the rows it has: fewer drafts per step.)
                 self._unload(key)
                 runner = None
-            if runner is None:
-                # Like Ollama: a new window size replaces an idle instance of the same model.
-                for other_key, other in list(self._runners.items()):
-                    if other_key[0] == path and other_key[2] == embedding and other.users == 0:
-                        self._unload(other_key)
-                runner = Runner(path, num_ctx, self.settings, embedding=embedding, draft_max=draft_max)
-                self._runners[key] = runner
-                load_ns = runner.load_ns
-                self._start_reaper()
-            runner.users += 1
-            runner.expires_at = None
-            return runner, load_ns
+            if runner is not None:
+                return runner, False
+            others = [k for k in self._runners if k[0] == path and k[2] == embedding]
+            if not any(self._runners[k].users for k in others):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed.is_set():
+                raise EngineBusyError(
+                    f"{path}: busy with another window size (num_ctx {others[0][1]}); a model runs one window size "
+                    f"at a time, and this request waited {WINDOW_WAIT_S:g}s for it. Retry later, or send the same "
+                    "num_ctx as the other clients")
+            self._idle.wait(min(left, 1.0))
+        for other in others:
+            self._unload(other)
+        runner = Runner(path, key[1], self.settings, embedding=embedding, draft_max=draft_max)
+        self._runners[key] = runner
+        self._start_reaper()
+        return runner, True
 
     def release(self, runner: Runner, keep_alive: float | None) -> None:
         with self._lock:
@@ -349,6 +373,7 @@ class LlamaCppEngine:
                 runner.keep_alive = keep_alive
             if runner.users > 0:
                 return
+            self._idle.notify_all()
             if runner.keep_alive == 0:
                 key = (runner.path, runner.num_ctx, runner.embedding)
                 if self._runners.get(key) is runner:

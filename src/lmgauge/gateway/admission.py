@@ -26,10 +26,16 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, timeout: float | None = None) -> None:
-        """Take a slot, waiting in line if needed; EngineBusyError when the line is full."""
+    def try_acquire(self) -> bool:
+        """Take a free slot now if there is one and nobody waits for it (no timer, no future)."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Take a slot, waiting in line if needed; EngineBusyError when the line is full."""
+        if self.try_acquire():
             return
         if len(self._waiters) >= self.max_queue:
             raise EngineBusyError(

@@ -1,11 +1,13 @@
-"""The gateway's FastAPI app and `serve()`.
+"""The gateway's ASGI app (Starlette) and `serve()`.
 
     from lmgauge.gateway import create_app, serve
     serve()                                  # what `lmgauge serve` runs: 127.0.0.1:11434
 
 Handlers read raw requests and answer with orjson-encoded Responses rather than declaring
 pydantic bodies: validation is done once, by the wire-format modules, with Ollama's and OpenAI's
-own error shapes, and the hot path stays short (see benchmarks/gateway_overhead.py).
+own error shapes. Plain Starlette, not FastAPI: nothing here uses FastAPI's request models or
+dependency injection, and its per-request layers (routing wrappers, telemetry and body-limit
+middleware) cost a third of the gateway's CPU per request (see benchmarks/gateway_overhead.py).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
 
 from ..cache.gateway import gateway_cache
 from ..client import Client
@@ -34,8 +38,8 @@ from .env import BindAddress, serve_settings
 from .http import json_response, ollama_error, openai_error
 from .limits import Limits, http_protocol
 from .metrics import CONTENT_TYPE
-from .ollama_api import router as ollama_router
-from .openai_api import router as openai_router
+from .ollama_api import routes as ollama_routes
+from .openai_api import routes as openai_routes
 from .security import ApiKey, EdgeGuard, Policy, check_bind
 from .shutdown import MARGIN_S, graceful_server
 
@@ -51,57 +55,55 @@ def wire(settings: Settings, client: Client | None = None, own_url: str | None =
                    cache=gateway_cache(settings, client), compactor=compact_to_budget)
 
 
-def create_app(settings: Settings, client: Client | None = None, own_url: str | None = None) -> FastAPI:
+def create_app(settings: Settings, client: Client | None = None, own_url: str | None = None) -> Starlette:
     gateway = wire(settings, client, own_url)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
         try:
             yield
         finally:
             await gateway.close()
 
-    app = FastAPI(title="lmgauge gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.gateway = gateway
-    app.state.limits = Limits(settings.gateway)  # read by http.read_json before any conversion
-    app.include_router(ollama_router)
-    app.include_router(openai_router)
-
     # Both compute percentiles over the rolling window: off the event loop, so a scrape or an
     # open dashboard never stalls the requests in flight.
-    @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         return Response(await asyncio.to_thread(gateway.metrics.render), media_type=CONTENT_TYPE)
 
-    @app.get("/api/lmgauge/stats")
-    async def stats() -> Response:
+    async def stats(request: Request) -> Response:
         return json_response(await asyncio.to_thread(gateway.stats))
 
-    @app.get("/dashboard")
-    async def dashboard() -> Response:
+    async def dashboard(request: Request) -> Response:
         """Static HTML, served without the key: the page reads the key from its URL fragment
         (/dashboard#key=...), which browsers never send to a server, and sends it as a header."""
         page = resources.files("lmgauge.gateway").joinpath("static/dashboard.html").read_text()
         return HTMLResponse(page, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         """404 / 405 in the caller's API's error shape."""
+        assert isinstance(exc, StarletteHTTPException)
         message = f"{request.method} {request.url.path}: " + (
             "not found" if exc.status_code == 404 else exc.detail or "error")
         error = NoSuchRouteError(message, exc.status_code)
         return openai_error(error) if request.url.path.startswith("/v1/") else ollama_error(error)
 
-    @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover - a bug
         log.exception("unexpected error on %s", request.url.path)
         return ollama_error(exc)
 
-    # Outermost last: Host/Origin/content type (security.py) before the key, both before routing.
+    routes = [*ollama_routes, *openai_routes,
+              Route("/metrics", metrics, methods=["GET"]),
+              Route("/api/lmgauge/stats", stats, methods=["GET"]),
+              Route("/dashboard", dashboard, methods=["GET"])]
+    # Outermost first: Host/Origin/content type (security.py) before the key, both before routing.
+    middleware = [Middleware(EdgeGuard, policy=Policy(settings))]
     if settings.gateway.api_key:
-        app.add_middleware(ApiKey, key=settings.gateway.api_key)
-    app.add_middleware(EdgeGuard, policy=Policy(settings))
+        middleware.append(Middleware(ApiKey, key=settings.gateway.api_key))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={StarletteHTTPException: http_error, Exception: unexpected})
+    app.state.gateway = gateway
+    app.state.limits = Limits(settings.gateway)  # read by http.read_json before any conversion
     return app
 
 

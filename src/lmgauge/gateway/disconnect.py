@@ -34,22 +34,34 @@ async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]
             return
 
 
+# A request answered within this many seconds never starts a watcher: most answers from a fast
+# upstream or a cache hit take a millisecond, and a task per request is a measurable share of the
+# gateway's CPU (benchmarks/gateway_overhead.py). A client that leaves is noticed this much later.
+WATCH_AFTER_S = 0.05
+
+
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """`await work` in this task, cancelling it if the client disconnects first (one watcher
-    task, no second task for the work: the work's own try/finally gives back what it holds)."""
+    task, started only if the work is still running after WATCH_AFTER_S; no second task for the
+    work: the work's own try/finally gives back what it holds)."""
     task = asyncio.current_task()
     assert task is not None
     gone = finished = False
+    watcher: asyncio.Future[None] | None = None
 
-    def hung_up(watcher: asyncio.Future[None]) -> None:
+    def hung_up(done: asyncio.Future[None]) -> None:
         nonlocal gone
-        if finished or watcher.cancelled() or watcher.exception() is not None:
+        if finished or done.cancelled() or done.exception() is not None:
             return
         gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
-    watcher.add_done_callback(hung_up)
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(_disconnected(request.receive))
+        watcher.add_done_callback(hung_up)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
@@ -58,4 +70,6 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         raise
     finally:
         finished = True  # a callback already scheduled must not cancel what the task does next
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

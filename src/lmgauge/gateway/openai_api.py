@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import struct
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from ..errors import InvalidOptionError, UnknownModelError
 from ..types import ChatRequest, Chunk, GenerateRequest, Options
@@ -29,8 +28,6 @@ from .ollama_api import parse_embed_input
 
 if TYPE_CHECKING:
     from .core import Gateway, Prepared
-
-router = APIRouter()
 
 
 def _gateway(request: Request) -> Gateway:
@@ -182,15 +179,11 @@ async def model(request: Request) -> Response:
     return json_response(wire.model_entry(model))
 
 
-def new_request_id(kind: str = "chat") -> str:
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-
-
-# Plain Starlette routes, not FastAPI APIRoutes: the handlers parse their own bodies, and skipping
-# FastAPI's per-request dependency solving saves CPU on the hot path (measured at concurrency 16:
-# 0.56-0.57 vs 0.63-0.69 ms of gateway CPU per request).
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-router.add_route("/v1/completions", completions, methods=["POST"])
-router.add_route("/v1/embeddings", embeddings, methods=["POST"])
-router.add_route("/v1/models", models, methods=["GET"])
-router.add_route("/v1/models/{model:path}", model, methods=["GET"])
+# The handlers parse their own bodies (http.read_json), so plain Starlette routes are all they need.
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/models/{model:path}", model, methods=["GET"]),
+]

@@ -23,6 +23,7 @@ All of this is pure ASGI, ahead of routing: a refused request costs a header sca
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hmac
 import ipaddress
 import logging
@@ -56,6 +57,9 @@ def _host_name(value: str) -> str:
     return value
 
 
+# Cached: every request's Host is checked, and clients send the same few names. Bounded, since
+# a hostile client may send a new one with each request.
+@functools.lru_cache(maxsize=1024)
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -64,6 +68,7 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(name: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
