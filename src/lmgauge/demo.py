@@ -141,7 +141,7 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
 
 
 def _stats_table(console: Console, t: Timings) -> None:
-    from .cli import stats_rows  # one definition of the stats block, shared with `run --verbose`
+    from .display import stats_rows  # one definition of the stats block, shared with `run --verbose`
 
     for label, value in stats_rows(t):
         console.print(f"[dim]{label + ':':<24}[/]{value}")
