@@ -7,7 +7,7 @@
     would-be upstream URLs (`openai:m@http://127.0.0.1:N/v1`): it should stay flat.
 
 The gateway runs as users run it (`lmgauge serve`, its own process, from this tree's src/), in
-front of the stand-in Ollama server (tests/standins.py) streaming at a fixed token pace. Run it
+front of the stand-in Ollama server (tests/support/standins.py) streaming at a fixed token pace. Run it
 under `flock /tmp/lmgauge-cpu.lock` on a shared machine.
 
     PYTHONPATH=src python benchmarks/gateway_admission.py [--repeats 5]
@@ -40,7 +40,7 @@ TOKENS = 150
 
 
 def start_standin(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standins.py"), "ollama", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "standins.py"), "ollama", "--port", str(port),
                              "--token-delay", str(TOKEN_DELAY), "--num-tokens", str(TOKENS), "--model", "stub"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)

@@ -5,7 +5,7 @@
                 the same GGUF, started here as a subprocess on 127.0.0.1: a real local server
                 (it serves one request at a time, so concurrency only queues; started with
                 --interrupt_requests False, else each new request cuts off the one running)
-  stand-in      tests/standins.py's OpenAI server with a fixed per-token delay: a server that scales
+  stand-in      tests/support/standins.py's OpenAI server with a fixed per-token delay: a server that scales
                 perfectly, which checks the load generator itself (throughput should grow with
                 concurrency, TPOT stay at the delay)
 
@@ -98,7 +98,7 @@ def main() -> None:
             server = start_llama_server(str(smollm2_path()), port)
             name = f"openai:smollm2@http://127.0.0.1:{port}/v1"
         elif target == "stand-in":
-            from standins import OpenAIStandin
+            from support.standins import OpenAIStandin
 
             server = OpenAIStandin(reply="word " * args.num_predict, token_delay=0.01).start()
             name = f"openai:standin-model@{server.base_url}"

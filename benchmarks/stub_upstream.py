@@ -1,6 +1,6 @@
 """The gateway benchmarks' upstream: Ollama's /api/chat, /api/generate, /api/embed, /api/version
 and OpenAI's /v1/chat/completions, /v1/completions, /v1/models, as a bare ASGI app on uvloop and
-httptools. Tests use tests/standins.py (complete, checked against Ollama's docs); this exists
+httptools. Tests use tests/support/standins.py (complete, checked against Ollama's docs); this exists
 because the benchmarks need the cheapest possible upstream: on a 2-core machine the upstream's
 CPU competes with the gateway's, and the figure must be the gateway's.
 

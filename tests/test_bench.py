@@ -10,8 +10,8 @@ import statistics
 
 import jsonschema
 import pytest
-from bench_helpers import ConcurrencyProbe, FlakyEngine, ScriptedClient
-from scripted import ScriptedEngine
+from support.bench_helpers import ConcurrencyProbe, FlakyEngine, ScriptedClient
+from support.scripted import ScriptedEngine
 
 from lmgauge.bench.compare import compare_runs
 from lmgauge.bench.load import LoadConfig, parse_levels, parse_slo, poisson_arrivals, run_load

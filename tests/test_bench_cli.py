@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from test_cli import assert_one_line_error, lmgauge
+from support.cli import assert_one_line_error, lmgauge
 
 from lmgauge.models import file_sha256
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from standins import OllamaStandin, OpenAIStandin
+from support.standins import OllamaStandin, OpenAIStandin
 
 from lmgauge.bench.load import LoadConfig, resolve_url_target, run_load
 from lmgauge.bench.machine import engine_process

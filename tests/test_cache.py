@@ -280,7 +280,7 @@ def test_eval_cache_command_reports_rates_sweep_and_latency():
 
 def test_an_engines_embedding_model_can_serve_the_cache(start_standin):
     import numpy as np
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     from lmgauge.client import Client
     from lmgauge.config import Settings

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 from lmgauge.calibration import (
     CODE_TASKS,

@@ -436,7 +436,7 @@ def test_9_version():
 
 
 def test_9_ps_lists_what_a_running_gateway_has_loaded(start_standin):
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     import httpx
 

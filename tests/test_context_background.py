@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 from lmgauge.client import Client
 from lmgauge.context.conversation import Conversation

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 from lmgauge.client import Client
 from lmgauge.context.memory import EXTRACTION_SCHEMA, Extractor, Memory, grounding, parse_extraction, same_slot

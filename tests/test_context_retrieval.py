@@ -4,7 +4,7 @@ evidence, packing to a token budget, and the 'ask the model' strategy."""
 from __future__ import annotations
 
 import pytest
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 from lmgauge.client import Client
 from lmgauge.context.retrieval import DocIndex, chunk_file

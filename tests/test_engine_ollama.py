@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import jsonschema
 import pytest
-from standins import DEFAULT_REPLY, OllamaStandin, split_tokens
+from support.standins import DEFAULT_REPLY, OllamaStandin, split_tokens
 
 from lmgauge.engines.base import Engine, collect, with_client_clock
 from lmgauge.engines.ollama import OllamaEngine

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import jsonschema
 import pytest
-from standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
+from support.standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
 
 from lmgauge.engines.base import Engine, collect, with_client_clock
 from lmgauge.engines.openai import OpenAIEngine

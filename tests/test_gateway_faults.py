@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_server import GatewayServer, free_port, ollama_stub
+from support.gateway_server import GatewayServer, free_port, ollama_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.store import Store
 

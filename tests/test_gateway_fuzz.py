@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway_server import GatewayServer, ollama_stub, openai_stub
+from support.gateway_server import GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 
 MIN_REQUESTS = 2000

@@ -16,7 +16,7 @@ import threading
 import httpx
 import pytest
 
-from gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
+from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.models import smollm2_path
 

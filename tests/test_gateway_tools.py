@@ -12,7 +12,7 @@ import json
 import jsonschema
 import pytest
 
-from gateway_server import GatewayServer
+from support.gateway_server import GatewayServer
 from lmgauge.config import Settings
 
 pytestmark = pytest.mark.integration

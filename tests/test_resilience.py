@@ -7,7 +7,7 @@ import random
 import time
 
 import pytest
-from standins import OllamaStandin, OpenAIStandin
+from support.standins import OllamaStandin, OpenAIStandin
 
 from lmgauge.client import Client
 from lmgauge.config import ResilienceSettings, Settings

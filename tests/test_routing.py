@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 from lmgauge.client import Client
 from lmgauge.config import Settings

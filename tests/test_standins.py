@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from standins import DEFAULT_REPLY, OllamaStandin, OpenAIStandin, split_tokens
+from support.standins import DEFAULT_REPLY, OllamaStandin, OpenAIStandin, split_tokens
 
 OPENAPI = Path(os.environ.get("LMGAUGE_OLLAMA_OPENAPI", "/work/shared/reference/ollama-openapi.yaml"))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from scripted import ScriptedEngine
+from support.scripted import ScriptedEngine
 
 from lmgauge.client import Client
 from lmgauge.config import Settings

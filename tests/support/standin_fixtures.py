@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from standins import OllamaStandin, OpenAIStandin, StandinServer
+from support.standins import OllamaStandin, OpenAIStandin, StandinServer
 
 S = TypeVar("S", bound=StandinServer)
 
