@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,10 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, use_repo  # noqa: E402
+
+use_repo()
 
 from lmgauge import Client  # noqa: E402
 from lmgauge.bench.load import LoadConfig, parse_levels, parse_slo, run_load  # noqa: E402
@@ -39,12 +41,6 @@ from lmgauge.bench.report import fmt_bytes, render, write_outputs  # noqa: E402
 from lmgauge.bench.results import RunStore  # noqa: E402
 from lmgauge.models import smollm2_path  # noqa: E402
 from lmgauge.store import Store  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_llama_server(path: str, port: int) -> subprocess.Popen:

@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from typing import Any
 
+from _common import free_port  # benchmarks/ is on sys.path: this file is a script or imported by one
+
 WORDS = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering", " of", " sunlight", "."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StubUpstream:
