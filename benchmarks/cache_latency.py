@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-from lmgauge import Client
-from lmgauge.bench.metrics import summarize
-from lmgauge.cache import RedisBackend, ResponseCache, SQLiteBackend
-from lmgauge.config import CacheSettings
-from lmgauge.embedding import make_embedder
-from lmgauge.store import Store
-from lmgauge.types import ChatRequest, Message, Options, Result, Timings
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed_ms, use_repo  # noqa: E402
+
+use_repo()
+from lmgauge import Client  # noqa: E402
+from lmgauge.bench.metrics import summarize  # noqa: E402
+from lmgauge.cache import RedisBackend, ResponseCache, SQLiteBackend  # noqa: E402
+from lmgauge.config import CacheSettings  # noqa: E402
+from lmgauge.embedding import make_embedder  # noqa: E402
+from lmgauge.store import Store  # noqa: E402
+from lmgauge.types import ChatRequest, Message, Options, Result, Timings  # noqa: E402
 
 TOPICS = ["Python", "Rust", "Kenya", "Peru", "photosynthesis", "inflation", "Docker", "the Moon", "jazz", "chess"]
 
@@ -39,15 +43,6 @@ def question(i: int) -> str:
 def req(text: str) -> ChatRequest:
     return ChatRequest(model="bench", messages=[Message("system", "Answer briefly."), Message("user", text)],
                        options=Options(temperature=0))
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter_ns()
-        fn(i)
-        out.append((time.perf_counter_ns() - t0) / 1e6)
-    return out
 
 
 def main() -> None:
@@ -68,12 +63,12 @@ def main() -> None:
         for i in range(args.entries):
             cache.store(req(question(i)), Result("bench", f"answer {i}", "stop", Timings(output_tokens=2)))
         cache.lookup(req(question(0)))  # warm-up
-        exact = timed(lambda i: cache.lookup(req(question(i % args.entries))), args.lookups)
+        exact = timed_ms(lambda i: cache.lookup(req(question(i % args.entries))), args.lookups)
         # A paraphrase (the guards pass: same numbers and names) and an unrelated question.
-        semantic = timed(lambda i: cache.lookup(req(
+        semantic = timed_ms(lambda i: cache.lookup(req(
             f"What's the single most important fact about {TOPICS[i % len(TOPICS)]}, item {i % args.entries}")),
             min(args.lookups, 300))
-        miss = timed(lambda i: cache.lookup(req(f"How do I bake sourdough bread, attempt {i}?")),
+        miss = timed_ms(lambda i: cache.lookup(req(f"How do I bake sourdough bread, attempt {i}?")),
                      min(args.lookups, 300))
         hits = sum(cache.lookup(req(f"What's the single most important fact about {TOPICS[i % len(TOPICS)]}, "
                                     f"item {i}")) is not None for i in range(50))

@@ -10,7 +10,6 @@ the ratio. Target: lmgauge >= 95% of the bare loop's decode tok/s.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -18,27 +17,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bare_llama import BareLlama, on_llama_thread  # noqa: E402
-from lmgauge import Client  # noqa: E402
-from lmgauge.engines.llamacpp import default_threads  # noqa: E402
+from _common import load_side_by_side, model_args  # noqa: E402
+from bare_llama import on_llama_thread  # noqa: E402
 
 PROMPT = ("<|im_start|>user\nRun {i}: Write a detailed story about a lighthouse keeper "
           "who finds a message in a bottle.<|im_end|>\n<|im_start|>assistant\n")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-
-    threads = default_threads()
-    client = Client(num_ctx=args.ctx, threads=threads, keep_alive=-1)
-    ref = client.resolve(args.model)
-    bare = on_llama_thread(BareLlama, ref.target, n_ctx=args.ctx, threads=threads)
+    args = model_args(__doc__).parse_args()
+    pair = load_side_by_side(args.model, args.ctx)
+    client, bare, threads = pair.client, pair.bare, pair.threads
     opts = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": args.tokens, "num_ctx": args.ctx}
 
     rows = {"lmgauge": [], "bare": []}
@@ -55,8 +44,7 @@ def main() -> None:
                                 "prompt": t.prompt_tokens})
         rows["bare"].append({"ttft_ms": b.ttft_ns / 1e6, "decode_tps": b.decode_tps, "out": b.output_tokens,
                              "prompt": b.prompt_tokens})
-    bare.close()
-    client.close()
+    pair.close()
 
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_ms", "decode_tps", "out", "prompt")}
            for k, v in rows.items()}

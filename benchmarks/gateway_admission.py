@@ -7,7 +7,7 @@
     would-be upstream URLs (`openai:m@http://127.0.0.1:N/v1`): it should stay flat.
 
 The gateway runs as users run it (`lmgauge serve`, its own process, from this tree's src/), in
-front of the stand-in Ollama server (tests/standins.py) streaming at a fixed token pace. Run it
+front of the stand-in Ollama server (tests/support/standins.py) streaming at a fixed token pace. Run it
 under `flock /tmp/lmgauge-cpu.lock` on a shared machine.
 
     PYTHONPATH=src python benchmarks/gateway_admission.py [--repeats 5]
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,39 +28,22 @@ from pathlib import Path
 import httpx
 import psutil
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from gateway_overhead import free_port, stop, wait_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, free_port, serve_gateway, start_standin, stop  # noqa: E402
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 TOKEN_DELAY = 0.02
 TOKENS = 150
 
 
-def start_standin(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standins.py"), "ollama", "--port", str(port),
-                             "--token-delay", str(TOKEN_DELAY), "--num-tokens", str(TOKENS), "--model", "stub"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
-    return proc
-
-
 def start_gateway(port: int, stub_port: int, home: Path, src: Path) -> subprocess.Popen:
-    config = home / "config.toml"
-    config.write_text(f"""
+    return serve_gateway(port, home, f"""
 [gateway]
 log_requests = true
 [[gateway.upstreams]]
 model = "stub"
 urls = ["http://127.0.0.1:{stub_port}"]
-""")
-    env = {**os.environ, "LMGAUGE_HOME": str(home), "PYTHONPATH": str(src)}
-    env.pop("OLLAMA_HOST", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--port", str(port), "--config", str(config)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_port(port, proc)
-    return proc
+""", src=src)
 
 
 def stream_gaps(url: str, out: list[float]) -> None:
@@ -91,7 +73,7 @@ def main() -> None:
     print(f"gateway from {args.src}")
     home = Path(tempfile.mkdtemp(prefix="lmgauge-admission-"))
     stub_port, gw_port = free_port(), free_port()
-    stub = start_standin(stub_port)
+    stub = start_standin(stub_port, "--token-delay", str(TOKEN_DELAY), "--num-tokens", str(TOKENS), "--model", "stub")
     gateway = start_gateway(gw_port, stub_port, home, args.src)
     url = f"http://127.0.0.1:{gw_port}"
     try:

@@ -23,17 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from gateway_overhead import ROOT, free_port, stop, wait_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, serve_gateway, stop, use_repo  # noqa: E402
 from stub_upstream import StubUpstream  # noqa: E402
+
+use_repo()
+from lmgauge.bench.metrics import percentile  # noqa: E402
 
 REQUESTS = [
     ("/api/chat", {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": False}),
@@ -43,17 +44,9 @@ REQUESTS = [
 ]
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
 def start_gateway(port: int, urls: list[str], home: Path, first_token_timeout: float, health_interval: float,
                   cooldown: float) -> subprocess.Popen:
-    config = home / "config.toml"
-    config.write_text(f"""
+    return serve_gateway(port, home, f"""
 [gateway]
 first_token_timeout = {first_token_timeout}
 health_interval = {health_interval}
@@ -64,12 +57,6 @@ model = "stub"
 urls = {json.dumps(urls)}
 max_concurrency = 64
 """)
-    env = {**os.environ, "LMGAUGE_HOME": str(home), "PYTHONPATH": str(ROOT / "src")}
-    env.pop("OLLAMA_HOST", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--port", str(port), "--config", str(config)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_port(port, proc)
-    return proc
 
 
 async def run(args: argparse.Namespace) -> dict:

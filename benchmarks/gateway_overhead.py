@@ -25,41 +25,21 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, serve_gateway, start_stub, stop, use_repo, wait_port  # noqa: E402
+
+use_repo()
 
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": False,
         "options": {"num_predict": 8}}
 LITELLM_KEY = "sk-lmgauge-benchmark-0123456789abcdef"  # LiteLLM's proxy refuses to start without one
 OPENAI = {"model": "stub", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "max_tokens": 8}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
 
 
 # --- the load generator (its own process) ---------------------------------------------------------
@@ -155,16 +135,9 @@ def summary(result: dict) -> dict:
 
 # --- servers ----------------------------------------------------------------------------------------
 
-def start_stub(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(HERE / "stub_upstream.py"), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
-    return proc
-
-
 def start_gateway(port: int, stub_port: int, home: Path) -> subprocess.Popen:
-    config = home / "config.toml"
-    config.write_text(f"""
+    """The gateway in front of the stub, as an Ollama upstream (stub) and an OpenAI one (ostub)."""
+    return serve_gateway(port, home, f"""
 [gateway]
 max_queue = 10000
 [[gateway.upstreams]]
@@ -178,12 +151,6 @@ target = "stub"
 urls = ["http://127.0.0.1:{stub_port}/v1"]
 max_concurrency = 64
 """)
-    env = {**os.environ, "LMGAUGE_HOME": str(home), "PYTHONPATH": str(ROOT / "src")}
-    env.pop("OLLAMA_HOST", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--port", str(port), "--config", str(config)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_port(port, proc)
-    return proc
 
 
 def start_litellm(binary: str, port: int, stub_port: int, home: Path) -> subprocess.Popen | None:
@@ -208,15 +175,6 @@ litellm_settings:
         proc.kill()
         return None
     return proc
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --- the comparison -----------------------------------------------------------------------------------

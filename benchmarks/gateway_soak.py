@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import HERE, free_port, start_gateway, stop, wait_port  # noqa: E402
+from _common import free_port, start_stub, stop  # noqa: E402
+from gateway_overhead import start_gateway  # noqa: E402
 
 REQUESTS = [
     ("/api/chat", {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
@@ -76,9 +77,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="lmgauge-soak-"))
     stub_port, gw_port = free_port(), free_port()
-    stub = subprocess.Popen([sys.executable, str(HERE / "stub_upstream.py"), "--port", str(stub_port),
-                             "--token-delay", str(args.token_delay)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(stub_port, stub)
+    stub = start_stub(stub_port, "--token-delay", str(args.token_delay))
     gateway = start_gateway(gw_port, stub_port, home)
     proc = psutil.Process(gateway.pid)
     total = args.warmup + args.minutes * 60

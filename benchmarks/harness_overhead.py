@@ -23,7 +23,6 @@ Run it on a quiet machine (flock /tmp/lmgauge-cpu.lock ...): contention makes bo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,30 +32,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bare_llama import BareLlama, on_llama_thread  # noqa: E402
-from lmgauge import Client  # noqa: E402
+from _common import load_side_by_side, model_args  # noqa: E402
+from bare_llama import on_llama_thread  # noqa: E402
 from lmgauge.bench.prompts import load_prompts  # noqa: E402
 from lmgauge.bench.runner import measure  # noqa: E402
-from lmgauge.engines.llamacpp import default_threads, make_template  # noqa: E402
+from lmgauge.engines.llamacpp import make_template  # noqa: E402
 from lmgauge.models import inspect_gguf  # noqa: E402
 from lmgauge.types import Message  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--ctx", type=int, default=2048)
+    ap = model_args(__doc__)
     ap.add_argument("--prompts", default="short,medium", help="bench prompt set(s) to use")
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    threads = default_threads()
-    client = Client(num_ctx=args.ctx, threads=threads, keep_alive=-1, prefix_cache=False, parallel=1)
-    ref = client.resolve(args.model)
+    pair = load_side_by_side(args.model, args.ctx, prefix_cache=False, parallel=1)
+    client, ref, bare, threads = pair.client, pair.ref, pair.bare, pair.threads
     engine = client.engine(ref)
-    bare = on_llama_thread(BareLlama, ref.target, n_ctx=args.ctx, threads=threads)
     template = make_template(inspect_gguf(ref.target), bare.vocab)
     options = {"temperature": 0, "seed": 42, "repeat_penalty": 1.0, "num_predict": args.tokens, "num_ctx": args.ctx}
 
@@ -109,8 +101,7 @@ def main() -> None:
             "samples": rows,
         }
     report["load_avg_end"] = os.getloadavg()
-    bare.close()
-    client.close()
+    pair.close()
 
     if args.json:
         print(json.dumps(report, indent=2))

@@ -5,7 +5,7 @@
                 the same GGUF, started here as a subprocess on 127.0.0.1: a real local server
                 (it serves one request at a time, so concurrency only queues; started with
                 --interrupt_requests False, else each new request cuts off the one running)
-  stand-in      tests/standins.py's OpenAI server with a fixed per-token delay: a server that scales
+  stand-in      tests/support/standins.py's OpenAI server with a fixed per-token delay: a server that scales
                 perfectly, which checks the load generator itself (throughput should grow with
                 concurrency, TPOT stay at the delay)
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,10 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, use_repo  # noqa: E402
+
+use_repo()
 
 from lmgauge import Client  # noqa: E402
 from lmgauge.bench.load import LoadConfig, parse_levels, parse_slo, run_load  # noqa: E402
@@ -39,12 +41,6 @@ from lmgauge.bench.report import fmt_bytes, render, write_outputs  # noqa: E402
 from lmgauge.bench.results import RunStore  # noqa: E402
 from lmgauge.models import smollm2_path  # noqa: E402
 from lmgauge.store import Store  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_llama_server(path: str, port: int) -> subprocess.Popen:
@@ -98,7 +94,7 @@ def main() -> None:
             server = start_llama_server(str(smollm2_path()), port)
             name = f"openai:smollm2@http://127.0.0.1:{port}/v1"
         elif target == "stand-in":
-            from standins import OpenAIStandin
+            from support.standins import OpenAIStandin
 
             server = OpenAIStandin(reply="word " * args.num_predict, token_delay=0.01).start()
             name = f"openai:standin-model@{server.base_url}"

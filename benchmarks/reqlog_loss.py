@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gateway_overhead import CHAT, free_port, start_gateway, start_stub, stop  # noqa: E402
+from _common import free_port, start_stub, stop  # noqa: E402
+from gateway_overhead import CHAT, start_gateway  # noqa: E402
 
 
 async def drive(url: str, rate: float, seconds: float, concurrency: int) -> dict:

@@ -13,28 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from pathlib import Path
 
-from lmgauge import Client
-from lmgauge.bench.metrics import summarize
-from lmgauge.embedding import make_embedder
-from lmgauge.routing import (
-    LLMClassifier,
-    Router,
-    Tier,
-    default_classifier,
-    load_queries,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed_ms, use_repo  # noqa: E402
+
+use_repo()
+from lmgauge import Client  # noqa: E402
+from lmgauge.bench.metrics import summarize  # noqa: E402
+from lmgauge.embedding import make_embedder  # noqa: E402
+from lmgauge.routing import LLMClassifier, Router, Tier, default_classifier, load_queries  # noqa: E402
 
 
 def time_routes(router: Router, texts: list[str]) -> list[float]:
     router.route([{"role": "user", "content": "warm-up"}])
-    out = []
-    for text in texts:
-        t0 = time.perf_counter_ns()
-        router.route([{"role": "user", "content": text}])
-        out.append((time.perf_counter_ns() - t0) / 1e6)
-    return out
+    return timed_ms(lambda i: router.route([{"role": "user", "content": texts[i]}]), len(texts))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The gateway benchmarks' upstream: Ollama's /api/chat, /api/generate, /api/embed, /api/version
 and OpenAI's /v1/chat/completions, /v1/completions, /v1/models, as a bare ASGI app on uvloop and
-httptools. Tests use tests/standins.py (complete, checked against Ollama's docs); this exists
+httptools. Tests use tests/support/standins.py (complete, checked against Ollama's docs); this exists
 because the benchmarks need the cheapest possible upstream: on a 2-core machine the upstream's
 CPU competes with the gateway's, and the figure must be the gateway's.
 
@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from typing import Any
 
+from _common import free_port  # benchmarks/ is on sys.path: this file is a script or imported by one
+
 WORDS = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering", " of", " sunlight", "."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StubUpstream:

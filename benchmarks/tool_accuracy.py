@@ -25,7 +25,10 @@ from pathlib import Path
 
 import jsonschema
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import use_repo  # noqa: E402
+
+use_repo()
 
 from lmgauge.config import Settings  # noqa: E402
 from lmgauge.engines import toolcalls  # noqa: E402

@@ -1,6 +1,6 @@
 """Shared fixtures. Every test gets its own lmgauge home (config, store) under tmp_path, so no
 test reads or writes the developer's ~/.lmgauge. The outside programs some tests drive (a Redis
-server, a headless Chromium) are found or installed by provision.py before the first test."""
+server, a headless Chromium) are found or installed by support/provision.py before the first test."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import provision
 from lmgauge.config import Settings, load_settings
-from standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
+from support import provision
+from support.standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def llama_engine():
     engine.close()
 
 
-# The outside programs some tests drive (provision.py finds or installs them). Provisioned once,
+# The outside programs some tests drive (support/provision.py finds or installs them). Provisioned once,
 # after collection, and only those that the selected tests use; the one-line summary says what.
 SERVICE_FIXTURES = {"redis_server": "Redis", "chromium": "browser"}
 PROVISIONED = pytest.StashKey[dict]()
@@ -101,13 +101,13 @@ def provisioned(request: pytest.FixtureRequest, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def redis_server(request: pytest.FixtureRequest) -> str:
-    """Path of a redis-server binary (see provision.py for where it comes from)."""
+    """Path of a redis-server binary (see support/provision.py for where it comes from)."""
     return provisioned(request, "redis_server")
 
 
 @pytest.fixture(scope="session")
 def chromium(request: pytest.FixtureRequest) -> str:
-    """Path of a Chromium for headless tests (see provision.py for where it comes from)."""
+    """Path of a Chromium for headless tests (see support/provision.py for where it comes from)."""
     return provisioned(request, "chromium")
 
 

@@ -3,7 +3,7 @@ import pytest
 from lmgauge.engines.base import Engine, collect, with_client_clock
 from lmgauge.errors import EngineError, UnknownModelError
 from lmgauge.types import ChatRequest, Message, Options
-from scripted import ScriptedEngine
+from support.scripted import ScriptedEngine
 
 
 def chat(engine, **opts):

@@ -16,7 +16,7 @@ import pytest
 from lmgauge.batch import BatchItem, read_items, read_results, request_of, run_batch
 from lmgauge.errors import EngineError, InvalidOptionError
 from lmgauge.types import Result, Timings
-from standins import OpenAIStandin
+from support.standins import OpenAIStandin
 
 
 def write_lines(path: Path, lines: list) -> Path:
@@ -205,7 +205,7 @@ def test_embedded_batch_with_concurrency(tmp_path):
 
 
 def test_batch_auto_routes_each_prompt_and_records_its_tier(tmp_path, start_standin):
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     replies = {"small": "", "large": "routed answer"}
     server = start_standin(OllamaStandin, models=["small", "large"],

@@ -11,7 +11,6 @@ import statistics
 import jsonschema
 import pytest
 
-from bench_helpers import ConcurrencyProbe, FlakyEngine, ScriptedClient
 from lmgauge.bench.compare import compare_runs
 from lmgauge.bench.load import LoadConfig, parse_levels, parse_slo, poisson_arrivals, run_load
 from lmgauge.bench.prompts import BenchPrompt, load_prompts, passage, sized_prompt
@@ -20,7 +19,8 @@ from lmgauge.bench.results import SAMPLE_FIELDS, RunStore, summarize_run
 from lmgauge.bench.runner import BenchConfig, parse_token_counts, run_bench
 from lmgauge.errors import InvalidOptionError, UnknownModelError
 from lmgauge.store import Store
-from scripted import ScriptedEngine
+from support.bench_helpers import ConcurrencyProbe, FlakyEngine, ScriptedClient
+from support.scripted import ScriptedEngine
 
 ANSWER = "one two three four five six seven eight"
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lmgauge.models import file_sha256
-from test_cli import assert_one_line_error, lmgauge
+from support.cli import assert_one_line_error, lmgauge
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -15,7 +15,7 @@ from lmgauge.bench.runner import BenchConfig, run_bench
 from lmgauge.client import Client
 from lmgauge.errors import EngineUnavailableError, InvalidOptionError
 from lmgauge.store import Store
-from standins import OllamaStandin, OpenAIStandin
+from support.standins import OllamaStandin, OpenAIStandin
 
 
 @pytest.fixture

@@ -283,7 +283,7 @@ def test_an_engines_embedding_model_can_serve_the_cache(start_standin):
 
     from lmgauge.client import Client
     from lmgauge.config import Settings
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     server = start_standin(OllamaStandin, embedding_dim=16)
     with Client(Settings(ollama_host=server.url)) as client:

@@ -24,7 +24,7 @@ from lmgauge.routing.calibration import (
     quality_cost_curve,
     run_code_tests,
 )
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 SOLUTIONS = {
     "square": "def square(x):\n    return x * x",

@@ -2,25 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-
-def lmgauge(*args, input=None, env_extra=None, timeout=300):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
-                          input=input, env=env, timeout=timeout)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+from support.cli import assert_one_line_error, lmgauge
 
 
 def test_help_explains_the_commands():

@@ -438,7 +438,8 @@ def test_9_version():
 def test_9_ps_lists_what_a_running_gateway_has_loaded(start_standin):
     import httpx
 
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
+
 
     server = start_standin(OllamaStandin, models=("stub",))
     httpx.post(server.url + "/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "hi"}],

@@ -15,7 +15,7 @@ from lmgauge.context.synthetic import FILLER
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.context.window import ContextWindow
 from lmgauge.store import Store
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 
 class ScriptedOllama(OllamaStandin):

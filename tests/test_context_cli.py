@@ -9,7 +9,7 @@ import pytest
 from lmgauge.config import load_settings
 from lmgauge.context.memory import Memory
 from lmgauge.store import Store
-from test_cli import assert_one_line_error, lmgauge
+from support.cli import assert_one_line_error, lmgauge
 
 
 def test_memory_commands_list_search_edit_and_forget(isolated_home):

@@ -24,7 +24,7 @@ from lmgauge.context.window import Budget, ContextWindow
 from lmgauge.errors import ContextOverflowError, InvalidOptionError
 from lmgauge.store import Store
 from lmgauge.types import Message
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 
 def conversation(turns: int, words: int = 20) -> list[Message]:

@@ -23,7 +23,7 @@ from lmgauge.context.slots import same_slot
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.store import Store
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 
 @pytest.fixture(scope="module")

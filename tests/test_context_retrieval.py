@@ -12,7 +12,7 @@ from lmgauge.context.synthetic import corpus
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.errors import InvalidOptionError
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 MARKDOWN = """# Falcon service
 

@@ -93,7 +93,7 @@ def test_window_for_model_uses_the_engines_default_window(settings):
 
 def test_a_remote_model_is_counted_by_its_server_after_the_fact(settings):
     from lmgauge.context.conversation import Conversation
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     with OllamaStandin(reply="Fine, thanks.") as server, \
             Client(settings.model_copy(update={"ollama_host": server.url})) as client:

@@ -1,5 +1,5 @@
 """The dashboard in a real headless browser (the `chromium` fixture: Debian's chromium or the one
-provision.py installs; driven by Playwright): after real requests through the gateway, every
+support/provision.py installs; driven by Playwright): after real requests through the gateway, every
 chart has drawn data points and the table shows the model."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 
 import httpx
 
-from gateway_server import GatewayServer, ollama_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
+from support.gateway_server import GatewayServer, ollama_stub
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]

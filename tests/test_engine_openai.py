@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -16,9 +15,7 @@ from lmgauge.engines._http import error_message
 from lmgauge.engines.base import Engine, collect, with_client_clock
 from lmgauge.engines.openai import OpenAIEngine
 from lmgauge.errors import (
-    EngineBusyError,
     EngineError,
-    EngineUnavailableError,
     InvalidOptionError,
     UnknownModelError,
 )
@@ -26,9 +23,8 @@ from lmgauge.types import ChatRequest, GenerateRequest, Message, Options
 from lmgauge.wire.openai import messages_to_wire as to_openai_messages
 from lmgauge.wire.openai import params_to_wire as openai_params
 from lmgauge.wire.openai import sse_data
-from standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
+from support.standins import DEFAULT_REPLY, OpenAIStandin, split_tokens
 
-HANG_TIMEOUT = 1.0
 N_REPLY = len(split_tokens(DEFAULT_REPLY))  # 9
 MODEL = "standin-model"
 
@@ -36,13 +32,6 @@ MODEL = "standin-model"
 @pytest.fixture
 def engine(make_settings, openai_standin: OpenAIStandin) -> Iterator[OpenAIEngine]:
     e = OpenAIEngine(make_settings(request_timeout=10.0), base_url=openai_standin.base_url)
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def quick_engine(make_settings, openai_standin: OpenAIStandin) -> Iterator[OpenAIEngine]:
-    e = OpenAIEngine(make_settings(request_timeout=HANG_TIMEOUT), base_url=openai_standin.base_url)
     yield e
     e.close()
 
@@ -369,84 +358,6 @@ def test_unknown_model(engine, openai_standin):
 def test_wrong_base_url_is_not_an_unknown_model(make_settings, openai_standin):
     engine = OpenAIEngine(make_settings(), base_url=openai_standin.url + "/api")
     with pytest.raises(EngineError, match="404 Not Found.*check the URL"):
-        collect(engine.chat(chat()))
-
-
-@pytest.mark.parametrize("call", ["chat", "list_models", "embed"])
-def test_server_down(make_settings, closed_url, call):
-    engine = OpenAIEngine(make_settings(), base_url=closed_url + "/v1")
-    actions = {
-        "chat": lambda: collect(engine.chat(chat())),
-        "list_models": engine.list_models,
-        "embed": lambda: engine.embed(MODEL, ["x"]),
-    }
-    with pytest.raises(EngineUnavailableError) as err:
-        actions[call]()
-    assert str(err.value) == f"cannot reach the OpenAI-compatible server at {closed_url}/v1: is it running?"
-
-
-@pytest.mark.parametrize(
-    ("status", "error"),
-    [(500, EngineError), (400, InvalidOptionError), (422, InvalidOptionError),
-     (429, EngineBusyError), (503, EngineBusyError)],
-)
-@pytest.mark.parametrize("stream", [True, False])
-def test_http_errors(make_settings, openai_standin, status, error, stream):
-    engine = OpenAIEngine(make_settings(), base_url=openai_standin.base_url, stream=stream)
-    openai_standin.faults.status = status
-    openai_standin.faults.message = "something specific went wrong"
-    with pytest.raises(error, match="something specific went wrong") as err:
-        collect(engine.chat(chat()))
-    assert openai_standin.base_url in str(err.value)
-    assert not isinstance(err.value, EngineUnavailableError)
-
-
-def test_hang_before_answering_times_out(quick_engine, openai_standin):
-    openai_standin.faults.hang = True
-    t0 = time.monotonic()
-    with pytest.raises(EngineUnavailableError, match="did not answer within 1 s"):
-        collect(quick_engine.chat(chat()))
-    assert time.monotonic() - t0 < HANG_TIMEOUT + 4
-
-
-def test_hang_on_a_plain_request_times_out(quick_engine, openai_standin):
-    openai_standin.faults.hang = True
-    t0 = time.monotonic()
-    with pytest.raises(EngineUnavailableError):
-        quick_engine.embed(MODEL, ["x"])
-    assert time.monotonic() - t0 < HANG_TIMEOUT + 4
-
-
-def test_silence_mid_stream_times_out(quick_engine, openai_standin):
-    openai_standin.faults.hang_after = 2
-    received: list[str] = []
-    t0 = time.monotonic()
-    with pytest.raises(EngineUnavailableError, match="went silent mid-stream"):
-        for c in quick_engine.chat(chat()):
-            received.append(c.content)
-    assert time.monotonic() - t0 < HANG_TIMEOUT + 4
-    assert "".join(received) == "The quick"
-
-
-@pytest.mark.parametrize("after", [0, 5, N_REPLY])
-def test_connection_dropped_mid_stream(engine, openai_standin, after):
-    openai_standin.faults.drop_after = after
-    with pytest.raises(EngineUnavailableError, match="broke mid-stream|closed the connection") as err:
-        collect(engine.chat(chat()))
-    assert openai_standin.base_url in str(err.value)
-
-
-def test_connection_dropped_non_streaming(make_settings, openai_standin):
-    engine = OpenAIEngine(make_settings(), base_url=openai_standin.base_url, stream=False)
-    openai_standin.faults.drop_after = 2
-    with pytest.raises(EngineUnavailableError):
-        collect(engine.chat(chat()))
-
-
-def test_error_inside_the_stream(engine, openai_standin):
-    openai_standin.faults.error_after = 3
-    openai_standin.faults.message = "CUDA out of memory"
-    with pytest.raises(EngineError, match="CUDA out of memory"):
         collect(engine.chat(chat()))
 
 

@@ -16,9 +16,9 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.store import Store
+from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
 
 pytestmark = pytest.mark.integration
 SHORT = {"temperature": 0, "num_predict": 8, "seed": 1}

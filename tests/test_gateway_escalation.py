@@ -10,9 +10,9 @@ import json
 
 import httpx
 
-from gateway_server import GatewayServer
 from lmgauge.config import GatewaySettings, RoutingSettings, Settings, UpstreamSettings
 from lmgauge.store import Store
+from support.gateway_server import GatewayServer
 
 SMALL, LARGE = "small-model", "large-model"
 EASY = "hi there"  # the router sends it to the small tier (test_gateway_hooks.py checks that)
@@ -27,7 +27,7 @@ def tiers(home, small_url: str, large_url: str, escalate: bool = True) -> Settin
 
 
 def standin(model: str, reply: str):
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     return OllamaStandin(models=(model,), reply=reply).start()
 

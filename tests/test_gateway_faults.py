@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_server import GatewayServer, free_port, ollama_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.store import Store
+from support.gateway_server import GatewayServer, free_port, ollama_stub
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
@@ -103,11 +103,10 @@ def test_upstream_killed_mid_stream_gives_a_clean_error_event(tmp_path, stub):
 def test_upstream_that_hangs_times_out(tmp_path, stub):
     stub.faults.hang = True
     with GatewayServer(settings_for(tmp_path, [stub.url], first_token_timeout=0.5)) as srv:
-        t0 = time.perf_counter()
+        # 30 s is a hang guard: the gateway's 0.5 s first-token timeout answers (a 504 that names
+        # it) long before; the client's own timeout would raise here instead.
         r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": True}, timeout=30)
-        elapsed = time.perf_counter() - t0
         assert r.status_code == 504 and "within 0.5s" in r.json()["error"]
-        assert elapsed < 5  # the configured timeout, not the client's
         assert log_rows(srv, 1)[0]["status"] == "timeout"
         assert srv.gateway.gauges()["models"]["stub"]["in_flight"] == 0  # the slot came back
 

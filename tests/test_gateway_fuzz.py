@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway_server import GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
+from support.gateway_server import GatewayServer, ollama_stub, openai_stub
 
 MIN_REQUESTS = 2000
 RSS_GROWTH_LIMIT = 150 * 2**20  # the 300-URL leak alone was +245 MB before the allowlist

@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway_server import GatewayServer
 from lmgauge.config import CacheSettings, GatewaySettings, RoutingSettings, Settings, UpstreamSettings
+from support.gateway_server import GatewayServer
 
 SMALL, LARGE = "small-model", "large-model"
 EASY = "hi there"
@@ -18,7 +18,7 @@ HARD = ("Prove that the square root of 2 is irrational, then write a Python func
 
 def two_model_standin():
     """One Ollama stand-in serving two models; each answer names the model that wrote it."""
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     return OllamaStandin(models=(SMALL, LARGE), reply=lambda body: f"answered by {body['model']}").start()
 

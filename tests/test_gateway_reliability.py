@@ -12,9 +12,9 @@ import time
 import httpx
 import pytest
 
-from gateway_server import GatewayServer, free_port, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, ResilienceSettings, Settings, UpstreamSettings
 from lmgauge.store import Store
+from support.gateway_server import GatewayServer, free_port, ollama_stub, openai_stub
 
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
 

@@ -16,9 +16,9 @@ import threading
 import httpx
 import pytest
 
-from gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.models import smollm2_path
+from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 

@@ -12,8 +12,8 @@ import json
 import jsonschema
 import pytest
 
-from gateway_server import GatewayServer
 from lmgauge.config import Settings
+from support.gateway_server import GatewayServer
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import provision
+from support import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 HIDDEN = {"redis-server", "redis-cli", "chromium", "chromium-browser", "google-chrome", "chrome"}

@@ -33,7 +33,7 @@ from lmgauge.routing import (
 )
 from lmgauge.store import Store
 from lmgauge.types import Result, Timings
-from standins import OllamaStandin
+from support.standins import OllamaStandin
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_the_gateway_speculates_per_model_config_and_counts_it(tmp_path, smollm2
     client cannot switch speculation on, or point it at a file, from the request body."""
     import httpx
 
-    from gateway_server import GatewayServer
+    from support.gateway_server import GatewayServer
 
     settings = Settings(home=tmp_path, keep_alive=-1, num_ctx=512, aliases={"copy": smollm2_path},
                         speculative={"models": {"copy": "lookup"}})

@@ -82,7 +82,7 @@ def test_smollm2_refuses_think_and_answers_without_it(llama_engine, smollm2_path
 
 
 def test_the_ollama_engine_keeps_an_upstreams_thinking(start_standin, make_settings):
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     server = start_standin(OllamaStandin, thinking="Let me think about the sky.")
     for stream in (True, False):
@@ -102,9 +102,9 @@ def test_the_ollama_engine_keeps_an_upstreams_thinking(start_standin, make_setti
 
 @pytest.mark.integration
 def test_gateway_carries_thinking_to_both_apis_and_refuses_it_for_smollm2(tmp_path, start_standin):
-    from gateway_server import GatewayServer
     from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
-    from standins import OllamaStandin
+    from support.gateway_server import GatewayServer
+    from support.standins import OllamaStandin
 
     upstream = start_standin(OllamaStandin, thinking="Rayleigh scattering, probably.")
     settings = Settings(home=tmp_path, keep_alive=-1, gateway=GatewaySettings(

@@ -7,7 +7,7 @@ import json
 
 from lmgauge import tool_loop
 from lmgauge.types import Message, Result, Timings
-from test_cli import assert_one_line_error, lmgauge
+from support.cli import assert_one_line_error, lmgauge
 
 TOOLS_PY = '''
 def get_weather(city: str, unit: str = "celsius") -> str:
@@ -58,7 +58,7 @@ def test_the_loop_sends_results_back_linked_to_their_call():
 
 
 def test_cli_runs_the_tool_loop_against_a_model_that_calls(tmp_path, start_standin):
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     server = start_standin(OllamaStandin, tool_calls=[
         {"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}])

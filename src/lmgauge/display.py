@@ -167,8 +167,8 @@ def speculation_rows(spec: Any) -> list[tuple[str, str]]:
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
     mean = "-" if spec.mean_accepted is None else f"{spec.mean_accepted:.2f}"
     rows = [
-        ("speculation", f"{spec.mode}: {spec.accepted}/{spec.drafted} drafted tokens accepted "
-                        f"({pct(spec.acceptance_rate)}), {mean} per step over {spec.steps} step(s)"),
+        ("speculation", (f"{spec.mode}: {spec.accepted}/{spec.drafted} drafted tokens accepted "
+                         f"({pct(spec.acceptance_rate)}), {mean} per step over {spec.steps} step(s)")),
         ("draft vs verify", f"{human_ms(spec.draft_ns / 1e6)} drafting, {human_ms(spec.verify_ns / 1e6)} verifying"
                             + (f", {spec.grammar_cut} draft token(s) cut by the grammar" if spec.grammar_cut else "")),
     ]

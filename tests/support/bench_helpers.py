@@ -13,7 +13,7 @@ from lmgauge.client import Client
 from lmgauge.config import Settings
 from lmgauge.models import ModelRef
 from lmgauge.types import ChatRequest, Chunk
-from scripted import ScriptedEngine
+from support.scripted import ScriptedEngine
 
 
 class ScriptedClient(Client):

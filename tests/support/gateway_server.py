@@ -1,5 +1,5 @@
 """Start a real gateway (uvicorn) on a free 127.0.0.1 port in a thread, for tests; and the
-stand-in upstreams (tests/standins.py) the gateway tests put behind it."""
+stand-in upstreams (support/standins.py) the gateway tests put behind it."""
 
 from __future__ import annotations
 
@@ -63,13 +63,13 @@ REPLY = "The sky is blue because of Rayleigh scattering."  # 8 stand-in tokens
 
 def ollama_stub(**kwargs):
     """An Ollama stand-in serving the model `stub` (started; stop() it)."""
-    from standins import OllamaStandin
+    from support.standins import OllamaStandin
 
     return OllamaStandin(models=("stub",), reply=kwargs.pop("reply", REPLY), **kwargs).start()
 
 
 def openai_stub(**kwargs):
     """An OpenAI-compatible stand-in serving the model `stub` (started; stop() it)."""
-    from standins import OpenAIStandin
+    from support.standins import OpenAIStandin
 
     return OpenAIStandin(models=("stub",), reply=kwargs.pop("reply", REPLY), **kwargs).start()
