@@ -116,7 +116,9 @@ def compare(client: Client, modes: list[str], prompts: dict[str, list[str]], tok
                     acceptance=accepted / drafted if drafted else None,
                     mean_accepted=accepted / steps if steps else None,
                     draft_s=sum(s["draft_ns"] for s in specs) / 1e9,
-                    verify_s=sum(s["verify_ns"] for s in specs) / 1e9)
+                    verify_s=sum(s["verify_ns"] for s in specs) / 1e9,
+                    lookup_steps=sum(s.get("lookup_steps", 0) for s in specs),
+                    pauses=sum(s.get("pauses", 0) for s in specs))
         rows.append(row)
         line = f"  {kind:8} plain {row['plain']['decode_tps']:6.1f} tok/s"
         for mode in modes[1:]:
@@ -124,7 +126,9 @@ def compare(client: Client, modes: list[str], prompts: dict[str, list[str]], tok
             acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
             mean = "-" if r["mean_accepted"] is None else f"{r['mean_accepted']:.2f}"
             line += (f" | {mode} {r['decode_tps']:6.1f} tok/s = {r['speedup']:4.2f}x, accepted {acc}, "
-                     f"{mean}/step, draft {r['draft_s']:.1f}s vs verify {r['verify_s']:.1f}s")
+                     f"{mean}/step, draft {r['draft_s']:.1f}s vs verify {r['verify_s']:.1f}s"
+                     + (f", {r['lookup_steps']} step(s) copied by lookup" if r["lookup_steps"] else "")
+                     + (f", paused {r['pauses']}x" if r["pauses"] else ""))
         print(line + f" | identical greedy output: {same}", flush=True)
     return rows
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from lmgauge.engines.speculative import DraftLength, NgramLookup, check_vocab_metadata, verify
+from lmgauge.engines.speculative import DraftLength, NgramLookup, Payoff, check_vocab_metadata, verify
 from lmgauge.errors import InvalidOptionError
 from lmgauge.models import inspect_gguf
 from lmgauge.types import SpecStats
@@ -178,6 +178,32 @@ def test_draft_length_grows_on_acceptance_and_shrinks_on_rejection():
     assert length.value == 1  # a step without drafts changes nothing
 
 
+def test_speculation_pauses_where_it_is_slower_than_plain_steps_and_tries_again():
+    """On a CPU bound by compute (shared cores), a verification batch costs several plain steps:
+    speculating is paused, then retried, and kept where it pays."""
+    payoff = Payoff()
+    payoff.plain(100)  # one token per 100 ns
+    for _ in range(Payoff.MIN_SPEC_STEPS):
+        assert payoff.should_draft()
+        payoff.speculative(3, 500)  # 3 tokens per 500 ns: slower than plain
+    assert payoff.pauses == 1
+    assert [payoff.should_draft() for _ in range(Payoff.PAUSE_STEPS)] == [False] * Payoff.PAUSE_STEPS
+    assert payoff.should_draft()  # tried again
+    for _ in range(10):
+        payoff.speculative(4, 200)  # 4 tokens per 200 ns: twice the plain rate
+        assert payoff.should_draft()
+    assert payoff.pauses == 1  # where it pays it is never paused
+
+
+def test_one_slow_step_does_not_pause_speculation():
+    payoff = Payoff()
+    payoff.plain(100)
+    payoff.speculative(4, 200)
+    payoff.speculative(1, 900)  # a rejected draft
+    payoff.speculative(5, 200)
+    assert payoff.pauses == 0 and payoff.should_draft()
+
+
 def test_spec_stats_derive_rates_and_the_speedup_estimate():
     stats = SpecStats(mode="lookup", drafted=40, accepted=30, steps=10, draft_ns=0, verify_ns=10_000,
                       plain_steps=2, plain_ns=2_000)
@@ -198,3 +224,14 @@ def test_vocabulary_check_refuses_a_different_tokenizer(smollm2_path):
     sentencepiece = dataclasses.replace(info, tokenizer_model="llama", path="/models/sp.gguf")
     with pytest.raises(InvalidOptionError, match="tokenizers differ"):
         check_vocab_metadata(info, sentencepiece)
+
+
+def test_run_verbose_recommends_going_without_speculation_when_it_was_paused():
+    from lmgauge.cli import speculation_advice
+
+    paused = SpecStats(mode="draft", drafted=30, accepted=20, steps=6, draft_ns=6_000, verify_ns=6_000,
+                       plain_steps=20, plain_ns=20_000, pauses=1)
+    advice = speculation_advice(paused)
+    assert "paused 1 time" in advice and "without the draft model" in advice
+    paying = dataclasses.replace(paused, pauses=0, draft_ns=100, verify_ns=1_000)
+    assert speculation_advice(paying) is None

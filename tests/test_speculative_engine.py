@@ -82,6 +82,9 @@ def test_a_draft_model_gives_the_same_greedy_answer(engine, smollm2_path):
     # a second turn reuses the draft model's cache of the same slot (common prefix kept)
     again = ask(engine, smollm2_path, REWRITE, draft)
     assert again.content == plain.content
+    # where the answer copies its prompt, prompt lookup drafted some steps in place of the draft
+    # model, whose sequence caught up afterwards (the answer is still the target's own)
+    assert 0 < again.timings.speculation.lookup_steps <= again.timings.speculation.steps
 
 
 def test_speculating_streams_batched_together_each_keep_their_own_state(batch_engine, smollm2_path):

@@ -170,6 +170,36 @@ def test_lazy_grammar_wakes_when_the_call_starts_and_then_holds(vocab):
     assert not allowed(grammar, vocab, ', "colour": 1')  # not in the schema: refused
 
 
+@pytest.mark.parametrize("syntax", [HERMES, GENERIC, MISTRAL, LLAMA3])
+@pytest.mark.parametrize("opening", ['```json\n{"name"', '  {"name"'])
+def test_lazy_grammar_wakes_for_a_call_the_answer_opens_with(vocab, syntax, opening):
+    """Qwen2.5-Coder 0.5B writes its calls as ```json {"name", ...} ``` rather than in its template's
+    <tool_call> tags: the grammar wakes on that opening too, and then holds the call to its schema
+    and the block to its closing fence."""
+    from lmgauge.engines.llamacpp import tokenize
+
+    lazy = toolcalls.LazyGrammar(vocab, toolcalls.call_grammar(TOOLS, syntax, lazy=True), syntax)
+    grammar = None
+    for token in tokenize(vocab, opening, False):
+        assert grammar is None
+        grammar = lazy.observe(token)
+    assert grammar is not None
+    key = syntax.args_key
+    assert allowed(grammar, vocab, f': "add", "{key}": {{"a": 2, "b": 3}}}}')
+    assert not allowed(grammar, vocab, ', "c": 1')  # not in the schema: refused
+    if opening.startswith("```"):
+        assert allowed(grammar, vocab, "\n```")
+
+
+def test_lazy_grammar_stays_asleep_for_a_code_block_that_is_not_a_call(vocab):
+    from lmgauge.engines.llamacpp import tokenize
+
+    lazy = toolcalls.LazyGrammar(vocab, toolcalls.call_grammar(TOOLS, HERMES, lazy=True), HERMES)
+    assert all(lazy.observe(t) is None for t in tokenize(vocab, '```json\n{"city": "Oslo"}\n```', False))
+    woke = [lazy.observe(t) for t in tokenize(vocab, " Now the call: <tool_call>", False)]
+    assert woke[-1] is not None and not any(woke[:-1])  # its own tags still start a call later
+
+
 def test_lazy_grammar_stays_asleep_for_an_answer_that_is_text(vocab):
     from lmgauge.engines.llamacpp import tokenize
 

@@ -188,8 +188,11 @@ def speculation_advice(spec: Any) -> str | None:
         return None
     if spec.mode == "lookup" and spec.steps == 0:
         return "prompt lookup found nothing to draft here (it pays when the answer repeats the prompt)"
+    what = "--draft lookup" if spec.mode == "lookup" else "the draft model"
+    if spec.pauses:
+        return (f"speculation was slower than plain decoding here and paused {spec.pauses} time(s) (busy cores, "
+                f"or batching already fills them): run without {what}, or with fewer parallel streams")
     if gain is not None and gain < 1.0:
-        what = "--draft lookup" if spec.mode == "lookup" else "the draft model"
         return (f"speculation slowed this answer (~{gain:.2f}x): run without {what}, or with fewer "
                 "parallel streams (batching already fills the cores)")
     return None

@@ -257,6 +257,8 @@ class SpecStats:
     plain_steps: int = 0
     plain_ns: int = 0  # target decode time of the plain steps
     grammar_cut: int = 0  # drafted tokens dropped because the grammar forbids them
+    lookup_steps: int = 0  # draft mode: steps whose draft was copied by prompt lookup (no draft model decode)
+    pauses: int = 0  # times speculating was measured slower than plain steps and paused (speculative.Payoff)
 
     @property
     def acceptance_rate(self) -> float | None:

@@ -23,6 +23,20 @@ which is p without d): the output follows the target's distribution, and greedy 
 target's own. The sampler only ever sees tokens that become output, so no sampler state needs
 rolling back.
 
+With a draft model, prompt lookup is tried first at every step (with a longer match required,
+`HYBRID_NGRAM_MIN`): where the answer is copying its prompt (a rewrite, an extraction) the copy
+is a free draft at least as good as the small model's, and the draft model's decodes, each
+costing about 40% of a target step (Qwen2.5-Coder 0.5B for 1.5B), are skipped. The draft
+model's sequence simply catches up on the tokens it missed at its next step (one batched decode).
+
+Speculation is paused where it does not pay (`Payoff`): a verification batch of k tokens costs
+about one plain step only while decoding is bound by memory bandwidth. On a machine whose cores
+are shared (other processes, or a single llama.cpp thread) it is bound by compute, and a batch
+of 9 tokens was measured at 5x a plain step (benchmarks/verify_cost.py): then every draft costs
+more than it saves. Each request compares its recent speculative steps (tokens per second,
+drafting included) with its recent plain steps and, when speculating is slower, decodes plainly
+for a while before trying again.
+
 The draft length adapts per request (`DraftLength`): +2 after a fully accepted draft, -1 after
 a rejection (the schedule of Hugging Face's assisted generation), and a draft model stops
 drafting as soon as its own top probability falls below `P_MIN` (llama.cpp's rule).
@@ -56,6 +70,9 @@ P_MIN = 0.75
 # Prompt lookup: the longest and shortest suffix looked up (longer matches are tried first).
 NGRAM_MAX = 3
 NGRAM_MIN = 2
+# Beside a draft model, only a match this long is trusted over the model's draft (a 2-token match
+# is often chance in free text; the draft model is right more often there).
+HYBRID_NGRAM_MIN = 3
 # Draft length a request starts with.
 START_LENGTH = 4
 # Vocabularies may differ by a few padding/added tokens at the end (llama.cpp allows 128), and
@@ -97,6 +114,48 @@ class DraftLength:
             self.value = min(self.value + 2, self.maximum)
         else:
             self.value = max(self.value - 1, 1)
+
+
+class Payoff:
+    """Whether speculating pays for this request now: moving averages of the output rate of its
+    speculative steps (accepted + 1 tokens per draft + verify time) and of its plain steps (one
+    token per step). When speculation is clearly slower it pauses for `PAUSE_STEPS` plain steps
+    (which also refresh the plain rate), then speculates again: conditions change (the answer
+    starts copying its prompt, another process leaves the cores)."""
+
+    PAUSE_STEPS = 16
+    MIN_SPEC_STEPS = 3  # judge only after this many speculative steps since the last pause
+    MARGIN = 0.95  # pause when speculating is below this share of the plain rate
+    ALPHA = 0.3  # weight of the newest step in the moving averages
+
+    def __init__(self) -> None:
+        self.plain_rate: float | None = None  # tokens per ns
+        self.spec_rate: float | None = None
+        self.spec_steps = 0  # since the last pause
+        self.paused = 0  # plain steps still to take
+        self.pauses = 0
+
+    def should_draft(self) -> bool:
+        if self.paused > 0:
+            self.paused -= 1
+            return False
+        return True
+
+    def plain(self, ns: int) -> None:
+        self.plain_rate = self._avg(self.plain_rate, 1 / max(ns, 1))
+
+    def speculative(self, tokens: int, ns: int) -> None:
+        self.spec_rate = self._avg(self.spec_rate, tokens / max(ns, 1))
+        self.spec_steps += 1
+        if (self.spec_steps >= self.MIN_SPEC_STEPS and self.plain_rate is not None
+                and self.spec_rate < self.MARGIN * self.plain_rate):
+            self.paused = self.PAUSE_STEPS
+            self.pauses += 1
+            self.spec_steps = 0
+            self.spec_rate = None  # the next try is judged on its own steps
+
+    def _avg(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.ALPHA) * old + self.ALPHA * new
 
 
 # --- prompt lookup --------------------------------------------------------------------------------
@@ -325,6 +384,8 @@ class SpecState:
     n_target_vocab: int = 0
     fed: int = 0  # output tokens already given to the lookup index
     plain_first: bool = True  # the first decode step is plain: the request's own baseline
+    payoff: Payoff = field(default_factory=Payoff)
+    step_draft_ns: int = 0  # drafting time of this step (part of what the step cost)
     drafts: list[int] = field(default_factory=list)  # this step's drafts (in the batch)
     verifying: bool = False  # the scheduler is sampling this step's rows
     done: DoneReason | None = None  # the request ended during verification: its done reason
@@ -333,9 +394,9 @@ class SpecState:
     def create(cls, config: Speculation, prompt: list[int], drafter: Drafter | None,
                n_target_vocab: int) -> SpecState:
         mode = "draft" if drafter is not None else "lookup"
+        lookup = NgramLookup(prompt) if drafter is None else NgramLookup(prompt, n_min=HYBRID_NGRAM_MIN)
         return cls(config=config, stats=SpecStats(mode=mode), length=DraftLength(config.draft_max),
-                   lookup=NgramLookup(prompt) if drafter is None else None, drafter=drafter,
-                   n_target_vocab=n_target_vocab)
+                   lookup=lookup, drafter=drafter, n_target_vocab=n_target_vocab)
 
 
 def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
@@ -346,22 +407,29 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
     for job in jobs:
         spec = _spec(job)
         spec.drafts = []
+        spec.step_draft_ns = 0
         if spec.plain_first:
             spec.plain_first = False
+            continue
+        if not spec.payoff.should_draft():
             continue
         k = budget(job, spec.length.value)
         if k <= 0:
             continue
-        if spec.drafter is not None:
-            by_drafter.setdefault(spec.drafter, []).append((job, k))
-            continue
         t0 = time.perf_counter_ns()
-        assert spec.lookup is not None, "a speculation without a draft model drafts by lookup"
+        assert spec.lookup is not None, "every speculation keeps a lookup index (with a draft model: copies first)"
         new = job.output_ids[spec.fed :]
         spec.lookup.extend(new)
         spec.fed += len(new)
-        spec.drafts = _grammar_cut(job, spec.lookup.propose(k))
-        spec.stats.draft_ns += time.perf_counter_ns() - t0
+        copied = spec.lookup.propose(k)
+        spec.step_draft_ns = time.perf_counter_ns() - t0
+        spec.stats.draft_ns += spec.step_draft_ns
+        if spec.drafter is not None and not copied:
+            by_drafter.setdefault(spec.drafter, []).append((job, k))
+            continue
+        if spec.drafter is not None:
+            spec.stats.lookup_steps += 1
+        spec.drafts = _grammar_cut(job, copied)
     for drafter, group in by_drafter.items():
         t0 = time.perf_counter_ns()
         wants = [(job.held.seq, job.tokens + job.output_ids, k) for job, k in group]
@@ -374,7 +442,9 @@ def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
             _spec(job).drafts = _grammar_cut(job, draft)
         elapsed = time.perf_counter_ns() - t0
         for job, _ in group:  # the streams drafted together: each waited for all of it
-            _spec(job).stats.draft_ns += elapsed
+            spec = _spec(job)
+            spec.stats.draft_ns += elapsed
+            spec.step_draft_ns += elapsed
 
 
 def _spec(job: Job) -> SpecState:
@@ -391,16 +461,25 @@ def _grammar_cut(job: Job, drafts: list[int]) -> list[int]:
 
 def record(job: Job, drafted: int, accepted: int, decode_ns: int) -> None:
     """Count one step of a speculating job: a speculative step if it verified drafts."""
-    stats = _spec(job).stats
+    spec = _spec(job)
+    stats = spec.stats
     if drafted:
         stats.steps += 1
         stats.drafted += drafted
         stats.accepted += accepted
         stats.verify_ns += decode_ns
-        _spec(job).length.update(drafted, accepted)
+        spec.length.update(drafted, accepted)
+        spec.payoff.speculative(accepted + 1, spec.step_draft_ns + decode_ns)
+        stats.pauses = spec.payoff.pauses
     else:
         stats.plain_steps += 1
         stats.plain_ns += decode_ns
+        if spec.drafter is not None and spec.step_draft_ns:
+            # the draft model ran and proposed nothing: a speculative step that yielded one token
+            spec.payoff.speculative(1, spec.step_draft_ns + decode_ns)
+            stats.pauses = spec.payoff.pauses
+        else:
+            spec.payoff.plain(decode_ns)
 
 
 def _put(b: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:

@@ -17,9 +17,10 @@ llama.cpp's common/chat.cpp does):
 The grammar is built from the tools' schemas (llama-cpp-python's converter, llama.cpp's rules).
 With `tool_choice` "required" (or a named function) it constrains the answer from its first
 token: a call must come out. With "auto" it is lazy, as in llama-server: the model writes freely
-until it starts a call (the syntax's opening text appears, or the answer opens with `{"name"`),
-and from that token on the grammar holds, so a started call always completes as valid JSON
-matching its schema. "none" renders no tools and parses nothing.
+until it starts a call (the syntax's opening text appears, or the answer opens with `{"name"`
+or with a ```json block holding `{"name"`, as Qwen2.5-Coder 0.5B writes its calls in place of its
+template's tags), and from that token on the grammar holds, so a started call always completes
+as valid JSON matching its schema. "none" renders no tools and parses nothing.
 
 `LazyGrammar` watches the sampled tokens on the decode thread; `ToolCallParser` runs on the
 caller's side over the streamed text. Neither touches the scheduler beyond the Sampler's hook.
@@ -142,15 +143,23 @@ def call_grammar(tools: list[dict[str, Any]], syntax: ToolSyntax, only: str | No
     if body is None:  # pragma: no cover - a schema always gives a grammar
         raise InvalidOptionError("the tools' schemas could not be turned into a grammar")
     body = re.sub(r"^root ::=", "tool-call ::=", body, flags=re.MULTILINE)
-    lead = "lead " if lazy else ""
     more = f"{{0,{MAX_CALLS - 1}}}"
+    bare = f"tool-call (ws tool-call){more}"
     if syntax.name == "hermes":
         one = f'"{syntax.start}" ws tool-call ws "{syntax.end}"'
-        root = f"root ::= {lead}{one} (ws {one}){more}"
+        calls = f"{one} (ws {one}){more}"
     elif syntax.array:
-        root = f'root ::= {lead}"{_gbnf_escape(syntax.start or "")}" ws "[" ws tool-call ("," ws tool-call){more} ws "]"'
+        calls = f'"{_gbnf_escape(syntax.start or "")}" ws "[" ws tool-call ("," ws tool-call){more} ws "]"'
     else:
-        root = f"root ::= {lead}tool-call (ws tool-call){more}"
+        calls = bare
+    if lazy:
+        # Woken by the syntax's opening text, or by an answer that opens with a call as bare JSON
+        # or in a ```json block (LazyGrammar._start): the grammar accepts whichever woke it.
+        fenced = f'"{_gbnf_escape(FENCE)}" ws {bare} ws "```"'
+        root = f"root ::= lead ({calls} | {fenced} | {bare})" if calls != bare else \
+            f"root ::= lead ({bare} | {fenced})"
+    else:
+        root = f"root ::= {calls}"
     return f"{root}\nws ::= [ \\t\\n]{{0,4}}\nlead ::= [ \\t\\n]{{0,8}}\n{body}"
 
 
@@ -161,8 +170,10 @@ def _gbnf_escape(text: str) -> str:
 # --- lazy activation on the decode thread ----------------------------------------------------------
 
 FENCE = "```json"
-_ANCHORED = re.compile(r'\s*(?:<\|python_tag\|>)?\s*\{\s*"name"')
-_ANCHORED_PREFIX = '{"name"'
+# An answer that opens with a call: `{"name"`, after Llama 3's python tag or inside a ```json
+# block; group 1 is where the call's text starts.
+_ANCHORED = re.compile(r'\s*(?:<\|python_tag\|>)?\s*((?:```json\s*)?\{)\s*"name"')
+_ANCHORED_PREFIXES = ('{"name"', FENCE + '{"name"')  # the same, without whitespace
 
 
 class LazyGrammar:
@@ -178,6 +189,7 @@ class LazyGrammar:
         self.grammar = grammar
         self.syntax = syntax
         self.done = False
+        self._opening = True  # the answer may still open with a call (bare JSON or a ```json block)
         self._tokens: list[int] = []
         self._pieces: list[str] = []
         self._text = ""
@@ -201,14 +213,21 @@ class LazyGrammar:
     def _start(self, new: int) -> int | None:
         """Where the call starts in the text, once it has clearly started (only the newest
         `new` characters and what precedes them by a marker's length are searched)."""
+        if self._opening:
+            opened = _ANCHORED.match(self._text)
+            if opened:
+                return opened.start(1)
+            compact = re.sub(r"\s", "", self._text.replace("<|python_tag|>", ""))
+            if any(p.startswith(compact) for p in _ANCHORED_PREFIXES):
+                return None  # undecided yet
+            self._opening = False
+            if self.syntax.start is None:
+                self.done = True  # the answer is text, not a call
+                return None
+            new = len(self._text)  # the opening text may hold the syntax's marker already
         if self.syntax.start is not None:
             at = self._text.find(self.syntax.start, max(len(self._text) - new - len(self.syntax.start), 0))
             return at if at >= 0 else None
-        if _ANCHORED.match(self._text):
-            return self._text.index("{")
-        compact = re.sub(r"\s", "", self._text.replace("<|python_tag|>", ""))
-        if not _ANCHORED_PREFIX.startswith(compact):
-            self.done = True  # the answer is text, not a call
         return None
 
     def _activate(self, start: int) -> Any | None:
