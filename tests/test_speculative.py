@@ -227,7 +227,7 @@ def test_vocabulary_check_refuses_a_different_tokenizer(smollm2_path):
 
 
 def test_run_verbose_recommends_going_without_speculation_when_it_was_paused():
-    from lmgauge.cli import speculation_advice
+    from lmgauge.display import speculation_advice
 
     paused = SpecStats(mode="draft", drafted=30, accepted=20, steps=6, draft_ns=6_000, verify_ns=6_000,
                        plain_steps=20, plain_ns=20_000, pauses=1)
