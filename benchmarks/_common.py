@@ -76,24 +76,34 @@ def serve_gateway(port: int, home: Path, config: str, src: Path = SRC) -> subpro
     path.write_text(config)
     env = {**os.environ, "LMGAUGE_HOME": str(home), "PYTHONPATH": str(src)}
     env.pop("OLLAMA_HOST", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--port", str(port), "--config", str(path)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmgauge", "serve", "--port", str(port), "--config", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wait_port(port, proc)
     return proc
 
 
 def start_stub(port: int, *args: str) -> subprocess.Popen:
     """The cheapest upstream (stub_upstream.py) in its own process; `args` are its flags."""
-    proc = subprocess.Popen([sys.executable, str(HERE / "stub_upstream.py"), "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "stub_upstream.py"), "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(port, proc)
     return proc
 
 
 def start_standin(port: int, *args: str) -> subprocess.Popen:
     """The tests' stand-in Ollama server (tests/support/standins.py) in its own process."""
-    proc = subprocess.Popen([sys.executable, str(TESTS / "support" / "standins.py"), "ollama", "--port", str(port),
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTS / "support" / "standins.py"), "ollama", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(port, proc)
     return proc
 

@@ -34,8 +34,16 @@ class BareRun:
 
 
 class BareLlama:
-    def __init__(self, path: str, n_ctx: int, threads: int, n_seq: int = 1, n_batch: int = 512,
-                 flash_attn: int = -1, kv_unified: bool = True):
+    def __init__(
+        self,
+        path: str,
+        n_ctx: int,
+        threads: int,
+        n_seq: int = 1,
+        n_batch: int = 512,
+        flash_attn: int = -1,
+        kv_unified: bool = True,
+    ):
         L.llama_log_set(_quiet, ctypes.c_void_p(0))
         L.llama_backend_init()
         self.model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())

@@ -60,8 +60,10 @@ def main() -> None:
         for a, b in zip(alone, batched, strict=True):
             if a != b:
                 at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-                line += f"; first difference at character {at} of {len(a)}: {a[max(0, at - 20):at + 20]!r} vs " \
-                        f"{b[max(0, at - 20):at + 20]!r}"
+                line += (
+                    f"; first difference at character {at} of {len(a)}: {a[max(0, at - 20) : at + 20]!r} vs "
+                    f"{b[max(0, at - 20) : at + 20]!r}"
+                )
                 break
         print(line, flush=True)
 

@@ -22,13 +22,26 @@ from pathlib import Path
 from lmgauge import Client
 from lmgauge.batch import BatchItem, read_results, run_batch
 
-TOPICS = ["the sea", "a city at night", "an old library", "a mountain village", "a robot", "a forest fire",
-          "a train journey", "the first snow"]
+TOPICS = [
+    "the sea",
+    "a city at night",
+    "an old library",
+    "a mountain village",
+    "a robot",
+    "a forest fire",
+    "a train journey",
+    "the first snow",
+]
 
 
 def items(tag: str, n: int) -> list[BatchItem]:
-    return [BatchItem(f"{tag}-{i}", [{"role": "user", "content": f"[{tag} {i}] Write a short poem about "
-                                      f"{TOPICS[i % len(TOPICS)]}."}]) for i in range(n)]
+    return [
+        BatchItem(
+            f"{tag}-{i}",
+            [{"role": "user", "content": f"[{tag} {i}] Write a short poem about {TOPICS[i % len(TOPICS)]}."}],
+        )
+        for i in range(n)
+    ]
 
 
 def main() -> None:
@@ -45,8 +58,10 @@ def main() -> None:
     with Client(keep_alive=-1, parallel=1) as client:
         client.chat(args.model, [{"role": "user", "content": "warm-up"}], options={"num_predict": 4})
         t0 = time.perf_counter()
-        tokens = sum(client.chat(args.model, it.messages, options=options).timings.output_tokens
-                     for it in items("loop", args.items))
+        tokens = sum(
+            client.chat(args.model, it.messages, options=options).timings.output_tokens
+            for it in items("loop", args.items)
+        )
         rows["reference: Client.chat loop"] = (time.perf_counter() - t0, tokens)
 
     for n in (1, args.concurrency):
@@ -66,8 +81,20 @@ def main() -> None:
 
     ref_s = rows["reference: Client.chat loop"][0]
     if args.json:
-        print(json.dumps({k: {"seconds": s, "items_per_s": args.items / s, "tokens_per_s": t / s,
-                              "speedup_vs_loop": ref_s / s} for k, (s, t) in rows.items()}, indent=1))
+        print(
+            json.dumps(
+                {
+                    k: {
+                        "seconds": s,
+                        "items_per_s": args.items / s,
+                        "tokens_per_s": t / s,
+                        "speedup_vs_loop": ref_s / s,
+                    }
+                    for k, (s, t) in rows.items()
+                },
+                indent=1,
+            )
+        )
         return
     print(f"{args.items} prompts, {args.model}, up to {args.tokens} output tokens each")
     print(f"{'':<34}{'seconds':>9}{'items/s':>9}{'tok/s':>8}{'vs loop':>9}")

@@ -36,10 +36,24 @@ from lmgauge.engines.llamacpp import default_threads  # noqa: E402
 from lmgauge.types import Message  # noqa: E402
 
 GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
-TOPICS = ["a lighthouse", "a desert caravan", "a clockmaker", "a lost robot", "a mountain village",
-          "a deep-sea diver", "a city at night", "an old library", "a comet", "a chess match",
-          "a river journey", "a winter forest", "a space station", "a jazz club", "a small bakery",
-          "a storm at sea"]
+TOPICS = [
+    "a lighthouse",
+    "a desert caravan",
+    "a clockmaker",
+    "a lost robot",
+    "a mountain village",
+    "a deep-sea diver",
+    "a city at night",
+    "an old library",
+    "a comet",
+    "a chess match",
+    "a river journey",
+    "a winter forest",
+    "a space station",
+    "a jazz club",
+    "a small bakery",
+    "a storm at sea",
+]
 
 
 def prompts_for(n: int, run: str) -> list[str]:
@@ -69,8 +83,13 @@ def lmgauge_batch(client: Client, model: str, prompts: list[str], tokens: int, c
     # another, the rate is one stream's.
     rates = [1000 / x for x in tpots]
     decode = sum(rates) if concurrent else statistics.median(rates)
-    return {"tokens": out, "wall_s": wall, "agg_tps": out / wall, "tpot_ms": statistics.median(tpots),
-            "decode_tps": decode}
+    return {
+        "tokens": out,
+        "wall_s": wall,
+        "agg_tps": out / wall,
+        "tpot_ms": statistics.median(tpots),
+        "decode_tps": decode,
+    }
 
 
 def bare_batch(bare: BareLlama, client: Client, model: str, prompts: list[str], tokens: int) -> dict:
@@ -81,7 +100,13 @@ def bare_batch(bare: BareLlama, client: Client, model: str, prompts: list[str], 
     out, decode_ns, steps = on_llama_thread(bare.generate_batch, token_lists, tokens)
     wall = time.perf_counter() - t0
     tpot = decode_ns / 1e6 / max(steps, 1)
-    return {"tokens": out, "wall_s": wall, "agg_tps": out / wall, "tpot_ms": tpot, "decode_tps": len(prompts) * 1000 / tpot}
+    return {
+        "tokens": out,
+        "wall_s": wall,
+        "agg_tps": out / wall,
+        "tpot_ms": tpot,
+        "decode_tps": len(prompts) * 1000 / tpot,
+    }
 
 
 def batching_table(model: str, sizes: list[int], tokens: int, ctx: int, threads: int) -> list[dict]:
@@ -99,24 +124,34 @@ def batching_table(model: str, sizes: list[int], tokens: int, ctx: int, threads:
         sequential = lmgauge_batch(seq_client, model, prompts_for(n, "s"), tokens, concurrent=False)
         bare.close()
         client.close()
-        row = {"model": model, "n": n, "lmgauge": batched, "sequential": sequential, "bare": reference,
-               "speedup_vs_sequential": batched["agg_tps"] / sequential["agg_tps"],
-               "vs_bare": batched["agg_tps"] / reference["agg_tps"],
-               "decode_speedup_vs_sequential": batched["decode_tps"] / sequential["decode_tps"],
-               "decode_vs_bare": batched["decode_tps"] / reference["decode_tps"]}
+        row = {
+            "model": model,
+            "n": n,
+            "lmgauge": batched,
+            "sequential": sequential,
+            "bare": reference,
+            "speedup_vs_sequential": batched["agg_tps"] / sequential["agg_tps"],
+            "vs_bare": batched["agg_tps"] / reference["agg_tps"],
+            "decode_speedup_vs_sequential": batched["decode_tps"] / sequential["decode_tps"],
+            "decode_vs_bare": batched["decode_tps"] / reference["decode_tps"],
+        }
         rows.append(row)
-        print(f"{model:>10} N={n:<3} lmgauge {batched['agg_tps']:7.1f} tok/s (TPOT {batched['tpot_ms']:6.1f} ms)  "
-              f"sequential {sequential['agg_tps']:6.1f}  bare batched {reference['agg_tps']:7.1f}  "
-              f"speedup {row['speedup_vs_sequential']:4.2f}x  vs bare {row['vs_bare']:6.1%} | decode only: lmgauge "
-              f"{batched['decode_tps']:6.1f}  sequential {sequential['decode_tps']:5.1f}  bare {reference['decode_tps']:6.1f}  "
-              f"speedup {row['decode_speedup_vs_sequential']:4.2f}x  vs bare {row['decode_vs_bare']:6.1%}", flush=True)
+        print(
+            f"{model:>10} N={n:<3} lmgauge {batched['agg_tps']:7.1f} tok/s (TPOT {batched['tpot_ms']:6.1f} ms)  "
+            f"sequential {sequential['agg_tps']:6.1f}  bare batched {reference['agg_tps']:7.1f}  "
+            f"speedup {row['speedup_vs_sequential']:4.2f}x  vs bare {row['vs_bare']:6.1%} | decode only: lmgauge "
+            f"{batched['decode_tps']:6.1f}  sequential {sequential['decode_tps']:5.1f}  bare {reference['decode_tps']:6.1f}  "
+            f"speedup {row['decode_speedup_vs_sequential']:4.2f}x  vs bare {row['decode_vs_bare']:6.1%}",
+            flush=True,
+        )
     seq_client.close()
     return rows
 
 
 def shared_prefix(model: str, ctx: int, threads: int, tokens: int) -> dict:
     system = "You are a careful assistant for a logistics company. " + " ".join(
-        f"Policy {i}: shipments of category {i} must be logged with their weight, origin and carrier." for i in range(50)
+        f"Policy {i}: shipments of category {i} must be logged with their weight, origin and carrier."
+        for i in range(50)
     )
     out = {}
     for reuse in (False, True):
@@ -125,8 +160,11 @@ def shared_prefix(model: str, ctx: int, threads: int, tokens: int) -> dict:
         results = [None] * 8
 
         def one(i: int) -> None:
-            results[i] = client.chat(model, [Message("system", system), Message("user", f"Question {i}: what is {i}+{i}?")],  # noqa: B023  called within this iteration, not after the loop
-                                     options={**GREEDY, "num_predict": tokens})
+            results[i] = client.chat(  # noqa: B023  called within this iteration, not after the loop
+                model,
+                [Message("system", system), Message("user", f"Question {i}: what is {i}+{i}?")],
+                options={**GREEDY, "num_predict": tokens},
+            )
 
         t0 = time.perf_counter_ns()
         threads_ = [threading.Thread(target=one, args=(i,)) for i in range(8)]
@@ -150,7 +188,9 @@ def shared_prefix(model: str, ctx: int, threads: int, tokens: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", help="repeatable; default smollm2 (+ /work/models/*0.5b*.gguf if present)")
+    ap.add_argument(
+        "--model", action="append", help="repeatable; default smollm2 (+ /work/models/*0.5b*.gguf if present)"
+    )
     ap.add_argument("--sizes", default="1,2,4,8,16")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=1024, help="context per sequence")
@@ -167,10 +207,14 @@ def main() -> None:
     print(f"\nshared ~{sp['reuse']['prompt_tokens']}-token prompt, 8 requests together ({models[0]}):")
     for k in ("no_reuse", "reuse"):
         v = sp[k]
-        print(f"  {k:9} all first tokens after {v['all_first_token_ms']:8.1f} ms, TTFT p50 {v['ttft_p50_ms']:8.1f} ms, "
-              f"evaluated {v['evaluated_tokens']:5d} tokens ({v['cached_tokens']} from cache)")
-    print(f"  prefill time {sp['prefill_time_ratio']:.1f}x less, tokens evaluated {sp['evaluated_ratio']:.1f}x fewer "
-          "(target >= 5x)")
+        print(
+            f"  {k:9} all first tokens after {v['all_first_token_ms']:8.1f} ms, TTFT p50 {v['ttft_p50_ms']:8.1f} ms, "
+            f"evaluated {v['evaluated_tokens']:5d} tokens ({v['cached_tokens']} from cache)"
+        )
+    print(
+        f"  prefill time {sp['prefill_time_ratio']:.1f}x less, tokens evaluated {sp['evaluated_ratio']:.1f}x fewer "
+        "(target >= 5x)"
+    )
     if args.json:
         print(json.dumps(report, indent=2))
 

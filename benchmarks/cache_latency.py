@@ -41,8 +41,11 @@ def question(i: int) -> str:
 
 
 def req(text: str) -> ChatRequest:
-    return ChatRequest(model="bench", messages=[Message("system", "Answer briefly."), Message("user", text)],
-                       options=Options(temperature=0))
+    return ChatRequest(
+        model="bench",
+        messages=[Message("system", "Answer briefly."), Message("user", text)],
+        options=Options(temperature=0),
+    )
 
 
 def main() -> None:
@@ -57,46 +60,77 @@ def main() -> None:
 
     embedder = make_embedder("wordllama")
     with tempfile.TemporaryDirectory() as tmp:
-        backend = RedisBackend(args.redis, prefix="lmgauge:bench:") if args.redis else \
-            SQLiteBackend(Store(Path(tmp) / "bench.db"))
+        backend = (
+            RedisBackend(args.redis, prefix="lmgauge:bench:")
+            if args.redis
+            else SQLiteBackend(Store(Path(tmp) / "bench.db"))
+        )
         cache = ResponseCache(backend, CacheSettings(max_entries=args.entries * 2), embedder)
         for i in range(args.entries):
             cache.store(req(question(i)), Result("bench", f"answer {i}", "stop", Timings(output_tokens=2)))
         cache.lookup(req(question(0)))  # warm-up
         exact = timed_ms(lambda i: cache.lookup(req(question(i % args.entries))), args.lookups)
         # A paraphrase (the guards pass: same numbers and names) and an unrelated question.
-        semantic = timed_ms(lambda i: cache.lookup(req(
-            f"What's the single most important fact about {TOPICS[i % len(TOPICS)]}, item {i % args.entries}")),
-            min(args.lookups, 300))
-        miss = timed_ms(lambda i: cache.lookup(req(f"How do I bake sourdough bread, attempt {i}?")),
-                     min(args.lookups, 300))
-        hits = sum(cache.lookup(req(f"What's the single most important fact about {TOPICS[i % len(TOPICS)]}, "
-                                    f"item {i}")) is not None for i in range(50))
+        semantic = timed_ms(
+            lambda i: cache.lookup(
+                req(f"What's the single most important fact about {TOPICS[i % len(TOPICS)]}, item {i % args.entries}")
+            ),
+            min(args.lookups, 300),
+        )
+        miss = timed_ms(
+            lambda i: cache.lookup(req(f"How do I bake sourdough bread, attempt {i}?")), min(args.lookups, 300)
+        )
+        hits = sum(
+            cache.lookup(req(f"What's the single most important fact about {TOPICS[i % len(TOPICS)]}, item {i}"))
+            is not None
+            for i in range(50)
+        )
         cache.clear()
 
     with Client(keep_alive=-1) as client:
         model_ms = []
         for i in range(args.reps + 1):  # rep 0 loads the model and is discarded
-            r = client.chat(args.model, [{"role": "system", "content": "Answer briefly."},
-                                         {"role": "user", "content": f"Run {i}: {question(i)}"}],
-                            options={"temperature": 0, "num_predict": 32})
+            r = client.chat(
+                args.model,
+                [
+                    {"role": "system", "content": "Answer briefly."},
+                    {"role": "user", "content": f"Run {i}: {question(i)}"},
+                ],
+                options={"temperature": 0, "num_predict": 32},
+            )
             if i:
                 model_ms.append(r.timings.e2e_ms)
 
-    rows = {"exact hit": summarize(exact), "semantic hit": summarize(semantic), "miss": summarize(miss),
-            f"model ({args.model}, <=32 tokens)": summarize(model_ms)}
+    rows = {
+        "exact hit": summarize(exact),
+        "semantic hit": summarize(semantic),
+        "miss": summarize(miss),
+        f"model ({args.model}, <=32 tokens)": summarize(model_ms),
+    }
     ratio = rows[f"model ({args.model}, <=32 tokens)"].p50 / rows["exact hit"].p50
     backend_name = "redis" if args.redis else "sqlite"
     if args.json:
-        print(json.dumps({"backend": backend_name, "entries": args.entries, **{k: v.to_dict() for k, v in rows.items()},
-                          "model_over_exact_hit_p50": ratio, "semantic_hits_of_50": hits}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "backend": backend_name,
+                    "entries": args.entries,
+                    **{k: v.to_dict() for k, v in rows.items()},
+                    "model_over_exact_hit_p50": ratio,
+                    "semantic_hits_of_50": hits,
+                },
+                indent=1,
+            )
+        )
         return
     print(f"response cache, {backend_name} backend, {args.entries} entries")
     print(f"{'':<34}{'p50 ms':>10}{'p95 ms':>10}{'n':>6}")
     for name, s in rows.items():
         print(f"{name:<34}{s.p50:>10.3f}{s.p95:>10.3f}{s.n:>6}")
-    print(f"an exact hit is {ratio:,.0f}x faster than asking the model (p50); "
-          f"target exact hit p50 <= 1 ms: {'met' if rows['exact hit'].p50 <= 1 else 'NOT met'}")
+    print(
+        f"an exact hit is {ratio:,.0f}x faster than asking the model (p50); "
+        f"target exact hit p50 <= 1 ms: {'met' if rows['exact hit'].p50 <= 1 else 'NOT met'}"
+    )
     print(f"(semantic paraphrase lookups that hit: {hits}/50)")
 
 

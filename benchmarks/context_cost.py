@@ -63,20 +63,29 @@ def play(client: Client, model: str, turns: int, num_ctx: int, strategy: str, me
     store = Store(Path(tmp) / "bench.db")
     cfg = client.settings.context.model_copy(update={"strategy": strategy})
     mem = Memory(store, WordLlamaEmbedder()) if memory else None
-    conv = Conversation(client, model, system=SYSTEM, num_ctx=num_ctx, config=cfg, memory=mem, store=store,
-                        options=options)
+    conv = Conversation(
+        client, model, system=SYSTEM, num_ctx=num_ctx, config=cfg, memory=mem, store=store, options=options
+    )
     synth = conversation(0, turns=max(turns, 12))
     played = []
     for i, t in enumerate(synth.turns[:turns], start=1):
         turn = conv.send(t.user)
-        played.append({
-            "turn": i, "messages": turn.prepared.messages, "prompt_tokens": turn.result.timings.prompt_tokens,
-            "cached": turn.result.timings.cached_tokens, "ttft_ms": turn.result.timings.ttft_ms,
-            "compaction_ms": turn.compaction.ms if turn.compaction else None,
-        })
-        print(f"  {strategy:>9} turn {i:3d}: {turn.budget.used:5d} prompt tokens "
-              f"({turn.result.timings.cached_tokens:5d} cached), TTFT {turn.result.timings.ttft_ms:7.1f} ms"
-              + (f"  compacted in {turn.compaction.ms:.0f} ms" if turn.compaction else ""), file=sys.stderr)
+        played.append(
+            {
+                "turn": i,
+                "messages": turn.prepared.messages,
+                "prompt_tokens": turn.result.timings.prompt_tokens,
+                "cached": turn.result.timings.cached_tokens,
+                "ttft_ms": turn.result.timings.ttft_ms,
+                "compaction_ms": turn.compaction.ms if turn.compaction else None,
+            }
+        )
+        print(
+            f"  {strategy:>9} turn {i:3d}: {turn.budget.used:5d} prompt tokens "
+            f"({turn.result.timings.cached_tokens:5d} cached), TTFT {turn.result.timings.ttft_ms:7.1f} ms"
+            + (f"  compacted in {turn.compaction.ms:.0f} ms" if turn.compaction else ""),
+            file=sys.stderr,
+        )
     return played, conv
 
 
@@ -92,10 +101,14 @@ def measure(client: Client, model: str, played: list[dict], turn: int, reps: int
             warm.append(ttft(client, model, with_marker(target["messages"]), options))
         cold.append(ttft(client, model, with_marker(target["messages"]), options))
     return {
-        "turn": turn, "prompt_tokens": target["prompt_tokens"],
-        "warm_ttft_ms": statistics.median(w[0] for w in warm), "warm_cached": statistics.median(w[2] for w in warm),
-        "cold_ttft_ms": statistics.median(c[0] for c in cold), "cold_cached": statistics.median(c[2] for c in cold),
-        "warm_samples": [round(w[0], 2) for w in warm], "cold_samples": [round(c[0], 2) for c in cold],
+        "turn": turn,
+        "prompt_tokens": target["prompt_tokens"],
+        "warm_ttft_ms": statistics.median(w[0] for w in warm),
+        "warm_cached": statistics.median(w[2] for w in warm),
+        "cold_ttft_ms": statistics.median(c[0] for c in cold),
+        "cold_cached": statistics.median(c[2] for c in cold),
+        "warm_samples": [round(w[0], 2) for w in warm],
+        "cold_samples": [round(c[0], 2) for c in cold],
     }
 
 
@@ -113,13 +126,23 @@ def main() -> None:
     settings = load_settings(keep_alive=-1)
     settings.parallel = max(settings.parallel, 2)  # as `lmgauge chat` does: extraction has its own slot
     options = {"temperature": 0, "seed": 1, "num_predict": 16}
-    report = {"model": args.model, "turns": args.turns, "reps": args.reps, "machine": {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}}
+    report = {
+        "model": args.model,
+        "turns": args.turns,
+        "reps": args.reps,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
     with Client(settings) as client:
         report["model_path"] = client.resolve(args.model).target
-        modes = [("compaction (summarize)", "summarize", args.num_ctx, False),
-                 ("compaction + memory (hybrid)", "hybrid", args.num_ctx, True),
-                 ("without (keep everything)", "none", args.full_ctx, False)]
+        modes = [
+            ("compaction (summarize)", "summarize", args.num_ctx, False),
+            ("compaction + memory (hybrid)", "hybrid", args.num_ctx, True),
+            ("without (keep everything)", "none", args.full_ctx, False),
+        ]
         for name, strategy, ctx, memory in modes:
             print(f"{name}: playing {args.turns} turns (window {ctx})", file=sys.stderr)
             played, conv = play(client, args.model, args.turns, ctx, strategy, memory, options)
@@ -129,7 +152,10 @@ def main() -> None:
             compacted = [p for p in played if p["compaction_ms"] is not None]
             after = [played[p["turn"] - 1]["ttft_ms"] for p in compacted]
             report[name] = {
-                "strategy": strategy, "num_ctx": ctx, "turn_1": first, f"turn_{args.turns}": last,
+                "strategy": strategy,
+                "num_ctx": ctx,
+                "turn_1": first,
+                f"turn_{args.turns}": last,
                 "warm_ratio": last["warm_ttft_ms"] / first["warm_ttft_ms"],
                 "cold_ratio": last["cold_ttft_ms"] / first["cold_ttft_ms"],
                 "chat_ttft_ms_p50": statistics.median(p["ttft_ms"] for p in played),
@@ -144,24 +170,34 @@ def main() -> None:
         print(json.dumps(report, indent=2, default=str))
         return
     n = args.turns
-    print(f"\n{args.model}: TTFT at turn 1 vs turn {n} ({args.reps} reps each, p50, client clock; "
-          f"{report['machine']['cores']} cores)")
-    print(f"{'mode':<30}{'window':>7}{'tokens t1':>10}{'t' + str(n):>7}{'cached':>7}   "
-          f"{'warm t1 ms':>10}{'t' + str(n):>8}{'ratio':>7}   {'cold t1 ms':>10}{'t' + str(n):>8}{'ratio':>7}")
+    print(
+        f"\n{args.model}: TTFT at turn 1 vs turn {n} ({args.reps} reps each, p50, client clock; "
+        f"{report['machine']['cores']} cores)"
+    )
+    print(
+        f"{'mode':<30}{'window':>7}{'tokens t1':>10}{'t' + str(n):>7}{'cached':>7}   "
+        f"{'warm t1 ms':>10}{'t' + str(n):>8}{'ratio':>7}   {'cold t1 ms':>10}{'t' + str(n):>8}{'ratio':>7}"
+    )
     for name in [m[0] for m in modes]:
         r = report[name]
         a, b = r["turn_1"], r[f"turn_{n}"]
-        print(f"{name:<30}{r['num_ctx']:>7}{a['prompt_tokens']:>10}{b['prompt_tokens']:>7}{b['warm_cached']:>7.0f}   "
-              f"{a['warm_ttft_ms']:>10.1f}{b['warm_ttft_ms']:>8.1f}{r['warm_ratio']:>6.2f}x   "
-              f"{a['cold_ttft_ms']:>10.1f}{b['cold_ttft_ms']:>8.1f}{r['cold_ratio']:>6.2f}x")
+        print(
+            f"{name:<30}{r['num_ctx']:>7}{a['prompt_tokens']:>10}{b['prompt_tokens']:>7}{b['warm_cached']:>7.0f}   "
+            f"{a['warm_ttft_ms']:>10.1f}{b['warm_ttft_ms']:>8.1f}{r['warm_ratio']:>6.2f}x   "
+            f"{a['cold_ttft_ms']:>10.1f}{b['cold_ttft_ms']:>8.1f}{r['cold_ratio']:>6.2f}x"
+        )
     for name in [m[0] for m in modes]:
         r = report[name]
         if r["compactions"]:
-            print(f"{name}: {len(r['compactions'])} compactions (turns {r['compactions']}), "
-                  f"{r['compaction_ms_mean']:.0f} ms each on average, TTFT p50 on those turns "
-                  f"{r['ttft_ms_on_compaction_turns_p50']:.1f} ms (the compacted prefix is not cached yet)")
-    print("warm: the prefix cache as the chat leaves it; cold: nothing cached (the prompt's size alone). "
-          "target: compaction, warm ratio <= 1.2x")
+            print(
+                f"{name}: {len(r['compactions'])} compactions (turns {r['compactions']}), "
+                f"{r['compaction_ms_mean']:.0f} ms each on average, TTFT p50 on those turns "
+                f"{r['ttft_ms_on_compaction_turns_p50']:.1f} ms (the compacted prefix is not cached yet)"
+            )
+    print(
+        "warm: the prefix cache as the chat leaves it; cold: nothing cached (the prompt's size alone). "
+        "target: compaction, warm ratio <= 1.2x"
+    )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,20 @@ def main() -> None:
     console = Console(width=130)
     with Client(keep_alive=-1) as client:
         runs = RunStore(Store(client.settings.db_path))
-        config = SweepConfig(model=args.model, points=parse_token_counts(args.points), reps=args.reps,
-                             num_predict=args.num_predict)
+        config = SweepConfig(
+            model=args.model, points=parse_token_counts(args.points), reps=args.reps, num_predict=args.num_predict
+        )
         console.print(f"load average at start: {os.getloadavg()[0]:.2f}")
-        run = run_sweep(client, config, runs,
-                        progress=lambda what, done, total: console.print(f"  [{done}/{total}] {what}", style="dim"))
+        run = run_sweep(
+            client,
+            config,
+            runs,
+            progress=lambda what, done, total: console.print(f"  [{done}/{total}] {what}", style="dim"),
+        )
     console.print(render(run))
-    for path in write_outputs(run, [args.out / f"sweep-{run.id}.png", args.out / f"sweep-{run.id}.html",
-                                    args.out / f"sweep-{run.id}.json"]):
+    for path in write_outputs(
+        run, [args.out / f"sweep-{run.id}.png", args.out / f"sweep-{run.id}.html", args.out / f"sweep-{run.id}.json"]
+    ):
         console.print(f"wrote {path}")
     console.print(f"load average at end: {os.getloadavg()[0]:.2f}")
 

@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import load_side_by_side, model_args  # noqa: E402
 from bare_llama import on_llama_thread  # noqa: E402
 
-PROMPT = ("<|im_start|>user\nRun {i}: Write a detailed story about a lighthouse keeper "
-          "who finds a message in a bottle.<|im_end|>\n<|im_start|>assistant\n")
+PROMPT = (
+    "<|im_start|>user\nRun {i}: Write a detailed story about a lighthouse keeper "
+    "who finds a message in a bottle.<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 def main() -> None:
@@ -40,16 +42,23 @@ def main() -> None:
         b = on_llama_thread(bare.generate, prompt, args.tokens)
         if i == 0:
             continue
-        rows["lmgauge"].append({"ttft_ms": t.ttft_ms, "decode_tps": 1000 / t.tpot_ms, "out": t.output_tokens,
-                                "prompt": t.prompt_tokens})
-        rows["bare"].append({"ttft_ms": b.ttft_ns / 1e6, "decode_tps": b.decode_tps, "out": b.output_tokens,
-                             "prompt": b.prompt_tokens})
+        rows["lmgauge"].append(
+            {"ttft_ms": t.ttft_ms, "decode_tps": 1000 / t.tpot_ms, "out": t.output_tokens, "prompt": t.prompt_tokens}
+        )
+        rows["bare"].append(
+            {"ttft_ms": b.ttft_ns / 1e6, "decode_tps": b.decode_tps, "out": b.output_tokens, "prompt": b.prompt_tokens}
+        )
     pair.close()
 
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_ms", "decode_tps", "out", "prompt")}
-           for k, v in rows.items()}
+    med = {
+        k: {m: statistics.median(r[m] for r in v) for m in ("ttft_ms", "decode_tps", "out", "prompt")}
+        for k, v in rows.items()
+    }
     report = {
-        "model": args.model, "threads": threads, "reps": args.reps, "num_predict": args.tokens,
+        "model": args.model,
+        "threads": threads,
+        "reps": args.reps,
+        "num_predict": args.tokens,
         "median": med,
         "decode_ratio": med["lmgauge"]["decode_tps"] / med["bare"]["decode_tps"],
         "ttft_ratio": med["bare"]["ttft_ms"] / med["lmgauge"]["ttft_ms"],
@@ -58,8 +67,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"model {args.model}, {threads} threads, {args.reps} reps (+1 warmup), {args.tokens} tokens, "
-          f"prompt {med['bare']['prompt']:.0f} tokens (lmgauge {med['lmgauge']['prompt']:.0f})")
+    print(
+        f"model {args.model}, {threads} threads, {args.reps} reps (+1 warmup), {args.tokens} tokens, "
+        f"prompt {med['bare']['prompt']:.0f} tokens (lmgauge {med['lmgauge']['prompt']:.0f})"
+    )
     print(f"{'':10}{'TTFT ms (p50)':>15}{'decode tok/s (p50)':>20}{'output tokens':>15}")
     for k in ("lmgauge", "bare"):
         print(f"{k:10}{med[k]['ttft_ms']:>15.1f}{med[k]['decode_tps']:>20.1f}{med[k]['out']:>15.0f}")

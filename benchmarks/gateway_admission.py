@@ -37,13 +37,18 @@ TOKENS = 150
 
 
 def start_gateway(port: int, stub_port: int, home: Path, src: Path) -> subprocess.Popen:
-    return serve_gateway(port, home, f"""
+    return serve_gateway(
+        port,
+        home,
+        f"""
 [gateway]
 log_requests = true
 [[gateway.upstreams]]
 model = "stub"
 urls = ["http://127.0.0.1:{stub_port}"]
-""", src=src)
+""",
+        src=src,
+    )
 
 
 def stream_gaps(url: str, out: list[float]) -> None:
@@ -66,8 +71,12 @@ def timed_post(client: httpx.Client, body: bytes) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--src", type=Path, default=ROOT / "src",
-                        help="the src/ folder whose gateway to run (e.g. another checkout's, for a before/after)")
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=ROOT / "src",
+        help="the src/ folder whose gateway to run (e.g. another checkout's, for a before/after)",
+    )
     parser.add_argument("--rss-only", action="store_true", help="only the 300-URL RSS measurement")
     args = parser.parse_args()
     print(f"gateway from {args.src}")
@@ -77,8 +86,9 @@ def main() -> None:
     gateway = start_gateway(gw_port, stub_port, home, args.src)
     url = f"http://127.0.0.1:{gw_port}"
     try:
-        huge = json.dumps({"model": "stub", "messages": [{"role": "user", "content": "hi"}] * 100_000,
-                           "stream": False}).encode()
+        huge = json.dumps(
+            {"model": "stub", "messages": [{"role": "user", "content": "hi"}] * 100_000, "stream": False}
+        ).encode()
         floor = json.dumps({"model": "stub", "messages": USER, "stream": False, "options": []}).encode()
         with httpx.Client(base_url=url, timeout=300) as client:
             if not args.rss_only:
@@ -105,12 +115,16 @@ def admission(url: str, client: httpx.Client, huge: bytes, floor: bytes, repeats
         status, ms = timed_post(client, floor)
         floors.append(ms)
     victim.join(120)
-    print(f"100k-message request ({len(huge) / 2**20:.1f} MiB): status {sorted(statuses)}, refused in "
-          f"p50 {statistics.median(refusals):.1f} ms (min {min(refusals):.1f}, max {max(refusals):.1f}, "
-          f"n={len(refusals)}); a small request refused for a bad option: p50 {statistics.median(floors):.2f} ms")
-    print(f"victim stream gaps: alone p50 {statistics.median(alone):.1f} ms max {max(alone):.1f} ms; while the "
-          f"100k-message requests arrived p50 {statistics.median(during):.1f} ms max {max(during):.1f} ms "
-          f"(stand-in pace {TOKEN_DELAY * 1000:.0f} ms/token, {len(during)} gaps)")
+    print(
+        f"100k-message request ({len(huge) / 2**20:.1f} MiB): status {sorted(statuses)}, refused in "
+        f"p50 {statistics.median(refusals):.1f} ms (min {min(refusals):.1f}, max {max(refusals):.1f}, "
+        f"n={len(refusals)}); a small request refused for a bad option: p50 {statistics.median(floors):.2f} ms"
+    )
+    print(
+        f"victim stream gaps: alone p50 {statistics.median(alone):.1f} ms max {max(alone):.1f} ms; while the "
+        f"100k-message requests arrived p50 {statistics.median(during):.1f} ms max {max(during):.1f} ms "
+        f"(stand-in pace {TOKEN_DELAY * 1000:.0f} ms/token, {len(during)} gaps)"
+    )
 
 
 def rss(pid: int, client: httpx.Client) -> None:
@@ -121,12 +135,15 @@ def rss(pid: int, client: httpx.Client) -> None:
     before = proc.memory_info().rss
     codes = set()
     for i in range(300):
-        r = client.post("/v1/chat/completions",
-                        json={"model": f"openai:m{i}@http://127.0.0.1:{1024 + i}/v1", "messages": USER})
+        r = client.post(
+            "/v1/chat/completions", json={"model": f"openai:m{i}@http://127.0.0.1:{1024 + i}/v1", "messages": USER}
+        )
         codes.add(r.status_code)
     after = proc.memory_info().rss
-    print(f"gateway RSS before 300 distinct would-be upstream URLs {before / 2**20:.1f} MiB, after "
-          f"{after / 2**20:.1f} MiB (delta {(after - before) / 2**20:+.1f} MiB); statuses {sorted(codes)}")
+    print(
+        f"gateway RSS before 300 distinct would-be upstream URLs {before / 2**20:.1f} MiB, after "
+        f"{after / 2**20:.1f} MiB (delta {(after - before) / 2**20:+.1f} MiB); statuses {sorted(codes)}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,13 @@ REQUESTS = [
 ]
 
 
-def start_gateway(port: int, urls: list[str], home: Path, first_token_timeout: float, health_interval: float,
-                  cooldown: float) -> subprocess.Popen:
-    return serve_gateway(port, home, f"""
+def start_gateway(
+    port: int, urls: list[str], home: Path, first_token_timeout: float, health_interval: float, cooldown: float
+) -> subprocess.Popen:
+    return serve_gateway(
+        port,
+        home,
+        f"""
 [gateway]
 first_token_timeout = {first_token_timeout}
 health_interval = {health_interval}
@@ -56,7 +60,8 @@ breaker_reset = {cooldown}
 model = "stub"
 urls = {json.dumps(urls)}
 max_concurrency = 64
-""")
+""",
+    )
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -66,14 +71,16 @@ async def run(args: argparse.Namespace) -> dict:
     home = Path(tempfile.mkdtemp(prefix="lmgauge-faults-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_gateway(port, [good.url, hung.url], home, args.first_token_timeout, args.health_interval,
-                         args.cooldown)
+    proc = start_gateway(
+        port, [good.url, hung.url], home, args.first_token_timeout, args.health_interval, args.cooldown
+    )
     samples: list[tuple[float, float, bool, str]] = []  # (start, latency s, ok, what went wrong)
     marks: dict[str, float] = {}
     timeline: list[tuple[float, bool]] = []  # (wall time, node B healthy) as seen by polling
     stopping = asyncio.Event()
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
             async def worker(k: int) -> None:
                 i = k
                 while not stopping.is_set():
@@ -148,13 +155,20 @@ def report(args: argparse.Namespace, out: dict) -> dict:
     log_stats = marks.get("request_log") or {}
     duration = marks["end"] - marks["healthy_start"]
     figures = {
-        "concurrency": args.concurrency, "hang_s": args.hang, "first_token_timeout_s": args.first_token_timeout,
-        "cooldown_s": args.cooldown, "health_interval_s": args.health_interval,
-        "requests": len(measured), "requests_per_s": round(len(measured) / duration, 1),
-        "success_pct": round(share(measured), 3), "success_pct_during_hang": round(share(during), 3),
+        "concurrency": args.concurrency,
+        "hang_s": args.hang,
+        "first_token_timeout_s": args.first_token_timeout,
+        "cooldown_s": args.cooldown,
+        "health_interval_s": args.health_interval,
+        "requests": len(measured),
+        "requests_per_s": round(len(measured) / duration, 1),
+        "success_pct": round(share(measured), 3),
+        "success_pct_during_hang": round(share(during), 3),
         "success_pct_after": round(share(after), 3),
-        "healthy_p50_ms": _ms(base_p50), "healthy_p99_ms": _ms(percentile(base_lat, 99)),
-        "hang_p50_ms": _ms(percentile(hang_lat, 50)), "hang_p99_ms": _ms(hang_p99),
+        "healthy_p50_ms": _ms(base_p50),
+        "healthy_p99_ms": _ms(percentile(base_lat, 99)),
+        "hang_p50_ms": _ms(percentile(hang_lat, 50)),
+        "hang_p99_ms": _ms(hang_p99),
         "hang_max_ms": _ms(max(hang_lat) if hang_lat else None),
         "added_p99_during_hang_ms": _ms(hang_p99 - base_p50 if hang_p99 is not None and base_p50 is not None else None),
         "requests_slower_than_1s_during_hang": sum(1 for v in hang_lat if v > 1.0),
@@ -162,8 +176,10 @@ def report(args: argparse.Namespace, out: dict) -> dict:
         "time_to_bring_back_s": round(back_at - marks["hang_end"], 2) if back_at else None,
         "node_b_requests_after_recovery": marks.get("b_requests_after"),
         "times_marked_down": marks.get("times_down"),
-        "request_log_max_age_ms": log_stats.get("max_age_ms"), "request_log_age_p99_ms": log_stats.get("age_p99_ms"),
-        "request_log_rows": log_stats.get("written"), "request_log_batches": log_stats.get("batches"),
+        "request_log_max_age_ms": log_stats.get("max_age_ms"),
+        "request_log_age_p99_ms": log_stats.get("age_p99_ms"),
+        "request_log_rows": log_stats.get("written"),
+        "request_log_batches": log_stats.get("batches"),
         "first_failures": [s[3] for s in measured if not s[2]][:5],
         "gateway_stderr_lines": len([line for line in out["stderr"].splitlines() if line.strip()]),
         "gateway_tracebacks": out["stderr"].count("Traceback"),
@@ -196,9 +212,11 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     target = args.first_token_timeout * 1000 + 1000
     added = figures["added_p99_during_hang_ms"]
-    print(f"targets: success >= 99 % ({'met' if figures['success_pct'] >= 99 else 'NOT met'}); "
-          f"added p99 during the hang <= {target:.0f} ms "
-          f"({'met' if added is not None and added <= target else 'NOT met'})")
+    print(
+        f"targets: success >= 99 % ({'met' if figures['success_pct'] >= 99 else 'NOT met'}); "
+        f"added p99 during the hang <= {target:.0f} ms "
+        f"({'met' if added is not None and added <= target else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,15 @@ REQUESTS = [
     ("/api/chat", {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
     ("/api/chat", {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": False}),
     ("/api/generate", {"model": "stub", "prompt": "hi", "stream": True}),
-    ("/v1/chat/completions", {"model": "ostub", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-                              "stream_options": {"include_usage": True}}),
+    (
+        "/v1/chat/completions",
+        {
+            "model": "ostub",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
     ("/v1/chat/completions", {"model": "ostub", "messages": [{"role": "user", "content": "hi"}]}),
 ]
 
@@ -38,6 +45,7 @@ async def _load(url: str, seconds: float, concurrency: int) -> dict:
     errors: list[str] = []
     stop_at = time.perf_counter() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
         async def worker(k: int) -> None:
             i = k
             while time.perf_counter() < stop_at:
@@ -46,8 +54,11 @@ async def _load(url: str, seconds: float, concurrency: int) -> dict:
                 try:
                     async with session.post(url + path, json=body) as r:
                         text = await r.text()
-                    bad = r.status != 200 or '"error"' in text or (body.get("stream") and path.startswith("/v1/")
-                                                                   and "[DONE]" not in text)
+                    bad = (
+                        r.status != 200
+                        or '"error"' in text
+                        or (body.get("stream") and path.startswith("/v1/") and "[DONE]" not in text)
+                    )
                 except aiohttp.ClientError as exc:
                     bad, text = True, str(exc)
                 if bad:
@@ -81,10 +92,16 @@ def main() -> None:
     gateway = start_gateway(gw_port, stub_port, home)
     proc = psutil.Process(gateway.pid)
     total = args.warmup + args.minutes * 60
-    print(f"soak: {args.minutes:g} min at concurrency {args.concurrency} (+{args.warmup:g}s warm-up), "
-          f"gateway pid {gateway.pid}, stub streaming 8 tokens {1000 * args.token_delay:g} ms apart", flush=True)
-    load = subprocess.Popen([sys.executable, __file__, "--loadgen", f"http://127.0.0.1:{gw_port}", str(total),
-                             str(args.concurrency)], stdout=subprocess.PIPE, text=True)
+    print(
+        f"soak: {args.minutes:g} min at concurrency {args.concurrency} (+{args.warmup:g}s warm-up), "
+        f"gateway pid {gateway.pid}, stub streaming 8 tokens {1000 * args.token_delay:g} ms apart",
+        flush=True,
+    )
+    load = subprocess.Popen(
+        [sys.executable, __file__, "--loadgen", f"http://127.0.0.1:{gw_port}", str(total), str(args.concurrency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(args.warmup)
         rss_start = proc.memory_info().rss
@@ -105,8 +122,10 @@ def main() -> None:
     growth = 100 * (rss_end - rss_start) / rss_start
     n = result["ok"] + result["errors"]
     print(f"\nrequests {n} ({n / total:.0f}/s), errors {result['errors']} (target 0)")
-    print(f"RSS start {rss_start / 2**20:.1f} MiB, end {rss_end / 2**20:.1f} MiB, max {max(samples) / 2**20:.1f} MiB, "
-          f"growth {growth:+.2f}% (target < 5%): {'met' if growth < 5 and result['errors'] == 0 else 'NOT met'}")
+    print(
+        f"RSS start {rss_start / 2**20:.1f} MiB, end {rss_end / 2**20:.1f} MiB, max {max(samples) / 2**20:.1f} MiB, "
+        f"growth {growth:+.2f}% (target < 5%): {'met' if growth < 5 and result['errors'] == 0 else 'NOT met'}"
+    )
     for e in result["first_errors"]:
         print("  error:", e)
 

@@ -52,8 +52,14 @@ def main() -> None:
     template = make_template(inspect_gguf(ref.target), bare.vocab)
     options = {"temperature": 0, "seed": 42, "repeat_penalty": 1.0, "num_predict": args.tokens, "num_ctx": args.ctx}
 
-    report: dict = {"model": args.model, "threads": threads, "reps": args.reps, "num_predict": args.tokens,
-                    "load_avg_start": os.getloadavg(), "prompts": {}}
+    report: dict = {
+        "model": args.model,
+        "threads": threads,
+        "reps": args.reps,
+        "num_predict": args.tokens,
+        "load_avg_start": os.getloadavg(),
+        "prompts": {},
+    }
     for prompt in load_prompts(args.prompts):
         rows: dict[str, list[dict]] = {"lmgauge": [], "bare": []}
         mismatched = 0
@@ -64,18 +70,36 @@ def main() -> None:
                 mismatched += 1
 
             def run_lmgauge() -> dict:
-                sample, _ = measure(client, messages, options, run_id="overhead", seq=0, model=args.model,  # noqa: B023  called within this iteration, not after the loop
-                                    prompt=prompt.name, rep=i)  # noqa: B023  called within this iteration, not after the loop
+                sample, _ = measure(
+                    client,
+                    messages,  # noqa: B023  called within this iteration, not after the loop
+                    options,
+                    run_id="overhead",
+                    seq=0,
+                    model=args.model,
+                    prompt=prompt.name,  # noqa: B023  called within this iteration, not after the loop
+                    rep=i,  # noqa: B023  called within this iteration, not after the loop
+                )
                 assert sample.status == "ok", sample.error
-                return {"ttft_ms": sample.ttft_ms, "decode_tps": sample.decode_tps,
-                        "client_decode_tps": 1000 / sample.tpot_ms, "tpot_ms": sample.tpot_ms,
-                        "engine_tpot_ms": sample.engine_tpot_ms, "out": sample.output_tokens,
-                        "prompt": sample.prompt_tokens, "cached": sample.cached_tokens}
+                return {
+                    "ttft_ms": sample.ttft_ms,
+                    "decode_tps": sample.decode_tps,
+                    "client_decode_tps": 1000 / sample.tpot_ms,
+                    "tpot_ms": sample.tpot_ms,
+                    "engine_tpot_ms": sample.engine_tpot_ms,
+                    "out": sample.output_tokens,
+                    "prompt": sample.prompt_tokens,
+                    "cached": sample.cached_tokens,
+                }
 
             def run_bare() -> dict:
                 b = on_llama_thread(bare.generate, text, args.tokens)  # noqa: B023  called within this iteration, not after the loop
-                return {"ttft_ms": b.ttft_ns / 1e6, "decode_tps": b.decode_tps, "out": b.output_tokens,
-                        "prompt": b.prompt_tokens}
+                return {
+                    "ttft_ms": b.ttft_ns / 1e6,
+                    "decode_tps": b.decode_tps,
+                    "out": b.output_tokens,
+                    "prompt": b.prompt_tokens,
+                }
 
             order = (("lmgauge", run_lmgauge), ("bare", run_bare))
             for name, fn in order if i % 2 == 0 else reversed(order):
@@ -94,8 +118,10 @@ def main() -> None:
             "ttft_ratio": paired("ttft_ms"),
             "decode_ratio": paired("decode_tps"),
             "client_decode_ratio": paired("client_decode_tps", "decode_tps"),
-            "ratio_of_medians": {"ttft": med["lmgauge"]["ttft_ms"] / med["bare"]["ttft_ms"],
-                                 "decode": med["lmgauge"]["decode_tps"] / med["bare"]["decode_tps"]},
+            "ratio_of_medians": {
+                "ttft": med["lmgauge"]["ttft_ms"] / med["bare"]["ttft_ms"],
+                "decode": med["lmgauge"]["decode_tps"] / med["bare"]["decode_tps"],
+            },
             "client_tpot_over_engine_tpot": tpot_ratio,
             "token_mismatches": mismatched,
             "samples": rows,
@@ -106,24 +132,38 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"model {args.model}, {threads} threads, {args.reps} reps (+1 warmup) per prompt, alternating, "
-          f"num_predict {args.tokens}; load average {report['load_avg_start'][0]:.2f} at start, "
-          f"{report['load_avg_end'][0]:.2f} at end")
+    print(
+        f"model {args.model}, {threads} threads, {args.reps} reps (+1 warmup) per prompt, alternating, "
+        f"num_predict {args.tokens}; load average {report['load_avg_start'][0]:.2f} at start, "
+        f"{report['load_avg_end'][0]:.2f} at end"
+    )
     for name, r in report["prompts"].items():
         lm, b = r["median"]["lmgauge"], r["median"]["bare"]
-        print(f"\nprompt {name!r}: {lm['prompt']:.0f} prompt tokens (bare {b['prompt']:.0f}, "
-              f"{lm['cached']:.0f} cached), {lm['out']:.0f} output tokens (bare {b['out']:.0f})"
-              + (f"  WARNING: {r['token_mismatches']} prompts tokenized differently" if r["token_mismatches"] else ""))
-        print(f"  {'':30}{'lmgauge bench':>15}{'bare, by hand':>15}{'ratio':>9}   target   (ratio: median of "
-              "the per-pair ratios; ratio of the medians in --json)")
-        print(f"  {'TTFT ms (p50, client clock)':30}{lm['ttft_ms']:>15.2f}{b['ttft_ms']:>15.2f}"
-              f"{r['ttft_ratio']:>9.1%}   within 2% ({_verdict(r['ttft_ratio'], 0.02)})")
-        print(f"  {'decode tok/s (p50, engine)':30}{lm['decode_tps']:>15.2f}{b['decode_tps']:>15.2f}"
-              f"{r['decode_ratio']:>9.1%}   within 2% ({_verdict(r['decode_ratio'], 0.02)})")
-        print(f"  {'decode tok/s (p50, 1000/TPOT)':30}{lm['client_decode_tps']:>15.2f}{b['decode_tps']:>15.2f}"
-              f"{r['client_decode_ratio']:>9.1%}   within 2% ({_verdict(r['client_decode_ratio'], 0.02)})")
-        print(f"  client TPOT / engine TPOT (p50 of per-request ratios): {r['client_tpot_over_engine_tpot']:.2%}"
-              f"   within 5% ({_verdict(r['client_tpot_over_engine_tpot'], 0.05)})")
+        print(
+            f"\nprompt {name!r}: {lm['prompt']:.0f} prompt tokens (bare {b['prompt']:.0f}, "
+            f"{lm['cached']:.0f} cached), {lm['out']:.0f} output tokens (bare {b['out']:.0f})"
+            + (f"  WARNING: {r['token_mismatches']} prompts tokenized differently" if r["token_mismatches"] else "")
+        )
+        print(
+            f"  {'':30}{'lmgauge bench':>15}{'bare, by hand':>15}{'ratio':>9}   target   (ratio: median of "
+            "the per-pair ratios; ratio of the medians in --json)"
+        )
+        print(
+            f"  {'TTFT ms (p50, client clock)':30}{lm['ttft_ms']:>15.2f}{b['ttft_ms']:>15.2f}"
+            f"{r['ttft_ratio']:>9.1%}   within 2% ({_verdict(r['ttft_ratio'], 0.02)})"
+        )
+        print(
+            f"  {'decode tok/s (p50, engine)':30}{lm['decode_tps']:>15.2f}{b['decode_tps']:>15.2f}"
+            f"{r['decode_ratio']:>9.1%}   within 2% ({_verdict(r['decode_ratio'], 0.02)})"
+        )
+        print(
+            f"  {'decode tok/s (p50, 1000/TPOT)':30}{lm['client_decode_tps']:>15.2f}{b['decode_tps']:>15.2f}"
+            f"{r['client_decode_ratio']:>9.1%}   within 2% ({_verdict(r['client_decode_ratio'], 0.02)})"
+        )
+        print(
+            f"  client TPOT / engine TPOT (p50 of per-request ratios): {r['client_tpot_over_engine_tpot']:.2%}"
+            f"   within 5% ({_verdict(r['client_tpot_over_engine_tpot'], 0.05)})"
+        )
 
 
 def _verdict(ratio: float, tolerance: float) -> str:

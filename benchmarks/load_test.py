@@ -45,12 +45,27 @@ from lmgauge.store import Store  # noqa: E402
 
 def start_llama_server(path: str, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--model_alias", "smollm2",
-         # By default this server cuts off the stream it is serving when a new request arrives (an
-         # empty answer for the first); a load test wants the requests queued instead.
-         "--interrupt_requests", "False"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--model_alias",
+            "smollm2",
+            # By default this server cuts off the stream it is serving when a new request arrives (an
+            # empty answer for the first); a load test wants the requests queued instead.
+            "--interrupt_requests",
+            "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -102,12 +117,19 @@ def main() -> None:
             raise SystemExit(f"unknown target {target!r}")
         try:
             with Client(**overrides) as client:
-                config = LoadConfig(model=name, prompts=load_prompts("short"), concurrency=None if rates else levels,
-                                    rates=rates, requests=args.requests, num_predict=args.num_predict,
-                                    slo=parse_slo(args.slo))
+                config = LoadConfig(
+                    model=name,
+                    prompts=load_prompts("short"),
+                    concurrency=None if rates else levels,
+                    rates=rates,
+                    requests=args.requests,
+                    num_predict=args.num_predict,
+                    slo=parse_slo(args.slo),
+                )
                 console.rule(f"{target}: {name}")
-                run = run_load(client, config, RunStore(Store(client.settings.db_path)),
-                               progress=lambda what, done, total: None)
+                run = run_load(
+                    client, config, RunStore(Store(client.settings.db_path)), progress=lambda what, done, total: None
+                )
         finally:
             if isinstance(server, subprocess.Popen):
                 server.terminate()
@@ -117,15 +139,18 @@ def main() -> None:
         console.print(render(run))
         memory = run.models[name].get("memory", {})
         console.print(f"engine process: {memory.get('process')}: RSS {fmt_bytes(memory.get('rss_bytes'))}")
-        for path in write_outputs(run, [args.out / f"load-{target}-{run.id}.html",
-                                        args.out / f"load-{target}-{run.id}.json"]):
+        for path in write_outputs(
+            run, [args.out / f"load-{target}-{run.id}.html", args.out / f"load-{target}-{run.id}.json"]
+        ):
             console.print(f"wrote {path}", style="dim")
         sat = run.analysis.get("saturation")
         summary.append((target, run.analysis.get("peak", {}), sat["level"] if sat else "not reached"))
     console.rule("summary")
     for target, peak, sat in summary:
-        console.print(f"{target:14} peak {peak.get('throughput_rps', 0):.2f} req/s, "
-                      f"{peak.get('output_tps', 0):.1f} output tok/s at {peak.get('level')}; saturation: {sat}")
+        console.print(
+            f"{target:14} peak {peak.get('throughput_rps', 0):.2f} req/s, "
+            f"{peak.get('output_tps', 0):.1f} output tok/s at {peak.get('level')}; saturation: {sat}"
+        )
     console.print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -45,13 +45,21 @@ def main() -> None:
         with Scorer(var_path, args.ctx) as s:
             var_logp = [stats.log_softmax(s.chunk_logits(chunks.tokens[i], chunks.first)) for i in range(chunks.count)]
     full = np.concatenate([stats.kld_full(p, q) for p, q in zip(ref_logp, var_logp, strict=True)])
-    print(f"{Path(var_path).name} vs {Path(ref_path).name}: {len(full)} tokens, full-vocabulary mean KLD {full.mean():.6f}")
+    print(
+        f"{Path(var_path).name} vs {Path(ref_path).name}: {len(full)} tokens, full-vocabulary mean KLD {full.mean():.6f}"
+    )
     for k in (8, 16, 32, 64, 128, 256):
-        comp = np.concatenate([stats.kld_compressed(stats.compress(p, n, k), q)
-                               for p, q, n in zip(ref_logp, var_logp, nexts, strict=True)])
+        comp = np.concatenate(
+            [
+                stats.kld_compressed(stats.compress(p, n, k), q)
+                for p, q, n in zip(ref_logp, var_logp, nexts, strict=True)
+            ]
+        )
         tail = np.concatenate([stats.compress(p, n, k).tail for p, n in zip(ref_logp, nexts, strict=True)])
-        print(f"  top-{k:<4} mean KLD {comp.mean():.6f}  ratio {comp.mean() / full.mean():.4f}  "
-              f"p99 ratio {np.percentile(comp, 99) / np.percentile(full, 99):.4f}  mean tail mass {tail.mean():.4f}")
+        print(
+            f"  top-{k:<4} mean KLD {comp.mean():.6f}  ratio {comp.mean() / full.mean():.4f}  "
+            f"p99 ratio {np.percentile(comp, 99) / np.percentile(full, 99):.4f}  mean tail mass {tail.mean():.4f}"
+        )
 
 
 if __name__ == "__main__":

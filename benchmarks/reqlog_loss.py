@@ -35,6 +35,7 @@ async def drive(url: str, rate: float, seconds: float, concurrency: int) -> dict
     interval = concurrency / rate
     end = time.perf_counter() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
         async def worker(k: int) -> None:
             nonlocal done, errors
             next_at = time.perf_counter() + k * interval / concurrency

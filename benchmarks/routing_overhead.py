@@ -48,11 +48,15 @@ def main() -> None:
         llm = time_routes(Router(client, tiers, LLMClassifier(client, args.model, votes=args.votes)), sample)
         ttft = []
         for text in sample:
-            r = client.chat(args.model, [{"role": "user", "content": text}],
-                            options={"temperature": 0, "num_predict": 1})
+            r = client.chat(
+                args.model, [{"role": "user", "content": text}], options={"temperature": 0, "num_predict": 1}
+            )
             ttft.append(r.timings.ttft_ms)
-    rows = {"features classifier": summarize(features), f"LLM classifier ({args.votes} votes)": summarize(llm),
-            f"{args.model} TTFT (reference)": summarize(ttft)}
+    rows = {
+        "features classifier": summarize(features),
+        f"LLM classifier ({args.votes} votes)": summarize(llm),
+        f"{args.model} TTFT (reference)": summarize(ttft),
+    }
     if args.json:
         print(json.dumps({k: v.to_dict() for k, v in rows.items()}, indent=1))
         return
@@ -60,9 +64,11 @@ def main() -> None:
     for name, s in rows.items():
         print(f"{name:<34}{s.p50:>10.2f}{s.p95:>10.2f}{s.n:>6}")
     f, llm_s, t = rows.values()
-    print(f"features classifier p95 = {f.p95 / t.p50:.1%} of a {args.model} TTFT (p50); the LLM classifier costs "
-          f"{llm_s.p50 / f.p50:,.0f}x the feature classifier (p50). Target p95 < 5 ms: "
-          f"{'met' if f.p95 < 5 else 'NOT met'}")
+    print(
+        f"features classifier p95 = {f.p95 / t.p50:.1%} of a {args.model} TTFT (p50); the LLM classifier costs "
+        f"{llm_s.p50 / f.p50:,.0f}x the feature classifier (p50). Target p95 < 5 ms: "
+        f"{'met' if f.p95 < 5 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -99,8 +99,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     llama_log.setLevel(logging.DEBUG)
     llama_log.addHandler(keep)
 
-    settings = Settings(kv_type=spec["kv_type"], parallel=spec["parallel"], n_batch=spec["n_batch"],
-                        flash_attn=spec["flash_attn"], keep_alive=-1)
+    settings = Settings(
+        kv_type=spec["kv_type"],
+        parallel=spec["parallel"],
+        n_batch=spec["n_batch"],
+        flash_attn=spec["flash_attn"],
+        keep_alive=-1,
+    )
     engine = LlamaCppEngine(settings)  # initialises the llama.cpp backend
     path, num_ctx = spec["path"], spec["num_ctx"]
     inspect_gguf(path)  # the header the engine reads anyway; cached, small
@@ -116,8 +121,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     want = min(spec["prompt_tokens"], window - NUM_PREDICT - 8)
     prompt = runner.detokenize(runner.tokenize(text)[:want])
     result = None
-    request = GenerateRequest(model=path, prompt=prompt, raw=True,
-                              options=Options(num_ctx=num_ctx, num_predict=NUM_PREDICT, temperature=0, seed=0))
+    request = GenerateRequest(
+        model=path,
+        prompt=prompt,
+        raw=True,
+        options=Options(num_ctx=num_ctx, num_predict=NUM_PREDICT, temperature=0, seed=0),
+    )
     for chunk in engine.generate(request):
         if chunk.done:
             result = chunk.result
@@ -140,9 +149,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _prose(n_chars: int) -> str:
     """Varied English-like text (so a BPE tokenizer does not merge it into a few long tokens)."""
-    words = ("the model reads every token of a long prompt and keeps its keys and values in the "
-             "cache while memory grows with the window so we measure what it holds after loading "
-             "weights buffers and tables of the tokenizer before answering").split()
+    words = (
+        "the model reads every token of a long prompt and keeps its keys and values in the "
+        "cache while memory grows with the window so we measure what it holds after loading "
+        "weights buffers and tables of the tokenizer before answering"
+    ).split()
     out, i = [], 0
     while sum(len(w) + 1 for w in out) < n_chars:
         out.append(words[(i * 7 + i // len(words)) % len(words)] + ("." if i % 13 == 12 else ""))
@@ -156,7 +167,9 @@ def _prose(n_chars: int) -> str:
 def run_point(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, __file__, "--_worker", json.dumps(spec)],
-        capture_output=True, text=True, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
@@ -208,11 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.model or default_models():
         info = inspect_gguf(path)
         for num_ctx in windows(args.ctx, info.n_ctx_train):
-            est = sizing.estimate(info, num_ctx, args.kv_type, args.parallel, args.n_batch,
-                                  flash_attn=args.flash_attn != "off")
+            est = sizing.estimate(
+                info, num_ctx, args.kv_type, args.parallel, args.n_batch, flash_attn=args.flash_attn != "off"
+            )
             prompt = num_ctx if args.fill else args.n_batch
-            spec = {"path": path, "num_ctx": num_ctx, "kv_type": args.kv_type, "parallel": args.parallel,
-                    "n_batch": args.n_batch, "flash_attn": args.flash_attn, "prompt_tokens": prompt}
+            spec = {
+                "path": path,
+                "num_ctx": num_ctx,
+                "kv_type": args.kv_type,
+                "parallel": args.parallel,
+                "n_batch": args.n_batch,
+                "flash_attn": args.flash_attn,
+                "prompt_tokens": prompt,
+            }
             measured = run_point(spec)
             # The estimate for the KV cells this run actually used (the mask term is the only
             # part that depends on them): separates the formula's error from the untouched
@@ -220,56 +241,77 @@ def main(argv: list[str] | None = None) -> int:
             in_use = measured["prompt_tokens"]  # the big step: the prompt's last ubatch
             used = -(-in_use // sizing.N_CTX_PAD) * sizing.N_CTX_PAD  # llama.cpp pads n_kv to 256
             caches = [min(c, used) for c in sizing.kv_cache_sizes(info, est.n_ctx, args.parallel, est.n_ubatch)]
-            as_run = (est.total_bytes - est.compute_bytes
-                      + sizing.compute_buffer_bytes(info, est.n_ubatch, caches, args.parallel,
-                                                    args.flash_attn != "off", args.kv_type)
-                      + sizing.work_buffer_bytes(info, est.n_ubatch))
+            as_run = (
+                est.total_bytes
+                - est.compute_bytes
+                + sizing.compute_buffer_bytes(
+                    info, est.n_ubatch, caches, args.parallel, args.flash_attn != "off", args.kv_type
+                )
+                + sizing.work_buffer_bytes(info, est.n_ubatch)
+            )
             growth = measured["growth"]
-            rows.append({
-                "model": Path(path).name,
-                "architecture": info.architecture,
-                "num_ctx": num_ctx,
-                "estimate": est.to_dict(),
-                "estimate_as_run": as_run,
-                "measured": measured,
-                "measured_growth": growth,
-                "error": (est.total_bytes - growth) / growth,
-                "error_as_run": (as_run - growth) / growth,
-            })
+            rows.append(
+                {
+                    "model": Path(path).name,
+                    "architecture": info.architecture,
+                    "num_ctx": num_ctx,
+                    "estimate": est.to_dict(),
+                    "estimate_as_run": as_run,
+                    "measured": measured,
+                    "measured_growth": growth,
+                    "error": (est.total_bytes - growth) / growth,
+                    "error_as_run": (as_run - growth) / growth,
+                }
+            )
             if not args.json:
                 if len(rows) == 1:
                     print(_header())
                 print(_row(rows[-1]), flush=True)
 
     errors = [abs(r["error"]) for r in rows]
-    summary = {"points": len(rows), "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
-               "median_abs_error_as_run": statistics.median(abs(r["error_as_run"]) for r in rows),
-               "max_abs_error_as_run": max(abs(r["error_as_run"]) for r in rows),
-               "kv_type": args.kv_type, "parallel": args.parallel, "n_batch": args.n_batch,
-               "flash_attn": args.flash_attn, "fill": args.fill}
+    summary = {
+        "points": len(rows),
+        "median_abs_error": statistics.median(errors),
+        "max_abs_error": max(errors),
+        "median_abs_error_as_run": statistics.median(abs(r["error_as_run"]) for r in rows),
+        "max_abs_error_as_run": max(abs(r["error_as_run"]) for r in rows),
+        "kv_type": args.kv_type,
+        "parallel": args.parallel,
+        "n_batch": args.n_batch,
+        "flash_attn": args.flash_attn,
+        "fill": args.fill,
+    }
     if args.json:
         print(json.dumps({"summary": summary, "points": rows}, indent=2))
     else:
-        print(f"\n{len(rows)} points: median |error| {summary['median_abs_error'] * 100:.1f}%, "
-              f"max {summary['max_abs_error'] * 100:.1f}%  (as run: median "
-              f"{summary['median_abs_error_as_run'] * 100:.1f}%, max {summary['max_abs_error_as_run'] * 100:.1f}%)")
-        print("MiB throughout; error = (estimate - measured) / measured; 'as run' = the estimate for the "
-              "KV cells the request used (the full-window estimate assumes every cell in use).")
+        print(
+            f"\n{len(rows)} points: median |error| {summary['median_abs_error'] * 100:.1f}%, "
+            f"max {summary['max_abs_error'] * 100:.1f}%  (as run: median "
+            f"{summary['median_abs_error_as_run'] * 100:.1f}%, max {summary['max_abs_error_as_run'] * 100:.1f}%)"
+        )
+        print(
+            "MiB throughout; error = (estimate - measured) / measured; 'as run' = the estimate for the "
+            "KV cells the request used (the full-window estimate assumes every cell in use)."
+        )
     return 0
 
 
 def _header() -> str:
-    return (f"{'model':42s} {'num_ctx':>7s} | {'weights':>8s} {'KV':>8s} {'compute':>8s} {'other':>7s} {'total':>8s}"
-            f" | {'measured':>8s} {'error':>7s} | {'as run':>8s} {'error':>7s}")
+    return (
+        f"{'model':42s} {'num_ctx':>7s} | {'weights':>8s} {'KV':>8s} {'compute':>8s} {'other':>7s} {'total':>8s}"
+        f" | {'measured':>8s} {'error':>7s} | {'as run':>8s} {'error':>7s}"
+    )
 
 
 def _row(r: dict[str, Any]) -> str:
     e = r["estimate"]
     other = e["output_bytes"] + e["overhead_bytes"]
-    return (f"{r['model'][:42]:42s} {r['num_ctx']:7d} | {e['weights_bytes'] / MiB:8.1f} {e['kv_bytes'] / MiB:8.1f} "
-            f"{e['compute_bytes'] / MiB:8.1f} {other / MiB:7.1f} {e['total_bytes'] / MiB:8.1f}"
-            f" | {r['measured_growth'] / MiB:8.1f} {r['error'] * 100:+6.1f}% | {r['estimate_as_run'] / MiB:8.1f}"
-            f" {r['error_as_run'] * 100:+6.1f}%")
+    return (
+        f"{r['model'][:42]:42s} {r['num_ctx']:7d} | {e['weights_bytes'] / MiB:8.1f} {e['kv_bytes'] / MiB:8.1f} "
+        f"{e['compute_bytes'] / MiB:8.1f} {other / MiB:7.1f} {e['total_bytes'] / MiB:8.1f}"
+        f" | {r['measured_growth'] / MiB:8.1f} {r['error'] * 100:+6.1f}% | {r['estimate_as_run'] / MiB:8.1f}"
+        f" {r['error_as_run'] * 100:+6.1f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,14 @@ THREADS: int | None = None  # --threads
 
 def client_for(target: str, draft: str | None, parallel: int = 1) -> Client:
     """One engine; `plain`, `lookup` and `draft` are names for the same file, speculating or not."""
-    client = Client(parallel=parallel, keep_alive=-1, num_ctx=2048, prefix_cache=False, threads=THREADS,
-                    aliases={"plain": target, "lookup": target, "draft": target})
+    client = Client(
+        parallel=parallel,
+        keep_alive=-1,
+        num_ctx=2048,
+        prefix_cache=False,
+        threads=THREADS,
+        aliases={"plain": target, "lookup": target, "draft": target},
+    )
     client.settings.speculative.models["lookup"] = "lookup"
     if draft:
         client.settings.speculative.models["draft"] = draft
@@ -85,8 +91,13 @@ def one(client: Client, mode: str, prompt: str, tokens: int) -> dict:
     r = client.chat(mode, [{"role": "user", "content": prompt}], options={**GREEDY, "num_predict": tokens})
     t = r.timings
     spec = t.speculation
-    return {"mode": mode, "tokens": t.output_tokens, "decode_tps": t.decode_tps, "content": r.content,
-            "spec": spec.to_dict() if spec else None}
+    return {
+        "mode": mode,
+        "tokens": t.output_tokens,
+        "decode_tps": t.decode_tps,
+        "content": r.content,
+        "spec": spec.to_dict() if spec else None,
+    }
 
 
 def compare(client: Client, modes: list[str], prompts: dict[str, list[str]], tokens: int, reps: int) -> list[dict]:
@@ -118,29 +129,42 @@ def compare(client: Client, modes: list[str], prompts: dict[str, list[str]], tok
                     draft_s=sum(s["draft_ns"] for s in specs) / 1e9,
                     verify_s=sum(s["verify_ns"] for s in specs) / 1e9,
                     lookup_steps=sum(s.get("lookup_steps", 0) for s in specs),
-                    pauses=sum(s.get("pauses", 0) for s in specs))
+                    pauses=sum(s.get("pauses", 0) for s in specs),
+                )
         rows.append(row)
         line = f"  {kind:8} plain {row['plain']['decode_tps']:6.1f} tok/s"
         for mode in modes[1:]:
             r = row[mode]
             acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
             mean = "-" if r["mean_accepted"] is None else f"{r['mean_accepted']:.2f}"
-            line += (f" | {mode} {r['decode_tps']:6.1f} tok/s = {r['speedup']:4.2f}x, accepted {acc}, "
-                     f"{mean}/step, draft {r['draft_s']:.1f}s vs verify {r['verify_s']:.1f}s"
-                     + (f", {r['lookup_steps']} step(s) copied by lookup" if r["lookup_steps"] else "")
-                     + (f", paused {r['pauses']}x" if r["pauses"] else ""))
+            line += (
+                f" | {mode} {r['decode_tps']:6.1f} tok/s = {r['speedup']:4.2f}x, accepted {acc}, "
+                f"{mean}/step, draft {r['draft_s']:.1f}s vs verify {r['verify_s']:.1f}s"
+                + (f", {r['lookup_steps']} step(s) copied by lookup" if r["lookup_steps"] else "")
+                + (f", paused {r['pauses']}x" if r["pauses"] else "")
+            )
         print(line + f" | identical greedy output: {same}", flush=True)
     return rows
 
 
 def part_draft(args) -> dict:
-    target, draft = args.target or find("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"), \
-        args.draft or find("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    target, draft = (
+        args.target or find("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        args.draft or find("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    )
     print(f"draft model: {Path(draft).name} drafting for {Path(target).name}, {args.tokens} tokens per answer")
     with client_for(target, draft) as client:
-        return {"target": target, "draft": draft, "rows": compare(
-            client, ["plain", "draft", "lookup"], {"code": CODE, "rewrite": REWRITE, "chat": CHAT[:1]},
-            args.tokens, args.reps)}
+        return {
+            "target": target,
+            "draft": draft,
+            "rows": compare(
+                client,
+                ["plain", "draft", "lookup"],
+                {"code": CODE, "rewrite": REWRITE, "chat": CHAT[:1]},
+                args.tokens,
+                args.reps,
+            ),
+        }
 
 
 def part_lookup(args) -> dict:
@@ -149,9 +173,13 @@ def part_lookup(args) -> dict:
         target = Client().resolve(name).target
         print(f"prompt lookup on {Path(target).name}, {args.tokens} tokens per answer")
         with client_for(target, None) as client:
-            out[Path(target).name] = compare(client, ["plain", "lookup"],
-                                             {"rewrite": REWRITE, "extract": EXTRACT, "chat": CHAT[:1]},
-                                             args.tokens, args.reps)
+            out[Path(target).name] = compare(
+                client,
+                ["plain", "lookup"],
+                {"rewrite": REWRITE, "extract": EXTRACT, "chat": CHAT[:1]},
+                args.tokens,
+                args.reps,
+            )
     return out
 
 
@@ -159,8 +187,9 @@ def concurrent(client: Client, mode: str, prompts: list[str], tokens: int) -> di
     results: list = [None] * len(prompts)
 
     def go(i: int) -> None:
-        results[i] = client.chat(mode, [{"role": "user", "content": prompts[i]}],
-                                 options={**GREEDY, "num_predict": tokens})
+        results[i] = client.chat(
+            mode, [{"role": "user", "content": prompts[i]}], options={**GREEDY, "num_predict": tokens}
+        )
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
@@ -171,17 +200,23 @@ def concurrent(client: Client, mode: str, prompts: list[str], tokens: int) -> di
     wall = time.perf_counter() - t0
     out = sum(r.timings.output_tokens for r in results)
     specs = [r.timings.speculation for r in results if r.timings.speculation]
-    return {"tokens": out, "wall_s": wall, "agg_tps": out / wall,
-            "acceptance": (sum(s.accepted for s in specs) / max(sum(s.drafted for s in specs), 1)) if specs else None}
+    return {
+        "tokens": out,
+        "wall_s": wall,
+        "agg_tps": out / wall,
+        "acceptance": (sum(s.accepted for s in specs) / max(sum(s.drafted for s in specs), 1)) if specs else None,
+    }
 
 
 def part_streams(args) -> dict:
     target = args.stream_target or Client().resolve("smollm2").target
     draft = args.stream_draft
     modes = ["plain", "lookup"] + (["draft"] if draft else [])
-    prompts = (REWRITE + EXTRACT + CODE + CHAT)
-    print(f"concurrent streams on {Path(target).name} (parallel = 4), {args.tokens} tokens each; "
-          "aggregate = all output tokens / wall time")
+    prompts = REWRITE + EXTRACT + CODE + CHAT
+    print(
+        f"concurrent streams on {Path(target).name} (parallel = 4), {args.tokens} tokens each; "
+        "aggregate = all output tokens / wall time"
+    )
     rows = []
     with client_for(target, draft, parallel=4) as client:
         for mode in reversed(modes):
@@ -194,15 +229,23 @@ def part_streams(args) -> dict:
             for mode in modes[1:]:
                 row[mode]["speedup"] = row[mode]["agg_tps"] / row["plain"]["agg_tps"]
             rows.append(row)
-            print(f"  {n} stream(s): plain {row['plain']['agg_tps']:6.1f} tok/s" + "".join(
-                f" | {m} {row[m]['agg_tps']:6.1f} tok/s = {row[m]['speedup']:4.2f}x (accepted "
-                f"{row[m]['acceptance']:.0%})" for m in modes[1:]), flush=True)
+            print(
+                f"  {n} stream(s): plain {row['plain']['agg_tps']:6.1f} tok/s"
+                + "".join(
+                    f" | {m} {row[m]['agg_tps']:6.1f} tok/s = {row[m]['speedup']:4.2f}x (accepted "
+                    f"{row[m]['acceptance']:.0%})"
+                    for m in modes[1:]
+                ),
+                flush=True,
+            )
     return {"target": target, "draft": draft, "rows": rows}
 
 
 def part_memory(args) -> dict:
-    target, draft = args.target or find("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"), \
-        args.draft or find("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    target, draft = (
+        args.target or find("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        args.draft or find("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    )
     proc = psutil.Process()
     with client_for(target, draft) as client:
         one(client, "plain", "Say hi.", 4)
@@ -211,11 +254,18 @@ def part_memory(args) -> dict:
         after = proc.memory_info().rss
         predicted = estimate(inspect_gguf(draft), 2048).total_bytes
         loaded = client.loaded()
-    out = {"rss_growth_bytes": after - before, "predicted_bytes": predicted,
-           "ratio": (after - before) / predicted, "loaded_size_bytes": [m.size_bytes for m in loaded]}
-    print(f"draft model memory: sizing predicts {format_size(predicted)}, measured RSS growth "
-          f"{format_size(after - before)} ({out['ratio']:.0%} of the estimate); /api/ps reports "
-          f"{format_size(loaded[0].size_bytes)} for target + draft", flush=True)
+    out = {
+        "rss_growth_bytes": after - before,
+        "predicted_bytes": predicted,
+        "ratio": (after - before) / predicted,
+        "loaded_size_bytes": [m.size_bytes for m in loaded],
+    }
+    print(
+        f"draft model memory: sizing predicts {format_size(predicted)}, measured RSS growth "
+        f"{format_size(after - before)} ({out['ratio']:.0%} of the estimate); /api/ps reports "
+        f"{format_size(loaded[0].size_bytes)} for target + draft",
+        flush=True,
+    )
     return out
 
 
@@ -227,20 +277,30 @@ def main() -> None:
     ap.add_argument("--stream-target", help="model for --part streams (default smollm2)")
     ap.add_argument("--stream-draft", help="draft model for --part streams (default: prompt lookup only)")
     ap.add_argument("--streams", default="1,2,4")
-    ap.add_argument("--lookup-models", default="smollm2", help="models for --part lookup (comma-separated; "
-                    "--part draft measures prompt lookup on the target too)")
+    ap.add_argument(
+        "--lookup-models",
+        default="smollm2",
+        help="models for --part lookup (comma-separated; --part draft measures prompt lookup on the target too)",
+    )
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--threads", type=int, help="llama.cpp threads (default: physical cores); 1 is steadier "
-                    "on a machine other processes keep busy (no OpenMP barrier waiting for a preempted thread)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="llama.cpp threads (default: physical cores); 1 is steadier "
+        "on a machine other processes keep busy (no OpenMP barrier waiting for a preempted thread)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
     args.streams = [int(s) for s in args.streams.split(",")]
     load = os.getloadavg()
-    print(f"threads: {args.threads or 'physical cores'}; machine: {psutil.cpu_count(logical=False)} cores, load average {load[0]:.1f} / {load[1]:.1f} / "
-          f"{load[2]:.1f} at start (shared machine: ratios are within this run)", flush=True)
+    print(
+        f"threads: {args.threads or 'physical cores'}; machine: {psutil.cpu_count(logical=False)} cores, load average {load[0]:.1f} / {load[1]:.1f} / "
+        f"{load[2]:.1f} at start (shared machine: ratios are within this run)",
+        flush=True,
+    )
     report = {"machine": describe_machine(), "load_at_start": load}
     parts = {"draft": part_draft, "lookup": part_lookup, "streams": part_streams, "memory": part_memory}
     for part in args.part or ["draft", "lookup", "streams", "memory"]:

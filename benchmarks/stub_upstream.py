@@ -49,8 +49,16 @@ class StubUpstream:
     def start(self) -> StubUpstream:
         import uvicorn
 
-        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="error", lifespan="off",
-                                access_log=False, loop="asyncio", http="h11")
+        config = uvicorn.Config(
+            self,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="error",
+            lifespan="off",
+            access_log=False,
+            loop="asyncio",
+            http="h11",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -101,7 +109,7 @@ class StubUpstream:
             await _json(send, {"error": "stub failure"}, 500)
             return
         if req.get("model") not in ("stub", None):
-            await _json(send, {"error": f"model \"{req.get('model')}\" not found, try pulling it first"}, 404)
+            await _json(send, {"error": f'model "{req.get("model")}" not found, try pulling it first'}, 404)
             return
         n = min(int((req.get("options") or {}).get("num_predict") or req.get("max_tokens") or self.tokens), self.tokens)
         n = max(n, 1)
@@ -114,8 +122,14 @@ class StubUpstream:
         if path in ("/v1/embeddings", "/embeddings"):
             inputs = req.get("input")
             inputs = [inputs] if isinstance(inputs, str) else inputs
-            await _json(send, {"object": "list", "data": [{"index": i, "embedding": [0.6, 0.8]} for i in range(len(inputs))],
-                               "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            await _json(
+                send,
+                {
+                    "object": "list",
+                    "data": [{"index": i, "embedding": [0.6, 0.8]} for i in range(len(inputs))],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                },
+            )
             return
         if path in ("/api/chat", "/api/generate"):
             await self._ollama(send, path, words, stream)
@@ -125,9 +139,16 @@ class StubUpstream:
             await _json(send, {"error": "not found"}, 404)
 
     def _final(self, n: int) -> dict[str, Any]:
-        return {"done": True, "done_reason": "length" if n < len(WORDS) else "stop", "total_duration": 1_000_000,
-                "load_duration": 0, "prompt_eval_count": 12, "prompt_eval_duration": 200_000,
-                "eval_count": n, "eval_duration": 700_000}
+        return {
+            "done": True,
+            "done_reason": "length" if n < len(WORDS) else "stop",
+            "total_duration": 1_000_000,
+            "load_duration": 0,
+            "prompt_eval_count": 12,
+            "prompt_eval_duration": 200_000,
+            "eval_count": n,
+            "eval_duration": 700_000,
+        }
 
     async def _ollama(self, send: Any, path: str, words: list[str], stream: bool) -> None:
         chat = path == "/api/chat"
@@ -157,10 +178,22 @@ class StubUpstream:
         usage = {"prompt_tokens": 12, "completion_tokens": len(words), "total_tokens": 12 + len(words)}
         reason = "length" if len(words) < len(WORDS) else "stop"
         if not stream:
-            choice = ({"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": reason}
-                      if chat else {"index": 0, "text": "".join(words), "finish_reason": reason})
-            await _json(send, {"id": "x", "object": "chat.completion", "created": 0, "model": "stub",
-                               "choices": [choice], "usage": usage})
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": reason}
+                if chat
+                else {"index": 0, "text": "".join(words), "finish_reason": reason}
+            )
+            await _json(
+                send,
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "stub",
+                    "choices": [choice],
+                    "usage": usage,
+                },
+            )
             return
         await _start(send, "text/event-stream")
         for i, word in enumerate(words):
@@ -168,18 +201,24 @@ class StubUpstream:
                 raise ConnectionResetError("stub dropped the connection")
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
-            choice = {"index": 0, "delta": {"content": word}, "finish_reason": None} if chat else \
-                {"index": 0, "text": word, "finish_reason": None}
+            choice = (
+                {"index": 0, "delta": {"content": word}, "finish_reason": None}
+                if chat
+                else {"index": 0, "text": word, "finish_reason": None}
+            )
             await _body(send, b"data: " + json.dumps({"id": "x", "choices": [choice]}).encode() + b"\n\n")
-        last = {"index": 0, "delta": {}, "finish_reason": reason} if chat else {"index": 0, "text": "", "finish_reason": reason}
+        last = (
+            {"index": 0, "delta": {}, "finish_reason": reason}
+            if chat
+            else {"index": 0, "text": "", "finish_reason": reason}
+        )
         await _body(send, b"data: " + json.dumps({"id": "x", "choices": [last]}).encode() + b"\n\n")
         await _body(send, b"data: " + json.dumps({"id": "x", "choices": [], "usage": usage}).encode() + b"\n\n")
         await _body(send, b"data: [DONE]\n\n", more=False)
 
 
 async def _start(send: Any, content_type: str, status: int = 200) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode())]})
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]})
 
 
 async def _body(send: Any, data: bytes, more: bool = True) -> None:
@@ -188,8 +227,13 @@ async def _body(send: Any, data: bytes, more: bool = True) -> None:
 
 async def _json(send: Any, obj: Any, status: int = 200) -> None:
     data = json.dumps(obj).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -205,5 +249,13 @@ if __name__ == "__main__":  # a standalone stub for benchmarks, as fast as uvico
     args = parser.parse_args()
     stub = StubUpstream(tokens=args.tokens, port=args.port)
     stub.token_delay_s = args.token_delay
-    uvicorn.run(stub, host="127.0.0.1", port=args.port, log_level="error", lifespan="off", access_log=False,
-                loop="uvloop", http="httptools")
+    uvicorn.run(
+        stub,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="error",
+        lifespan="off",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )

@@ -39,17 +39,34 @@ from lmgauge.types import ChatRequest, Message, Options  # noqa: E402
 
 
 def fn(name: str, description: str, properties: dict, required: list[str]) -> dict:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties, "required": required}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
 
 
 TOOLS = [
-    fn("get_weather", "Get the current weather for a city",
-       {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, ["city"]),
+    fn(
+        "get_weather",
+        "Get the current weather for a city",
+        {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        ["city"],
+    ),
     fn("add", "Add two integers", {"a": {"type": "integer"}, "b": {"type": "integer"}}, ["a", "b"]),
-    fn("convert_currency", "Convert an amount of money from one currency to another",
-       {"amount": {"type": "number"}, "from_currency": {"type": "string", "description": "ISO code, e.g. USD"},
-        "to_currency": {"type": "string", "description": "ISO code, e.g. EUR"}}, ["amount", "from_currency", "to_currency"]),
+    fn(
+        "convert_currency",
+        "Convert an amount of money from one currency to another",
+        {
+            "amount": {"type": "number"},
+            "from_currency": {"type": "string", "description": "ISO code, e.g. USD"},
+            "to_currency": {"type": "string", "description": "ISO code, e.g. EUR"},
+        },
+        ["amount", "from_currency", "to_currency"],
+    ),
     fn("set_timer", "Set a timer", {"minutes": {"type": "integer"}, "label": {"type": "string"}}, ["minutes"]),
     fn("search_web", "Search the web", {"query": {"type": "string"}}, ["query"]),
 ]
@@ -76,11 +93,23 @@ LABELLED = [
     ("Convert 100 USD to EUR.", "convert_currency", {"amount": 100, "from_currency": "USD", "to_currency": "EUR"}),
     ("How many yen is 50 euros?", "convert_currency", {"amount": 50, "from_currency": "EUR", "to_currency": "JPY"}),
     ("Convert 20 GBP into USD.", "convert_currency", {"amount": 20, "from_currency": "GBP", "to_currency": "USD"}),
-    ("I want to change 75 CHF to EUR.", "convert_currency", {"amount": 75, "from_currency": "CHF", "to_currency": "EUR"}),
-    ("What is 10 dollars in British pounds?", "convert_currency", {"amount": 10, "from_currency": "USD", "to_currency": "GBP"}),
+    (
+        "I want to change 75 CHF to EUR.",
+        "convert_currency",
+        {"amount": 75, "from_currency": "CHF", "to_currency": "EUR"},
+    ),
+    (
+        "What is 10 dollars in British pounds?",
+        "convert_currency",
+        {"amount": 10, "from_currency": "USD", "to_currency": "GBP"},
+    ),
     ("Convert 3000 JPY to USD.", "convert_currency", {"amount": 3000, "from_currency": "JPY", "to_currency": "USD"}),
     ("Exchange 500 EUR to CAD.", "convert_currency", {"amount": 500, "from_currency": "EUR", "to_currency": "CAD"}),
-    ("How much is 1 BTC in USD? Use the converter.", "convert_currency", {"amount": 1, "from_currency": "BTC", "to_currency": "USD"}),
+    (
+        "How much is 1 BTC in USD? Use the converter.",
+        "convert_currency",
+        {"amount": 1, "from_currency": "BTC", "to_currency": "USD"},
+    ),
     ("Set a timer for 10 minutes.", "set_timer", {"minutes": 10}),
     ("Start a 5 minute timer for the eggs.", "set_timer", {"minutes": 5}),
     ("Remind me in 25 minutes with a timer labelled pomodoro.", "set_timer", {"minutes": 25, "label": "pomodoro"}),
@@ -124,8 +153,16 @@ def ask(engine: LlamaCppEngine, model: str, prompt: str, grammar: bool) -> list 
     if not grammar:
         toolcalls.ToolPlan.lazy = lambda self, vocab: None  # the parser alone
     try:
-        result = collect(engine.chat(ChatRequest(model=model, messages=[Message("user", prompt)], tools=TOOLS,
-                                                 options=Options(temperature=0, num_predict=96))))
+        result = collect(
+            engine.chat(
+                ChatRequest(
+                    model=model,
+                    messages=[Message("user", prompt)],
+                    tools=TOOLS,
+                    options=Options(temperature=0, num_predict=96),
+                )
+            )
+        )
     finally:
         toolcalls.ToolPlan.lazy = original
     return result.tool_calls or result.content
@@ -158,22 +195,30 @@ class Score:
         self.right_values += first["name"] == name and values_match(first["arguments"], expected)
 
     def row(self, model: str, mode: str) -> str:
-        share = lambda k: f"{k / self.n:>7.0%}" if self.n else "      -"  # noqa: E731
+        share = lambda k: f"{k / self.n:>7.0%}" if self.n else "      -"  # noqa: E731  a short factory, read where it is used
         parses = f"{self.parsed / self.started:>7.0%}" if self.started else "      -"
-        return (f"{model[:40]:40} {mode:8} {self.n:>3} {share(self.right_function):>9} {share(self.schema_valid)} "
-                f"{share(self.right_values)} {parses} {self.started:>8} {share(self.no_call):>8}")
+        return (
+            f"{model[:40]:40} {mode:8} {self.n:>3} {share(self.right_function):>9} {share(self.schema_valid)} "
+            f"{share(self.right_values)} {parses} {self.started:>8} {share(self.no_call):>8}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
     parser.add_argument("--limit", type=int, default=len(LABELLED))
-    parser.add_argument("--threads", type=int, help="llama.cpp threads (default: physical cores); 1 wastes no "
-                        "CPU spinning at barriers on a machine other processes keep busy")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="llama.cpp threads (default: physical cores); 1 wastes no "
+        "CPU spinning at barriers on a machine other processes keep busy",
+    )
     args = parser.parse_args()
     engine = LlamaCppEngine(Settings(keep_alive=-1, threads=args.threads))
-    header = (f"{'model':40} {'grammar':8} {'n':>3} {'function':>9} {'schema':>7} {'values':>7} {'parses':>7} "
-              f"{'started':>8} {'no call':>8}")
+    header = (
+        f"{'model':40} {'grammar':8} {'n':>3} {'function':>9} {'schema':>7} {'values':>7} {'parses':>7} "
+        f"{'started':>8} {'no call':>8}"
+    )
     rows = []
     try:
         for model in args.models:
@@ -182,8 +227,14 @@ def main() -> None:
             for i, (prompt, name, expected) in enumerate(LABELLED[: args.limit]):
                 for grammar in (True, False):  # the same prompt both ways, so a partial run still compares
                     scores[grammar].add(ask(engine, model, prompt, grammar), name, expected, syntax)
-                print(f"[{i + 1}/{min(args.limit, len(LABELLED))}] so far:", scores[True].row(Path(model).name, "on"),
-                      scores[False].row(Path(model).name, "off"), sep="\n", file=sys.stderr, flush=True)
+                print(
+                    f"[{i + 1}/{min(args.limit, len(LABELLED))}] so far:",
+                    scores[True].row(Path(model).name, "on"),
+                    scores[False].row(Path(model).name, "off"),
+                    sep="\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
             rows += [scores[True].row(Path(model).name, "on"), scores[False].row(Path(model).name, "off")]
             print(header, *rows, sep="\n", flush=True)
             engine.unload(model)

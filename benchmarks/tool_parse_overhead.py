@@ -30,8 +30,16 @@ from lmgauge.engines.thinking import ThinkingSplitter  # noqa: E402
 from lmgauge.models import inspect_gguf, smollm2_path  # noqa: E402
 from lmgauge.types import ChatRequest, Message, Options  # noqa: E402
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 def main() -> None:
@@ -42,8 +50,12 @@ def main() -> None:
     model = str(smollm2_path())
     engine = LlamaCppEngine(Settings(keep_alive=-1))
     try:
-        request = lambda: ChatRequest(model=model, messages=[Message("user", "Write a short story about a lighthouse.")],  # noqa: E731
-                                      tools=TOOLS, options=Options(temperature=0, num_predict=args.tokens, seed=1))
+        request = lambda: ChatRequest(  # noqa: E731  a short factory, read where it is used
+            model=model,
+            messages=[Message("user", "Write a short story about a lighthouse.")],
+            tools=TOOLS,
+            options=Options(temperature=0, num_predict=args.tokens, seed=1),
+        )
         collect(engine.chat(request()))  # warm-up (load, caches), excluded
         decode_ns, text = [], ""
         for _ in range(args.reps):

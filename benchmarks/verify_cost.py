@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare_llama import BareLlama  # noqa: E402
 
 MODELS = Path(os.environ.get("LMGAUGE_TEST_MODELS", "~/.cache/lmgauge-test-models")).expanduser()
-PROMPT = "def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n    \"\"\"Merge two sorted lists.\"\"\"\n" * 4
+PROMPT = 'def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n    """Merge two sorted lists."""\n' * 4
 
 
 def step_times(bare: BareLlama, sizes: list[int], reps: int) -> dict[int, float]:
@@ -77,14 +77,18 @@ def main() -> None:
         d = step_times(draft, [1], args.reps)[1]
         one = t[1]
         rel = {n: v / one for n, v in t.items()}
-        print(f"threads {threads}: target 1-token step {one * 1000:.0f} ms, draft model step {d * 1000:.0f} ms "
-              f"= {d / one:.2f} of a target step")
+        print(
+            f"threads {threads}: target 1-token step {one * 1000:.0f} ms, draft model step {d * 1000:.0f} ms "
+            f"= {d / one:.2f} of a target step"
+        )
         print("  batch of n tokens / 1-token step: " + ", ".join(f"n={n} {r:.2f}" for n, r in rel.items()))
         for a in (0.7, 0.8, 0.9):
             best = max((best_speedup(a, k, d / one, rel[k + 1]), k) for k in range(1, args.max_k + 1))
             look = max((best_speedup(a, k, 0.0, rel[k + 1]), k) for k in range(1, args.max_k + 1))
-            print(f"  acceptance {a:.0%}: best draft-model speed-up {best[0]:.2f}x (k={best[1]}); "
-                  f"a free draft (prompt lookup) {look[0]:.2f}x (k={look[1]})")
+            print(
+                f"  acceptance {a:.0%}: best draft-model speed-up {best[0]:.2f}x (k={best[1]}); "
+                f"a free draft (prompt lookup) {look[0]:.2f}x (k={look[1]})"
+            )
         for bare in (target, draft):
             L.llama_batch_free(bare.batch)
             L.llama_free(bare.ctx)

@@ -77,8 +77,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     needed = {name for item in session.items for name in SERVICE_FIXTURES if name in item.fixturenames}
     found = {name: provide(name) for name in sorted(needed)}
     session.config.stash[PROVISIONED] = found
-    parts = [found[name].describe() if name in found else f"{what} not needed by the selected tests"
-             for name, what in SERVICE_FIXTURES.items()]
+    parts = [
+        found[name].describe() if name in found else f"{what} not needed by the selected tests"
+        for name, what in SERVICE_FIXTURES.items()
+    ]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line("test services: " + "; ".join(parts))
@@ -118,9 +120,23 @@ def redis_url(tmp_path_factory, redis_server):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            redis_server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import redis
 
     client = redis.Redis(port=port)
@@ -139,8 +155,11 @@ def redis_url(tmp_path_factory, redis_server):
     proc.wait(timeout=10)
 
 
-EXTRA_MODELS_DIR = __import__("pathlib").Path(
-    __import__("os").environ.get("LMGAUGE_TEST_MODELS", "~/.cache/lmgauge-test-models")).expanduser()
+EXTRA_MODELS_DIR = (
+    __import__("pathlib")
+    .Path(__import__("os").environ.get("LMGAUGE_TEST_MODELS", "~/.cache/lmgauge-test-models"))
+    .expanduser()
+)
 EXTRA_MODEL_FILES = {
     "gemma-3-270m": "gemma-3-270m-q4_k_m.gguf",
     "qwen-0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",

@@ -29,8 +29,7 @@ def test_errors_propagate_from_inside_the_stream():
     with pytest.raises(EngineError, match="scripted failure"):
         collect(with_client_clock(chat(ScriptedEngine("a b c", fail_after=1))))
     with pytest.raises(UnknownModelError):
-        collect(ScriptedEngine(models=("other",)).chat(
-            ChatRequest(model="scripted", messages=[Message("user", "x")])))
+        collect(ScriptedEngine(models=("other",)).chat(ChatRequest(model="scripted", messages=[Message("user", "x")])))
 
 
 def test_closing_the_stream_early_closes_the_engine_stream():

@@ -20,14 +20,18 @@ from support.standins import OpenAIStandin
 
 
 def write_lines(path: Path, lines: list) -> Path:
-    path.write_text("".join((line if isinstance(line, str) and line.startswith("{") else json.dumps(line)) + "\n"
-                            for line in lines))
+    path.write_text(
+        "".join((line if isinstance(line, str) and line.startswith("{") else json.dumps(line)) + "\n" for line in lines)
+    )
     return path
 
 
 def ok_answer(item: BatchItem):
-    return Result(model="m", content=f"answer to {item.id}", done_reason="stop", timings=Timings(output_tokens=3)), \
-        None, False
+    return (
+        Result(model="m", content=f"answer to {item.id}", done_reason="stop", timings=Timings(output_tokens=3)),
+        None,
+        False,
+    )
 
 
 def lmgauge(*args, timeout=300):
@@ -38,27 +42,35 @@ def lmgauge(*args, timeout=300):
 
 
 def test_items_from_strings_prompts_and_messages(tmp_path):
-    path = write_lines(tmp_path / "in.jsonl", [
-        "Why is the sky blue?",
-        {"id": "x", "prompt": "hi", "options": {"temperature": 0}, "format": "json"},
-        {"messages": [{"role": "user", "content": "hello"}], "system": "be brief"},
-    ])
+    path = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            "Why is the sky blue?",
+            {"id": "x", "prompt": "hi", "options": {"temperature": 0}, "format": "json"},
+            {"messages": [{"role": "user", "content": "hello"}], "system": "be brief"},
+        ],
+    )
     path.write_text(path.read_text() + "\n")  # a trailing blank line is fine
     items = read_items(path, system="default system")
     assert [i.id for i in items] == ["line-1", "x", "line-3"]
-    assert items[0].messages == [{"role": "system", "content": "default system"},
-                                 {"role": "user", "content": "Why is the sky blue?"}]
+    assert items[0].messages == [
+        {"role": "system", "content": "default system"},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
     assert items[1].options == {"temperature": 0} and items[1].format == "json"
     assert items[2].messages[0] == {"role": "system", "content": "be brief"}
 
 
-@pytest.mark.parametrize("lines, message", [
-    (["{not json"], ":1 is not valid JSON"),
-    ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "used twice"),
-    ([{"id": "a"}], "needs a 'prompt'"),
-    ([{"messages": [{"content": "no role"}]}], "role"),
-    ([{"prompt": "x", "options": [1]}], "'options' must be an object"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["{not json"], ":1 is not valid JSON"),
+        ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "used twice"),
+        ([{"id": "a"}], "needs a 'prompt'"),
+        ([{"messages": [{"content": "no role"}]}], "role"),
+        ([{"prompt": "x", "options": [1]}], "'options' must be an object"),
+    ],
+)
 def test_bad_input_names_the_line(tmp_path, lines, message):
     with pytest.raises(InvalidOptionError, match=message):
         read_items(write_lines(tmp_path / "in.jsonl", lines))
@@ -141,14 +153,18 @@ def test_stop_ends_the_run_after_the_items_in_flight(tmp_path):
 
 
 def test_batch_of_200_killed_halfway_and_resumed_gives_exactly_200_results(tmp_path, start_standin):
-    server = start_standin(OpenAIStandin, reply="a short answer of six tokens", token_delay=0.01,
-                           check_model=False)
-    prompts = write_lines(tmp_path / "prompts.jsonl", [{"id": f"p{n:03d}", "prompt": f"question {n}"}
-                                                        for n in range(200)])
+    server = start_standin(OpenAIStandin, reply="a short answer of six tokens", token_delay=0.01, check_model=False)
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl", [{"id": f"p{n:03d}", "prompt": f"question {n}"} for n in range(200)]
+    )
     out = tmp_path / "results.jsonl"
     model = f"openai:m@{server.base_url}"
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "batch", model, str(prompts), "-O", str(out),
-                             "--concurrency", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmgauge", "batch", model, str(prompts), "-O", str(out), "--concurrency", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not out.is_file() or len(out.read_text().splitlines()) < 100:
         assert proc.poll() is None, f"the batch ended before it was interrupted: {proc.stderr.read()}"
@@ -173,10 +189,13 @@ def test_batch_of_200_killed_halfway_and_resumed_gives_exactly_200_results(tmp_p
 
 def test_a_bad_item_is_an_error_record_not_a_crash(tmp_path, start_standin):
     server = start_standin(OpenAIStandin, reply="fine", check_model=False)
-    prompts = write_lines(tmp_path / "prompts.jsonl", [
-        {"id": "good", "prompt": "hi"},
-        {"id": "typo", "prompt": "hi", "options": {"temprature": 0}},
-    ])
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": "good", "prompt": "hi"},
+            {"id": "typo", "prompt": "hi", "options": {"temprature": 0}},
+        ],
+    )
     out = tmp_path / "results.jsonl"
     proc = lmgauge("batch", f"openai:m@{server.base_url}", str(prompts), "-O", str(out), "--json")
     assert proc.returncode == 1, proc.stderr  # the batch went on, and its exit code says an item failed
@@ -196,8 +215,20 @@ def test_batch_errors_are_one_line(tmp_path):
 def test_embedded_batch_with_concurrency(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", [f"Name a color. ({n})" for n in range(6)])
     out = tmp_path / "results.jsonl"
-    proc = lmgauge("batch", "smollm2", str(prompts), "-O", str(out), "-c", "3", "--option", "num_predict=8",
-                   "--option", "temperature=0", "--json")
+    proc = lmgauge(
+        "batch",
+        "smollm2",
+        str(prompts),
+        "-O",
+        str(out),
+        "-c",
+        "3",
+        "--option",
+        "num_predict=8",
+        "--option",
+        "temperature=0",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 6 and all(r["status"] == "ok" and r["content"] for r in records)
@@ -208,14 +239,23 @@ def test_batch_auto_routes_each_prompt_and_records_its_tier(tmp_path, start_stan
     from support.standins import OllamaStandin
 
     replies = {"small": "", "large": "routed answer"}
-    server = start_standin(OllamaStandin, models=["small", "large"],
-                           reply=lambda body: replies[body["model"].split(":")[0]])
+    server = start_standin(
+        OllamaStandin, models=["small", "large"], reply=lambda body: replies[body["model"].split(":")[0]]
+    )
     prompts = write_lines(tmp_path / "prompts.jsonl", ["hi", "What is 2 + 2?"])
-    env = {**os.environ, "LMGAUGE_OLLAMA_HOST": server.url,
-           "LMGAUGE_ROUTING__TIERS": json.dumps({"small": "ollama:small", "large": "ollama:large"})}
+    env = {
+        **os.environ,
+        "LMGAUGE_OLLAMA_HOST": server.url,
+        "LMGAUGE_ROUTING__TIERS": json.dumps({"small": "ollama:small", "large": "ollama:large"}),
+    }
     out = tmp_path / "results.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", "batch", "auto", str(prompts), "-O", str(out), "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmgauge", "batch", "auto", str(prompts), "-O", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     records = read_results(out)
     assert {r["tier"] for r in records.values()} == {"large"}  # the small tier's empty answers escalated

@@ -40,8 +40,9 @@ def prompts(*names):
 def test_every_model_prompt_rep_is_measured_and_warmups_are_excluded(runs):
     a, b = ScriptedEngine(ANSWER, models=("a",)), ScriptedEngine(ANSWER, models=("b",))
     client = ScriptedClient({"a": a, "b": b})
-    run = run_bench(client, BenchConfig(models=["a", "b"], prompts=prompts("short", "long"), reps=3, warmup=2,
-                                        num_predict=6), runs)
+    run = run_bench(
+        client, BenchConfig(models=["a", "b"], prompts=prompts("short", "long"), reps=3, warmup=2, num_predict=6), runs
+    )
     assert run.status == "complete"
     assert len(a.requests) == len(b.requests) == 2 * (2 + 3)  # warmups were sent...
     assert len(run.samples) == 2 * 2 * 3  # ...but not recorded
@@ -62,8 +63,18 @@ def test_every_model_prompt_rep_is_measured_and_warmups_are_excluded(runs):
 def test_prefill_heavy_prompt_caps_num_predict_and_options_override(runs):
     engine = ScriptedEngine(" ".join(["w"] * 200), models=("m",))
     client = ScriptedClient({"m": engine})
-    run = run_bench(client, BenchConfig(models=["m"], prompts=prompts("short", "long"), reps=1, warmup=0,
-                                        num_predict=64, options={"temperature": 0.5}), runs)
+    run = run_bench(
+        client,
+        BenchConfig(
+            models=["m"],
+            prompts=prompts("short", "long"),
+            reps=1,
+            warmup=0,
+            num_predict=64,
+            options={"temperature": 0.5},
+        ),
+        runs,
+    )
     out = {s.prompt: s.output_tokens for s in run.samples}
     assert out == {"short": 64, "long": 16}
     assert {r.options.temperature for r in engine.requests} == {0.5}
@@ -85,8 +96,9 @@ def test_a_model_failing_mid_run_is_an_error_row_and_the_run_goes_on(runs):
     flaky = FlakyEngine(ANSWER, models=("flaky",), fail_on={2})  # request 2 = the first measured 'short'... rep
     good = ScriptedEngine(ANSWER, models=("good",))
     client = ScriptedClient({"flaky": flaky, "good": good})
-    run = run_bench(client, BenchConfig(models=["flaky", "good"], prompts=prompts("short", "long"), reps=3,
-                                        warmup=1), runs)
+    run = run_bench(
+        client, BenchConfig(models=["flaky", "good"], prompts=prompts("short", "long"), reps=3, warmup=1), runs
+    )
     assert run.status == "complete"
     errors = [s for s in run.samples if s.status == "error"]
     assert len(errors) == 1 and "scripted mid-stream failure" in errors[0].error
@@ -128,8 +140,9 @@ def test_ctrl_c_during_a_request_keeps_what_was_measured(runs):
     engine = FlakyEngine(ANSWER, models=("m",), interrupt_on=4)  # 1 warmup + 3 measured, then Ctrl-C
     client = ScriptedClient({"m": engine})
     seen = []
-    run = run_bench(client, BenchConfig(models=["m"], prompts=prompts("short"), reps=10, warmup=1), runs,
-                    on_sample=seen.append)
+    run = run_bench(
+        client, BenchConfig(models=["m"], prompts=prompts("short"), reps=10, warmup=1), runs, on_sample=seen.append
+    )
     assert run.status == "interrupted" and run.finished is not None
     assert len(run.samples) == 3 and len(seen) == 3
     stored = runs.load(run.id)
@@ -145,8 +158,9 @@ def test_ctrl_c_between_requests_also_keeps_the_samples(runs):
         if sample.seq == 1:
             raise KeyboardInterrupt
 
-    run = run_bench(client, BenchConfig(models=["m"], prompts=prompts("short"), reps=10), runs,
-                    on_sample=interrupt_after_two)
+    run = run_bench(
+        client, BenchConfig(models=["m"], prompts=prompts("short"), reps=10), runs, on_sample=interrupt_after_two
+    )
     assert run.status == "interrupted" and len(runs.load(run.id).samples) == 2
 
 
@@ -255,8 +269,17 @@ def test_closed_loop_keeps_exactly_concurrency_requests_in_flight(runs):
 def test_load_levels_report_throughput_errors_goodput_and_percentiles(runs):
     engine = FlakyEngine(ANSWER, token_delay_s=0.002, models=("m",), fail_on={3, 7})  # request 0 is the warmup
     client = ScriptedClient({"m": engine})
-    run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1, 2], requests=6,
-                                      slo={"ttft_ms": 10_000, "tpot_ms": 10_000}), runs)
+    run = run_load(
+        client,
+        LoadConfig(
+            model="m",
+            prompts=prompts("short"),
+            concurrency=[1, 2],
+            requests=6,
+            slo={"ttft_ms": 10_000, "tpot_ms": 10_000},
+        ),
+        runs,
+    )
     assert run.status == "complete"
     levels = {lv["level"]: lv for lv in run.analysis["levels"]}
     assert set(levels) == {"c=1", "c=2"}
@@ -269,16 +292,20 @@ def test_load_levels_report_throughput_errors_goodput_and_percentiles(runs):
         assert lv["goodput_rps"] == pytest.approx(lv["throughput_rps"])  # a generous SLO: every success is good
         assert lv["ttft_ms"]["n"] == lv["ok"] and lv["itl_ms"]["n"] == lv["ok"] * 7
         assert lv["output_tps"] == pytest.approx(lv["ok"] * 8 / lv["duration_s"])
-    strict = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=3,
-                                         slo={"ttft_ms": 0.0}), runs)
+    strict = run_load(
+        client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=3, slo={"ttft_ms": 0.0}), runs
+    )
     assert strict.analysis["levels"][0]["goodput_rps"] == 0
 
 
 def test_a_level_is_bounded_by_its_duration_and_stragglers_are_cancelled(runs):
     engine = ScriptedEngine(" ".join(["w"] * 50), token_delay_s=0.05, models=("m",))  # 2.5 s per request
     client = ScriptedClient({"m": engine})
-    run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[2], duration_s=0.2,
-                                      grace_s=0.2, warmup=0), runs)
+    run = run_load(
+        client,
+        LoadConfig(model="m", prompts=prompts("short"), concurrency=[2], duration_s=0.2, grace_s=0.2, warmup=0),
+        runs,
+    )
     assert [s.status for s in run.samples] == ["cancel", "cancel"]  # 2 users, no request started after 0.2 s
     assert run.analysis["levels"][0]["cancelled"] == 2
 
@@ -294,7 +321,7 @@ def test_open_loop_sends_on_a_seeded_poisson_schedule(runs):
     assert statistics.mean(gaps) == pytest.approx(0.25, rel=0.05)  # mean gap 1/rate
     assert statistics.stdev(gaps) == pytest.approx(0.25, rel=0.08)  # exponential: sd = mean
     again = poisson_arrivals(4.0, seed=7)
-    assert [next(again) for _ in range(5)] == pytest.approx([sum(gaps[:i + 1]) for i in range(5)])
+    assert [next(again) for _ in range(5)] == pytest.approx([sum(gaps[: i + 1]) for i in range(5)])
 
     client = ScriptedClient({"m": ScriptedEngine(ANSWER, models=("m",))})
     run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), rates=[200.0], requests=10), runs)
@@ -311,8 +338,9 @@ def test_ctrl_c_during_a_load_test_keeps_finished_requests(runs):
         if len(seen) == 3:
             signal.raise_signal(signal.SIGINT)
 
-    run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=50), runs,
-                   on_sample=on_sample)
+    run = run_load(
+        client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=50), runs, on_sample=on_sample
+    )
     assert run.status == "interrupted"
     stored = runs.load(run.id).samples
     assert [s.status for s in stored][:3] == ["ok"] * 3 and len(stored) <= 4  # + the one cut short, if any
@@ -355,16 +383,23 @@ def test_builtin_sets_and_prompt_files(tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("first prompt\n\n  second prompt \n")
     assert [(p.name, p.messages[-1]["content"]) for p in load_prompts(str(txt))] == [
-        ("p1", "first prompt"), ("p2", "second prompt")]
+        ("p1", "first prompt"),
+        ("p2", "second prompt"),
+    ]
     jl = tmp_path / "p.jsonl"
-    jl.write_text('{"name": "q", "prompt": "hi", "system": "be brief", "num_predict": 4}\n'
-                  '{"messages": [{"role": "user", "content": "yo"}]}\n')
+    jl.write_text(
+        '{"name": "q", "prompt": "hi", "system": "be brief", "num_predict": 4}\n'
+        '{"messages": [{"role": "user", "content": "yo"}]}\n'
+    )
     loaded = load_prompts(str(jl))
     assert loaded[0].num_predict == 4 and loaded[0].messages[0] == {"role": "system", "content": "be brief"}
     assert loaded[1].name == "p2"
-    for content, match in (('[{"name": "x"}]', "needs a 'prompt'"), ("{oops", "not valid JSON"),
-                           ('[{"prompt": "a", "num_predict": 0}]', "num_predict"),
-                           ('[{"name": "a", "prompt": "x"}, {"name": "a", "prompt": "y"}]', "unique")):
+    for content, match in (
+        ('[{"name": "x"}]', "needs a 'prompt'"),
+        ("{oops", "not valid JSON"),
+        ('[{"prompt": "a", "num_predict": 0}]', "num_predict"),
+        ('[{"name": "a", "prompt": "x"}, {"name": "a", "prompt": "y"}]', "unique"),
+    ):
         bad = tmp_path / "bad.json"
         bad.write_text(content)
         with pytest.raises(InvalidOptionError, match=match):
@@ -408,13 +443,28 @@ def test_sweep_analysis_fits_the_measured_points_and_the_decode_slowdown():
         for n in (256, 512, 1024, 2048, 4096):
             prefill = 2.0 + 0.5 * n + 2e-5 * n * n + rep * 0.01
             tpot = 10 + 0.002 * n
-            run.samples.append(Sample(
-                run_id="r", seq=len(run.samples), model="m", prompt=f"ctx-{n}", rep=rep, ctx=n, prompt_tokens=n,
-                cached_tokens=0, engine_prefill_ms=prefill, ttft_ms=prefill + 1, engine_tpot_ms=tpot, tpot_ms=tpot,
-                decode_tps=1000 / tpot, prefill_tps=n / prefill * 1000, output_tokens=32,
-            ))
-    run.samples.append(Sample(run_id="r", seq=99, model="m", prompt="ctx-4096", rep=3, ctx=4096, status="error",
-                              error="boom"))
+            run.samples.append(
+                Sample(
+                    run_id="r",
+                    seq=len(run.samples),
+                    model="m",
+                    prompt=f"ctx-{n}",
+                    rep=rep,
+                    ctx=n,
+                    prompt_tokens=n,
+                    cached_tokens=0,
+                    engine_prefill_ms=prefill,
+                    ttft_ms=prefill + 1,
+                    engine_tpot_ms=tpot,
+                    tpot_ms=tpot,
+                    decode_tps=1000 / tpot,
+                    prefill_tps=n / prefill * 1000,
+                    output_tokens=32,
+                )
+            )
+    run.samples.append(
+        Sample(run_id="r", seq=99, model="m", prompt="ctx-4096", rep=3, ctx=4096, status="error", error="boom")
+    )
     a = analyze_sweep(run)
     fit = a["prefill_fit"]
     assert fit["b"] == pytest.approx(0.5, rel=1e-3) and fit["c"] == pytest.approx(2e-5, rel=1e-2)
@@ -432,8 +482,15 @@ def test_attention_to_weights_ratio_of_a_llama_layer():
 
     from lmgauge.bench.runner import attention_ratio
 
-    smollm2 = SimpleNamespace(n_embd=576, n_head=9, n_head_kv=3, head_dim_k=64, head_dim_v=64, architecture="llama",
-                              metadata={"llama.feed_forward_length": 1536})
+    smollm2 = SimpleNamespace(
+        n_embd=576,
+        n_head=9,
+        n_head_kv=3,
+        head_dim_k=64,
+        head_dim_v=64,
+        architecture="llama",
+        metadata={"llama.feed_forward_length": 1536},
+    )
     # per layer: q 576x576 + k,v 2 x 576x192 + o 576x576 + ffn 3 x 576x1536 = 3,538,944 weights;
     # attention per token pair: 9 heads x (64 + 64) / 2 = 576
     assert attention_ratio(smollm2) == pytest.approx(576 / 3_538_944)
@@ -444,8 +501,12 @@ def test_empty_answers_are_counted_and_explained(runs):
 
     class Silent(ScriptedEngine):  # answers with an immediate end of sequence
         def _stream(self, model, prompt, num_predict):
-            yield Chunk(done=True, result=Result(model=model, content="", done_reason="stop",
-                                                 timings=Timings(prompt_tokens=3), engine=self.name))
+            yield Chunk(
+                done=True,
+                result=Result(
+                    model=model, content="", done_reason="stop", timings=Timings(prompt_tokens=3), engine=self.name
+                ),
+            )
 
     client = ScriptedClient({"m": Silent(models=("m",))})
     run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=3), runs)
@@ -459,8 +520,9 @@ def test_speculation_gets_columns_when_a_model_speculated():
     from lmgauge.types import Result, SpecStats, Timings
 
     spec = SpecStats(mode="lookup", drafted=10, accepted=8, steps=4, draft_ns=1_000_000, verify_ns=40_000_000)
-    result = Result(model="m", content="x", done_reason="stop",
-                    timings=Timings(output_tokens=20, eval_ns=10**9, speculation=spec))
+    result = Result(
+        model="m", content="x", done_reason="stop", timings=Timings(output_tokens=20, eval_ns=10**9, speculation=spec)
+    )
     sample = Sample.from_result(result, run_id="r", seq=0, model="fast", prompt="p", rep=0)
     assert sample.spec_mode == "lookup" and sample.spec_acceptance == 0.8 and sample.spec_mean_accepted == 2.0
     assert sample.spec_verify_ms == 40.0

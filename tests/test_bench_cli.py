@@ -16,31 +16,35 @@ from lmgauge.models import file_sha256
 from support.cli import assert_one_line_error, lmgauge
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["bench", "smollm2", "--reps", "0"], "--reps"),
-    (["bench", "smollm2", "--num-predict", "0"], "--num-predict"),
-    (["bench", "smollm2", "--ctx-sweep", "256,512"], "at least 3"),
-    (["bench", "smollm2", "--ctx-sweep", "256,1k,16k"], "trained context of 8192"),
-    (["bench", "smollm2", "--ctx-sweep", "256,512,1k", "--ctx", "600"], "--ctx 600 is too small"),
-    (["bench", "smollm2", "smollm2", "--ctx-sweep", "1k,2k,4k"], "one model"),
-    (["bench", "smollm2", "--prompts", "nosuch.txt"], "--prompts"),
-    (["bench", "smollm2", "-O", "out.xlsx"], ".xlsx"),
-    (["bench", "nosuchmodel"], "nosuchmodel"),
-    (["bench", "smollm2", "-o", "temprature=0"], "temprature"),
-    (["load", "smollm2", "--concurrency", "1", "--rate", "1"], "not both"),
-    (["load", "smollm2", "--concurrency", "1,x"], "not a whole number"),
-    (["load", "smollm2", "--slo", "latency=5ms"], "--slo"),
-    (["load", "smollm2", "--model", "x"], "--model goes with a server URL"),
-    (["load", "smollm2", "--duration", "soon"], "duration"),
-    (["report", "nosuchrun"], "no stored run"),
-    (["compare", "latest", "latest~1"], "no stored run"),
-    (["runs", "--kind", "other"], "--kind"),
-    (["bench", "smollm2", "--parallel", "0"], "--parallel"),
-    (["compare", "a", "b", "--alpha", "2"], "--alpha"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["bench", "smollm2", "--reps", "0"], "--reps"),
+        (["bench", "smollm2", "--num-predict", "0"], "--num-predict"),
+        (["bench", "smollm2", "--ctx-sweep", "256,512"], "at least 3"),
+        (["bench", "smollm2", "--ctx-sweep", "256,1k,16k"], "trained context of 8192"),
+        (["bench", "smollm2", "--ctx-sweep", "256,512,1k", "--ctx", "600"], "--ctx 600 is too small"),
+        (["bench", "smollm2", "smollm2", "--ctx-sweep", "1k,2k,4k"], "one model"),
+        (["bench", "smollm2", "--prompts", "nosuch.txt"], "--prompts"),
+        (["bench", "smollm2", "-O", "out.xlsx"], ".xlsx"),
+        (["bench", "nosuchmodel"], "nosuchmodel"),
+        (["bench", "smollm2", "-o", "temprature=0"], "temprature"),
+        (["load", "smollm2", "--concurrency", "1", "--rate", "1"], "not both"),
+        (["load", "smollm2", "--concurrency", "1,x"], "not a whole number"),
+        (["load", "smollm2", "--slo", "latency=5ms"], "--slo"),
+        (["load", "smollm2", "--model", "x"], "--model goes with a server URL"),
+        (["load", "smollm2", "--duration", "soon"], "duration"),
+        (["report", "nosuchrun"], "no stored run"),
+        (["compare", "latest", "latest~1"], "no stored run"),
+        (["runs", "--kind", "other"], "--kind"),
+        (["bench", "smollm2", "--parallel", "0"], "--parallel"),
+        (["compare", "a", "b", "--alpha", "2"], "--alpha"),
+    ],
+)
 def test_bad_flags_get_one_line(args, fragment, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert_one_line_error(proc, fragment)
 
 
@@ -51,8 +55,22 @@ def test_load_against_a_closed_url_names_it(closed_url):
 @pytest.mark.integration
 def test_bench_smollm2_writes_table_json_csv_png_html_and_can_be_reported_and_compared(tmp_path, smollm2_path):
     out = tmp_path / "out"
-    proc = lmgauge("bench", "smollm2", "--prompts", "short", "--reps", "2", "--warmup", "1", "--num-predict", "8",
-                   "-O", str(out), "-O", str(tmp_path / "stream.jsonl"))
+    proc = lmgauge(
+        "bench",
+        "smollm2",
+        "--prompts",
+        "short",
+        "--reps",
+        "2",
+        "--warmup",
+        "1",
+        "--num-predict",
+        "8",
+        "-O",
+        str(out),
+        "-O",
+        str(tmp_path / "stream.jsonl"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Per model and prompt" in proc.stdout and "Memory" in proc.stdout
     files = sorted(p.suffix for p in out.iterdir())
@@ -93,9 +111,27 @@ def test_ctrl_c_writes_what_was_measured(tmp_path, isolated_home):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     stream = tmp_path / "live.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmgauge", "bench", "smollm2", "--prompts", "short", "--reps", "200",
-         "--num-predict", "4", "-O", str(tmp_path / "run.json"), "-O", str(stream)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "lmgauge",
+            "bench",
+            "smollm2",
+            "--prompts",
+            "short",
+            "--reps",
+            "200",
+            "--num-predict",
+            "4",
+            "-O",
+            str(tmp_path / "run.json"),
+            "-O",
+            str(stream),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.time() + 240
     while time.time() < deadline and (not stream.exists() or len(stream.read_text().splitlines()) < 2):
@@ -111,8 +147,22 @@ def test_ctrl_c_writes_what_was_measured(tmp_path, isolated_home):
 
 @pytest.mark.integration
 def test_context_sweep_fills_the_context_it_names_and_fits_a_curve(tmp_path):
-    proc = lmgauge("bench", "smollm2", "--ctx-sweep", "64,128,256,512", "--reps", "1", "--warmup", "0",
-                   "--num-predict", "4", "-O", str(tmp_path / "sweep.json"), "-O", str(tmp_path / "sweep.png"))
+    proc = lmgauge(
+        "bench",
+        "smollm2",
+        "--ctx-sweep",
+        "64,128,256,512",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--num-predict",
+        "4",
+        "-O",
+        str(tmp_path / "sweep.json"),
+        "-O",
+        str(tmp_path / "sweep.png"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Context sweep" in proc.stdout and "fit" in proc.stdout
     data = json.loads((tmp_path / "sweep.json").read_text())
@@ -128,8 +178,9 @@ def test_context_sweep_fills_the_context_it_names_and_fits_a_curve(tmp_path):
 
 @pytest.mark.integration
 def test_load_test_on_the_embedded_engine_with_batching(tmp_path):
-    proc = lmgauge("load", "smollm2", "--concurrency", "1,2", "--requests", "2", "--num-predict", "4",
-                   "--parallel", "2", "--json")
+    proc = lmgauge(
+        "load", "smollm2", "--concurrency", "1,2", "--requests", "2", "--num-predict", "4", "--parallel", "2", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     levels = {lv["level"]: lv for lv in data["analysis"]["levels"]}

@@ -28,8 +28,11 @@ def test_load_test_against_an_openai_compatible_url(start_standin, settings, run
     name, overrides = resolve_url_target(server.url, None)
     assert name == f"openai:standin-model@{server.base_url}" and overrides == {}
     with Client(settings) as client:
-        run = run_load(client, LoadConfig(model=name, prompts=load_prompts("short"), concurrency=[1, 3],
-                                          requests=6, num_predict=16), runs)
+        run = run_load(
+            client,
+            LoadConfig(model=name, prompts=load_prompts("short"), concurrency=[1, 3], requests=6, num_predict=16),
+            runs,
+        )
     assert run.status == "complete"
     assert server.max_active == 3  # three real concurrent HTTP streams at the top level
     levels = {lv["level"]: lv for lv in run.analysis["levels"]}
@@ -97,10 +100,13 @@ def test_a_server_without_token_counts_is_measured_in_streamed_chunks(start_stan
     assert any("no token counts" in note for t in tables(run) for note in t.notes)
 
 
-@pytest.mark.parametrize("path,listing", [
-    ("/api/tags", {"models": [{"name": "a:1"}, {"size": 1}, {"model": "b:2"}]}),
-    ("/v1/models", {"data": [{"id": "a:1"}, {"object": "model"}, {"id": "b:2"}]}),
-])
+@pytest.mark.parametrize(
+    "path,listing",
+    [
+        ("/api/tags", {"models": [{"name": "a:1"}, {"size": 1}, {"model": "b:2"}]}),
+        ("/v1/models", {"data": [{"id": "a:1"}, {"object": "model"}, {"id": "b:2"}]}),
+    ],
+)
 def test_a_model_listing_with_a_nameless_entry_still_names_the_others(httpserver, path, listing):
     # Found by mypy: a nameless entry reached ", ".join(names) as None, a TypeError traceback
     # instead of the one-line "pass --model NAME".

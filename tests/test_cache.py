@@ -69,9 +69,15 @@ def test_key_ignores_whitespace_option_order_and_engine_only_options():
     assert request_key(a) == request_key(b)
 
 
-@pytest.mark.parametrize("change", [
-    dict(model="other"), dict(question="What is 2+3?"), dict(temperature=0.5), dict(system="be brief"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(model="other"),
+        dict(question="What is 2+3?"),
+        dict(temperature=0.5),
+        dict(system="be brief"),
+    ],
+)
 def test_key_changes_with_what_changes_the_answer(change):
     base = dict(question="What is 2+2?", temperature=0.0, model="m", system=None)
     assert request_key(ask(**base)) != request_key(ask(**{**base, **change}))
@@ -114,26 +120,32 @@ def test_entities_skip_ordinary_sentence_starts_and_i():
     assert entities_in("Translate 'good morning' please") == {"good morning"}
 
 
-@pytest.mark.parametrize("a, b", [
-    ("Is ibuprofen safe during pregnancy?", "Is ibuprofen not safe during pregnancy?"),
-    ("Is it safe to eat raw eggs?", "Is it unsafe to eat raw eggs?"),
-    ("What were the tech trends of 2023?", "What were the tech trends of 2024?"),
-    ("Convert 5 km to miles", "Convert 50 km to miles"),
-    ("What is the capital of Austria?", "What is the capital of Australia?"),
-    ("How do I sort a list in python?", "How do I sort a list in java?"),
-    ("What is the boiling point of ethanol?", "What is the boiling point of methanol?"),
-    ("How do I install numpy?", "How do I uninstall numpy?"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("Is ibuprofen safe during pregnancy?", "Is ibuprofen not safe during pregnancy?"),
+        ("Is it safe to eat raw eggs?", "Is it unsafe to eat raw eggs?"),
+        ("What were the tech trends of 2023?", "What were the tech trends of 2024?"),
+        ("Convert 5 km to miles", "Convert 50 km to miles"),
+        ("What is the capital of Austria?", "What is the capital of Australia?"),
+        ("How do I sort a list in python?", "How do I sort a list in java?"),
+        ("What is the boiling point of ethanol?", "What is the boiling point of methanol?"),
+        ("How do I install numpy?", "How do I uninstall numpy?"),
+    ],
+)
 def test_guards_refuse_near_misses(a, b, embedder):
     assert guard_mismatch(a, b, embedder) is not None
     assert guard_mismatch(b, a, embedder) is not None
 
 
-@pytest.mark.parametrize("a, b", [
-    ("What is the capital of Australia?", "what's the capital city of Australia"),
-    ("How do I fix a leaking faucet?", "How can I repair a leaky faucet?"),
-    ("How do I undo the last git commit?", "how can i undo my last commit in git"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("What is the capital of Australia?", "what's the capital city of Australia"),
+        ("How do I fix a leaking faucet?", "How can I repair a leaky faucet?"),
+        ("How do I undo the last git commit?", "how can i undo my last commit in git"),
+    ],
+)
 def test_guards_let_paraphrases_through(a, b, embedder):
     assert guard_mismatch(a, b, embedder) is None
 
@@ -180,8 +192,7 @@ def test_semantic_hits_need_the_same_conversation_and_options(make_cache):
     cache.store(ask("What is the capital of Australia?", system="answer in French"), answer("Canberra"))
     assert cache.lookup(ask("what's the capital city of Australia")) is None
     assert cache.lookup(ask("what's the capital city of Australia", system="answer in French")) is not None
-    assert cache.lookup(ask("what's the capital city of Australia", system="answer in French",
-                                num_predict=5)) is None
+    assert cache.lookup(ask("what's the capital city of Australia", system="answer in French", num_predict=5)) is None
 
 
 def test_semantic_lookups_can_be_turned_off(make_cache):
@@ -268,8 +279,9 @@ def test_eval_cache_command_reports_rates_sweep_and_latency():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", "eval", "cache", "--json"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmgauge", "eval", "cache", "--json"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["pairs"] == len(load_pairs())

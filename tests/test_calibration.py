@@ -34,13 +34,13 @@ SOLUTIONS = {
     "digit_sum": "def digit_sum(n):\n    return sum(int(c) for c in str(n))",
     "count_vowels": "def count_vowels(s):\n    return sum(c in 'aeiouAEIOU' for c in s)",
     "dedupe": "def dedupe(xs):\n    out = []\n    for x in xs:\n        if x not in out:\n            out.append(x)\n"
-              "    return out",
+    "    return out",
     "factorial": "import math\ndef factorial(n):\n    return math.factorial(n)",
     "nth_prime": "def nth_prime(n):\n    found, k = 0, 1\n    while found < n:\n        k += 1\n"
-                 "        if all(k % d for d in range(2, int(k ** 0.5) + 1)):\n            found += 1\n    return k",
+    "        if all(k % d for d in range(2, int(k ** 0.5) + 1)):\n            found += 1\n    return k",
     "is_palindrome": "def is_palindrome(s):\n    t = [c.lower() for c in s if c.isalnum()]\n    return t == t[::-1]",
     "longest_run": "def longest_run(xs):\n    best = run = 0\n    for i, x in enumerate(xs):\n"
-                   "        run = run + 1 if i and xs[i - 1] == x else 1\n        best = max(best, run)\n    return best",
+    "        run = run + 1 if i and xs[i - 1] == x else 1\n        best = max(best, run)\n    return best",
     "fib": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
 }
 
@@ -60,9 +60,9 @@ def right_answer(task) -> str:
 
 def test_tasks_cover_every_family_and_difficulty():
     tasks = make_tasks(45, seed=3)
-    assert {(t.family, t.difficulty) for t in tasks} == {(f, d) for f in
-                                                         ("arithmetic", "units", "extraction", "table", "code")
-                                                         for d in (0, 1, 2)}
+    assert {(t.family, t.difficulty) for t in tasks} == {
+        (f, d) for f in ("arithmetic", "units", "extraction", "table", "code") for d in (0, 1, 2)
+    }
     assert make_tasks(45, seed=3) == tasks  # seeded: the same prompts every run
     assert make_tasks(45, seed=4) != tasks
 
@@ -98,8 +98,24 @@ def test_numbers_are_read_from_the_answer_line():
 
 def test_table_answers_must_name_only_the_right_city():
     task = next(t for t in make_tasks(60) if t.family == "table" and isinstance(t.expected, str))
-    other = next(c for c in ("Denver", "Lyon", "Osaka", "Bergen", "Porto", "Accra", "Pune", "Cork", "Turin",
-                             "Quito", "Graz", "Busan") if c in task.prompt and c != task.expected)
+    other = next(
+        c
+        for c in (
+            "Denver",
+            "Lyon",
+            "Osaka",
+            "Bergen",
+            "Porto",
+            "Accra",
+            "Pune",
+            "Cork",
+            "Turin",
+            "Quito",
+            "Graz",
+            "Busan",
+        )
+        if c in task.prompt and c != task.expected
+    )
     assert check(task, f"The largest is {task.expected}.")
     assert not check(task, f"{task.expected} or {other}")
 
@@ -133,12 +149,34 @@ def test_curve_from_a_perfect_router_and_its_cheapest_point():
 
 def test_calibrate_command_fits_and_saves_a_router_for_the_tiers(start_standin, isolated_home, settings):
     tasks = {t.prompt: t for t in make_tasks(25)}
-    server = start_standin(OllamaStandin, models=["small", "large"], reply=lambda body: (
-        "Answer: 0" if body["model"].startswith("small") else right_answer(tasks[body["messages"][-1]["content"]])))
+    server = start_standin(
+        OllamaStandin,
+        models=["small", "large"],
+        reply=lambda body: (
+            "Answer: 0" if body["model"].startswith("small") else right_answer(tasks[body["messages"][-1]["content"]])
+        ),
+    )
     env = {**os.environ, "LMGAUGE_OLLAMA_HOST": server.url}
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", "route", "calibrate", "--tier", "small=ollama:small",
-                           "--tier", "large=ollama:large", "--tasks", "25", "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmgauge",
+            "route",
+            "calibrate",
+            "--tier",
+            "small=ollama:small",
+            "--tier",
+            "large=ollama:large",
+            "--tasks",
+            "25",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     # extraction asks for a schema, which the stand-in fills with placeholders: wrong for both tiers
@@ -149,8 +187,11 @@ def test_calibrate_command_fits_and_saves_a_router_for_the_tiers(start_standin, 
     outcomes = [json.loads(line) for line in (isolated_home / "calibration-outcomes.jsonl").read_text().splitlines()]
     assert len(outcomes) == 50 and {o["tier"] for o in outcomes} == {"small", "large"}
     # the saved router is the one `auto` uses for these tiers, with the tiers as its classes
-    s = settings.model_copy(update={"routing": settings.routing.model_copy(
-        update={"tiers": {"small": "ollama:small", "large": "ollama:large"}})})
+    s = settings.model_copy(
+        update={
+            "routing": settings.routing.model_copy(update={"tiers": {"small": "ollama:small", "large": "ollama:large"}})
+        }
+    )
     with Client(s) as client:
         router = Router.from_settings(client, s)
     assert router.classifier.classes == ("small", "large")
@@ -159,15 +200,37 @@ def test_calibrate_command_fits_and_saves_a_router_for_the_tiers(start_standin, 
 
     # refitting from the saved outcomes needs no model at all
     server.stop()
-    again = subprocess.run([sys.executable, "-m", "lmgauge", "route", "calibrate", "--tier", "small=ollama:small",
-                            "--tier", "large=ollama:large", "--tasks", "25", "--reuse",
-                            str(isolated_home / "calibration-outcomes.jsonl"), "--json"],
-                           capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmgauge",
+            "route",
+            "calibrate",
+            "--tier",
+            "small=ollama:small",
+            "--tier",
+            "large=ollama:large",
+            "--tasks",
+            "25",
+            "--reuse",
+            str(isolated_home / "calibration-outcomes.jsonl"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["accuracy"] == report["accuracy"]
 
 
 def test_calibrate_needs_two_tiers():
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", "route", "calibrate", "--tier", "only=smollm2"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmgauge", "route", "calibrate", "--tier", "only=smollm2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "at least two" in proc.stderr and "Traceback" not in proc.stderr

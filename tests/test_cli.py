@@ -65,8 +65,7 @@ def test_run_json_is_machine_readable_and_counts_match_the_tokenizer(smollm2_pat
 
 @pytest.mark.integration
 def test_run_verbose_prints_the_stats_block_and_logs_the_request(isolated_home):
-    proc = lmgauge("run", "smollm2", "Why is the sky blue?", "--verbose", "-o", "num_predict=16",
-                   "-o", "temperature=0")
+    proc = lmgauge("run", "smollm2", "Why is the sky blue?", "--verbose", "-o", "num_predict=16", "-o", "temperature=0")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()  # the answer, on stdout
     for label in ("prompt eval count", "eval rate", "time to first token", "time per output token"):
@@ -83,10 +82,21 @@ def test_run_verbose_prints_the_stats_block_and_logs_the_request(isolated_home):
 @pytest.mark.integration
 def test_run_reads_the_prompt_from_stdin_and_format_schema(tmp_path):
     schema = tmp_path / "schema.json"
-    schema.write_text(json.dumps({"type": "object", "properties": {"answer": {"type": "integer"}},
-                                  "required": ["answer"]}))
-    proc = lmgauge("run", "smollm2", "-", "--format", str(schema), "-o", "temperature=0", "-o", "num_predict=300",
-                   input="Answer in JSON: what is 2+2?")
+    schema.write_text(
+        json.dumps({"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]})
+    )
+    proc = lmgauge(
+        "run",
+        "smollm2",
+        "-",
+        "--format",
+        str(schema),
+        "-o",
+        "temperature=0",
+        "-o",
+        "num_predict=300",
+        input="Answer in JSON: what is 2+2?",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "answer" in json.loads(proc.stdout)
 
@@ -105,9 +115,13 @@ def test_models_and_show_json():
 def test_interactive_chat_in_a_terminal_keeps_the_conversation():
     import pexpect
 
-    child = pexpect.spawn(sys.executable, ["-m", "lmgauge", "run", "smollm2", "-o", "temperature=0",
-                                           "-o", "num_predict=12", "--verbose"],
-                          env={**os.environ}, encoding="utf-8", timeout=240)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "lmgauge", "run", "smollm2", "-o", "temperature=0", "-o", "num_predict=12", "--verbose"],
+        env={**os.environ},
+        encoding="utf-8",
+        timeout=240,
+    )
     try:
         child.expect(">>> ")
         child.sendline("My name is Zed. Say hello.")

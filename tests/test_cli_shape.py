@@ -22,8 +22,12 @@ def test_the_cli_is_a_package_of_modules():
 
 
 def test_no_cli_function_is_over_60_lines():
-    too_long = [f"{path.name}:{line} {name} ({length} lines)"
-                for path in sorted(CLI.glob("*.py")) for name, line, length in functions(path) if length > LIMIT]
+    too_long = [
+        f"{path.name}:{line} {name} ({length} lines)"
+        for path in sorted(CLI.glob("*.py"))
+        for name, line, length in functions(path)
+        if length > LIMIT
+    ]
     assert not too_long, too_long
 
 

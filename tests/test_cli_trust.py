@@ -18,15 +18,27 @@ from lmgauge.types import Options
 HUNDRED_WORDS = " ".join(["word"] * 100)
 
 
-def lmgauge(*args: str, input: str | None = None, env_extra: dict | None = None, timeout: float = 300,
-            cwd=None) -> subprocess.CompletedProcess:
+def lmgauge(
+    *args: str, input: str | None = None, env_extra: dict | None = None, timeout: float = 300, cwd=None
+) -> subprocess.CompletedProcess:
     # The package under test, even when the command runs in another directory (cwd=...).
     src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-           **(env_extra or {})}
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        **(env_extra or {}),
+    }
     stdin = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}  # never the test's own stdin
-    return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=cwd, **stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "lmgauge", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+        **stdin,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -61,8 +73,7 @@ def test_1_window_is_what_was_asked_and_prompts_longer_than_n_batch_run():
     # prompt must be refused against 400 (not 512); a 300-token one runs.
     proc = lmgauge("run", "smollm2", " ".join(["word"] * 420), "-o", "num_ctx=400")
     one_line_error(proc, "context window (num_ctx) is 400")
-    proc = lmgauge("run", "smollm2", " ".join(["word"] * 280), "-o", "num_ctx=400", "-o", "num_predict=4",
-                   "--json")
+    proc = lmgauge("run", "smollm2", " ".join(["word"] * 280), "-o", "num_ctx=400", "-o", "num_predict=4", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["timings"]["prompt_tokens"] < 400
 
@@ -145,14 +156,26 @@ def test_2_run_auto_with_tiers_goes_to_the_routed_tier(tmp_path):
 
 @pytest.mark.integration
 def test_3_piped_text_follows_the_prompt():
-    proc = lmgauge("run", "smollm2", "Repeat the following text exactly:", "-o", "num_predict=24",
-                   "-o", "temperature=0", "--json", input="The cat sat on the mat all day long.\n")
+    proc = lmgauge(
+        "run",
+        "smollm2",
+        "Repeat the following text exactly:",
+        "-o",
+        "num_predict=24",
+        "-o",
+        "temperature=0",
+        "--json",
+        input="The cat sat on the mat all day long.\n",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     # The piped sentence reached the model: it is in the prompt's token count and the answer.
     assert "cat sat on the mat" in result["content"]
-    alone = json.loads(lmgauge("run", "smollm2", "Repeat the following text exactly:", "-o", "num_predict=1",
-                               "--json", input="").stdout)
+    alone = json.loads(
+        lmgauge(
+            "run", "smollm2", "Repeat the following text exactly:", "-o", "num_predict=1", "--json", input=""
+        ).stdout
+    )
     assert result["timings"]["prompt_tokens"] > alone["timings"]["prompt_tokens"] + 8
 
 
@@ -209,10 +232,20 @@ def in_terminal(*args: str, columns: int) -> str:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
-    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm", "NO_COLOR": "1",
-           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", *args], stdout=follower, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, env=env)
+    env = {
+        **os.environ,
+        "COLUMNS": str(columns),
+        "TERM": "xterm",
+        "NO_COLOR": "1",
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmgauge", *args],
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -234,8 +267,9 @@ def logged(status: str, error: str | None = None, upstream: str | None = None, s
     from lmgauge.config import load_settings
     from lmgauge.store import RequestRecord, Store
 
-    Store(load_settings().db_path).log_request(RequestRecord(model="smollm2", source=source, status=status,
-                                                             error=error, upstream=upstream))
+    Store(load_settings().db_path).log_request(
+        RequestRecord(model="smollm2", source=source, status=status, error=error, upstream=upstream)
+    )
 
 
 LONG_ERROR = "option 'top_p' is out of range: 2 (must be from 0 to 1) and this sentence keeps going to the end"
@@ -329,7 +363,9 @@ def test_8_compare_with_two_reps_says_the_test_cannot_decide():
     rows = [line.split("\t") for line in proc.stdout.splitlines() if not line.startswith("#")]
     header, body = rows[0], rows[1:]
     assert body and all(dict(zip(header, r, strict=True))["verdict"] == "too few" for r in body)
-    assert all(dict(zip(header, r, strict=True))["95% CI"] == "-" for r in body)  # no interval contradicting the verdict
+    assert all(
+        dict(zip(header, r, strict=True))["95% CI"] == "-" for r in body
+    )  # no interval contradicting the verdict
     assert "cannot reach p < 0.05" in proc.stderr and "at least 4" in proc.stderr
 
 
@@ -353,8 +389,20 @@ def test_8_compare_names_the_groups_it_dropped():
 
 @pytest.mark.integration
 def test_8_a_three_point_sweep_says_its_fit_is_exact_by_construction(tmp_path):
-    proc = lmgauge("bench", "smollm2", "--ctx-sweep", "64,128,256", "--reps", "1", "--warmup", "0",
-                   "--num-predict", "2", "-O", str(tmp_path / "sweep.json"))
+    proc = lmgauge(
+        "bench",
+        "smollm2",
+        "--ctx-sweep",
+        "64,128,256",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--num-predict",
+        "2",
+        "-O",
+        str(tmp_path / "sweep.json"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "passes through them by construction" in " ".join(proc.stdout.split())
     fit = json.loads((tmp_path / "sweep.json").read_text())["analysis"]["prefill_fit"]
@@ -440,17 +488,20 @@ def test_9_ps_lists_what_a_running_gateway_has_loaded(start_standin):
 
     from support.standins import OllamaStandin
 
-
     server = start_standin(OllamaStandin, models=("stub",))
-    httpx.post(server.url + "/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "hi"}],
-                                               "stream": False}, timeout=30)
+    httpx.post(
+        server.url + "/api/chat",
+        json={"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        timeout=30,
+    )
     proc = lmgauge("ps", "--url", server.url, "--json")
     assert proc.returncode == 0, proc.stderr
     assert [m["name"] for m in json.loads(proc.stdout)] == ["stub:latest"]
     table = lmgauge("ps", "--url", server.url).stdout.splitlines()
     assert table[0].split("\t") == ["NAME", "SIZE", "CONTEXT", "UNTIL"] and table[1].startswith("stub:latest\t")
-    one_line_error(lmgauge("ps", "--url", "http://127.0.0.1:9"), "no gateway answered at http://127.0.0.1:9",
-                   "lmgauge serve")
+    one_line_error(
+        lmgauge("ps", "--url", "http://127.0.0.1:9"), "no gateway answered at http://127.0.0.1:9", "lmgauge serve"
+    )
 
 
 def test_9_rm_removes_derived_files_and_never_a_model(isolated_home):
@@ -467,8 +518,11 @@ def test_9_rm_removes_derived_files_and_never_a_model(isolated_home):
 
 
 def test_9_hf_names_say_only_the_local_cache_is_searched():
-    one_line_error(lmgauge("run", "hf:someorg/somerepo", "hi"), "only the local Hugging Face cache is searched",
-                   "nothing is downloaded")
+    one_line_error(
+        lmgauge("run", "hf:someorg/somerepo", "hi"),
+        "only the local Hugging Face cache is searched",
+        "nothing is downloaded",
+    )
 
 
 # --- 10. smaller things ---------------------------------------------------------------------------
@@ -509,9 +563,14 @@ def test_10_serve_says_what_it_serves(tmp_path):
         port = s.getsockname()[1]
     src = os.path.dirname(os.path.dirname(lmgauge_pkg.__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "lmgauge", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmgauge", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         lines = []
         for line in proc.stderr:
@@ -526,7 +585,9 @@ def test_10_serve_says_what_it_serves(tmp_path):
 
 @pytest.mark.integration
 def test_10_readme_json_example_returns_content():
-    schema = '{"type":"object","properties":{"colors":{"type":"array","items":{"type":"string"}}},"required":["colors"]}'
+    schema = (
+        '{"type":"object","properties":{"colors":{"type":"array","items":{"type":"string"}}},"required":["colors"]}'
+    )
     proc = lmgauge("run", "smollm2", "List 3 colors", "--json", "--format", schema)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(json.loads(proc.stdout)["content"])["colors"]) >= 1

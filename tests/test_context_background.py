@@ -78,8 +78,10 @@ def test_extraction_runs_after_the_answer_and_its_memories_land(settings, tmp_pa
     release = threading.Event()
     release.set()
     found = json.dumps({"memories": [{"op": "add", "subject": "user", "key": "dog name", "value": "Rex"}]})
-    with blocking_server(release, found) as server, \
-            Client(settings.model_copy(update={"ollama_host": server.url})) as client:
+    with (
+        blocking_server(release, found) as server,
+        Client(settings.model_copy(update={"ollama_host": server.url})) as client,
+    ):
         memory = Memory(Store(tmp_path / "m.db"))
         conv = conversation(client, memory=memory)
         turn = conv.send("My dog is called Rex.")

@@ -41,8 +41,17 @@ def test_memory_commands_list_search_edit_and_forget(isolated_home):
 
 @pytest.mark.integration
 def test_scripted_chat_prints_one_json_object_per_turn(isolated_home):
-    proc = lmgauge("chat", "smollm2", "--memory", "--json", "-o", "temperature=0", "-o", "num_predict=8",
-                   input="Hello, I live in Oslo.\nWhat is two plus two?\n")
+    proc = lmgauge(
+        "chat",
+        "smollm2",
+        "--memory",
+        "--json",
+        "-o",
+        "temperature=0",
+        "-o",
+        "num_predict=8",
+        input="Hello, I live in Oslo.\nWhat is two plus two?\n",
+    )
     assert proc.returncode == 0, proc.stderr
     turns = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [t["turn"] for t in turns] == [1, 2]
@@ -60,9 +69,22 @@ def test_chat_refuses_a_message_bigger_than_the_window_in_one_line(isolated_home
 
 @pytest.mark.integration
 def test_eval_context_tiny_run(isolated_home, tmp_path):
-    proc = lmgauge("eval", "context", "--turns", "14", "--num-ctx", "512", "--no-answers", "--no-ask",
-                   "--strategies", "truncation,hybrid (oracle memories)", "--json", "--out", str(tmp_path),
-                   timeout=900)
+    proc = lmgauge(
+        "eval",
+        "context",
+        "--turns",
+        "14",
+        "--num-ctx",
+        "512",
+        "--no-answers",
+        "--no-ask",
+        "--strategies",
+        "truncation,hybrid (oracle memories)",
+        "--json",
+        "--out",
+        str(tmp_path),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     by_name = {s["name"]: s for s in report["strategies"]}
@@ -80,9 +102,27 @@ def test_interactive_chat_shows_the_budget_each_turn(isolated_home):
 
     import pexpect
 
-    child = pexpect.spawn(sys.executable, ["-m", "lmgauge", "chat", "smollm2", "-v", "--strategy", "trim",
-                                           "-o", "temperature=0", "-o", "num_predict=8", "-o", "num_ctx=512"],
-                          env={**os.environ}, encoding="utf-8", timeout=240)
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "lmgauge",
+            "chat",
+            "smollm2",
+            "-v",
+            "--strategy",
+            "trim",
+            "-o",
+            "temperature=0",
+            "-o",
+            "num_predict=8",
+            "-o",
+            "num_ctx=512",
+        ],
+        env={**os.environ},
+        encoding="utf-8",
+        timeout=240,
+    )
     try:
         child.expect("window 512 tokens, strategy trim")
         child.expect(">>> ")

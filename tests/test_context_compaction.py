@@ -79,13 +79,16 @@ def test_the_last_turn_always_stays_and_one_too_big_is_refused_by_name():
         compact(conversation(2, words=5) + [Message("user", "x" * 400)], "trim", window)
 
 
-@pytest.mark.parametrize("budget, n, cfg, expected", [
-    (Budget(600, 1000, 200), 5, ContextSettings(), "75%"),
-    (Budget(500, 1000, 200), 5, ContextSettings(), None),
-    (Budget(500, 1000, 200), 5, ContextSettings(compact_at_tokens=400), "400"),
-    (Budget(100, 1000, 200), 30, ContextSettings(compact_at_messages=30), "30 messages"),
-    (Budget(799, 1000, 200), 5, ContextSettings(strategy="none"), None),
-])
+@pytest.mark.parametrize(
+    "budget, n, cfg, expected",
+    [
+        (Budget(600, 1000, 200), 5, ContextSettings(), "75%"),
+        (Budget(500, 1000, 200), 5, ContextSettings(), None),
+        (Budget(500, 1000, 200), 5, ContextSettings(compact_at_tokens=400), "400"),
+        (Budget(100, 1000, 200), 30, ContextSettings(compact_at_messages=30), "30 messages"),
+        (Budget(799, 1000, 200), 5, ContextSettings(strategy="none"), None),
+    ],
+)
 def test_triggers(budget, n, cfg, expected):
     reason = should_compact(budget, n, cfg)
     assert (reason is None) if expected is None else (expected in reason)
@@ -113,14 +116,23 @@ def test_summaries_fold_new_turns_into_the_previous_summary(settings, tmp_path):
     with summarizing_server() as server, Client(settings.model_copy(update={"ollama_host": server.url})) as client:
         window = ContextWindow(ServerTokens(), num_ctx=1500, reserve=200)
         summarizer = Summarizer(client, "ollama:standin", window.counter, num_ctx=4000, max_tokens=60)
-        first = compact(conversation(8), "summarize", window, summarizer=summarizer, keep_turns=2,
-                        store=store, conversation="c1")
+        first = compact(
+            conversation(8), "summarize", window, summarizer=summarizer, keep_turns=2, store=store, conversation="c1"
+        )
         assert first.summary.startswith("S(; u1 a1") and "u7" not in first.summary
         assert first.messages[0].content.startswith("Be helpful.\n\n" + SUMMARY_HEADER)
         # The session goes on with what it kept; the next compaction folds only the new turns.
         later = first.kept + conversation(12)[17:]
-        second = compact([Message("system", "Be helpful.")] + later, "summarize", window, summarizer=summarizer,
-                         previous_summary=first.summary, keep_turns=2, store=store, conversation="c1")
+        second = compact(
+            [Message("system", "Be helpful.")] + later,
+            "summarize",
+            window,
+            summarizer=summarizer,
+            previous_summary=first.summary,
+            keep_turns=2,
+            store=store,
+            conversation="c1",
+        )
         prompt = server.requests[-1].body["messages"][-1]["content"]
         assert first.summary in prompt  # folded into the previous summary...
         assert "u1 " not in prompt.split("New messages:")[1]  # ...not re-summarized from scratch

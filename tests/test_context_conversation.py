@@ -112,8 +112,18 @@ def test_memory_extraction_between_turns_keeps_the_chat_cache(client, tmp_path):
 def test_tiny_evaluation_separates_retrieval_from_the_model(client, embedder):
     synth = conversation(5, turns=16, slots=4, updates=2)
     base = client.settings.context
-    hybrid = run_strategy(client, "smollm2", synth, "hybrid", "hybrid", 512, base=base, embedder=embedder,
-                          memory_mode="oracle", answer=False)
+    hybrid = run_strategy(
+        client,
+        "smollm2",
+        synth,
+        "hybrid",
+        "hybrid",
+        512,
+        base=base,
+        embedder=embedder,
+        memory_mode="oracle",
+        answer=False,
+    )
     trim = run_strategy(client, "smollm2", synth, "truncation", "trim", 512, base=base, embedder=None, answer=False)
     # 4 slots; one may be retracted (nothing to ask), the others are asked about.
     assert len(hybrid.questions) == len(trim.questions) == len(synth.questions) >= 3

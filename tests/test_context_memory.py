@@ -52,8 +52,9 @@ def test_a_new_value_supersedes_the_old_one_which_stays_as_history(memory):
     assert history["Lyon"].status == "superseded" and history["Lyon"].superseded_by == second.item.id
     # Recall never offers the superseded value as current, whatever the query says.
     recalled = memory.recall("Lyon home city", ServerTokens(), budget=500)
-    assert [r.text for r in recalled if r.source == "memory"] == ["home city: Oslo"] or \
-        [r.text for r in recalled if r.source == "memory"] == ["city: Oslo"]
+    assert [r.text for r in recalled if r.source == "memory"] == ["home city: Oslo"] or [
+        r.text for r in recalled if r.source == "memory"
+    ] == ["city: Oslo"]
     assert all("Lyon" not in r.text for r in recalled)
 
 
@@ -65,10 +66,17 @@ def test_duplicates_are_merged(memory):
     assert item.mentions == 2 and item.confidence == 1.0
 
 
-@pytest.mark.parametrize("a, b, same", [
-    ("home city", "city", True), ("project review day", "review day", True), ("job", "Job", True),
-    ("name", "dog name", False), ("sister name", "brother name", False), ("car", "dog name", False),
-])
+@pytest.mark.parametrize(
+    "a, b, same",
+    [
+        ("home city", "city", True),
+        ("project review day", "review day", True),
+        ("job", "Job", True),
+        ("name", "dog name", False),
+        ("sister name", "brother name", False),
+        ("car", "dog name", False),
+    ],
+)
 def test_slots_match_by_key_words(a, b, same):
     assert same_slot(a, b) is same
 
@@ -89,8 +97,17 @@ def test_edit_forget_and_purge(memory):
 
 
 def test_recall_packs_into_the_budget_and_skips_turns_already_in_the_prompt(memory):
-    for turn, text in enumerate(["I live in Lyon.", "Tell me about tides.", "I moved from Lyon to Oslo.",
-                                 "My dog is called Rex.", "What is a black hole?", "Tell me about tides."], start=1):
+    for turn, text in enumerate(
+        [
+            "I live in Lyon.",
+            "Tell me about tides.",
+            "I moved from Lyon to Oslo.",
+            "My dog is called Rex.",
+            "What is a black hole?",
+            "Tell me about tides.",
+        ],
+        start=1,
+    ):
         memory.archive_turn("c1", turn, "user", text)
     counter = ServerTokens()
     everything = memory.recall("Where do I live now?", counter, budget=10_000, conversation="c1")
@@ -104,12 +121,18 @@ def test_recall_packs_into_the_budget_and_skips_turns_already_in_the_prompt(memo
 
 def test_parse_extraction_refuses_what_was_not_asked():
     assert parse_extraction('{"memories": [{"op": "update", "subject": "user", "key": "job", "value": "pilot"}]}') == [
-        {"op": "update", "subject": "user", "key": "job", "value": "pilot"}]
+        {"op": "update", "subject": "user", "key": "job", "value": "pilot"}
+    ]
     # A backend without grammar may leave out op and subject: an addition about the user.
     assert parse_extraction('{"memories": [{"key": "job", "value": "pilot"}]}') == [
-        {"op": "add", "subject": "user", "key": "job", "value": "pilot"}]
-    for bad in ('{"memories": [', '{"facts": []}', '{"memories": [{"op": "replace", "key": "a", "value": "b"}]}',
-                '{"memories": [{"op": "add", "subject": 3, "key": "a", "value": "b"}]}'):
+        {"op": "add", "subject": "user", "key": "job", "value": "pilot"}
+    ]
+    for bad in (
+        '{"memories": [',
+        '{"facts": []}',
+        '{"memories": [{"op": "replace", "key": "a", "value": "b"}]}',
+        '{"memories": [{"op": "add", "subject": 3, "key": "a", "value": "b"}]}',
+    ):
         with pytest.raises(ValueError):
             parse_extraction(bad)
 
@@ -126,11 +149,15 @@ def _client(settings, url):
 
 
 def test_extraction_sends_the_schema_and_stores_grounded_facts(settings, tmp_path):
-    reply = '{"memories": [{"op": "update", "subject": "user", "key": "home city", "value": "Oslo"}, ' \
-            '{"op": "add", "subject": "user", "key": "job", "value": "astronaut"}]}'
+    reply = (
+        '{"memories": [{"op": "update", "subject": "user", "key": "home city", "value": "Oslo"}, '
+        '{"op": "add", "subject": "user", "key": "job", "value": "astronaut"}]}'
+    )
     with RawOllama(reply=reply) as server, _client(settings, server.url) as client:
         memory = Memory(Store(tmp_path / "m.db"))
-        out = Extractor(client, "ollama:standin", memory).extract("I moved from Lyon to Oslo.", conversation="c", turn=7)
+        out = Extractor(client, "ollama:standin", memory).extract(
+            "I moved from Lyon to Oslo.", conversation="c", turn=7
+        )
         # Constrained by the server: the slot is an enum of the vocabulary's keys (none stored yet).
         assert server.requests[-1].body["format"] == EXTRACTION_SCHEMA
     assert [(r.action, r.item.text, r.item.source_turn) for r in out.stored] == [("new", "home city: Oslo", 7)]
@@ -139,9 +166,16 @@ def test_extraction_sends_the_schema_and_stores_grounded_facts(settings, tmp_pat
 
 
 def test_invalid_json_is_retried_once_then_skipped_with_a_warning(settings, tmp_path):
-    answers = iter(['{"memories": [{"op": "add", "key": "dog', '{"memories": [{"op": "add", "subject": "user", '
-                    '"key": "dog name", "value": "Rex"}]}'])
-    with RawOllama(reply=lambda body: next(answers, "not json at all")) as server, _client(settings, server.url) as client:
+    answers = iter(
+        [
+            '{"memories": [{"op": "add", "key": "dog',
+            '{"memories": [{"op": "add", "subject": "user", "key": "dog name", "value": "Rex"}]}',
+        ]
+    )
+    with (
+        RawOllama(reply=lambda body: next(answers, "not json at all")) as server,
+        _client(settings, server.url) as client,
+    ):
         memory = Memory(Store(tmp_path / "m.db"))
         extractor = Extractor(client, "ollama:standin", memory)
         ok = extractor.extract("My dog is called Rex.")
@@ -223,8 +257,9 @@ def test_a_writer_killed_mid_write_leaves_a_consistent_database(tmp_path):
 
 
 def test_memory_rows_survive_a_json_round_trip(memory):
-    item = memory.remember("decision", "review day", "Friday", conversation="c", source_turn=2,
-                           source_text="Let's meet Friday").item
+    item = memory.remember(
+        "decision", "review day", "Friday", conversation="c", source_turn=2, source_text="Let's meet Friday"
+    ).item
     data = json.loads(json.dumps(item.to_dict()))
     # "review day" is filed under the canonical slot "project review day" (slots.py).
     assert data["key"] == "project review day" and data["source_turn"] == 2 and Path  # noqa: B018

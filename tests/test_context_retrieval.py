@@ -51,7 +51,10 @@ def embedder():
 def test_markdown_chunks_follow_headings_with_their_path_as_title():
     _, chunks = chunk_file("falcon.md", MARKDOWN, ServerTokens(), chunk_tokens=200)
     assert [(c.title, c.start_line, c.end_line) for c in chunks] == [
-        ("Falcon service", 1, 3), ("Falcon service > Storage", 5, 9), ("Falcon service > Security", 11, 13)]
+        ("Falcon service", 1, 3),
+        ("Falcon service > Storage", 5, 9),
+        ("Falcon service > Security", 11, 13),
+    ]
     assert chunks[1].text == "## Storage\n\nFalcon stores its data in PostgreSQL in Frankfurt.\n\nBackups run nightly."
 
 
@@ -133,8 +136,9 @@ def test_rrf_rewards_agreement():
 def test_search_without_embeddings_is_bm25():
     index = HybridSearch(["the cat sat", "dogs bark loudly", "a cat and a dog"])
     assert index.modes == ("bm25",)
-    assert [i for i, _ in index.search("cat", mode="hybrid")] == [0, 2] or \
-        [i for i, _ in index.search("cat", mode="hybrid")] == [2, 0]
+    assert [i for i, _ in index.search("cat", mode="hybrid")] == [0, 2] or [
+        i for i, _ in index.search("cat", mode="hybrid")
+    ] == [2, 0]
 
 
 def test_ask_strategy_loads_the_documents_the_model_names(tmp_path, settings):

@@ -25,16 +25,28 @@ def memory(tmp_path, embedder):
     return Memory(Store(tmp_path / "m.db"), embedder)
 
 
-@pytest.mark.parametrize("name, canonical", [
-    ("location", "home city"), ("city", "home city"), ("city of residence", "home city"),
-    ("where I live", "home city"), ("occupation", "job"), ("workplace name", "employer"),
-    ("allergic to", "allergy"), ("food allergies", "allergy"), ("name of my dog", "dog name"),
-    ("wife", "partner name"), ("favourite beverage", "morning drink"),
-    # close to nothing in the vocabulary: a slot of its own, not forced into a wrong one
-    ("shoe size", "shoe size"), ("guitar teacher", "guitar teacher"),
-    # "name" alone is not "dog name"; "sister name" is not "brother name"
-    ("name", "name"), ("brother name", "brother name"),
-])
+@pytest.mark.parametrize(
+    "name, canonical",
+    [
+        ("location", "home city"),
+        ("city", "home city"),
+        ("city of residence", "home city"),
+        ("where I live", "home city"),
+        ("occupation", "job"),
+        ("workplace name", "employer"),
+        ("allergic to", "allergy"),
+        ("food allergies", "allergy"),
+        ("name of my dog", "dog name"),
+        ("wife", "partner name"),
+        ("favourite beverage", "morning drink"),
+        # close to nothing in the vocabulary: a slot of its own, not forced into a wrong one
+        ("shoe size", "shoe size"),
+        ("guitar teacher", "guitar teacher"),
+        # "name" alone is not "dog name"; "sister name" is not "brother name"
+        ("name", "name"),
+        ("brother name", "brother name"),
+    ],
+)
 def test_attribute_names_are_canonicalised(embedder, name, canonical):
     assert Canonicaliser(embedder).canonical(name) == canonical
 
@@ -47,8 +59,9 @@ def test_a_new_attribute_name_reuses_a_key_already_stored(memory):
 
 def test_single_valued_slots_supersede_and_multi_valued_ones_append(memory):
     memory.remember(None, "location", "Lyon", source_turn=3)
-    moved = memory.remember(None, "home city", "Dublin", op="update", source_turn=40,
-                            source_text="We relocated from Lyon to Dublin.")
+    moved = memory.remember(
+        None, "home city", "Dublin", op="update", source_turn=40, source_text="We relocated from Lyon to Dublin."
+    )
     assert moved.action == "superseded" and [m.value for m in moved.replaced] == ["Lyon"]
     memory.remember(None, "allergies", "peanuts", source_text="I'm allergic to peanuts.")
     also = memory.remember(None, "allergy", "pollen", source_text="I found out I'm also allergic to pollen.")
@@ -57,16 +70,24 @@ def test_single_valued_slots_supersede_and_multi_valued_ones_append(memory):
     # A multi-valued slot replaces only the value the message names.
     memory.remember(None, "instrument", "cello", source_text="I play the cello.")
     memory.remember(None, "instrument", "banjo", source_text="I also play the banjo.")
-    swapped = memory.remember(None, "instrument", "piano", op="update",
-                              source_text="I gave up the cello; I play the piano now.")
+    swapped = memory.remember(
+        None, "instrument", "piano", op="update", source_text="I gave up the cello; I play the piano now."
+    )
     assert [m.value for m in swapped.replaced] == ["cello"]
     assert sorted(m.value for m in memory.current() if m.key == "instrument") == ["banjo", "piano"]
 
 
 def test_a_retraction_ends_the_value_and_history_stays_queryable(memory):
     car = memory.remember(None, "car", "Volvo", source_turn=2).item
-    gone = memory.remember(None, "car", "Volvo", op="delete", conversation="c", source_turn=9,
-                           source_text="I sold my Volvo; I don't own a car anymore.")
+    gone = memory.remember(
+        None,
+        "car",
+        "Volvo",
+        op="delete",
+        conversation="c",
+        source_turn=9,
+        source_text="I sold my Volvo; I don't own a car anymore.",
+    )
     assert gone.action == "retracted" and [m.id for m in gone.replaced] == [car.id]
     assert memory.current() == []
     (old,) = memory.list(status=None)
@@ -87,14 +108,19 @@ def test_a_retraction_ends_the_value_and_history_stays_queryable(memory):
 def test_an_update_replaces_the_value_it_names_even_in_another_slot(memory):
     # A small extractor filed the city under "home country"; the update names it.
     misfiled = memory.remember(None, "home country", "Dublin").item
-    moved = memory.remember(None, "home city", "Tallinn", op="update",
-                            source_text="We relocated from Dublin to Tallinn.")
+    moved = memory.remember(
+        None, "home city", "Tallinn", op="update", source_text="We relocated from Dublin to Tallinn."
+    )
     assert [m.id for m in moved.replaced] == [misfiled.id]
     assert [m.text for m in memory.current()] == ["home city: Tallinn"]
     # The model chose "add" for a change and another slot: the message says it changed.
     memory.remember(None, "morning drink", "oat latte")
-    switched = memory.remember(None, "favorite food", "hot chocolate",
-                               source_text="I've switched from oat latte to hot chocolate in the mornings.")
+    switched = memory.remember(
+        None,
+        "favorite food",
+        "hot chocolate",
+        source_text="I've switched from oat latte to hot chocolate in the mornings.",
+    )
     assert [m.value for m in switched.replaced] == ["oat latte"]
     # An addition that mentions another value replaces nothing outside its slot.
     memory.remember(None, "hobby", "hiking", source_text="I go hiking near Tallinn.")
@@ -123,8 +149,13 @@ def test_superseded_history_is_listed_with_what_replaced_it(memory):
 
 
 def test_recall_drops_archived_turns_that_state_a_replaced_value(memory):
-    said = ["I live in Lyon.", "It's raining again here in Lyon.", "My dog is called Rex.",
-            "We relocated from Lyon to Dublin.", "Tell me about tides."]
+    said = [
+        "I live in Lyon.",
+        "It's raining again here in Lyon.",
+        "My dog is called Rex.",
+        "We relocated from Lyon to Dublin.",
+        "Tell me about tides.",
+    ]
     for turn, text in enumerate(said, start=1):
         memory.archive_turn("c1", turn, "user", text)
     memory.remember(None, "home city", "Lyon", conversation="c1", source_turn=1, source_text=said[0])
@@ -163,8 +194,10 @@ def test_a_database_from_before_slots_is_migrated_in_place(tmp_path):
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as raw:
         raw.execute(OLD_SCHEMA)
-        raw.execute("INSERT INTO memories (kind, key, value, confidence, created, updated) "
-                    "VALUES ('fact', 'home city', 'Lyon', 1.0, 1, 1)")
+        raw.execute(
+            "INSERT INTO memories (kind, key, value, confidence, created, updated) "
+            "VALUES ('fact', 'home city', 'Lyon', 1.0, 1, 1)"
+        )
     memory = Memory(Store(db))
     (old,) = memory.current()
     assert old.subject == "user" and old.ended is None  # existing rows get the defaults

@@ -36,8 +36,9 @@ def test_the_store_fed_the_true_facts_gets_every_change_right(tmp_path, seed):
     memory = Memory(Store(tmp_path / "m.db"))
     for i, t in enumerate(c.turns, start=1):
         for f in t.facts:
-            memory.remember(f.kind, f.key, f.value, op=f.op, subject=f.subject, conversation="c",
-                            source_turn=i, source_text=t.user)
+            memory.remember(
+                f.kind, f.key, f.value, op=f.op, subject=f.subject, conversation="c", source_turn=i, source_text=t.user
+            )
     result = supersession_accuracy(memory, c, upto=len(c.turns))
     assert result["updates"] > 0 and result["accuracy"] == 1.0 and result["old_still_current"] == 0
     assert result["by_kind"]["distractor"]["n"] == result["by_kind"]["distractor"]["correct"]
@@ -55,10 +56,14 @@ def test_extraction_is_scored_by_value_and_subject(tmp_path):
     score = ExtractionScore()
     truth = [Fact("fact", "home city", "Oslo", "add", "friend")]
     memory = Memory(Store(tmp_path / "m.db"))
-    score.add(truth, SimpleNamespace(stored=[stored("user", "home city", "Oslo")], proposed=[{"value": "Oslo"}]),
-              memory)
-    score.add([Fact("fact", "home city", "Lyon")],
-              SimpleNamespace(stored=[stored("user", "job", "Lyon")], proposed=[{"value": "Lyon"}]), memory)
+    score.add(
+        truth, SimpleNamespace(stored=[stored("user", "home city", "Oslo")], proposed=[{"value": "Oslo"}]), memory
+    )
+    score.add(
+        [Fact("fact", "home city", "Lyon")],
+        SimpleNamespace(stored=[stored("user", "job", "Lyon")], proposed=[{"value": "Lyon"}]),
+        memory,
+    )
     s = score.summary()
     # The friend's city filed as the user's is wrong; the user's city under "job" is right but misfiled.
     assert (score.tp, score.fp, score.fn, score.wrong_subject, score.misfiled) == (1, 1, 1, 1, 1)

@@ -95,8 +95,10 @@ def test_a_remote_model_is_counted_by_its_server_after_the_fact(settings):
     from lmgauge.context.conversation import Conversation
     from support.standins import OllamaStandin
 
-    with OllamaStandin(reply="Fine, thanks.") as server, \
-            Client(settings.model_copy(update={"ollama_host": server.url})) as client:
+    with (
+        OllamaStandin(reply="Fine, thanks.") as server,
+        Client(settings.model_copy(update={"ollama_host": server.url})) as client,
+    ):
         conv = Conversation(client, "ollama:standin", num_ctx=2048)
         assert isinstance(conv.counter, ServerTokens)
         first = conv.send("Hello, how are you?")

@@ -14,8 +14,14 @@ import httpx
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from support.gateway_server import GatewayServer, ollama_stub
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def drive_traffic(url: str, seconds: float, model: str, pause: float) -> None:
@@ -25,8 +31,14 @@ def drive_traffic(url: str, seconds: float, model: str, pause: float) -> None:
     with httpx.Client(base_url=url, timeout=30) as c:
         i = 0
         while time.time() < deadline:
-            c.post("/api/chat", json={"model": model, "messages": [{"role": "user", "content": "word " * (i % 40)}],
-                                      "stream": i % 2 == 0})
+            c.post(
+                "/api/chat",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "word " * (i % 40)}],
+                    "stream": i % 2 == 0,
+                },
+            )
             i += 1
             time.sleep(pause)
 
@@ -35,9 +47,15 @@ def test_dashboard_charts_render_live_data(tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     fast, slow = ollama_stub(), ollama_stub(token_delay=0.03)
-    settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=[
-        UpstreamSettings(model="stub", urls=[fast.url], num_ctx=256, tokenizer="smollm2"),
-        UpstreamSettings(model="slow", target="stub", urls=[slow.url], max_concurrency=2)]))
+    settings = Settings(
+        home=tmp_path,
+        gateway=GatewaySettings(
+            upstreams=[
+                UpstreamSettings(model="stub", urls=[fast.url], num_ctx=256, tokenizer="smollm2"),
+                UpstreamSettings(model="slow", target="stub", urls=[slow.url], max_concurrency=2),
+            ]
+        ),
+    )
     try:
         with GatewayServer(settings) as srv:
             traffic = [threading.Thread(target=drive_traffic, args=(srv.url, 6.0, "stub", 0.02))]
@@ -52,8 +70,10 @@ def test_dashboard_charts_render_live_data(tmp_path, chromium):
                     t.join()
                 page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
                 time.sleep(1.5)  # one more refresh after the traffic ended
-                points = {cid: int(page.get_attribute(f"#{cid}", "data-points") or 0)
-                          for cid in ("latency", "toks", "queue", "context")}
+                points = {
+                    cid: int(page.get_attribute(f"#{cid}", "data-points") or 0)
+                    for cid in ("latency", "toks", "queue", "context")
+                }
                 assert all(n > 0 for n in points.values()), points
                 # Data points are drawn pixels, not just an attribute: count non-white pixels.
                 inked = page.evaluate("""() => [...document.querySelectorAll('canvas')].map(c => {

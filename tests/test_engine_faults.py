@@ -49,27 +49,43 @@ def _chat(model: str) -> ChatRequest:
 
 REMOTES = {
     "ollama": Remote(
-        standin=OllamaStandin, model="standin",
+        standin=OllamaStandin,
+        model="standin",
         make=lambda settings, url, **kw: OllamaEngine(settings, host=url, **kw),
-        url=lambda server: server.url, path="",
+        url=lambda server: server.url,
+        path="",
         down="cannot reach Ollama at {url}: is `ollama serve` running?",
-        calls={"chat": lambda e, m: collect(e.chat(_chat(m))), "list_models": lambda e, m: e.list_models(),
-               "embed": lambda e, m: e.embed(m, ["x"]), "loaded": lambda e, m: e.loaded()},
+        calls={
+            "chat": lambda e, m: collect(e.chat(_chat(m))),
+            "list_models": lambda e, m: e.list_models(),
+            "embed": lambda e, m: e.embed(m, ["x"]),
+            "loaded": lambda e, m: e.loaded(),
+        },
         plain="list_models",
         statuses=((500, EngineError), (400, InvalidOptionError), (429, EngineBusyError), (503, EngineBusyError)),
         drop_points=(0, 4, N_REPLY),
         stream_error=(2, "an error was encountered while running the model"),
     ),
     "openai": Remote(
-        standin=OpenAIStandin, model="standin-model",
+        standin=OpenAIStandin,
+        model="standin-model",
         make=lambda settings, url, **kw: OpenAIEngine(settings, base_url=url, **kw),
-        url=lambda server: server.base_url, path="/v1",
+        url=lambda server: server.base_url,
+        path="/v1",
         down="cannot reach the OpenAI-compatible server at {url}: is it running?",
-        calls={"chat": lambda e, m: collect(e.chat(_chat(m))), "list_models": lambda e, m: e.list_models(),
-               "embed": lambda e, m: e.embed(m, ["x"])},
+        calls={
+            "chat": lambda e, m: collect(e.chat(_chat(m))),
+            "list_models": lambda e, m: e.list_models(),
+            "embed": lambda e, m: e.embed(m, ["x"]),
+        },
         plain="embed",
-        statuses=((500, EngineError), (400, InvalidOptionError), (422, InvalidOptionError),
-                  (429, EngineBusyError), (503, EngineBusyError)),
+        statuses=(
+            (500, EngineError),
+            (400, InvalidOptionError),
+            (422, InvalidOptionError),
+            (429, EngineBusyError),
+            (503, EngineBusyError),
+        ),
         drop_points=(0, 5, N_REPLY),
         stream_error=(3, "CUDA out of memory"),
     ),
@@ -78,8 +94,11 @@ REMOTES = {
 
 def each(field: str) -> list[Any]:
     """Parameters (kind, value) for every value of a REMOTES field, named `kind-value`."""
-    return [pytest.param(kind, value, id=f"{kind}-{value[0] if isinstance(value, tuple) else value}")
-            for kind, remote in REMOTES.items() for value in getattr(remote, field)]
+    return [
+        pytest.param(kind, value, id=f"{kind}-{value[0] if isinstance(value, tuple) else value}")
+        for kind, remote in REMOTES.items()
+        for value in getattr(remote, field)
+    ]
 
 
 @pytest.fixture(params=list(REMOTES))

@@ -21,8 +21,11 @@ def ask(engine, path, text, **kw):
 
 
 def test_chat_streams_and_reports_consistent_stats(llama_engine, smollm2_path):
-    req = ChatRequest(model=smollm2_path, messages=[Message("user", "Write a long story about a dragon.")],
-                      options=Options(num_predict=24, **GREEDY))
+    req = ChatRequest(
+        model=smollm2_path,
+        messages=[Message("user", "Write a long story about a dragon.")],
+        options=Options(num_predict=24, **GREEDY),
+    )
     chunks = list(with_client_clock(llama_engine.chat(req)))
     assert chunks[-1].done and all(not c.done for c in chunks[:-1])
     result = chunks[-1].result
@@ -48,10 +51,14 @@ def test_greedy_is_deterministic_and_the_prefix_cache_is_reported(llama_engine, 
 
 
 def test_json_schema_output_parses_and_validates(llama_engine, smollm2_path):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-              "required": ["city", "population"]}
-    result = ask(llama_engine, smollm2_path, "Describe Paris as JSON with city and population.",
-                 num_predict=80, format=schema)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    result = ask(
+        llama_engine, smollm2_path, "Describe Paris as JSON with city and population.", num_predict=80, format=schema
+    )
     jsonschema.validate(json.loads(result.content), schema)
     plain = ask(llama_engine, smollm2_path, "Give me a JSON object about a cat.", num_predict=60, format="json")
     assert isinstance(json.loads(plain.content), dict)
@@ -85,19 +92,35 @@ def test_num_ctx_beyond_the_trained_context_is_an_option_error(llama_engine, smo
 
 
 def test_generate_raw_and_templated(llama_engine, smollm2_path):
-    raw = collect(llama_engine.generate(GenerateRequest(
-        model=smollm2_path, prompt="The capital of France is", raw=True, options=Options(num_predict=8, **GREEDY))))
+    raw = collect(
+        llama_engine.generate(
+            GenerateRequest(
+                model=smollm2_path,
+                prompt="The capital of France is",
+                raw=True,
+                options=Options(num_predict=8, **GREEDY),
+            )
+        )
+    )
     assert raw.content.strip()
     assert len(raw.context) == raw.timings.prompt_tokens + raw.timings.output_tokens  # Ollama's `context`
     assert raw.timings.prompt_tokens <= len(llama_engine.tokenize(smollm2_path, "The capital of France is")) + 1
-    templated = collect(llama_engine.generate(GenerateRequest(
-        model=smollm2_path, prompt="hi", system="Answer briefly.", options=Options(num_predict=8, **GREEDY))))
+    templated = collect(
+        llama_engine.generate(
+            GenerateRequest(
+                model=smollm2_path, prompt="hi", system="Answer briefly.", options=Options(num_predict=8, **GREEDY)
+            )
+        )
+    )
     assert templated.timings.prompt_tokens > raw.timings.prompt_tokens
 
 
 def test_cancelling_a_stream_frees_the_slot(llama_engine, smollm2_path):
-    req = ChatRequest(model=smollm2_path, messages=[Message("user", "Tell me a long story.")],
-                      options=Options(num_predict=200, **GREEDY))
+    req = ChatRequest(
+        model=smollm2_path,
+        messages=[Message("user", "Tell me a long story.")],
+        options=Options(num_predict=200, **GREEDY),
+    )
     stream = llama_engine.chat(req)
     next(stream)
     stream.close()  # client went away
@@ -131,7 +154,7 @@ def test_embeddings_are_normalised(llama_engine):
         pytest.skip("the MiniLM GGUF is only on this machine kind")
     emb = llama_engine.embed(path, ["a cat sat on the mat", "a kitten rested on a rug", "stock market crash"])
     assert len(emb.vectors) == 3 and len(emb.vectors[0]) == 384
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731  a short factory, read where it is used
     assert dot(emb.vectors[0], emb.vectors[0]) == pytest.approx(1.0, abs=1e-4)
     assert dot(emb.vectors[0], emb.vectors[1]) > dot(emb.vectors[0], emb.vectors[2])
 
@@ -142,8 +165,9 @@ def test_keep_alive_zero_unloads_after_the_request(smollm2_path):
 
     engine = LlamaCppEngine(Settings())
     try:
-        req = ChatRequest(model=smollm2_path, messages=[Message("user", "hi")],
-                          options=Options(num_predict=2, **GREEDY), keep_alive=0)
+        req = ChatRequest(
+            model=smollm2_path, messages=[Message("user", "hi")], options=Options(num_predict=2, **GREEDY), keep_alive=0
+        )
         result = collect(engine.chat(req))
         assert result.timings.load_ns > 0
         assert engine.loaded() == []
@@ -166,8 +190,9 @@ def test_settings_that_cannot_fit_are_refused_before_loading(smollm2_path):
 
     engine = LlamaCppEngine(Settings(parallel=16, memory_limit="200MiB"))
     try:
-        req = ChatRequest(model=smollm2_path, messages=[Message("user", "hi")],
-                          options=Options(num_predict=2, num_ctx=8192, **GREEDY))
+        req = ChatRequest(
+            model=smollm2_path, messages=[Message("user", "hi")], options=Options(num_predict=2, num_ctx=8192, **GREEDY)
+        )
         with pytest.raises(InsufficientMemoryError) as exc:
             collect(engine.chat(req))
         assert "num_ctx 8192 x 16 parallel" in str(exc.value) and "200.00 MiB" in str(exc.value)

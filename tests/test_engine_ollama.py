@@ -117,10 +117,20 @@ def test_exact_wire_values_become_timings(httpserver, make_settings):
     lines = [
         {"model": "gemma4", "created_at": "2025-10-26T17:15:24.097767Z", "response": "That", "done": False},
         {"model": "gemma4", "created_at": "2025-10-26T17:15:24.109172Z", "response": "'s", "done": False},
-        {"model": "gemma4", "created_at": "2025-10-26T17:15:24.166576Z", "response": "!", "done": True,
-         "done_reason": "stop", "context": [1, 2, 3], "total_duration": 174560334,
-         "load_duration": 101397084, "prompt_eval_count": 11, "prompt_eval_duration": 13074791,
-         "eval_count": 18, "eval_duration": 52479709},
+        {
+            "model": "gemma4",
+            "created_at": "2025-10-26T17:15:24.166576Z",
+            "response": "!",
+            "done": True,
+            "done_reason": "stop",
+            "context": [1, 2, 3],
+            "total_duration": 174560334,
+            "load_duration": 101397084,
+            "prompt_eval_count": 11,
+            "prompt_eval_duration": 13074791,
+            "eval_count": 18,
+            "eval_duration": 52479709,
+        },
     ]
     httpserver.expect_request("/api/generate", method="POST").respond_with_data(
         "".join(json.dumps(line) + "\n" for line in lines), content_type="application/x-ndjson"
@@ -130,7 +140,11 @@ def test_exact_wire_values_become_timings(httpserver, make_settings):
     t = result.timings
     assert result.content == "That's!"
     assert (t.total_ns, t.load_ns, t.prompt_tokens, t.prompt_eval_tokens, t.prompt_eval_ns) == (
-        174560334, 101397084, 11, 11, 13074791,
+        174560334,
+        101397084,
+        11,
+        11,
+        13074791,
     )
     assert (t.output_tokens, t.eval_ns, t.cached_tokens) == (18, 52479709, 0)
     assert result.context == [1, 2, 3]
@@ -142,7 +156,9 @@ def test_missing_counts_stay_unknown(httpserver, make_settings):
     """An answer without stats (e.g. a fully cached prompt on old Ollama) is not filled in."""
     httpserver.expect_request("/api/chat", method="POST").respond_with_data(
         json.dumps({"model": "m", "message": {"role": "assistant", "content": "four words right here"}, "done": False})
-        + "\n" + json.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}) + "\n",
+        + "\n"
+        + json.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True})
+        + "\n",
         content_type="application/x-ndjson",
     )
     engine = OllamaEngine(make_settings(), host=httpserver.url_for("/").rstrip("/"))
@@ -156,23 +172,44 @@ def test_missing_counts_stay_unknown(httpserver, make_settings):
 
 
 def test_chat_request_body(engine, ollama_standin):
-    schema = {"type": "object", "properties": {"age": {"type": "integer"}, "ok": {"type": "boolean"}},
-              "required": ["age", "ok"]}
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    options = Options.from_dict({"temperature": 0, "seed": 42, "num_ctx": 2048, "top_k": 5,
-                                 "stop": ["\n\n"], "mirostat": 0})
+    schema = {
+        "type": "object",
+        "properties": {"age": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["age", "ok"],
+    }
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    options = Options.from_dict(
+        {"temperature": 0, "seed": 42, "num_ctx": 2048, "top_k": 5, "stop": ["\n\n"], "mirostat": 0}
+    )
     request = ChatRequest(
         model="standin",
         messages=[Message("system", "Be brief."), Message("user", "Age?")],
-        options=options, format=schema, tools=tools, keep_alive=0,
+        options=options,
+        format=schema,
+        tools=tools,
+        keep_alive=0,
     )
     result = collect(engine.chat(request))
     body = ollama_standin.last("/api/chat").body
     assert body["model"] == "standin"
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Age?"}]
-    assert body["options"] == {"temperature": 0, "seed": 42, "num_ctx": 2048, "top_k": 5,
-                               "stop": ["\n\n"], "mirostat": 0}
+    assert body["options"] == {
+        "temperature": 0,
+        "seed": 42,
+        "num_ctx": 2048,
+        "top_k": 5,
+        "stop": ["\n\n"],
+        "mirostat": 0,
+    }
     assert body["format"] == schema
     assert body["keep_alive"] == 0
     assert body["tools"][0]["function"]["name"] == "get_weather"
@@ -194,8 +231,14 @@ def test_json_format_and_keep_alive_seconds(engine, ollama_standin):
 
 
 def test_generate_request_body(engine, ollama_standin):
-    request = GenerateRequest(model="standin", prompt="def f():", system="You write Python.",
-                              suffix="    return x", options=Options(temperature=0.5), keep_alive=-1)
+    request = GenerateRequest(
+        model="standin",
+        prompt="def f():",
+        system="You write Python.",
+        suffix="    return x",
+        options=Options(temperature=0.5),
+        keep_alive=-1,
+    )
     collect(engine.generate(request))
     body = ollama_standin.last("/api/generate").body
     assert body["prompt"] == "def f():" and body["system"] == "You write Python."
@@ -246,7 +289,8 @@ def test_closing_early_cancels_cleanly(engine, ollama_standin):
 def test_embed(engine, ollama_standin):
     emb = engine.embed("standin-embed", ["Why is the sky blue?", "Why is the grass green?"])
     assert ollama_standin.last("/api/embed").body == {
-        "model": "standin-embed", "input": ["Why is the sky blue?", "Why is the grass green?"]
+        "model": "standin-embed",
+        "input": ["Why is the sky blue?", "Why is the grass green?"],
     }
     assert len(emb.vectors) == 2 and len(emb.vectors[0]) == ollama_standin.embedding_dim
     for v in emb.vectors:
@@ -269,7 +313,12 @@ def test_info_maps_architecture_like_a_gguf(engine, ollama_standin):
     assert ollama_standin.last("/api/show").body == {"model": "standin"}
     d = info.details
     assert (d["architecture"], d["n_layer"], d["n_head"], d["n_head_kv"], d["head_dim"], d["n_ctx_train"]) == (
-        "llama", 30, 9, 3, 64, 8192,
+        "llama",
+        30,
+        9,
+        3,
+        64,
+        8192,
     )
     assert d["parameters"] == 134_515_008 and d["quantization"] == "Q4_1"
     assert d["chat_template"] is True and "completion" in d["capabilities"]
@@ -309,9 +358,12 @@ def test_unknown_model(engine, ollama_standin):
     assert err.value.name == "llama9"
     assert err.value.available == ["standin:latest", "standin-embed:latest"]
     assert "ollama pull llama9" in str(err.value) and ollama_standin.url in str(err.value)
-    for call in (lambda: engine.info("llama9"), lambda: engine.embed("llama9", ["x"]),
-                 lambda: engine.unload("llama9"),
-                 lambda: collect(engine.generate(GenerateRequest("llama9", "x")))):
+    for call in (
+        lambda: engine.info("llama9"),
+        lambda: engine.embed("llama9", ["x"]),
+        lambda: engine.unload("llama9"),
+        lambda: collect(engine.generate(GenerateRequest("llama9", "x"))),
+    ):
         with pytest.raises(UnknownModelError):
             call()
 

@@ -87,18 +87,43 @@ def test_llama_server_timings_are_the_engine_clock(start_standin, make_settings)
 
 def test_exact_wire_values_become_timings(httpserver, make_settings):
     events = [
-        {"id": "c1", "object": "chat.completion.chunk", "model": "m",
-         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-        {"id": "c1", "object": "chat.completion.chunk", "model": "m",
-         "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
-        {"id": "c1", "object": "chat.completion.chunk", "model": "m",
-         "choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": None}]},
-        {"id": "c1", "object": "chat.completion.chunk", "model": "m",
-         "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
-         "timings": {"cache_n": 20, "prompt_n": 7, "prompt_ms": 12.5, "predicted_n": 2, "predicted_ms": 30.25}},
-        {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [],
-         "usage": {"prompt_tokens": 27, "completion_tokens": 2, "total_tokens": 29,
-                   "prompt_tokens_details": {"cached_tokens": 20}}},
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}],
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": None}],
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+            "timings": {"cache_n": 20, "prompt_n": 7, "prompt_ms": 12.5, "predicted_n": 2, "predicted_ms": 30.25},
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 27,
+                "completion_tokens": 2,
+                "total_tokens": 29,
+                "prompt_tokens_details": {"cached_tokens": 20},
+            },
+        },
     ]
     body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
     httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_data(
@@ -157,16 +182,37 @@ def test_max_tokens_ends_with_length(engine):
 
 
 def test_options_map_to_openai_fields(engine, openai_standin):
-    options = Options.from_dict({
-        "num_predict": 50, "temperature": 0, "top_p": 0.9, "seed": 7, "stop": ["\n\n", "END"],
-        "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 40, "min_p": 0.05,
-        "repeat_penalty": 1.1, "num_ctx": 8192, "num_thread": 4,
-    })
+    options = Options.from_dict(
+        {
+            "num_predict": 50,
+            "temperature": 0,
+            "top_p": 0.9,
+            "seed": 7,
+            "stop": ["\n\n", "END"],
+            "presence_penalty": 0.1,
+            "frequency_penalty": 0.2,
+            "top_k": 40,
+            "min_p": 0.05,
+            "repeat_penalty": 1.1,
+            "num_ctx": 8192,
+            "num_thread": 4,
+        }
+    )
     collect(engine.chat(chat(options=options)))
     body = openai_standin.last("/v1/chat/completions").body
-    expected = {"max_tokens": 50, "temperature": 0, "top_p": 0.9, "seed": 7, "stop": ["\n\n", "END"],
-                "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 40, "min_p": 0.05,
-                "repeat_penalty": 1.1, "repetition_penalty": 1.1}
+    expected = {
+        "max_tokens": 50,
+        "temperature": 0,
+        "top_p": 0.9,
+        "seed": 7,
+        "stop": ["\n\n", "END"],
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+        "repetition_penalty": 1.1,
+    }
     assert {k: body[k] for k in expected} == expected
     assert "num_ctx" not in body and "num_thread" not in body and "options" not in body
 
@@ -183,11 +229,15 @@ def test_json_format(engine, openai_standin):
 
 
 def test_schema_format(engine, openai_standin):
-    schema = {"type": "object", "properties": {"age": {"type": "integer"}, "ok": {"type": "boolean"}},
-              "required": ["age", "ok"]}
+    schema = {
+        "type": "object",
+        "properties": {"age": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["age", "ok"],
+    }
     result = collect(engine.chat(chat(format=schema)))
     assert openai_standin.last().body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "output", "schema": schema}
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
     }
     jsonschema.validate(json.loads(result.content), schema)
 
@@ -202,9 +252,11 @@ def test_bad_format_and_option_are_refused_before_sending(engine, openai_standin
 
 def test_generate_raw_uses_completions(engine, openai_standin):
     prompt = "<|im_start|>user\nhi<|im_end|>\n"
-    result = collect(with_client_clock(engine.generate(
-        GenerateRequest(MODEL, prompt, raw=True, suffix="END", options=Options(num_predict=5))
-    )))
+    result = collect(
+        with_client_clock(
+            engine.generate(GenerateRequest(MODEL, prompt, raw=True, suffix="END", options=Options(num_predict=5)))
+        )
+    )
     body = openai_standin.last("/v1/completions").body
     assert body["prompt"] == prompt and body["suffix"] == "END" and body["max_tokens"] == 5
     assert body["stream_options"] == {"include_usage": True}
@@ -217,7 +269,8 @@ def test_generate_templated_uses_chat(engine, openai_standin):
     collect(engine.generate(GenerateRequest(MODEL, "Write a haiku.", system="You are a poet.")))
     body = openai_standin.last("/v1/chat/completions").body
     assert body["messages"] == [
-        {"role": "system", "content": "You are a poet."}, {"role": "user", "content": "Write a haiku."}
+        {"role": "system", "content": "You are a poet."},
+        {"role": "user", "content": "Write a haiku."},
     ]
 
 
@@ -234,10 +287,14 @@ def test_tool_calls_are_assembled_from_fragments(engine, openai_standin):
 def test_tool_history_becomes_openai_messages():
     messages = [
         Message("user", "weather in Toronto and Paris?"),
-        Message("assistant", "", tool_calls=[
-            {"function": {"name": "get_weather", "arguments": {"city": "Toronto"}}},
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-        ]),
+        Message(
+            "assistant",
+            "",
+            tool_calls=[
+                {"function": {"name": "get_weather", "arguments": {"city": "Toronto"}}},
+                {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            ],
+        ),
         Message("tool", "11 C", tool_name="get_weather"),
         Message("tool", "15 C", tool_name="get_weather"),
         Message("user", "what is this?", images=["iVBORw0KGgo="]),
@@ -291,11 +348,16 @@ def test_embed(engine, openai_standin):
 
 
 def test_embeddings_are_normalised_and_ordered(httpserver, make_settings):
-    httpserver.expect_request("/v1/embeddings", method="POST").respond_with_json({
-        "object": "list", "model": "m",
-        "data": [{"object": "embedding", "index": 1, "embedding": [0.0, 2.0]},
-                 {"object": "embedding", "index": 0, "embedding": [3.0, 4.0]}],
-    })
+    httpserver.expect_request("/v1/embeddings", method="POST").respond_with_json(
+        {
+            "object": "list",
+            "model": "m",
+            "data": [
+                {"object": "embedding", "index": 1, "embedding": [0.0, 2.0]},
+                {"object": "embedding", "index": 0, "embedding": [3.0, 4.0]},
+            ],
+        }
+    )
     engine = OpenAIEngine(make_settings(), base_url=httpserver.url_for("/v1"))
     emb = engine.embed("m", ["a", "b"])
     assert emb.vectors == [[0.6, 0.8], [0.0, 1.0]] and emb.prompt_tokens == 0
@@ -385,8 +447,7 @@ def test_not_json_from_the_server(httpserver, make_settings):
 
 
 def test_sse_parser():
-    lines = [": comment", "event: message", "data: {\"a\":", "data: 1}", "", "", "data:[DONE]", "",
-             "data: tail"]
+    lines = [": comment", "event: message", 'data: {"a":', "data: 1}", "", "", "data:[DONE]", "", "data: tail"]
     assert list(sse_data(iter(lines))) == ['{"a":\n1}', "[DONE]", "tail"]
 
 
@@ -395,8 +456,10 @@ def test_sse_parser():
     [
         ({"error": {"message": "bad thing", "type": "invalid_request_error"}}, "bad thing"),  # OpenAI
         ({"error": "model 'x' not found"}, "model 'x' not found"),  # Ollama
-        ({"object": "error", "message": "The model `x` does not exist.", "code": 404},
-         "The model `x` does not exist."),  # vLLM
+        (
+            {"object": "error", "message": "The model `x` does not exist.", "code": 404},
+            "The model `x` does not exist.",
+        ),  # vLLM
         ({"detail": "Not Found"}, "Not Found"),  # FastAPI
     ],
 )

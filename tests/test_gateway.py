@@ -36,9 +36,17 @@ def stubs():
 def server(tmp_path_factory, stubs):
     home = tmp_path_factory.mktemp("gateway-home")
     a, b, o = stubs
-    settings = Settings(home=home, keep_alive=-1, aliases={"llama3.2:1b": "smollm2", "big": "stub"}, gateway=GatewaySettings(
-        upstreams=[UpstreamSettings(model="stub", urls=[a.url, b.url], num_ctx=64),
-                   UpstreamSettings(model="ostub", kind="openai", target="stub", urls=[o.base_url])]))
+    settings = Settings(
+        home=home,
+        keep_alive=-1,
+        aliases={"llama3.2:1b": "smollm2", "big": "stub"},
+        gateway=GatewaySettings(
+            upstreams=[
+                UpstreamSettings(model="stub", urls=[a.url, b.url], num_ctx=64),
+                UpstreamSettings(model="ostub", kind="openai", target="stub", urls=[o.base_url]),
+            ]
+        ),
+    )
     with GatewayServer(settings) as srv:
         yield srv
 
@@ -60,8 +68,11 @@ def run_client(server, code: str) -> dict:
 
 # --- official clients, unchanged --------------------------------------------------------------------
 
+
 def test_official_ollama_client_module_functions(server):
-    result = run_client(server, """
+    result = run_client(
+        server,
+        """
 import json, ollama
 opts = {"temperature": 0, "num_predict": 8, "seed": 1}
 g = ollama.generate(model="smollm2", prompt="Say hi", options=opts)
@@ -75,7 +86,8 @@ print(json.dumps({"g": g.response, "g_eval": g.eval_count, "g_total": g.total_du
                   "stream": "".join(p.response for p in parts), "last_done": parts[-1].done,
                   "stream_eval": parts[-1].eval_count, "c": c.message.content, "c_role": c.message.role,
                   "cs": "".join(p.message.content for p in cs), "json": j.response, "json_reason": j.done_reason}))
-""")
+""",
+    )
     assert result["g"] and result["g_eval"] >= 1 and result["g_total"] > 0 and result["g_prompt"] > 0
     assert result["g_reason"] in ("stop", "length") and result["g_eval_d"] > 0 and result["g_load"] >= 0
     assert result["stream"] == result["g"]  # greedy: same answer streamed or not
@@ -91,29 +103,41 @@ def test_official_openai_client(server):
     from openai import OpenAI
 
     client = OpenAI(base_url=server.url + "/v1", api_key="unused")
-    chat = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hi"}],
-                                          max_tokens=8, temperature=0, seed=1)
+    chat = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8, temperature=0, seed=1
+    )
     assert chat.choices[0].message.content and chat.choices[0].finish_reason in ("stop", "length")
     assert chat.usage.completion_tokens >= 1 and chat.usage.prompt_tokens > 0
-    stream = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hi"}],
-                                            max_tokens=8, temperature=0, seed=1, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Say hi"}],
+        max_tokens=8,
+        temperature=0,
+        seed=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     events = list(stream)
     text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
     assert text == chat.choices[0].message.content
     assert events[-1].usage is not None and events[-1].usage.completion_tokens == chat.usage.completion_tokens
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     structured = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "Name a colour as JSON."}], max_tokens=40, temperature=0,
-        response_format={"type": "json_schema", "json_schema": {"name": "colour", "schema": schema}})
+        model="smollm2",
+        messages=[{"role": "user", "content": "Name a colour as JSON."}],
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "colour", "schema": schema}},
+    )
     if structured.choices[0].finish_reason == "stop":
         jsonschema.validate(json.loads(structured.choices[0].message.content), schema)
     completion = client.completions.create(model="stub", prompt="The sky", max_tokens=3)
     assert completion.choices[0].text == "The sky is"
     emb = client.embeddings.create(model="stub", input=["a", "b"])  # the client asks for base64
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
-    assert emb.data[1].embedding == pytest.approx(httpx.post(
-        server.url + "/api/embed", json={"model": "stub", "input": "b"}).json()["embeddings"][0])
+    assert emb.data[1].embedding == pytest.approx(
+        httpx.post(server.url + "/api/embed", json={"model": "stub", "input": "b"}).json()["embeddings"][0]
+    )
     ids = [m.id for m in client.models.list()]
     assert "stub" in ids and "llama3.2:1b" in ids
 
@@ -129,6 +153,7 @@ def test_langchain_chat_ollama(server):
 
 
 # --- the rest of the Ollama API ------------------------------------------------------------------------
+
 
 def test_root_version_tags_show(http):
     assert http.get("/").text == "Ollama is running" and http.head("/").status_code == 200
@@ -155,23 +180,28 @@ def test_embeddings_endpoints(http):
     r = http.post("/api/embed", json={"model": "smollm2", "input": ["hello", "world"]}).json()
     assert len(r["embeddings"]) == 2 and len(r["embeddings"][0]) == 576 and r["prompt_eval_count"] > 0
     legacy = http.post("/api/embeddings", json={"model": "stub", "prompt": "x"}).json()
-    assert legacy["embedding"] == pytest.approx(http.post("/api/embed", json={"model": "stub", "input": "x"}).json()
-                                                ["embeddings"][0])
+    assert legacy["embedding"] == pytest.approx(
+        http.post("/api/embed", json={"model": "stub", "input": "x"}).json()["embeddings"][0]
+    )
     cut = http.post("/api/embed", json={"model": "smollm2", "input": "hello", "dimensions": 4}).json()
     assert len(cut["embeddings"][0]) == 4
 
 
 def test_raw_generate_and_upstream_generate(http):
-    r = http.post("/api/generate", json={"model": "smollm2", "prompt": "1, 2, 3,", "raw": True, "stream": False,
-                                        "options": SHORT}).json()
+    r = http.post(
+        "/api/generate", json={"model": "smollm2", "prompt": "1, 2, 3,", "raw": True, "stream": False, "options": SHORT}
+    ).json()
     assert r["response"] and r["prompt_eval_count"] >= 5
-    r = http.post("/api/generate", json={"model": "stub", "prompt": "x", "stream": False, "options": {"num_predict": 2}})
+    r = http.post(
+        "/api/generate", json={"model": "stub", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
+    )
     assert r.json()["response"] == "The sky"
     r = http.post("/api/generate", json={"model": "big", "prompt": "x", "stream": False, "options": {"num_predict": 2}})
     assert r.json()["response"] == "The sky" and r.json()["model"] == "big"  # an alias of an upstream model
 
 
 # --- errors, in each API's shape --------------------------------------------------------------------
+
 
 def test_error_shapes(http):
     r = http.post("/api/chat", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
@@ -190,33 +220,55 @@ def test_error_shapes(http):
 
 def test_upstream_4xx_passes_through_without_failover(http, stubs):
     before = [len(s.requests) for s in stubs]
-    r = http.post("/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "x"}],
-                                     "stream": False, "options": {"num_predict": 2}})
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": "stub",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": False,
+            "options": {"num_predict": 2},
+        },
+    )
     assert r.status_code == 200 and r.json()["message"]["content"] == "The sky"
     # The nodes answer 404 for a model they lack: the client gets that, and only one node was asked.
-    pool = http.post("/api/chat", json={"model": "ostub", "messages": [{"role": "user", "content": "x"}],
-                                        "stream": False})
+    pool = http.post(
+        "/api/chat", json={"model": "ostub", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    )
     assert pool.status_code == 200
     assert sum(len(s.requests) for s in stubs) - sum(before) == 2
 
 
 def test_context_guard_refuses_with_numbers_and_reports_usage(http):
-    r = http.post("/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "word " * 5000}],
-                                     "stream": False})
+    r = http.post(
+        "/api/chat",
+        json={"model": "smollm2", "messages": [{"role": "user", "content": "word " * 5000}], "stream": False},
+    )
     assert r.status_code == 400 and "context window" in r.json()["error"] and "4096" in r.json()["error"]
-    r = http.post("/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "Say hi"}],
-                                     "stream": False, "options": SHORT})
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Say hi"}],
+            "stream": False,
+            "options": SHORT,
+        },
+    )
     used, window = map(int, r.headers["x-lmgauge-context"].split("/"))
     assert window == 4096 and 0 < used == r.json()["prompt_eval_count"]
     # An upstream model with a configured window but no tokenizer is not guessed at: no header.
-    r = http.post("/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "w " * 100}],
-                                     "stream": False})
+    r = http.post(
+        "/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "w " * 100}], "stream": False}
+    )
     assert r.status_code == 200 and "x-lmgauge-context" not in r.headers
 
 
 def test_max_body_and_api_key(tmp_path, stubs):
-    settings = Settings(home=tmp_path, gateway=GatewaySettings(
-        api_key="s3cret", max_body_bytes=2048, upstreams=[UpstreamSettings(model="stub", urls=[stubs[0].url])]))
+    settings = Settings(
+        home=tmp_path,
+        gateway=GatewaySettings(
+            api_key="s3cret", max_body_bytes=2048, upstreams=[UpstreamSettings(model="stub", urls=[stubs[0].url])]
+        ),
+    )
     with GatewayServer(settings) as srv, httpx.Client(base_url=srv.url) as c:
         assert c.get("/").status_code == 200  # the liveness check stays open
         r = c.post("/api/chat", json={"model": "stub", "messages": []})
@@ -234,8 +286,12 @@ def test_busy_gateway_answers_503_with_retry_after(tmp_path):
     slow = ollama_stub()
     slow.faults.first_token_delay = 1.0
     try:
-        settings = Settings(home=tmp_path, gateway=GatewaySettings(
-            max_queue=0, upstreams=[UpstreamSettings(model="stub", urls=[slow.url], max_concurrency=1)]))
+        settings = Settings(
+            home=tmp_path,
+            gateway=GatewaySettings(
+                max_queue=0, upstreams=[UpstreamSettings(model="stub", urls=[slow.url], max_concurrency=1)]
+            ),
+        )
         with GatewayServer(settings) as srv:
             import concurrent.futures
 
@@ -253,15 +309,23 @@ def test_busy_gateway_answers_503_with_retry_after(tmp_path):
 
 # --- what the gateway records -----------------------------------------------------------------------
 
+
 def test_metrics_parse_and_count_requests(http, server):
     http.post("/api/chat", json={"model": "stub", "messages": [{"role": "user", "content": "x"}], "stream": False})
     text = http.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    requests = {(s.labels["model"], s.labels["status"]): s.value
-                for s in families["lmgauge_requests"].samples if s.name.endswith("_total")}
+    requests = {
+        (s.labels["model"], s.labels["status"]): s.value
+        for s in families["lmgauge_requests"].samples
+        if s.name.endswith("_total")
+    }
     assert requests[("stub", "ok")] >= 1
-    for name in ("lmgauge_ttft_seconds", "lmgauge_tpot_seconds", "lmgauge_e2e_seconds",
-                 "lmgauge_context_utilization_ratio"):
+    for name in (
+        "lmgauge_ttft_seconds",
+        "lmgauge_tpot_seconds",
+        "lmgauge_e2e_seconds",
+        "lmgauge_context_utilization_ratio",
+    ):
         counts = [s.value for s in families[name].samples if s.name.endswith("_count")]
         assert counts and max(counts) >= 1, name
     assert any(s.value > 0 for s in families["lmgauge_output_tokens"].samples)
@@ -331,8 +395,12 @@ def test_grafana_dashboard_uses_only_exposed_metrics(http):
     exposed = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     exposed |= {f.name for f in text_string_to_metric_families(text)}
     dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-lmgauge-gateway.json").read_text())
-    used = {name for panel in dashboard["panels"] for target in panel["targets"]
-            for name in re.findall(r"lmgauge_[a-z0-9_]+", target["expr"])}
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"lmgauge_[a-z0-9_]+", target["expr"])
+    }
     assert used and used <= exposed, used - exposed
 
 
@@ -340,12 +408,22 @@ def test_library_remote_engines_behind_the_gateway(tmp_path):
     """`ollama:NAME` and `openai:NAME@URL` models go through the library's own engines."""
     remote, oremote = ollama_stub(), openai_stub()
     try:
-        settings = Settings(home=tmp_path, ollama_host=remote.url,
-                            aliases={"remote": "ollama:stub", "oremote": f"openai:stub@{oremote.base_url}"})
+        settings = Settings(
+            home=tmp_path,
+            ollama_host=remote.url,
+            aliases={"remote": "ollama:stub", "oremote": f"openai:stub@{oremote.base_url}"},
+        )
         with GatewayServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
             for model in ("remote", "oremote"):
-                r = c.post("/api/chat", json={"model": model, "messages": [{"role": "user", "content": "x"}],
-                                              "stream": False, "options": {"num_predict": 3}})
+                r = c.post(
+                    "/api/chat",
+                    json={
+                        "model": model,
+                        "messages": [{"role": "user", "content": "x"}],
+                        "stream": False,
+                        "options": {"num_predict": 3},
+                    },
+                )
                 assert r.status_code == 200 and r.json()["message"]["content"] == "The sky is", r.text
                 lines = c.post("/api/generate", json={"model": model, "prompt": "x"}).text.splitlines()
                 assert json.loads(lines[-1])["done"] is True and len(lines) == 9
@@ -360,13 +438,26 @@ def test_library_remote_engines_behind_the_gateway(tmp_path):
 
 def test_tool_calls_pass_through_both_ways(tmp_path):
     calls = [{"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}]
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
     olla, oai = ollama_stub(tool_calls=calls), openai_stub(tool_calls=calls)
     try:
-        settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=[
-            UpstreamSettings(model="o", target="stub", urls=[olla.url]),
-            UpstreamSettings(model="v", kind="openai", target="stub", urls=[oai.base_url])]))
+        settings = Settings(
+            home=tmp_path,
+            gateway=GatewaySettings(
+                upstreams=[
+                    UpstreamSettings(model="o", target="stub", urls=[olla.url]),
+                    UpstreamSettings(model="v", kind="openai", target="stub", urls=[oai.base_url]),
+                ]
+            ),
+        )
         with GatewayServer(settings) as srv:
             import ollama
             from openai import OpenAI
@@ -378,12 +469,17 @@ def test_tool_calls_pass_through_both_ways(tmp_path):
                 answer = client.chat(model=model, messages=messages, tools=tools)
                 assert answer.message.tool_calls[0].function.name == "get_weather"
                 assert answer.message.tool_calls[0].function.arguments == {"city": "Tokyo"}
-                streamed = [c for c in client.chat(model=model, messages=messages, tools=tools, stream=True)
-                            if c.message.tool_calls]
+                streamed = [
+                    c
+                    for c in client.chat(model=model, messages=messages, tools=tools, stream=True)
+                    if c.message.tool_calls
+                ]
                 assert streamed and streamed[-1].message.tool_calls[0].function.arguments == {"city": "Tokyo"}
                 chat = openai_client.chat.completions.create(model=model, messages=messages, tools=tools)
                 call = chat.choices[0].message.tool_calls[0]
-                assert chat.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments) == {"city": "Tokyo"}
+                assert chat.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments) == {
+                    "city": "Tokyo"
+                }
             assert olla.requests[-1].body["tools"] == tools  # passed through unchanged
     finally:
         olla.stop()
@@ -392,9 +488,12 @@ def test_tool_calls_pass_through_both_ways(tmp_path):
 
 def test_client_gone_mid_stream_cancels_and_frees_the_slot(server):
     before = server.gateway.log.written
-    with httpx.stream("POST", server.url + "/api/generate", timeout=60,
-                      json={"model": "smollm2", "prompt": "Count from 1 to 500.",
-                            "options": {"num_predict": 400, "temperature": 0}}) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/api/generate",
+        timeout=60,
+        json={"model": "smollm2", "prompt": "Count from 1 to 500.", "options": {"num_predict": 400, "temperature": 0}},
+    ) as r:
         first = next(r.iter_lines())
         assert json.loads(first)["done"] is False
     # The gateway notices, cancels the engine's job and gives the admission slot back.
@@ -435,13 +534,15 @@ def test_router_and_cache_hooks_drive_requests(tmp_path):
             return self.store.get(request.messages[-1].content)
 
         def put(self, model, request, result):
-            self.store[request.messages[-1].content] = Result(model, result.content, "stop",
-                                                              Timings(prompt_tokens=1, output_tokens=2))
+            self.store[request.messages[-1].content] = Result(
+                model, result.content, "stop", Timings(prompt_tokens=1, output_tokens=2)
+            )
 
     stub = ollama_stub()
     try:
-        settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=[UpstreamSettings(model="stub",
-                                                                                             urls=[stub.url])]))
+        settings = Settings(
+            home=tmp_path, gateway=GatewaySettings(upstreams=[UpstreamSettings(model="stub", urls=[stub.url])])
+        )
         with GatewayServer(settings) as srv:
             srv.gateway.router, srv.gateway.cache = Router(), Cache()
             body = {"model": "auto", "messages": [{"role": "user", "content": "same question"}], "stream": False}

@@ -22,8 +22,11 @@ GOOD = "Hello! How can I help you today?"
 
 def tiers(home, small_url: str, large_url: str, escalate: bool = True) -> Settings:
     upstreams = [UpstreamSettings(model=SMALL, urls=[small_url]), UpstreamSettings(model=LARGE, urls=[large_url])]
-    return Settings(home=home, gateway=GatewaySettings(upstreams=upstreams),
-                    routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE}, escalate=escalate))
+    return Settings(
+        home=home,
+        gateway=GatewaySettings(upstreams=upstreams),
+        routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE}, escalate=escalate),
+    )
 
 
 def standin(model: str, reply: str):
@@ -41,7 +44,7 @@ def escalations(url: str) -> dict[str, float]:
     for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
         if line.startswith("lmgauge_escalations_total{"):
             labels, value = line.rsplit(" ", 1)
-            out[labels[len("lmgauge_escalations_total"):]] = float(value)
+            out[labels[len("lmgauge_escalations_total") :]] = float(value)
     return out
 
 
@@ -69,7 +72,8 @@ def test_a_refusal_from_the_small_tier_is_answered_by_the_large_one(tmp_path):
             left, answered = rows[0], rows[1]
             assert left["extra"]["route"]["tier"] == "small" and left["upstream"] == small.url
             assert left["extra"]["route"]["attempts"] == [
-                {"tier": "small", "model": SMALL, "status": "failed_check", "reason": "refused to answer"}]
+                {"tier": "small", "model": SMALL, "status": "failed_check", "reason": "refused to answer"}
+            ]
             assert answered["extra"]["route"]["tier"] == "large" and answered["upstream"] == large.url
             assert answered["extra"]["route"]["attempts"] == left["extra"]["route"]["attempts"]
             assert answered["output_tokens"] == len(GOOD.split())
@@ -84,8 +88,11 @@ def test_an_engine_error_on_the_small_tier_is_answered_by_the_large_one(tmp_path
     try:
         settings = tiers(tmp_path, small.url, large.url)
         with GatewayServer(settings) as srv:
-            r = httpx.post(srv.url + "/v1/chat/completions", timeout=30, json={
-                "model": "auto", "messages": [{"role": "user", "content": EASY}]})
+            r = httpx.post(
+                srv.url + "/v1/chat/completions",
+                timeout=30,
+                json={"model": "auto", "messages": [{"role": "user", "content": EASY}]},
+            )
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["message"]["content"] == GOOD + " (large)"
             assert calls(large) == 1 and len(small.requests) >= 1
@@ -142,14 +149,22 @@ def test_a_prompt_over_the_small_tiers_window_goes_to_the_large_tier(tmp_path):
     escalates before any model is called, as a ContextOverflowError does in `run auto`."""
     small, large = standin(SMALL, GOOD), standin(LARGE, GOOD + " (large)")
     try:
-        upstreams = [UpstreamSettings(model=SMALL, urls=[small.url], num_ctx=64, tokenizer="smollm2"),
-                     UpstreamSettings(model=LARGE, urls=[large.url], num_ctx=4096, tokenizer="smollm2")]
-        settings = Settings(home=tmp_path, gateway=GatewaySettings(upstreams=upstreams),
-                            routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE}))
+        upstreams = [
+            UpstreamSettings(model=SMALL, urls=[small.url], num_ctx=64, tokenizer="smollm2"),
+            UpstreamSettings(model=LARGE, urls=[large.url], num_ctx=4096, tokenizer="smollm2"),
+        ]
+        settings = Settings(
+            home=tmp_path,
+            gateway=GatewaySettings(upstreams=upstreams),
+            routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE}),
+        )
         system = "You are a helpful assistant who answers briefly. " * 20  # ~200 tokens; the router reads the user turn
         with GatewayServer(settings) as srv:
-            body = {"model": "auto", "stream": False, "messages": [
-                {"role": "system", "content": system}, {"role": "user", "content": EASY}]}
+            body = {
+                "model": "auto",
+                "stream": False,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": EASY}],
+            }
             r = httpx.post(srv.url + "/api/chat", json=body, timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["message"]["content"] == GOOD + " (large)"

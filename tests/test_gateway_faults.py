@@ -32,8 +32,9 @@ def stub():
 
 
 def settings_for(tmp_path, urls, **gateway) -> Settings:
-    return Settings(home=tmp_path, gateway=GatewaySettings(
-        upstreams=[UpstreamSettings(model="stub", urls=urls)], **gateway))
+    return Settings(
+        home=tmp_path, gateway=GatewaySettings(upstreams=[UpstreamSettings(model="stub", urls=urls)], **gateway)
+    )
 
 
 def log_rows(srv: GatewayServer, n: int) -> list[dict]:
@@ -119,11 +120,13 @@ def test_slow_stream_after_first_token_is_cut_by_the_total_timeout(tmp_path, stu
         assert lines[0]["message"]["content"] == "The" and "within 1s" in lines[-1]["error"]
 
 
-def _serve(tmp_path: Path, stub_url: str, port: int, extra: str = "", ollama_host: bool = False,
-           upstream_extra: str = "") -> subprocess.Popen:
+def _serve(
+    tmp_path: Path, stub_url: str, port: int, extra: str = "", ollama_host: bool = False, upstream_extra: str = ""
+) -> subprocess.Popen:
     config = tmp_path / "config.toml"
-    config.write_text(f"[gateway]\n{extra}\n[[gateway.upstreams]]\nmodel = \"stub\"\nurls = [\"{stub_url}\"]\n"
-                      f"{upstream_extra}\n")
+    config.write_text(
+        f'[gateway]\n{extra}\n[[gateway.upstreams]]\nmodel = "stub"\nurls = ["{stub_url}"]\n{upstream_extra}\n'
+    )
     env = {**os.environ, "LMGAUGE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("OLLAMA_HOST", None)
     args = [sys.executable, "-m", "lmgauge", "serve", "--config", str(config)]
@@ -167,7 +170,9 @@ def test_sigkill_while_logging_keeps_every_committed_row(tmp_path, stub):
             time.sleep(0.2)
             if db.exists():
                 with sqlite3.connect(db) as c:
-                    seen = c.execute("SELECT id, ts, model, status, output_tokens FROM request_log ORDER BY id").fetchall()
+                    seen = c.execute(
+                        "SELECT id, ts, model, status, output_tokens FROM request_log ORDER BY id"
+                    ).fetchall()
                 if len(seen) >= 300:
                     break
         assert len(seen) >= 300
@@ -231,6 +236,11 @@ def test_busy_port_is_a_one_line_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         env = {**os.environ, "LMGAUGE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
-        out = subprocess.run([sys.executable, "-m", "lmgauge", "serve", "--port", str(taken.getsockname()[1])],
-                             env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "lmgauge", "serve", "--port", str(taken.getsockname()[1])],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 1 and "cannot listen on" in out.stderr and "Traceback" not in out.stderr

@@ -12,8 +12,10 @@ from support.gateway_server import GatewayServer
 
 SMALL, LARGE = "small-model", "large-model"
 EASY = "hi there"
-HARD = ("Prove that the square root of 2 is irrational, then write a Python function that checks the first "
-        "100 digits of its decimal expansion and explain its time complexity.")
+HARD = (
+    "Prove that the square root of 2 is irrational, then write a Python function that checks the first "
+    "100 digits of its decimal expansion and explain its time complexity."
+)
 
 
 def two_model_standin():
@@ -29,8 +31,7 @@ def upstream_settings(home, url: str, **kw) -> Settings:
 
 
 def chat(url: str, content: str, model: str = "auto", **options) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": False,
-            "options": options}
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": False, "options": options}
     return httpx.post(url + "/api/chat", json=body, timeout=30)
 
 
@@ -41,16 +42,21 @@ def model_calls(standin) -> int:
 def test_auto_routes_easy_questions_to_the_small_tier_and_hard_ones_up(tmp_path):
     standin = two_model_standin()
     try:
-        settings = upstream_settings(tmp_path, standin.url,
-                                     routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE}))
+        settings = upstream_settings(
+            tmp_path, standin.url, routing=RoutingSettings(tiers={"small": SMALL, "large": LARGE})
+        )
         with GatewayServer(settings) as srv:
             assert chat(srv.url, EASY).json()["message"]["content"] == f"answered by {SMALL}"
             assert chat(srv.url, HARD).json()["message"]["content"] == f"answered by {LARGE}"
-            generate = httpx.post(srv.url + "/api/generate", json={"model": "auto", "prompt": HARD, "stream": False},
-                                  timeout=30).json()
+            generate = httpx.post(
+                srv.url + "/api/generate", json={"model": "auto", "prompt": HARD, "stream": False}, timeout=30
+            ).json()
             assert generate["response"] == f"answered by {LARGE}" and generate["model"] == "auto"
-            openai = httpx.post(srv.url + "/v1/chat/completions", timeout=30, json={
-                "model": "auto", "messages": [{"role": "user", "content": EASY}]}).json()
+            openai = httpx.post(
+                srv.url + "/v1/chat/completions",
+                timeout=30,
+                json={"model": "auto", "messages": [{"role": "user", "content": EASY}]},
+            ).json()
             assert openai["choices"][0]["message"]["content"] == f"answered by {SMALL}"
     finally:
         standin.stop()
@@ -102,8 +108,11 @@ def test_repeated_deterministic_requests_come_from_the_cache(tmp_path):
             chat(srv.url, question, model=LARGE, temperature=0)
             assert model_calls(standin) == 6
             # /api/generate is the same conversation as a chat with the prompt as the user's message
-            generate = httpx.post(srv.url + "/api/generate", timeout=30, json={
-                "model": SMALL, "prompt": question, "stream": False, "options": {"temperature": 0}}).json()
+            generate = httpx.post(
+                srv.url + "/api/generate",
+                timeout=30,
+                json={"model": SMALL, "prompt": question, "stream": False, "options": {"temperature": 0}},
+            ).json()
             assert generate["response"] == first["message"]["content"] and model_calls(standin) == 6
             metrics = httpx.get(srv.url + "/metrics").text
             assert f'lmgauge_cache_hits_total{{model="{SMALL}"}} 3.0' in metrics
@@ -148,19 +157,27 @@ def test_overflow_compact_trims_old_turns_with_the_real_tokenizer(tmp_path):
     settings = Settings(home=tmp_path, keep_alive=-1, context=ContextSettings(overflow="compact"))
     turns = []
     for i in range(12):
-        turns += [{"role": "user", "content": f"Tell me fact number {i} about the ocean. " + "waves " * 40},
-                  {"role": "assistant", "content": f"Fact {i}: the ocean is deep. " + "water " * 40}]
+        turns += [
+            {"role": "user", "content": f"Tell me fact number {i} about the ocean. " + "waves " * 40},
+            {"role": "assistant", "content": f"Fact {i}: the ocean is deep. " + "water " * 40},
+        ]
     messages = [{"role": "system", "content": "You are brief."}, *turns, {"role": "user", "content": "Say hi"}]
     options = {"num_ctx": 512, "num_predict": 4, "temperature": 0}
     with GatewayServer(settings) as srv:
-        r = httpx.post(srv.url + "/api/chat", timeout=120,
-                       json={"model": "smollm2", "messages": messages, "stream": False, "options": options})
+        r = httpx.post(
+            srv.url + "/api/chat",
+            timeout=120,
+            json={"model": "smollm2", "messages": messages, "stream": False, "options": options},
+        )
         assert r.status_code == 200, r.text
         used, window = map(int, r.headers["x-lmgauge-context"].split("/"))
         assert window == 512 and 0 < used < 512 and used == r.json()["prompt_eval_count"]
         too_long = [{"role": "user", "content": "waves " * 1000}]
-        r = httpx.post(srv.url + "/api/chat", timeout=120,
-                       json={"model": "smollm2", "messages": too_long, "stream": False, "options": options})
+        r = httpx.post(
+            srv.url + "/api/chat",
+            timeout=120,
+            json={"model": "smollm2", "messages": too_long, "stream": False, "options": options},
+        )
         assert r.status_code == 400 and "512" in r.json()["error"]
         srv.wait_logged(2)
         rows = Store(settings.db_path).requests(limit=2)

@@ -20,8 +20,11 @@ CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
 
 
 def pool_settings(tmp_path, urls, kind="ollama", cooldown=0.3, **gateway) -> Settings:
-    return Settings(home=tmp_path, resilience=ResilienceSettings(breaker_reset=cooldown), gateway=GatewaySettings(
-        upstreams=[UpstreamSettings(model="stub", kind=kind, urls=urls)], **gateway))
+    return Settings(
+        home=tmp_path,
+        resilience=ResilienceSettings(breaker_reset=cooldown),
+        gateway=GatewaySettings(upstreams=[UpstreamSettings(model="stub", kind=kind, urls=urls)], **gateway),
+    )
 
 
 def log_rows(srv: GatewayServer, n: int) -> list[dict]:
@@ -92,8 +95,12 @@ def test_a_hung_node_that_passes_health_checks_fails_over_and_stays_down(tmp_pat
             assert "within 0.5s" in nodes(srv)[hung_url]["last_error"]  # a request or the test generation said so
 
             # Its liveness URL answers all along; only a real generation may bring it back.
-            probes = lambda: [q for q in hung.received(chat_path) if (q.body or {}).get("stream") is False  # noqa: E731
-                              and ((q.body.get("options") or {}).get("num_predict") == 1 or q.body.get("max_tokens") == 1)]
+            probes = lambda: [  # noqa: E731  a short factory, read where it is used
+                q
+                for q in hung.received(chat_path)
+                if (q.body or {}).get("stream") is False
+                and ((q.body.get("options") or {}).get("num_predict") == 1 or q.body.get("max_tokens") == 1)
+            ]
             assert wait_for(lambda: len(probes()) >= 2)  # probed after a cooldown, twice: still hung
             assert not nodes(srv)[hung_url]["healthy"] and nodes(srv)[hung_url]["times_down"] == 1
             liveness = "/api/version" if kind == "ollama" else "/v1/models"
@@ -115,8 +122,9 @@ def test_every_node_hung_is_a_504_within_the_deadline(tmp_path):
     for s in (a, b):
         s.faults.hang, s.faults.paths = True, ["/api/chat"]
     try:
-        with GatewayServer(pool_settings(tmp_path, [a.url, b.url], first_token_timeout=0.4,
-                                         health_interval=3600)) as srv:
+        with GatewayServer(
+            pool_settings(tmp_path, [a.url, b.url], first_token_timeout=0.4, health_interval=3600)
+        ) as srv:
             r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": True}, timeout=30)
             assert r.status_code == 504
             assert "no node sent the first token" in r.json()["error"] and a.url in r.json()["error"]
@@ -125,8 +133,11 @@ def test_every_node_hung_is_a_504_within_the_deadline(tmp_path):
             assert not any(n["healthy"] for n in nodes(srv).values())
             assert srv.gateway.gauges()["models"]["stub"]["in_flight"] == 0
             # The request's own deadline bounds the tries: with 0.3 s, the second node is never reached.
-        with GatewayServer(pool_settings(tmp_path / "b", [a.url, b.url], first_token_timeout=0.4,
-                                         request_timeout=0.3, health_interval=3600)) as srv:
+        with GatewayServer(
+            pool_settings(
+                tmp_path / "b", [a.url, b.url], first_token_timeout=0.4, request_timeout=0.3, health_interval=3600
+            )
+        ) as srv:
             seen = len(a.received("/api/chat")) + len(b.received("/api/chat"))
             r = httpx.post(srv.url + "/api/chat", json={**CHAT, "stream": False}, timeout=30)
             assert r.status_code == 504
@@ -172,8 +183,14 @@ def test_a_client_hanging_up_cancels_the_upstream_request_and_frees_its_slot(tmp
     slot (the pool's only one) and logs "cancel" - instead of holding both until the node answers."""
     node = ollama_stub()
     node.faults.hang, node.faults.paths = True, ["/api/chat"]
-    settings = Settings(home=tmp_path, gateway=GatewaySettings(health_interval=3600, max_queue=4, upstreams=[
-        UpstreamSettings(model="stub", urls=[node.url], max_concurrency=1)]))
+    settings = Settings(
+        home=tmp_path,
+        gateway=GatewaySettings(
+            health_interval=3600,
+            max_queue=4,
+            upstreams=[UpstreamSettings(model="stub", urls=[node.url], max_concurrency=1)],
+        ),
+    )
     try:
         with GatewayServer(settings) as srv:
             for _ in range(3):  # fire-and-disconnect, more times than there are slots
@@ -193,8 +210,12 @@ def test_a_client_hanging_up_cancels_the_upstream_request_and_frees_its_slot(tmp
 def test_a_client_hanging_up_while_queued_leaves_the_queue(tmp_path):
     node = ollama_stub()
     node.faults.hang, node.faults.paths = True, ["/api/chat"]
-    settings = Settings(home=tmp_path, gateway=GatewaySettings(health_interval=3600, upstreams=[
-        UpstreamSettings(model="stub", urls=[node.url], max_concurrency=1)]))
+    settings = Settings(
+        home=tmp_path,
+        gateway=GatewaySettings(
+            health_interval=3600, upstreams=[UpstreamSettings(model="stub", urls=[node.url], max_concurrency=1)]
+        ),
+    )
     try:
         with GatewayServer(settings) as srv:
             _hang_up(srv.url, "/api/chat", {**CHAT, "stream": False})  # the running one
@@ -210,8 +231,12 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
     """The same with the embedded SmolLM2 on a long answer: the engine's job is cancelled."""
     with GatewayServer(Settings(home=tmp_path, parallel=1)) as srv:
         text = "Write the numbers from 1 to 5000, separated by commas."  # greedy: 3000 tokens, no early stop
-        long = {"model": "smollm2", "messages": [{"role": "user", "content": text}], "stream": False,
-                "options": {"num_predict": 3000, "temperature": 0}}
+        long = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": text}],
+            "stream": False,
+            "options": {"num_predict": 3000, "temperature": 0},
+        }
         warm = httpx.post(srv.url + "/api/chat", json={**long, "options": {"num_predict": 1}}, timeout=120)
         assert warm.status_code == 200  # loaded: the next requests reach the engine at once
         _hang_up(srv.url, "/api/chat", long, after=1.5)
@@ -221,8 +246,12 @@ def test_a_client_hanging_up_frees_the_embedded_engines_slot(tmp_path):
             engines = {id(b.engine): b.engine for b in srv.gateway._engines.values()}
             runners = [m for e in engines.values() for m in e.loaded()]
             gauges = srv.gateway.gauges()["models"]
-            return bool(runners) and all(m.details["active"] == 0 for m in runners) and \
-                len(gauges) == 1 and all(g["in_flight"] == 0 for g in gauges.values())
+            return (
+                bool(runners)
+                and all(m.details["active"] == 0 for m in runners)
+                and len(gauges) == 1
+                and all(g["in_flight"] == 0 for g in gauges.values())
+            )
 
         def state() -> str:
             engines = {id(b.engine): b.engine for b in srv.gateway._engines.values()}
@@ -275,11 +304,15 @@ def test_shutdown_past_its_grace_ends_each_stream_with_an_error_event(tmp_path):
             t.start()
         started.wait(timeout=30)
         queued: list[httpx.Response] = []  # a third request waits for one of the two slots
-        third = threading.Thread(target=lambda: queued.append(httpx.post(
-            f"http://127.0.0.1:{port}/api/chat", json={**CHAT, "stream": False}, timeout=30)))
+        third = threading.Thread(
+            target=lambda: queued.append(
+                httpx.post(f"http://127.0.0.1:{port}/api/chat", json={**CHAT, "stream": False}, timeout=30)
+            )
+        )
         third.start()
-        assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/lmgauge/stats").json()
-                        ["gauges"]["stub"]["queued"] == 1)
+        assert wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/api/lmgauge/stats").json()["gauges"]["stub"]["queued"] == 1
+        )
         proc.send_signal(signal.SIGTERM)
         for t in [*threads, third]:
             t.join(30)
@@ -358,14 +391,19 @@ def test_timeout_messages_say_what_did_not_happen(tmp_path):
     and the whole answer."""
     node = ollama_stub(num_tokens=20, token_delay=0.3)
     try:
-        settings = Settings(home=tmp_path, ollama_host=node.url, aliases={"remote": "ollama:stub"},
-                            gateway=GatewaySettings(first_token_timeout=0.5, request_timeout=1.5))
+        settings = Settings(
+            home=tmp_path,
+            ollama_host=node.url,
+            aliases={"remote": "ollama:stub"},
+            gateway=GatewaySettings(first_token_timeout=0.5, request_timeout=1.5),
+        )
         with GatewayServer(settings) as srv:
             node.faults.hang, node.faults.paths, node.faults.times = True, ["/api/chat"], 1
             r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "remote", "stream": False}, timeout=30)
             assert r.status_code == 504
-            assert r.json()["error"] == ("remote: the first token did not come within 0.5s "
-                                         "(gateway.first_token_timeout)")
+            assert r.json()["error"] == (
+                "remote: the first token did not come within 0.5s (gateway.first_token_timeout)"
+            )
             r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "remote", "stream": True}, timeout=30)
             last = json.loads(r.text.splitlines()[-1])
             assert last["error"] == "remote: the answer did not finish within 1.5s (gateway.request_timeout)"
@@ -398,8 +436,12 @@ def test_ps_lists_each_loaded_file_once_under_the_name_used_last(tmp_path):
         assert http.post("/api/chat", json={"model": "tiny", **short}).status_code == 200  # same file, new name
         rows = http.get("/api/ps").json()["models"]
         assert sorted(r["name"] for r in rows) == ["alpha", "beta", "tiny"]
-        assert http.post("/api/chat", json={"model": "beta", **short, "options": {"num_predict": 1, "num_ctx": 2048}}
-                         ).status_code == 200  # reloaded with another window: still one row, the real one
+        assert (
+            http.post(
+                "/api/chat", json={"model": "beta", **short, "options": {"num_predict": 1, "num_ctx": 2048}}
+            ).status_code
+            == 200
+        )  # reloaded with another window: still one row, the real one
         beta = [r for r in http.get("/api/ps").json()["models"] if r["name"] == "beta"]
         assert len(beta) == 1 and beta[0]["context_length"] == 2048
 
@@ -428,10 +470,14 @@ def test_a_node_that_refuses_the_test_chat_with_a_4xx_is_alive(tmp_path):
     node.faults.status, node.faults.paths, node.faults.times = 500, ["/api/embed"], 1
     try:
         with GatewayServer(pool_settings(tmp_path, [node.url], cooldown=0.2, health_interval=0.1)) as srv:
-            assert httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 502
+            assert (
+                httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 502
+            )
             assert not nodes(srv)[node.url]["healthy"]
             node.faults.status, node.faults.paths, node.faults.times = 400, ["/api/chat"], None
             assert wait_for(lambda: nodes(srv)[node.url]["healthy"])
-            assert httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 200
+            assert (
+                httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 200
+            )
     finally:
         node.stop()

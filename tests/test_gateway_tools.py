@@ -17,10 +17,18 @@ from support.gateway_server import GatewayServer
 
 pytestmark = pytest.mark.integration
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
-                   "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 def get_weather(city: str) -> str:
@@ -83,11 +91,23 @@ def openai_round_trip(client, model: str, stream: bool, **kwargs) -> tuple[dict,
         call = {"id": tc.id, "name": tc.function.name, "arguments": tc.function.arguments}
     arguments = json.loads(call["arguments"])
     result = run_call(call["name"], arguments)
-    messages += [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]},
-        {"role": "tool", "tool_call_id": call["id"], "content": result}]
-    final = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=48,
-                                           tools=[WEATHER], tool_choice="none")
+    messages += [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["id"], "content": result},
+    ]
+    final = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=48, tools=[WEATHER], tool_choice="none"
+    )
     return arguments, final.choices[0].message.content or ""
 
 
@@ -117,8 +137,13 @@ def test_official_ollama_client_with_a_python_function_on_qwen(gateway, qwen):
     messages += [response.message, {"role": "tool", "content": output, "tool_name": "get_weather"}]
     final = client.chat(model="qwen-tools", messages=messages, options={"temperature": 0, "num_predict": 48})
     assert final.message.content.strip()
-    streamed = [c for c in client.chat(model="qwen-tools", messages=messages[:1], tools=[get_weather],
-                                       options={"temperature": 0}, stream=True) if c.message.tool_calls]
+    streamed = [
+        c
+        for c in client.chat(
+            model="qwen-tools", messages=messages[:1], tools=[get_weather], options={"temperature": 0}, stream=True
+        )
+        if c.message.tool_calls
+    ]
     assert len(streamed) == 1 and streamed[0].message.tool_calls[0].function.arguments == {"city": "Paris"}
 
 

@@ -19,6 +19,7 @@ from lmgauge.types import ChatRequest, Message
 
 # --- admission --------------------------------------------------------------------------------------
 
+
 def test_admission_runs_limit_queues_fifo_then_refuses():
     async def scenario():
         a = Admission("m", limit=2, max_queue=2)
@@ -67,12 +68,16 @@ def test_admission_queue_timeout_gives_up_its_place():
 
 # --- Ollama's environment -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, bind", [
-    ("0.0.0.0", BindAddress("0.0.0.0", 11434)),
-    ("127.0.0.1:8080", BindAddress("127.0.0.1", 8080)),
-    ("http://localhost:9000/", BindAddress("localhost", 9000)),
-    ("[::1]:7000", BindAddress("::1", 7000)),
-])
+
+@pytest.mark.parametrize(
+    "value, bind",
+    [
+        ("0.0.0.0", BindAddress("0.0.0.0", 11434)),
+        ("127.0.0.1:8080", BindAddress("127.0.0.1", 8080)),
+        ("http://localhost:9000/", BindAddress("localhost", 9000)),
+        ("[::1]:7000", BindAddress("::1", 7000)),
+    ],
+)
 def test_ollama_host_is_the_bind_address(value, bind):
     assert parse_ollama_host(value) == bind
 
@@ -106,6 +111,7 @@ def test_bad_ollama_variable_is_a_clear_error(monkeypatch):
 
 
 # --- context guard --------------------------------------------------------------------------------------
+
 
 class WordCounter:
     """Counts one token per word: enough to test the guard's decisions."""
@@ -150,38 +156,58 @@ def test_overflow_policy_comes_from_settings():
 
 # --- request parsing ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, fragment", [
-    ({}, "model is required"),
-    ({"model": 3}, "model must be a string"),
-    ({"model": "m", "messages": "hi"}, "messages must be an array"),
-    ({"model": "m", "messages": [{"role": "king", "content": "x"}]}, "role must be one of"),
-    ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "content must be a string"),
-    ({"model": "m", "options": {"temprature": 1}}, "unknown option 'temprature'"),
-    ({"model": "m", "options": {"top_p": 7}}, "out of range"),
-    ({"model": "m", "format": "yaml"}, "format must be"),
-    ({"model": "m", "stream": "yes"}, "stream must be true or false"),
-    ({"model": "m", "keep_alive": "forever"}, "invalid duration"),
-    ({"model": "m", "think": "maximum"}, "think must be"),
-])
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({}, "model is required"),
+        ({"model": 3}, "model must be a string"),
+        ({"model": "m", "messages": "hi"}, "messages must be an array"),
+        ({"model": "m", "messages": [{"role": "king", "content": "x"}]}, "role must be one of"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "content must be a string"),
+        ({"model": "m", "options": {"temprature": 1}}, "unknown option 'temprature'"),
+        ({"model": "m", "options": {"top_p": 7}}, "out of range"),
+        ({"model": "m", "format": "yaml"}, "format must be"),
+        ({"model": "m", "stream": "yes"}, "stream must be true or false"),
+        ({"model": "m", "keep_alive": "forever"}, "invalid duration"),
+        ({"model": "m", "think": "maximum"}, "think must be"),
+    ],
+)
 def test_ollama_chat_rejects_bad_fields_by_name(body, fragment):
     with pytest.raises(InvalidOptionError, match=fragment):
         parse_chat(body)
 
 
 def test_ollama_generate_fields():
-    request, stream = parse_generate({"model": "m", "prompt": "p", "system": "s", "raw": True, "stream": False,
-                                      "format": {"type": "object"}, "options": {"num_predict": 4, "stop": "x"},
-                                      "keep_alive": "5m"})
+    request, stream = parse_generate(
+        {
+            "model": "m",
+            "prompt": "p",
+            "system": "s",
+            "raw": True,
+            "stream": False,
+            "format": {"type": "object"},
+            "options": {"num_predict": 4, "stop": "x"},
+            "keep_alive": "5m",
+        }
+    )
     assert (request.prompt, request.system, request.raw, stream) == ("p", "s", True, False)
     assert request.format == {"type": "object"} and request.options.stop == ["x"] and request.keep_alive == 300
 
 
 def test_openai_fields_become_ollama_options():
-    request, stream, usage = openai_chat({
-        "model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-        "max_tokens": 7, "temperature": 0, "stop": "\n", "stream": True, "stream_options": {"include_usage": True},
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
-    })
+    request, stream, usage = openai_chat(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_tokens": 7,
+            "temperature": 0,
+            "stop": "\n",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        }
+    )
     assert request.options.num_predict == 7 and request.options.temperature == 0 and request.options.stop == ["\n"]
     assert request.format == {"type": "object"} and stream and usage
     assert request.messages[0].content == "hi"
@@ -192,4 +218,3 @@ def test_openai_fields_become_ollama_options():
 def test_non_finite_option_is_refused():
     with pytest.raises(InvalidOptionError):
         parse_options({"temperature": float("inf")})
-

@@ -24,8 +24,7 @@ PACKAGE = SRC / "lmgauge"
 
 # The bottom of the stack never imports the parts built on it.
 LOWER = ("lmgauge.engines", "lmgauge.wire", "lmgauge.types", "lmgauge.errors")
-UPPER = ("lmgauge.cli", "lmgauge.gateway", "lmgauge.bench", "lmgauge.context", "lmgauge.routing",
-         "lmgauge.cache")
+UPPER = ("lmgauge.cli", "lmgauge.gateway", "lmgauge.bench", "lmgauge.context", "lmgauge.routing", "lmgauge.cache")
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -96,7 +95,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -141,7 +140,9 @@ def test_the_bottom_of_the_stack_imports_nothing_above_it(lower):
     graph = import_graph()
     upward = sorted(
         f"{module} -> {target}"
-        for module, targets in graph.items() if _under(module, (lower,))
-        for target in targets if _under(target, UPPER)
+        for module, targets in graph.items()
+        if _under(module, (lower,))
+        for target in targets
+        if _under(target, UPPER)
     )
     assert not upward, f"{lower} imports upward:\n" + "\n".join(upward)

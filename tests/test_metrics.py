@@ -50,6 +50,7 @@ def test_goodput_counts_only_successful_requests_within_every_slo():
 
 # --- cost curves, saturation, comparison ---------------------------------------------------------
 
+
 def test_cost_curve_recovers_known_coefficients():
     n = [256, 512, 1024, 2048, 4096] * 3
     t = [5 + 0.2 * x + 1e-5 * x * x for x in n]

@@ -48,10 +48,16 @@ def test_models_in_an_ollama_store_run_embedded(tmp_path, monkeypatch, smollm2_p
     os.symlink(smollm2_path, store / "blobs" / digest)
     manifest = store / "manifests/registry.ollama.ai/library/tiny/latest"
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"layers": [
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "cd" * 32},
-        {"mediaType": "application/vnd.ollama.image.model", "digest": digest.replace("-", ":")},
-    ]}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "layers": [
+                    {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "cd" * 32},
+                    {"mediaType": "application/vnd.ollama.image.model", "digest": digest.replace("-", ":")},
+                ]
+            }
+        )
+    )
     monkeypatch.setenv("OLLAMA_MODELS", str(store))
     s = load_settings()
     for name in ("tiny", "tiny:latest"):
@@ -67,8 +73,12 @@ def test_gguf_files_in_the_hugging_face_cache(tmp_path, monkeypatch, smollm2_pat
     os.symlink(smollm2_path, snap / "smollm2-135m-instruct-q4_1.gguf")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     s = load_settings()
-    for name in ("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:q4_1",
-                 "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "smollm2-135m-instruct-q4_1"):
+    for name in (
+        "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+        "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:q4_1",
+        "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+        "smollm2-135m-instruct-q4_1",
+    ):
         assert resolve(name, s).source == "Hugging Face cache"
 
 

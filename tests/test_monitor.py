@@ -11,8 +11,18 @@ from lmgauge.monitor import Monitor, Sample, plot_histogram, plot_latency_over_t
 
 def sample(model="m", status="ok", ts=1000.0, e2e=100.0, ttft=10.0, tokens=10, cache=False, used=0.5):
     tpot = (e2e - ttft) / (tokens - 1) if tokens > 1 and e2e is not None else None
-    return Sample(model=model, status=status, ts=ts, ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e, prompt_tokens=20,
-                  output_tokens=tokens, cache_hit=cache, context_used=used)
+    return Sample(
+        model=model,
+        status=status,
+        ts=ts,
+        ttft_ms=ttft,
+        tpot_ms=tpot,
+        e2e_ms=e2e,
+        prompt_tokens=20,
+        output_tokens=tokens,
+        cache_hit=cache,
+        context_used=used,
+    )
 
 
 def test_window_is_bounded_by_count_and_by_time():
@@ -59,8 +69,12 @@ def test_plots_and_table(tmp_path):
         m.add(s)
     from rich.console import Console
 
-    stats = {"models": {k: v.to_dict() for k, v in m.snapshot(now=1030.0).items()}, "gauges": {"m": {"queued": 1,
-             "in_flight": 2}}, "window_s": 300, "max_samples": 2000}
+    stats = {
+        "models": {k: v.to_dict() for k, v in m.snapshot(now=1030.0).items()},
+        "gauges": {"m": {"queued": 1, "in_flight": 2}},
+        "window_s": 300,
+        "max_samples": 2000,
+    }
     console = Console(width=200, record=True)
     console.print(stats_table(stats))
     text = console.export_text()

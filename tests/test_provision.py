@@ -37,10 +37,20 @@ def path_without_services(bin_dir: Path) -> str:
 
 
 def run_pytest(args: list[str], path: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": path, **({"XDG_CACHE_HOME": str(cache)} if cache else {}),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PATH": path,
+        **({"XDG_CACHE_HOME": str(cache)} if cache else {}),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def summary_line(output: str) -> str:

@@ -24,8 +24,9 @@ CTX = 128
 
 
 def _config(model: str, **kw) -> QualityConfig:
-    base = dict(model=model, variants=["Q8_0"], kv_types=["f16", "q8_0"], ctx=CTX, chunks=3, reps=1, warmup=0,
-                num_predict=8)
+    base = dict(
+        model=model, variants=["Q8_0"], kv_types=["f16", "q8_0"], ctx=CTX, chunks=3, reps=1, warmup=0, num_predict=8
+    )
     base.update(kw)
     return QualityConfig(**base)
 
@@ -108,20 +109,24 @@ def test_perplexity_agrees_with_an_independent_computation_from_raw_logits(smoll
     n_chunks = 3
     with Scorer(smollm2_path, CTX) as scorer:
         chunks = corpus_mod.make_chunks(scorer.tokenize(text), CTX, n_chunks, scorer.bos)
-        nll = np.concatenate([
-            stats.token_nll(stats.log_softmax(scorer.chunk_logits(chunks.tokens[i], chunks.first)), chunks.next_tokens(i))
-            for i in range(chunks.count)])
+        nll = np.concatenate(
+            [
+                stats.token_nll(
+                    stats.log_softmax(scorer.chunk_logits(chunks.tokens[i], chunks.first)), chunks.next_tokens(i)
+                )
+                for i in range(chunks.count)
+            ]
+        )
     ours = stats.perplexity(nll).value
 
     def independent() -> float:
-        llm = Llama(model_path=smollm2_path, n_ctx=CTX, n_batch=CTX, logits_all=True, verbose=False,
-                    flash_attn=True)
+        llm = Llama(model_path=smollm2_path, n_ctx=CTX, n_batch=CTX, logits_all=True, verbose=False, flash_attn=True)
         try:
             tokens = llm.tokenize(text.encode(), add_bos=True, special=True)
             add_bos = llm._model.add_bos_token()  # llama-perplexity: BOS opens each chunk if the model adds one
             total, count = 0.0, 0
             for c in range(n_chunks):
-                chunk = tokens[c * CTX:(c + 1) * CTX]
+                chunk = tokens[c * CTX : (c + 1) * CTX]
                 if add_bos:
                     chunk[0] = llm.token_bos()
                 llm.reset()
@@ -159,8 +164,12 @@ def test_cli_quality_one_line_errors():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "lmgauge", "quality", "smollm2", "--variants", "Q9_9"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmgauge", "quality", "smollm2", "--variants", "Q9_9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "unknown type 'Q9_9'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -185,9 +194,30 @@ def test_cli_quality_prints_json_and_writes_the_report(tmp_path, isolated_home):
 
     env = {**os.environ, "LMGAUGE_HOME": str(isolated_home)}
     proc = subprocess.run(
-        [sys.executable, "-m", "lmgauge", "quality", "smollm2", "--variants", "Q8_0", "--kv-types", "f16",
-         "--ctx", "128", "--chunks", "2", "--no-speed", "--json", "-O", str(tmp_path / "q.html")],
-        capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "lmgauge",
+            "quality",
+            "smollm2",
+            "--variants",
+            "Q8_0",
+            "--kv-types",
+            "f16",
+            "--ctx",
+            "128",
+            "--chunks",
+            "2",
+            "--no-speed",
+            "--json",
+            "-O",
+            str(tmp_path / "q.html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert [r["label"] for r in report["rows"]] == ["Q4_1 (reference)", "Q8_0"]

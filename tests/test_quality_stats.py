@@ -129,14 +129,25 @@ def test_verdicts_pick_the_lowest_kld_that_fits_and_compare_its_speed(smollm2_pa
     from lmgauge.quality.results import Row
 
     def row(label: str, kv: str, kld: float, tps: float) -> Row:
-        return Row(label=label, weights="Q4_1", kv_type=kv, path=smollm2_path, file_size=1, bits_per_weight=5.7,
-                   quality={"kld_mean": {"value": kld, "uncertainty": 0.0}}, decode_tps=tps)
+        return Row(
+            label=label,
+            weights="Q4_1",
+            kv_type=kv,
+            path=smollm2_path,
+            file_size=1,
+            bits_per_weight=5.7,
+            quality={"kld_mean": {"value": kld, "uncertainty": 0.0}},
+            decode_tps=tps,
+        )
 
     rows = [row("slow but close", "f16", 0.01, 50.0), row("fast but far", "q4_0", 0.05, 60.0)]
     (v,) = verdicts(rows, [1 << 30], 8192)
     assert v["best"] == "slow but close" and v["fastest"] == "fast but far"
     assert v["slowdown_vs_fastest"] == pytest.approx(1.2)
-    assert v["text"] == "fits in 1.00 GiB at 8192 ctx: best quality is slow but close, KLD 0.0100, 1.20x slower than fast but far"
+    assert (
+        v["text"]
+        == "fits in 1.00 GiB at 8192 ctx: best quality is slow but close, KLD 0.0100, 1.20x slower than fast but far"
+    )
     # at 8192 tokens the f16 cache (~180 MiB for SmolLM2) does not fit 250 MiB but q4_0's does
     (v,) = verdicts(rows, [250 << 20], 8192)
     assert v["fits"] == ["fast but far"] and "also the fastest" in v["text"]

@@ -39,8 +39,15 @@ class FakeClock:
 
 
 def policy(**kw):
-    base = dict(retries=2, backoff=0.01, backoff_max=0.05, breaker_failures=3, breaker_reset=5.0,
-                first_token_timeout=5.0, total_timeout=10.0)
+    base = dict(
+        retries=2,
+        backoff=0.01,
+        backoff_max=0.05,
+        breaker_failures=3,
+        breaker_reset=5.0,
+        first_token_timeout=5.0,
+        total_timeout=10.0,
+    )
     return ResilienceSettings(**{**base, **kw})
 
 
@@ -198,8 +205,11 @@ def test_a_hanging_server_times_out_on_time_and_falls_back(start_standin):
     hung.faults.hang, hung.faults.times = True, 1
     with Client(Settings(ollama_host=hung.url, request_timeout=60)) as client:
         events = []
-        rc = ResilientClient(client, policy(retries=0, first_token_timeout=0.5,
-                                            fallbacks={"ollama:slow": ["ollama:quick"]}), listener=events.append)
+        rc = ResilientClient(
+            client,
+            policy(retries=0, first_token_timeout=0.5, fallbacks={"ollama:slow": ["ollama:quick"]}),
+            listener=events.append,
+        )
         result = rc.chat("ollama:slow", MESSAGES)
     assert result.content == "quick answer" and result.model == "ollama:quick"
     # The 0.5 s first-token timeout gave up on the hung model (not the 60 s socket timeout, which
@@ -249,8 +259,11 @@ def test_embedded_engine_timeout_frees_the_slot():
     with Client(keep_alive=-1) as client:
         rc = ResilientClient(client, policy(retries=0, total_timeout=0.3, first_token_timeout=10))
         with pytest.raises(UpstreamTimeoutError):
-            rc.chat("smollm2", [{"role": "user", "content": "Write a long essay about the sea."}],
-                    options={"temperature": 0, "num_predict": 2000})
+            rc.chat(
+                "smollm2",
+                [{"role": "user", "content": "Write a long essay about the sea."}],
+                options={"temperature": 0, "num_predict": 2000},
+            )
         # the cancelled request released its slot: the next one is answered normally
         result = client.chat("smollm2", MESSAGES, options={"temperature": 0, "num_predict": 4})
     assert result.done_reason in ("stop", "length") and result.content

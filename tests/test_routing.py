@@ -77,8 +77,12 @@ def test_labeled_set_is_large_varied_and_split():
 
 def test_features_see_code_math_and_length():
     short = dict(zip(FEATURE_NAMES, text_features("What is the capital of France?"), strict=True))
-    code = dict(zip(FEATURE_NAMES, text_features("Refactor this:\n```python\ndef f(x):\n    return x\n```"), strict=True))
-    proof = dict(zip(FEATURE_NAMES, text_features("Prove the theorem and derive the formula for the variance."), strict=True))
+    code = dict(
+        zip(FEATURE_NAMES, text_features("Refactor this:\n```python\ndef f(x):\n    return x\n```"), strict=True)
+    )
+    proof = dict(
+        zip(FEATURE_NAMES, text_features("Prove the theorem and derive the formula for the variance."), strict=True)
+    )
     assert short["simple_start"] == 1 and code["simple_start"] == 0
     assert code["code_marks"] >= 2 and short["code_marks"] == 0
     assert proof["math_words"] >= 3
@@ -103,9 +107,11 @@ def test_feature_classifier_generalizes_to_the_test_split(embedder):
 
 
 def test_classifier_round_trips_through_its_dict(embedder):
-    clf = FeatureClassifier(embedder).fit(["hi", "what is 2+2", "design a distributed database",
-                                           "explain tcp vs udp"], ["simple", "simple", "complex", "moderate"],
-                                          classes=LEVELS)
+    clf = FeatureClassifier(embedder).fit(
+        ["hi", "what is 2+2", "design a distributed database", "explain tcp vs udp"],
+        ["simple", "simple", "complex", "moderate"],
+        classes=LEVELS,
+    )
     again = FeatureClassifier.from_dict(json.loads(json.dumps(clf.to_dict())), embedder)
     texts = ["hello there", "design a scalable queue"]
     assert np.allclose(clf.predict_proba(texts), again.predict_proba(texts))
@@ -134,7 +140,8 @@ def test_levels_map_onto_any_number_of_tiers():
 
 def test_calibrated_classes_are_the_tiers():
     d = Router(None, TIERS3, Fixed([0.1, 0.8, 0.1], classes=["small", "medium", "large"])).route(
-        [{"role": "user", "content": "x"}])
+        [{"role": "user", "content": "x"}]
+    )
     assert (d.tier, d.model, d.label) == ("medium", "m", "medium")
 
 
@@ -148,14 +155,20 @@ def test_low_confidence_goes_one_tier_up():
 
 
 def test_the_last_user_message_is_classified():
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
-                {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second"}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second"},
+    ]
     assert request_text(messages) == "second"
 
 
 def test_tier_flags_parse_in_order():
     assert list(parse_tiers(["small=smollm2", "large=ollama:qwen2.5:7b"]).items()) == [
-        ("small", "smollm2"), ("large", "ollama:qwen2.5:7b")]
+        ("small", "smollm2"),
+        ("large", "ollama:qwen2.5:7b"),
+    ]
     with pytest.raises(InvalidOptionError, match="NAME=MODEL"):
         parse_tiers(["smollm2"])
     with pytest.raises(InvalidOptionError, match="twice"):
@@ -165,25 +178,31 @@ def test_tier_flags_parse_in_order():
 # --- answer checks -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("answer, fmt, why", [
-    (result(""), None, "empty"),
-    (result("   \n"), None, "empty"),
-    (result("The answer is", "length"), None, "cut off"),
-    (result("{\"a\": 1"), "json", "invalid JSON"),
-    (result("{\"a\": 1}"), {"type": "object", "required": ["a", "b"]}, "b"),
-    (result("I'm sorry, but I can't help with that."), None, "refused"),
-    (result("As an AI language model, I cannot provide medical advice."), None, "refused"),
-])
+@pytest.mark.parametrize(
+    "answer, fmt, why",
+    [
+        (result(""), None, "empty"),
+        (result("   \n"), None, "empty"),
+        (result("The answer is", "length"), None, "cut off"),
+        (result('{"a": 1'), "json", "invalid JSON"),
+        (result('{"a": 1}'), {"type": "object", "required": ["a", "b"]}, "b"),
+        (result("I'm sorry, but I can't help with that."), None, "refused"),
+        (result("As an AI language model, I cannot provide medical advice."), None, "refused"),
+    ],
+)
 def test_failed_answers_are_caught(answer, fmt, why):
     assert why in check_answer(answer, fmt)
 
 
-@pytest.mark.parametrize("answer, fmt", [
-    (result("Paris."), None),
-    (result("{\"a\": 1, \"b\": 2}"), {"type": "object", "required": ["a", "b"]}),
-    (result("[1, 2]"), "json"),
-    (result("I can't say for sure, but it is likely Paris."), None),  # hedging is not refusing
-])
+@pytest.mark.parametrize(
+    "answer, fmt",
+    [
+        (result("Paris."), None),
+        (result('{"a": 1, "b": 2}'), {"type": "object", "required": ["a", "b"]}),
+        (result("[1, 2]"), "json"),
+        (result("I can't say for sure, but it is likely Paris."), None),  # hedging is not refusing
+    ],
+)
 def test_good_answers_pass(answer, fmt):
     assert check_answer(answer, fmt) is None
 
@@ -193,21 +212,26 @@ def test_good_answers_pass(answer, fmt):
 
 def tier_server(start_standin, replies):
     """One stand-in Ollama serving a model per tier, each with its own reply."""
-    return start_standin(OllamaStandin, models=list(replies),
-                         reply=lambda body: replies[body["model"].split(":")[0]])
+    return start_standin(OllamaStandin, models=list(replies), reply=lambda body: replies[body["model"].split(":")[0]])
 
 
 def test_failed_answers_escalate_and_each_reason_is_logged(start_standin, settings):
-    server = tier_server(start_standin, {"small": "", "medium": "I'm sorry, but I cannot help with that.",
-                                         "large": "Paris is the capital of France."})
+    server = tier_server(
+        start_standin,
+        {"small": "", "medium": "I'm sorry, but I cannot help with that.", "large": "Paris is the capital of France."},
+    )
     tiers = [Tier("small", "ollama:small"), Tier("medium", "ollama:medium"), Tier("large", "ollama:large")]
     store = Store(settings.db_path)
     with Client(Settings(ollama_host=server.url)) as client:
         answer = Router(client, tiers, Fixed([0.9, 0.05, 0.05]), store=store).answer(
-            [{"role": "user", "content": "What is the capital of France?"}])
+            [{"role": "user", "content": "What is the capital of France?"}]
+        )
     assert answer.result.content == "Paris is the capital of France."
     assert [(a.tier, a.status) for a in answer.attempts] == [
-        ("small", "failed_check"), ("medium", "failed_check"), ("large", "ok")]
+        ("small", "failed_check"),
+        ("medium", "failed_check"),
+        ("large", "ok"),
+    ]
     assert answer.attempts[0].reason == "empty answer" and "refused" in answer.attempts[1].reason
     assert answer.tier == "large" and answer.decision.tier == "small" and answer.escalated
     assert [r.body["model"] for r in server.received("/api/chat")] == ["small", "medium", "large"]
@@ -232,14 +256,16 @@ def test_without_escalation_the_first_answer_stands(start_standin):
     tiers = [Tier("small", "ollama:small"), Tier("large", "ollama:large")]
     with Client(Settings(ollama_host=server.url)) as client:
         answer = Router(client, tiers, Fixed([0.9, 0.05, 0.05]), escalate=False).answer(
-            [{"role": "user", "content": "hi"}])
+            [{"role": "user", "content": "hi"}]
+        )
     assert answer.result.content == "" and answer.attempts[0].status == "failed_check"
     assert len(server.received("/api/chat")) == 1
 
 
 def test_a_stream_shows_only_the_accepted_answer(start_standin):
-    server = tier_server(start_standin, {"small": "I am unable to help with that request.",
-                                         "large": "Here is a full answer."})
+    server = tier_server(
+        start_standin, {"small": "I am unable to help with that request.", "large": "Here is a full answer."}
+    )
     tiers = [Tier("small", "ollama:small"), Tier("large", "ollama:large")]
     with Client(Settings(ollama_host=server.url)) as client:
         stream = Router(client, tiers, Fixed([0.9, 0.05, 0.05])).answer_stream([{"role": "user", "content": "hi"}])
@@ -273,8 +299,9 @@ def test_calibrated_router_is_used_only_for_its_own_tiers(tmp_path, embedder):
 
 
 def test_router_from_settings_reads_tiers_and_classifier(settings):
-    s = settings.model_copy(update={"routing": settings.routing.model_copy(
-        update={"tiers": {"small": "smollm2", "large": "ollama:big"}})})
+    s = settings.model_copy(
+        update={"routing": settings.routing.model_copy(update={"tiers": {"small": "smollm2", "large": "ollama:big"}})}
+    )
     with Client(s) as client:
         router = Router.from_settings(client, s)
         assert [t.name for t in router.tiers] == ["small", "large"] and router.classifier.name == "features"
@@ -300,7 +327,8 @@ def test_a_cut_off_answer_escalates_on_the_embedded_model(settings):
     with Client(settings) as client:
         answer = Router(client, tiers, Fixed([0.9, 0.05, 0.05])).answer(
             [{"role": "user", "content": "Tell me a long story about a dragon."}],
-            options={"num_predict": 3, "temperature": 0})
+            options={"num_predict": 3, "temperature": 0},
+        )
     assert [a.tier for a in answer.attempts] == ["small", "large"]
     assert "cut off" in answer.attempts[0].reason and answer.attempts[1].status == "failed_check"
     assert answer.result.done_reason == "length" and answer.result.content
@@ -314,8 +342,13 @@ def lmgauge(*args, env_extra=None, timeout=300):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env_extra or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lmgauge", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env_extra or {})},
+        timeout=timeout,
+    )
 
 
 def test_eval_routing_reports_accuracy_f1_confusion_and_overhead():
@@ -331,8 +364,10 @@ def test_eval_routing_reports_accuracy_f1_confusion_and_overhead():
 
 def test_route_explain_and_ask_through_stand_in_tiers(start_standin):
     server = tier_server(start_standin, {"small": "", "large": "A complete answer."})
-    env = {"LMGAUGE_OLLAMA_HOST": server.url,
-           "LMGAUGE_ROUTING__TIERS": json.dumps({"small": "ollama:small", "large": "ollama:large"})}
+    env = {
+        "LMGAUGE_OLLAMA_HOST": server.url,
+        "LMGAUGE_ROUTING__TIERS": json.dumps({"small": "ollama:small", "large": "ollama:large"}),
+    }
     explained = lmgauge("route", "explain", "hi there", "--json", env_extra=env)
     assert explained.returncode == 0, explained.stderr
     assert json.loads(explained.stdout)["tier"] == "small"

@@ -19,12 +19,27 @@ MiB = 1 << 20
 def make_info(**overrides) -> GGUFInfo:
     """A SmolLM2-135M-shaped model (llama: 30 layers, 3 KV heads of 64, 8192 trained tokens)."""
     base = dict(
-        path="/models/test.gguf", file_size=100 * MiB, architecture="llama", name="test",
-        file_type="MOSTLY_Q4_1", parameters=135_000_000, tensor_bytes=92 * MiB,
-        tensor_types={"Q4_1": 210}, n_layer=30, n_embd=576, n_head=9, n_head_kv=3,
-        head_dim_k=64, head_dim_v=64, n_ctx_train=8192, n_vocab=49152, sliding_window=None,
-        has_chat_template=True, metadata={"llama.feed_forward_length": 1536},
-        n_merges=48900, tokenizer_model="gpt2",
+        path="/models/test.gguf",
+        file_size=100 * MiB,
+        architecture="llama",
+        name="test",
+        file_type="MOSTLY_Q4_1",
+        parameters=135_000_000,
+        tensor_bytes=92 * MiB,
+        tensor_types={"Q4_1": 210},
+        n_layer=30,
+        n_embd=576,
+        n_head=9,
+        n_head_kv=3,
+        head_dim_k=64,
+        head_dim_v=64,
+        n_ctx_train=8192,
+        n_vocab=49152,
+        sliding_window=None,
+        has_chat_template=True,
+        metadata={"llama.feed_forward_length": 1536},
+        n_merges=48900,
+        tokenizer_model="gpt2",
     )
     base.update(overrides)
     return GGUFInfo(**base)
@@ -86,9 +101,18 @@ def test_kv_per_layer_head_counts():
 
 def test_sliding_window_layers():
     # Gemma-3-270M's shape: 18 layers, every 6th global, 1 KV head of 256, window 512.
-    info = make_info(architecture="gemma3", n_layer=18, n_embd=640, n_head=4, n_head_kv=1,
-                     head_dim_k=256, head_dim_v=256, sliding_window=512, n_ctx_train=32768,
-                     metadata={"gemma3.feed_forward_length": 2048})
+    info = make_info(
+        architecture="gemma3",
+        n_layer=18,
+        n_embd=640,
+        n_head=4,
+        n_head_kv=1,
+        head_dim_k=256,
+        head_dim_v=256,
+        sliding_window=512,
+        n_ctx_train=32768,
+        metadata={"gemma3.feed_forward_length": 2048},
+    )
     assert sizing.swa_layers(info) == [il % 6 != 5 for il in range(18)]
     per_cell_layer = 2 * 256 * 2
     # llama.cpp's default (and the engine's): a full-size cache for sliding layers too
@@ -239,7 +263,9 @@ def test_parse_size(text, expected):
     assert sizing.parse_size(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "GiB", "four GiB", "4 GiBs", "4XB", "-1G", "0", "0MB", "1e9", -5, 0, True, 1.5, None])
+@pytest.mark.parametrize(
+    "bad", ["", "GiB", "four GiB", "4 GiBs", "4XB", "-1G", "0", "0MB", "1e9", -5, 0, True, 1.5, None]
+)
 def test_parse_size_errors(bad):
     with pytest.raises(InvalidOptionError, match="size"):
         sizing.parse_size(bad)
@@ -311,7 +337,6 @@ def test_kv_estimate_equals_llamacpp_kv_buffer(num_ctx, parallel, kv_type):
     assert round(est.output_bytes / MiB, 2) == _mib(lines, r"output buffer size =\s*([\d.]+) MiB")
     reserved = _mib(lines, r"compute buffer size =\s*([\d.]+) MiB")
     assert est.compute_reserved_bytes / MiB == pytest.approx(reserved, rel=0.05)
-
 
 
 def test_speculation_rows_of_logits_are_counted():

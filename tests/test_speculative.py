@@ -205,8 +205,9 @@ def test_one_slow_step_does_not_pause_speculation():
 
 
 def test_spec_stats_derive_rates_and_the_speedup_estimate():
-    stats = SpecStats(mode="lookup", drafted=40, accepted=30, steps=10, draft_ns=0, verify_ns=10_000,
-                      plain_steps=2, plain_ns=2_000)
+    stats = SpecStats(
+        mode="lookup", drafted=40, accepted=30, steps=10, draft_ns=0, verify_ns=10_000, plain_steps=2, plain_ns=2_000
+    )
     assert stats.acceptance_rate == 0.75
     assert stats.mean_accepted == 3.0
     assert stats.estimated_speedup == pytest.approx(4.0)  # 4 tokens per step, steps cost the same
@@ -229,8 +230,17 @@ def test_vocabulary_check_refuses_a_different_tokenizer(smollm2_path):
 def test_run_verbose_recommends_going_without_speculation_when_it_was_paused():
     from lmgauge.display import speculation_advice
 
-    paused = SpecStats(mode="draft", drafted=30, accepted=20, steps=6, draft_ns=6_000, verify_ns=6_000,
-                       plain_steps=20, plain_ns=20_000, pauses=1)
+    paused = SpecStats(
+        mode="draft",
+        drafted=30,
+        accepted=20,
+        steps=6,
+        draft_ns=6_000,
+        verify_ns=6_000,
+        plain_steps=20,
+        plain_ns=20_000,
+        pauses=1,
+    )
     advice = speculation_advice(paused)
     assert "paused 1 time" in advice and "without the draft model" in advice
     paying = dataclasses.replace(paused, pauses=0, draft_ns=100, verify_ns=1_000)

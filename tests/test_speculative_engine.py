@@ -18,8 +18,10 @@ from lmgauge.types import ChatRequest, Message, Options, Speculation
 
 pytestmark = pytest.mark.integration
 
-PASSAGE = ("The museum opens at 9:30 on weekdays and at 10:00 on Saturdays. Tickets cost 12 euros for adults "
-           "and 6 euros for students. The east wing is closed for renovation until the end of March.")
+PASSAGE = (
+    "The museum opens at 9:30 on weekdays and at 10:00 on Saturdays. Tickets cost 12 euros for adults "
+    "and 6 euros for students. The east wing is closed for renovation until the end of March."
+)
 REWRITE = f"Copy this text exactly, word for word:\n\n{PASSAGE}"
 EXTRACT = f"{PASSAGE}\n\nQuote the sentence about tickets."
 CHAT = "Name three colors."
@@ -47,9 +49,13 @@ def batch_engine():
 
 
 def ask(engine, path, text, speculation=None, n=40, **kw):
-    request = ChatRequest(model=path, messages=[Message("user", text)],
-                          options=Options(temperature=0, num_predict=n, num_ctx=kw.pop("num_ctx", None)),
-                          speculation=speculation, **kw)
+    request = ChatRequest(
+        model=path,
+        messages=[Message("user", text)],
+        options=Options(temperature=0, num_predict=n, num_ctx=kw.pop("num_ctx", None)),
+        speculation=speculation,
+        **kw,
+    )
     return collect(engine.chat(request))
 
 
@@ -119,8 +125,11 @@ def test_speculating_streams_batched_together_each_keep_their_own_state(batch_en
 
 
 def test_grammar_constrained_output_is_the_same_and_valid(engine, smollm2_path):
-    schema = {"type": "object", "properties": {"opens": {"type": "string"}, "price": {"type": "integer"}},
-              "required": ["opens", "price"]}
+    schema = {
+        "type": "object",
+        "properties": {"opens": {"type": "string"}, "price": {"type": "integer"}},
+        "required": ["opens", "price"],
+    }
     prompt = f"{PASSAGE}\n\nGive the weekday opening time and the adult price as JSON."
     plain = ask(engine, smollm2_path, prompt, n=48, format=schema)
     fast = ask(engine, smollm2_path, prompt, LOOKUP, n=48, format=schema)
@@ -164,8 +173,9 @@ def test_the_client_takes_speculation_from_the_settings(smollm2_path):
         client.settings.aliases["fast"] = smollm2_path
         client.settings.speculative.models["fast"] = "lookup"
         assert client.speculation(client.resolve("smollm2")) is None  # configured by name: "fast" only
-        result = client.chat("fast", [{"role": "user", "content": REWRITE}],
-                             options={"temperature": 0, "num_predict": 16})
+        result = client.chat(
+            "fast", [{"role": "user", "content": REWRITE}], options={"temperature": 0, "num_predict": 16}
+        )
         assert result.timings.speculation.mode == "lookup"
         assert result.timings.to_dict()["speculation"]["acceptance_rate"] is not None
         client.settings.speculative.models["fast"] = "ollama:qwen2.5:7b"
@@ -196,18 +206,31 @@ def test_the_gateway_speculates_per_model_config_and_counts_it(tmp_path, smollm2
 
     from support.gateway_server import GatewayServer
 
-    settings = Settings(home=tmp_path, keep_alive=-1, num_ctx=512, aliases={"copy": smollm2_path},
-                        speculative={"models": {"copy": "lookup"}})
+    settings = Settings(
+        home=tmp_path,
+        keep_alive=-1,
+        num_ctx=512,
+        aliases={"copy": smollm2_path},
+        speculative={"models": {"copy": "lookup"}},
+    )
     with GatewayServer(settings) as srv:
-        body = {"model": "copy", "stream": False, "options": {"temperature": 0, "num_predict": 24},
-                "messages": [{"role": "user", "content": REWRITE}]}
+        body = {
+            "model": "copy",
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 24},
+            "messages": [{"role": "user", "content": REWRITE}],
+        }
         assert httpx.post(srv.url + "/api/chat", json=body, timeout=300).status_code == 200
         metrics = httpx.get(srv.url + "/metrics").text
         drafted = [line for line in metrics.splitlines() if line.startswith("lmgauge_speculative_drafted_tokens_total")]
         assert drafted and 'model="copy"' in drafted[0] and float(drafted[0].split()[-1]) > 0
         assert 'lmgauge_speculative_seconds_total{model="copy",phase="verify"}' in metrics
-        hostile = {**body, "model": "smollm2", "speculation": {"draft": "/etc/passwd"},
-                   "options": {"temperature": 0, "num_predict": 4}}
+        hostile = {
+            **body,
+            "model": "smollm2",
+            "speculation": {"draft": "/etc/passwd"},
+            "options": {"temperature": 0, "num_predict": 4},
+        }
         assert httpx.post(srv.url + "/api/chat", json=hostile, timeout=300).status_code == 200  # field ignored
         bad_option = {**hostile, "options": {"draft_model": "/etc/passwd"}}
         answer = httpx.post(srv.url + "/api/chat", json=bad_option, timeout=300)

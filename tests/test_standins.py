@@ -49,8 +49,9 @@ def sse(response: httpx.Response) -> list[str]:
 
 
 def test_ollama_chat_stream_shape(ollama_standin, ollama_schema):
-    r = httpx.post(f"{ollama_standin.url}/api/chat",
-                   json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{ollama_standin.url}/api/chat", json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/x-ndjson"
     lines = ndjson(r)
@@ -61,8 +62,14 @@ def test_ollama_chat_stream_shape(ollama_standin, ollama_schema):
     final = lines[-1]
     ollama_schema(final, "ChatResponse")
     assert final["done"] is True and final["done_reason"] == "stop" and final["message"]["content"] == ""
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_count", "eval_duration"):
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
         assert isinstance(final[key], int), key
     assert "".join(line["message"]["content"] for line in lines) == DEFAULT_REPLY
 
@@ -90,8 +97,10 @@ def test_ollama_load_and_unload_answers(ollama_standin):
 
 def test_ollama_other_endpoints(ollama_standin, ollama_schema):
     base = ollama_standin.url
-    httpx.post(f"{base}/api/chat", json={"model": "standin", "messages": [{"role": "user", "content": "x"}],
-                                         "keep_alive": "10m", "stream": False})
+    httpx.post(
+        f"{base}/api/chat",
+        json={"model": "standin", "messages": [{"role": "user", "content": "x"}], "keep_alive": "10m", "stream": False},
+    )
     for path, name in (("/api/tags", "ListResponse"), ("/api/ps", "PsResponse"), ("/api/version", "VersionResponse")):
         r = httpx.get(base + path)
         assert r.status_code == 200
@@ -117,10 +126,15 @@ def test_ollama_errors(ollama_standin, ollama_schema):
 
 
 def test_openai_sse_shape(openai_standin):
-    r = httpx.post(f"{openai_standin.base_url}/chat/completions", json={
-        "model": "standin-model", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-        "stream_options": {"include_usage": True},
-    })
+    r = httpx.post(
+        f"{openai_standin.base_url}/chat/completions",
+        json={
+            "model": "standin-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.headers["content-type"] == "text/event-stream"
     data = sse(r)
     assert data[-1] == "[DONE]"
@@ -133,8 +147,9 @@ def test_openai_sse_shape(openai_standin):
 
 
 def test_openai_no_usage_without_include_usage(openai_standin):
-    r = httpx.post(f"{openai_standin.base_url}/completions",
-                   json={"model": "standin-model", "prompt": "hi", "stream": True})
+    r = httpx.post(
+        f"{openai_standin.base_url}/completions", json={"model": "standin-model", "prompt": "hi", "stream": True}
+    )
     events = [json.loads(d) for d in sse(r)[:-1]]
     assert all("usage" not in e for e in events)
     assert "".join(e["choices"][0]["text"] for e in events) == DEFAULT_REPLY
@@ -148,8 +163,9 @@ def test_official_openai_client_reads_the_standin(start_standin):
     whole = client.chat.completions.create(model="standin-model", messages=msgs, max_tokens=3)
     assert whole.choices[0].message.content == "The quick brown"
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 3
-    stream = client.chat.completions.create(model="standin-model", messages=msgs, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="standin-model", messages=msgs, stream=True, stream_options={"include_usage": True}
+    )
     parts = list(stream)
     assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == DEFAULT_REPLY
     assert parts[-1].usage.total_tokens == parts[-1].usage.prompt_tokens + 9
@@ -173,8 +189,10 @@ def test_reply_knobs(start_standin):
     server = start_standin(OllamaStandin, reply=lambda body: body["prompt"].upper(), num_tokens=5)
     r = httpx.post(f"{server.url}/api/generate", json={"model": "standin", "prompt": "a b", "stream": False})
     assert r.json()["response"] == "A B A B A"
-    r = httpx.post(f"{server.url}/api/generate",
-                   json={"model": "standin", "prompt": "x y z", "stream": False, "options": {"stop": ["Z"]}})
+    r = httpx.post(
+        f"{server.url}/api/generate",
+        json={"model": "standin", "prompt": "x y z", "stream": False, "options": {"stop": ["Z"]}},
+    )
     assert r.json()["response"] == "X Y " and r.json()["done_reason"] == "stop"
 
 

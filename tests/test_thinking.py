@@ -27,7 +27,7 @@ PROMPT_OPENS = "{% for m in messages %}{{ m.content }}{% endfor %}<|assistant|><
 def split_all(splitter: ThinkingSplitter, text: str, size: int) -> tuple[str, str]:
     thinking, answer = "", ""
     for i in range(0, len(text), size):
-        t, a = splitter.feed(text[i:i + size])
+        t, a = splitter.feed(text[i : i + size])
         thinking, answer = thinking + t, answer + a
     t, a = splitter.finish()
     return thinking + t, answer + a
@@ -41,7 +41,9 @@ def test_reasoning_is_taken_apart_whatever_the_split(size):
 
 def test_an_answer_without_a_think_block_is_all_answer():
     assert split_all(ThinkingSplitter(), "Hello <think> is just a word here", 3) == (
-        "", "Hello <think> is just a word here")
+        "",
+        "Hello <think> is just a word here",
+    )
 
 
 def test_a_prompt_that_opens_the_block_starts_in_thinking():
@@ -76,8 +78,11 @@ def test_smollm2_refuses_think_and_answers_without_it(llama_engine, smollm2_path
     ask = [Message("user", "hi")]
     with pytest.raises(InvalidOptionError, match="does not support thinking"):
         collect(llama_engine.chat(ChatRequest(model=smollm2_path, messages=ask, think=True)))
-    result = collect(llama_engine.chat(ChatRequest(model=smollm2_path, messages=ask, think=False,
-                                                   options=Options(temperature=0, num_predict=4))))
+    result = collect(
+        llama_engine.chat(
+            ChatRequest(model=smollm2_path, messages=ask, think=False, options=Options(temperature=0, num_predict=4))
+        )
+    )
     assert result.content and result.thinking == "" and result.timings.thinking_tokens == 0
 
 
@@ -107,11 +112,16 @@ def test_gateway_carries_thinking_to_both_apis_and_refuses_it_for_smollm2(tmp_pa
     from support.standins import OllamaStandin
 
     upstream = start_standin(OllamaStandin, thinking="Rayleigh scattering, probably.")
-    settings = Settings(home=tmp_path, keep_alive=-1, gateway=GatewaySettings(
-        upstreams=[UpstreamSettings(model="thinker", target="standin", urls=[upstream.url])]))
+    settings = Settings(
+        home=tmp_path,
+        keep_alive=-1,
+        gateway=GatewaySettings(upstreams=[UpstreamSettings(model="thinker", target="standin", urls=[upstream.url])]),
+    )
     with GatewayServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=120) as http:
         ask = [{"role": "user", "content": "why is the sky blue?"}]
-        whole = http.post("/api/chat", json={"model": "thinker", "messages": ask, "think": True, "stream": False}).json()
+        whole = http.post(
+            "/api/chat", json={"model": "thinker", "messages": ask, "think": True, "stream": False}
+        ).json()
         assert whole["message"]["thinking"] == "Rayleigh scattering, probably."
         lines = http.post("/api/chat", json={"model": "thinker", "messages": ask, "think": "high"}).text.splitlines()
         assert '"thinking":"Rayleigh scattering, probably."' in lines[0]
@@ -121,8 +131,9 @@ def test_gateway_carries_thinking_to_both_apis_and_refuses_it_for_smollm2(tmp_pa
         chat = client.chat.completions.create(model="thinker", messages=ask, reasoning_effort="low")
         assert chat.choices[0].message.model_extra["reasoning_content"] == "Rayleigh scattering, probably."
         streamed = client.chat.completions.create(model="thinker", messages=ask, reasoning_effort="low", stream=True)
-        reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
-                            for c in streamed if c.choices)
+        reasoning = "".join(
+            (c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in streamed if c.choices
+        )
         assert reasoning == "Rayleigh scattering, probably."
         refused = http.post("/api/chat", json={"model": "smollm2", "messages": ask, "think": True, "stream": False})
         assert refused.status_code == 400 and "does not support thinking" in refused.json()["error"]

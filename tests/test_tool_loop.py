@@ -45,13 +45,19 @@ def test_the_loop_sends_results_back_linked_to_their_call():
     def chat(messages):
         seen.append(messages)
         done = messages[-1].role == "tool"
-        return Result(model="m", content="It is sunny." if done else "", done_reason="stop", timings=Timings(),
-                      tool_calls=None if done else calls)
+        return Result(
+            model="m",
+            content="It is sunny." if done else "",
+            done_reason="stop",
+            timings=Timings(),
+            tool_calls=None if done else calls,
+        )
 
     box = tool_loop.Toolbox(schemas=[], functions={"get_weather": lambda city: f"sunny in {city}"})
     shown: list[tuple[str, str]] = []
-    result = tool_loop.run_loop(chat, [Message("user", "weather?")], box, show=lambda k, t: shown.append((k, t)),
-                                ask=lambda c: "unused")
+    result = tool_loop.run_loop(
+        chat, [Message("user", "weather?")], box, show=lambda k, t: shown.append((k, t)), ask=lambda c: "unused"
+    )
     assert result.content == "It is sunny."
     assert seen[1][-1] == Message("tool", "sunny in Oslo", tool_name="get_weather", tool_call_id="call_a")
     assert shown == [("call", 'get_weather({"city": "Oslo"})'), ("result", "sunny in Oslo")]
@@ -60,12 +66,19 @@ def test_the_loop_sends_results_back_linked_to_their_call():
 def test_cli_runs_the_tool_loop_against_a_model_that_calls(tmp_path, start_standin):
     from support.standins import OllamaStandin
 
-    server = start_standin(OllamaStandin, tool_calls=[
-        {"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}])
+    server = start_standin(
+        OllamaStandin, tool_calls=[{"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}]
+    )
     path = tmp_path / "tools.py"
     path.write_text(TOOLS_PY)
-    proc = lmgauge("run", "ollama:standin", "What is the weather in Tokyo?", "--tools", str(path),
-                   env_extra={"OLLAMA_HOST": server.url})
+    proc = lmgauge(
+        "run",
+        "ollama:standin",
+        "What is the weather in Tokyo?",
+        "--tools",
+        str(path),
+        env_extra={"OLLAMA_HOST": server.url},
+    )
     assert proc.returncode == 0, proc.stderr
     assert 'call: get_weather({"city": "Tokyo"})' in proc.stderr
     assert "result: sunny, 21 degrees celsius in Tokyo" in proc.stderr

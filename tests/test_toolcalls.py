@@ -16,19 +16,42 @@ from lmgauge.engines.chat_template import ChatTemplate
 from lmgauge.errors import InvalidOptionError
 from lmgauge.types import ChatRequest, Message, Options
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
-                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-                   "required": ["city"]}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "description": "Add two integers",
-    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                   "required": ["a", "b"]}}}
-SEARCH = {"type": "function", "function": {
-    "name": "search_web", "description": "Search the web",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "max_results": {"type": "integer"}},
-                   "required": ["query"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search_web",
+        "description": "Search the web",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string"}, "max_results": {"type": "integer"}},
+            "required": ["query"],
+        },
+    },
+}
 TOOLS = [WEATHER, ADD, SEARCH]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
@@ -48,21 +71,28 @@ def assert_valid(call: dict) -> None:
 
 # --- the syntax comes from the template --------------------------------------------------------------
 
-@pytest.mark.parametrize("source, family", [
-    ("{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>", "hermes"),
-    ("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]", "mistral"),
-    ("<|start_header_id|>{% if tools %}{{ tools }}{% endif %}", "llama3"),
-    ("<|start_header_id|>user<|end_header_id|>", "generic"),  # a Llama template without tools
-    (None, "generic"),
-])
+
+@pytest.mark.parametrize(
+    "source, family",
+    [
+        ("{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>", "hermes"),
+        ("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]", "mistral"),
+        ("<|start_header_id|>{% if tools %}{{ tools }}{% endif %}", "llama3"),
+        ("<|start_header_id|>user<|end_header_id|>", "generic"),  # a Llama template without tools
+        (None, "generic"),
+    ],
+)
 def test_syntax_is_read_from_the_template(source, family):
     assert toolcalls.syntax_for(ChatTemplate(source)).name == family
 
 
 def test_a_template_without_tools_gets_them_in_the_system_message():
-    messages = [Message("system", "Be brief."), Message("user", "weather?"),
-                Message("assistant", "", tool_calls=[{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]),
-                Message("tool", "rain", tool_name="get_weather")]
+    messages = [
+        Message("system", "Be brief."),
+        Message("user", "weather?"),
+        Message("assistant", "", tool_calls=[{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]),
+        Message("tool", "rain", tool_name="get_weather"),
+    ]
     out = toolcalls.prepare_messages(messages, TOOLS, GENERIC)
     assert out[0].content.startswith("Be brief.") and '"get_weather"' in out[0].content
     assert out[2].content == '{"name": "get_weather", "arguments": {"city": "Oslo"}}'  # the call stays visible
@@ -70,6 +100,7 @@ def test_a_template_without_tools_gets_them_in_the_system_message():
 
 
 # --- parsing -------------------------------------------------------------------------------------------
+
 
 def feed_all(parser: toolcalls.ToolCallParser, pieces: list[str]) -> tuple[str, list[dict]]:
     text, calls = "", []
@@ -81,17 +112,21 @@ def feed_all(parser: toolcalls.ToolCallParser, pieces: list[str]) -> tuple[str, 
 
 
 def pieces_of(text: str, size: int) -> list[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)]
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 1000])
 def test_hermes_calls_are_taken_out_of_the_stream_whatever_the_split(size):
-    text = ('Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}\n</tool_call>')
+    text = (
+        'Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}\n</tool_call>'
+    )
     shown, calls = feed_all(toolcalls.ToolCallParser(HERMES, NAMES), pieces_of(text, size))
     assert shown == "Let me check. "
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
-        ("get_weather", {"city": "Oslo"}), ("add", {"a": 1, "b": 2})]
+        ("get_weather", {"city": "Oslo"}),
+        ("add", {"a": 1, "b": 2}),
+    ]
     assert len({c["id"] for c in calls}) == 2
 
 
@@ -102,29 +137,36 @@ def test_a_call_is_streamed_as_soon_as_it_closes():
     assert text == "" and calls[0]["function"]["name"] == "add"
 
 
-@pytest.mark.parametrize("syntax, text", [
-    (GENERIC, '{"name": "search_web", "arguments": {"query": "llamas"}}'),
-    (LLAMA3, '<|python_tag|>{"name": "search_web", "parameters": {"query": "llamas"}}'),
-    (MISTRAL, '[TOOL_CALLS][{"name": "search_web", "arguments": {"query": "llamas"}}]'),
-    (HERMES, '<tool_call>{"name": "search_web", "arguments": {"query": "llamas"}}'),  # no closing tag
-])
+@pytest.mark.parametrize(
+    "syntax, text",
+    [
+        (GENERIC, '{"name": "search_web", "arguments": {"query": "llamas"}}'),
+        (LLAMA3, '<|python_tag|>{"name": "search_web", "parameters": {"query": "llamas"}}'),
+        (MISTRAL, '[TOOL_CALLS][{"name": "search_web", "arguments": {"query": "llamas"}}]'),
+        (HERMES, '<tool_call>{"name": "search_web", "arguments": {"query": "llamas"}}'),  # no closing tag
+    ],
+)
 def test_each_family_parses(syntax, text):
     shown, calls = feed_all(toolcalls.ToolCallParser(syntax, NAMES), pieces_of(text, 4))
     assert shown == "" and calls[0]["function"] == {"name": "search_web", "arguments": {"query": "llamas"}}
 
 
-@pytest.mark.parametrize("syntax, text", [
-    (HERMES, "<tool_call>{not json}</tool_call>"),
-    (HERMES, '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'),  # not an offered tool
-    (GENERIC, '{"answer": 42}'),  # JSON that is not a call
-    (GENERIC, "Just text, no call."),
-])
+@pytest.mark.parametrize(
+    "syntax, text",
+    [
+        (HERMES, "<tool_call>{not json}</tool_call>"),
+        (HERMES, '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'),  # not an offered tool
+        (GENERIC, '{"answer": 42}'),  # JSON that is not a call
+        (GENERIC, "Just text, no call."),
+    ],
+)
 def test_what_is_not_a_call_is_given_back_as_text(syntax, text):
     shown, calls = feed_all(toolcalls.ToolCallParser(syntax, NAMES), pieces_of(text, 5))
     assert shown == text and calls == []
 
 
 # --- grammar -------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def vocab(smollm2_path):
@@ -216,9 +258,16 @@ def test_a_forced_function_must_exist():
 # --- SmolLM2: calls it was never trained to make -------------------------------------------------------
 
 PROMPTS = [
-    "What's the weather in {}?", "Is it raining in {} right now?", "How hot is it in {} today?",
-    "Add {} and 17.", "What is {} plus 5?", "Search the web for {}.", "Find me articles about {}.",
-    "I need the temperature in {}, in fahrenheit.", "Look up {} online.", "Sum 3 and {}.",
+    "What's the weather in {}?",
+    "Is it raining in {} right now?",
+    "How hot is it in {} today?",
+    "Add {} and 17.",
+    "What is {} plus 5?",
+    "Search the web for {}.",
+    "Find me articles about {}.",
+    "I need the temperature in {}, in fahrenheit.",
+    "Look up {} online.",
+    "Sum 3 and {}.",
 ]
 FILLERS = ["Paris", "Tokyo", "42", "llamas", "Lagos", "quantum computing", "7", "Reykjavik", "the Moon", "1999"]
 
@@ -229,9 +278,17 @@ def test_required_tool_choice_makes_fifty_schema_valid_calls_on_smollm2(llama_en
     assert len(set(prompts)) == 50
     failures = []
     for prompt in prompts:
-        result = collect(llama_engine.chat(ChatRequest(
-            model=smollm2_path, messages=[Message("user", prompt)], tools=TOOLS, tool_choice="required",
-            options=Options(temperature=0, num_predict=96))))
+        result = collect(
+            llama_engine.chat(
+                ChatRequest(
+                    model=smollm2_path,
+                    messages=[Message("user", prompt)],
+                    tools=TOOLS,
+                    tool_choice="required",
+                    options=Options(temperature=0, num_predict=96),
+                )
+            )
+        )
         try:
             assert result.tool_calls, f"no call: {result.content!r} ({result.done_reason})"
             for call in result.tool_calls:
@@ -244,27 +301,61 @@ def test_required_tool_choice_makes_fifty_schema_valid_calls_on_smollm2(llama_en
 @pytest.mark.integration
 def test_a_named_function_is_the_one_called_and_none_calls_nothing(llama_engine, smollm2_path):
     ask = [Message("user", "What's the weather in Paris?")]
-    forced = collect(llama_engine.chat(ChatRequest(model=smollm2_path, messages=ask, tools=TOOLS,
-                                                   tool_choice="required", forced_tool="search_web",
-                                                   options=Options(temperature=0, num_predict=64))))
+    forced = collect(
+        llama_engine.chat(
+            ChatRequest(
+                model=smollm2_path,
+                messages=ask,
+                tools=TOOLS,
+                tool_choice="required",
+                forced_tool="search_web",
+                options=Options(temperature=0, num_predict=64),
+            )
+        )
+    )
     assert {c["function"]["name"] for c in forced.tool_calls} == {"search_web"}
-    none = collect(llama_engine.chat(ChatRequest(model=smollm2_path, messages=ask, tools=TOOLS, tool_choice="none",
-                                                 options=Options(temperature=0, num_predict=16))))
+    none = collect(
+        llama_engine.chat(
+            ChatRequest(
+                model=smollm2_path,
+                messages=ask,
+                tools=TOOLS,
+                tool_choice="none",
+                options=Options(temperature=0, num_predict=16),
+            )
+        )
+    )
     assert none.tool_calls is None and none.content
 
 
 @pytest.mark.integration
 def test_calls_stream_in_their_own_chunk_and_results_go_back(llama_engine, smollm2_path):
     ask = [Message("user", "What's the weather in Oslo?")]
-    chunks = list(llama_engine.chat(ChatRequest(model=smollm2_path, messages=ask, tools=[WEATHER],
-                                                tool_choice="required", options=Options(temperature=0, num_predict=64))))
+    chunks = list(
+        llama_engine.chat(
+            ChatRequest(
+                model=smollm2_path,
+                messages=ask,
+                tools=[WEATHER],
+                tool_choice="required",
+                options=Options(temperature=0, num_predict=64),
+            )
+        )
+    )
     streamed = [c for chunk in chunks if chunk.tool_calls for c in chunk.tool_calls]
     final = chunks[-1].result
     assert streamed and streamed == final.tool_calls and final.content == ""
-    follow_up = ask + [final.message, Message("tool", "rain, 7 degrees", tool_name="get_weather",
-                                              tool_call_id=streamed[0]["id"])]
-    answer = collect(llama_engine.chat(ChatRequest(model=smollm2_path, messages=follow_up, tools=[WEATHER],
-                                                   options=Options(temperature=0, num_predict=24))))
+    follow_up = ask + [
+        final.message,
+        Message("tool", "rain, 7 degrees", tool_name="get_weather", tool_call_id=streamed[0]["id"]),
+    ]
+    answer = collect(
+        llama_engine.chat(
+            ChatRequest(
+                model=smollm2_path, messages=follow_up, tools=[WEATHER], options=Options(temperature=0, num_predict=24)
+            )
+        )
+    )
     assert answer.content or answer.tool_calls
     prompt = llama_engine.detokenize(smollm2_path, llama_engine.chat_tokens(smollm2_path, follow_up, [WEATHER]))
     assert "rain, 7 degrees" in prompt and '"get_weather"' in prompt  # the call and its result, both shown
@@ -276,12 +367,16 @@ def test_a_call_written_as_a_json_block_is_a_call(syntax):
     its template's <tool_call> tags: the answer is held and parsed as a call."""
     text = '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Paris", "unit": "celsius"}\n}\n```'
     shown, calls = feed_all(toolcalls.ToolCallParser(syntax, NAMES), pieces_of(text, 3))
-    assert shown == "" and calls[0]["function"] == {"name": "get_weather",
-                                                    "arguments": {"city": "Paris", "unit": "celsius"}}
+    assert shown == "" and calls[0]["function"] == {
+        "name": "get_weather",
+        "arguments": {"city": "Paris", "unit": "celsius"},
+    }
 
 
 def test_a_code_block_that_is_not_a_call_streams_as_text():
     parser = toolcalls.ToolCallParser(HERMES, NAMES)
     assert parser.feed("```python\nprint(1)") == ("```python\nprint(1)", [])  # not held: not JSON
     assert feed_all(toolcalls.ToolCallParser(HERMES, NAMES), ['```json\n{"a": 1}\n```']) == (
-        '```json\n{"a": 1}\n```', [])
+        '```json\n{"a": 1}\n```',
+        [],
+    )

@@ -21,10 +21,18 @@ from lmgauge.wire import openai as oa
 
 text = st.text(max_size=40)
 name = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True)
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=20),
-                        st.floats(allow_nan=False, allow_infinity=False, width=32))
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=8)
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.text(max_size=20),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
 arguments = st.dictionaries(name, json_value, max_size=4)
 call_ids = st.from_regex(r"call_[a-z0-9]{4,12}", fullmatch=True)
 
@@ -50,8 +58,7 @@ def conversations(draw, openai: bool) -> list[Message]:
             calls = draw(tool_calls(with_ids=openai))
             out.append(Message("assistant", draw(text), tool_calls=calls, thinking=draw(text)))
             for call in calls:
-                out.append(Message("tool", draw(text), tool_name=call["function"]["name"],
-                                   tool_call_id=call.get("id")))
+                out.append(Message("tool", draw(text), tool_name=call["function"]["name"], tool_call_id=call.get("id")))
         out.append(Message("assistant", draw(text), thinking=draw(text)))
     return out
 
@@ -74,9 +81,11 @@ def test_openai_messages_round_trip(messages):
 
 
 def test_openai_tool_results_are_linked_and_named_by_call_id():
-    messages = [Message("user", "weather?"),
-                Message("assistant", "", tool_calls=[{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]),
-                Message("tool", "rain")]
+    messages = [
+        Message("user", "weather?"),
+        Message("assistant", "", tool_calls=[{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]),
+        Message("tool", "rain"),
+    ]
     wire = oa.messages_to_wire(messages)
     assert wire[2]["tool_call_id"] == wire[1]["tool_calls"][0]["id"]
     back = oa.messages_from_wire(wire)
@@ -84,35 +93,65 @@ def test_openai_tool_results_are_linked_and_named_by_call_id():
 
 
 @settings(max_examples=40, deadline=None)
-@given(conversations(openai=False), st.sampled_from([None, True, False, "low", "high"]),
-       st.lists(name, min_size=1, max_size=3, unique=True))
+@given(
+    conversations(openai=False),
+    st.sampled_from([None, True, False, "low", "high"]),
+    st.lists(name, min_size=1, max_size=3, unique=True),
+)
 def test_ollama_chat_request_round_trips_through_the_gateway_parser(messages, think, tool_names):
     tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in tool_names]
-    request = ChatRequest(model="m", messages=messages, options=Options(temperature=0.5, stop=["x"]),
-                          format={"type": "object"}, tools=tools, keep_alive=60.0, think=think)
+    request = ChatRequest(
+        model="m",
+        messages=messages,
+        options=Options(temperature=0.5, stop=["x"]),
+        format={"type": "object"},
+        tools=tools,
+        keep_alive=60.0,
+        think=think,
+    )
     back, stream = ollama_api.parse_chat(orjson.loads(orjson.dumps(ow.chat_body(request, "m", True))))
     assert back == request and stream
 
 
 @settings(max_examples=40, deadline=None)
-@given(conversations(openai=True), st.sampled_from([None, False, "low", "medium", "high"]),
-       st.sampled_from(["auto", "none", "required", "forced"]))
+@given(
+    conversations(openai=True),
+    st.sampled_from([None, False, "low", "medium", "high"]),
+    st.sampled_from(["auto", "none", "required", "forced"]),
+)
 def test_openai_chat_request_round_trips_through_the_gateway_parser(messages, think, choice):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     forced = "f" if choice == "forced" else None
-    request = ChatRequest(model="m", messages=messages, options=Options(temperature=0.5, num_predict=9, stop=["x"]),
-                          format="json", tools=tools, tool_choice="required" if forced else choice,
-                          forced_tool=forced, think=think)
+    request = ChatRequest(
+        model="m",
+        messages=messages,
+        options=Options(temperature=0.5, num_predict=9, stop=["x"]),
+        format="json",
+        tools=tools,
+        tool_choice="required" if forced else choice,
+        forced_tool=forced,
+        think=think,
+    )
     back, stream, usage = openai_api.parse_chat(orjson.loads(orjson.dumps(oa.chat_body(request, "m", True))))
     assert back == request and stream and usage
 
 
 results = st.builds(
-    Result, model=st.just("m"), content=text, done_reason=st.sampled_from(["stop", "length"]),
-    timings=st.builds(Timings, prompt_tokens=st.integers(0, 10**5), output_tokens=st.integers(0, 10**5),
-                      load_ns=st.integers(0, 10**12), prompt_eval_ns=st.integers(0, 10**12),
-                      eval_ns=st.integers(0, 10**12), total_ns=st.integers(0, 10**12)),
-    tool_calls=st.one_of(st.none(), tool_calls(with_ids=True)), thinking=text,
+    Result,
+    model=st.just("m"),
+    content=text,
+    done_reason=st.sampled_from(["stop", "length"]),
+    timings=st.builds(
+        Timings,
+        prompt_tokens=st.integers(0, 10**5),
+        output_tokens=st.integers(0, 10**5),
+        load_ns=st.integers(0, 10**12),
+        prompt_eval_ns=st.integers(0, 10**12),
+        eval_ns=st.integers(0, 10**12),
+        total_ns=st.integers(0, 10**12),
+    ),
+    tool_calls=st.one_of(st.none(), tool_calls(with_ids=True)),
+    thinking=text,
 )
 
 
@@ -177,15 +216,18 @@ def test_openai_stream_round_trip(result, pieces):
 
 
 def test_openai_stream_tool_calls_are_shaped_as_openai_sends_them():
-    calls = [{"id": "call_a", "function": {"name": "f", "arguments": {"x": 1}}},
-             {"id": "call_b", "function": {"name": "g", "arguments": {}}}]
+    calls = [
+        {"id": "call_a", "function": {"name": "f", "arguments": {"x": 1}}},
+        {"id": "call_b", "function": {"name": "g", "arguments": {}}},
+    ]
     result = Result(model="m", content="", done_reason="stop", timings=Timings(), tool_calls=calls)
     writer = oa.StreamWriter("id", "m", "chat", False)
     events = writer.events(Chunk(tool_calls=calls[:1])) + writer.events(Chunk(done=True, result=result))
     deltas = [e["choices"][0]["delta"] for e in events]
     assert deltas[0]["role"] == "assistant" and "role" not in deltas[1]
-    assert deltas[0]["tool_calls"] == [{"index": 0, "id": "call_a", "type": "function",
-                                        "function": {"name": "f", "arguments": ""}}]
+    assert deltas[0]["tool_calls"] == [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}
+    ]
     assert deltas[1]["tool_calls"] == [{"index": 0, "function": {"arguments": '{"x": 1}'}}]
     assert deltas[2]["tool_calls"][0]["index"] == 1 and deltas[2]["tool_calls"][0]["id"] == "call_b"
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -198,21 +240,28 @@ def test_assembler_keeps_a_malformed_call_as_the_servers_text():
     assert asm.calls() == [{"function": {"name": "f", "arguments": {"_raw": '{"x": oops'}}, "id": "c"}]
 
 
-@pytest.mark.parametrize("value, fragment", [
-    ([{"role": "assistant", "tool_calls": [{"function": {"name": "", "arguments": {}}}]}], "name"),
-    ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{nope"}}]}], "not valid JSON"),
-    ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": [1]}}]}], "must be an object"),
-    ([{"role": "tool", "content": "x", "tool_call_id": 7}], "tool_call_id"),
-    ([{"role": "assistant", "thinking": 3}], "thinking"),
-])
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ([{"role": "assistant", "tool_calls": [{"function": {"name": "", "arguments": {}}}]}], "name"),
+        ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{nope"}}]}], "not valid JSON"),
+        ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": [1]}}]}], "must be an object"),
+        ([{"role": "tool", "content": "x", "tool_call_id": 7}], "tool_call_id"),
+        ([{"role": "assistant", "thinking": 3}], "thinking"),
+    ],
+)
 def test_malformed_messages_are_refused_by_field(value, fragment):
     with pytest.raises(InvalidOptionError, match=fragment):
         ow.messages_from_wire(value)
 
 
-@pytest.mark.parametrize("choice, fragment", [
-    ({"type": "function", "function": {"name": "nope"}}, "not in tools"), ("always", "tool_choice must be"),
-])
+@pytest.mark.parametrize(
+    "choice, fragment",
+    [
+        ({"type": "function", "function": {"name": "nope"}}, "not in tools"),
+        ("always", "tool_choice must be"),
+    ],
+)
 def test_bad_tool_choice_is_refused(choice, fragment):
     tools = [{"type": "function", "function": {"name": "f"}}]
     with pytest.raises(InvalidOptionError, match=fragment):
@@ -223,10 +272,23 @@ def test_bad_tool_choice_is_refused(choice, fragment):
 
 # Keys that only exist in Ollama's or OpenAI's JSON (lmgauge's own types use other names).
 WIRE_KEYS = {
-    "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration", "load_duration",
-    "total_duration", "choices", "finish_reason", "reasoning_content", "response_format",
-    "completion_tokens", "prompt_tokens_details", "stream_options", "chat.completion", "chat.completion.chunk",
-    "reasoning_effort", "tool_choice",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+    "load_duration",
+    "total_duration",
+    "choices",
+    "finish_reason",
+    "reasoning_content",
+    "response_format",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "stream_options",
+    "chat.completion",
+    "chat.completion.chunk",
+    "reasoning_effort",
+    "tool_choice",
 }
 SRC = Path(__file__).resolve().parent.parent / "src" / "lmgauge"
 # Same spelling, not the wire format: the variable chat templates read for an effort level.
@@ -235,13 +297,22 @@ NOT_WIRE = {("engines/thinking.py", "reasoning_effort")}
 
 def _wire_strings(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in WIRE_KEYS
-            and id(node) not in docstrings]
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value in WIRE_KEYS
+        and id(node) not in docstrings
+    ]
 
 
 def test_no_module_outside_wire_builds_or_parses_wire_json():
@@ -249,8 +320,11 @@ def test_no_module_outside_wire_builds_or_parses_wire_json():
     for path in sorted(SRC.rglob("*.py")):
         if "wire" in path.relative_to(SRC).parts:
             continue
-        offenders += [f"{path.relative_to(SRC)}:{line}: {key!r}" for line, key in _wire_strings(path)
-                      if (str(path.relative_to(SRC)), key) not in NOT_WIRE]
+        offenders += [
+            f"{path.relative_to(SRC)}:{line}: {key!r}"
+            for line, key in _wire_strings(path)
+            if (str(path.relative_to(SRC)), key) not in NOT_WIRE
+        ]
     assert offenders == [], "Ollama/OpenAI JSON handled outside lmgauge/wire:\n" + "\n".join(offenders)
 
 

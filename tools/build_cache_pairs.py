@@ -24,14 +24,25 @@ TEST_SHARE = 0.3
 def main() -> None:
     rng = random.Random(SEED)
     rows = []
-    for kind, pairs in (("paraphrase", PARAPHRASES), ("negation", NEGATIONS), ("number", NUMBERS),
-                        ("entity", ENTITIES)):
+    for kind, pairs in (
+        ("paraphrase", PARAPHRASES),
+        ("negation", NEGATIONS),
+        ("number", NUMBERS),
+        ("entity", ENTITIES),
+    ):
         order = list(range(len(pairs)))
         rng.shuffle(order)
         test = set(order[: round(TEST_SHARE * len(pairs))])
         for i, (a, b) in enumerate(pairs):
-            rows.append({"kind": kind, "should_hit": kind == "paraphrase",
-                         "split": "test" if i in test else "train", "a": a, "b": b})
+            rows.append(
+                {
+                    "kind": kind,
+                    "should_hit": kind == "paraphrase",
+                    "split": "test" if i in test else "train",
+                    "a": a,
+                    "b": b,
+                }
+            )
     assert len({(r["a"], r["b"]) for r in rows}) == len(rows), "duplicate pairs"
     with OUT.open("w") as f:
         for n, row in enumerate(rows):

@@ -30,73 +30,142 @@ TEST_SHARE = 0.3
 PER_TEMPLATE = 6
 
 COUNTRIES = ["France", "Kenya", "Peru", "Norway", "Vietnam", "Egypt", "Chile", "Poland", "Canada", "Thailand"]
-UNITS = [("kilograms", "pounds"), ("liters", "gallons"), ("meters", "feet"), ("miles", "kilometers"),
-         ("inches", "centimeters"), ("ounces", "grams")]
-PHRASES = ["where is the train station", "I would like a coffee", "see you tomorrow", "how much does this cost",
-           "nice to meet you", "I am lost"]
+UNITS = [
+    ("kilograms", "pounds"),
+    ("liters", "gallons"),
+    ("meters", "feet"),
+    ("miles", "kilometers"),
+    ("inches", "centimeters"),
+    ("ounces", "grams"),
+]
+PHRASES = [
+    "where is the train station",
+    "I would like a coffee",
+    "see you tomorrow",
+    "how much does this cost",
+    "nice to meet you",
+    "I am lost",
+]
 LANGUAGES = ["Italian", "German", "Portuguese", "Dutch", "French", "Spanish"]
 LANGS = ["Python", "JavaScript", "Go", "Java", "Rust", "TypeScript"]
-SMALL_TASKS = ["removes duplicates from a list while keeping the order", "counts the vowels in a string",
-               "returns the n-th Fibonacci number", "converts a date string from DD/MM/YYYY to YYYY-MM-DD",
-               "merges two sorted lists", "checks whether a year is a leap year"]
-PAIRS = [("a mutex", "a semaphore"), ("RAM", "storage"), ("a simile", "a metaphor"), ("mitosis", "meiosis"),
-         ("an index fund", "an actively managed fund"), ("weather", "climate"), ("SQL", "NoSQL databases"),
-         ("a latte", "a cappuccino")]
-RECIPIENTS = [("my manager", "taking Friday off"), ("a client", "a delayed delivery"),
-              ("my team", "the new code review rules"), ("a professor", "an extension for my essay"),
-              ("a neighbor", "noise late at night"), ("the HR department", "updating my bank details")]
-SYSTEMS = [("a chat application", "5 million daily users"), ("a payment processing service", "2,000 transactions per second"),
-           ("a video streaming platform", "300,000 concurrent viewers"), ("a ride-sharing dispatch system", "a city of 8 million people"),
-           ("a logging pipeline", "1 TB of logs per day"), ("a ticketing system for concert sales", "sudden spikes of 100x normal traffic")]
-ASPECTS = ["storage, caching, failure handling and monitoring", "data model, consistency, scaling and cost",
-           "APIs, queues, retries and observability"]
-POSITIONS = ["that cities should ban cars from their centers", "that homework should be abolished in primary schools",
-             "that remote work is better for productivity", "that nuclear power is essential to fight climate change",
-             "that social media platforms should verify every user's identity", "that public transport should be free"]
-ALGORITHMS = ["a trie with prefix search and deletion", "an interval tree", "the A* search algorithm on a grid",
-              "a union-find structure with path compression", "a consistent hashing ring with virtual nodes",
-              "a bloom filter with a configurable false-positive rate"]
-OPTIONS3 = [("PostgreSQL", "MongoDB", "Cassandra", "an IoT sensor platform"),
-            ("React", "Vue", "Svelte", "a small team's admin dashboard"),
-            ("Kafka", "RabbitMQ", "Redis Streams", "an order-processing backend"),
-            ("AWS Lambda", "containers on Kubernetes", "a single VM", "a B2B SaaS with spiky traffic"),
-            ("index funds", "real estate", "paying down a mortgage", "a 35-year-old with $50,000 to invest"),
-            ("Flutter", "React Native", "native apps", "a banking app")]
+SMALL_TASKS = [
+    "removes duplicates from a list while keeping the order",
+    "counts the vowels in a string",
+    "returns the n-th Fibonacci number",
+    "converts a date string from DD/MM/YYYY to YYYY-MM-DD",
+    "merges two sorted lists",
+    "checks whether a year is a leap year",
+]
+PAIRS = [
+    ("a mutex", "a semaphore"),
+    ("RAM", "storage"),
+    ("a simile", "a metaphor"),
+    ("mitosis", "meiosis"),
+    ("an index fund", "an actively managed fund"),
+    ("weather", "climate"),
+    ("SQL", "NoSQL databases"),
+    ("a latte", "a cappuccino"),
+]
+RECIPIENTS = [
+    ("my manager", "taking Friday off"),
+    ("a client", "a delayed delivery"),
+    ("my team", "the new code review rules"),
+    ("a professor", "an extension for my essay"),
+    ("a neighbor", "noise late at night"),
+    ("the HR department", "updating my bank details"),
+]
+SYSTEMS = [
+    ("a chat application", "5 million daily users"),
+    ("a payment processing service", "2,000 transactions per second"),
+    ("a video streaming platform", "300,000 concurrent viewers"),
+    ("a ride-sharing dispatch system", "a city of 8 million people"),
+    ("a logging pipeline", "1 TB of logs per day"),
+    ("a ticketing system for concert sales", "sudden spikes of 100x normal traffic"),
+]
+ASPECTS = [
+    "storage, caching, failure handling and monitoring",
+    "data model, consistency, scaling and cost",
+    "APIs, queues, retries and observability",
+]
+POSITIONS = [
+    "that cities should ban cars from their centers",
+    "that homework should be abolished in primary schools",
+    "that remote work is better for productivity",
+    "that nuclear power is essential to fight climate change",
+    "that social media platforms should verify every user's identity",
+    "that public transport should be free",
+]
+ALGORITHMS = [
+    "a trie with prefix search and deletion",
+    "an interval tree",
+    "the A* search algorithm on a grid",
+    "a union-find structure with path compression",
+    "a consistent hashing ring with virtual nodes",
+    "a bloom filter with a configurable false-positive rate",
+]
+OPTIONS3 = [
+    ("PostgreSQL", "MongoDB", "Cassandra", "an IoT sensor platform"),
+    ("React", "Vue", "Svelte", "a small team's admin dashboard"),
+    ("Kafka", "RabbitMQ", "Redis Streams", "an order-processing backend"),
+    ("AWS Lambda", "containers on Kubernetes", "a single VM", "a B2B SaaS with spiky traffic"),
+    ("index funds", "real estate", "paying down a mortgage", "a 35-year-old with $50,000 to invest"),
+    ("Flutter", "React Native", "native apps", "a banking app"),
+]
 
 
 def simple_templates(rng: random.Random) -> dict[str, list[str]]:
     return {
         "capital": [f"What is the capital of {c}?" for c in rng.sample(COUNTRIES, PER_TEMPLATE)],
         "convert": [f"Convert {rng.randint(2, 250)} {a} to {b}." for a, b in rng.sample(UNITS, PER_TEMPLATE)],
-        "arith": [rng.choice(["What is {a} + {b}?", "what's {a} times {b}", "What is {a} minus {b}?"]).format(
-            a=rng.randint(10, 99), b=rng.randint(2, 20)) for _ in range(PER_TEMPLATE)],
-        "translate": [f"Translate '{p}' into {lang}." for p, lang in zip(rng.sample(PHRASES, PER_TEMPLATE),
-                                                                      rng.sample(LANGUAGES, PER_TEMPLATE), strict=True)],
+        "arith": [
+            rng.choice(["What is {a} + {b}?", "what's {a} times {b}", "What is {a} minus {b}?"]).format(
+                a=rng.randint(10, 99), b=rng.randint(2, 20)
+            )
+            for _ in range(PER_TEMPLATE)
+        ],
+        "translate": [
+            f"Translate '{p}' into {lang}."
+            for p, lang in zip(rng.sample(PHRASES, PER_TEMPLATE), rng.sample(LANGUAGES, PER_TEMPLATE), strict=True)
+        ],
     }
 
 
 def moderate_templates(rng: random.Random) -> dict[str, list[str]]:
     return {
-        "function": [f"Write a {lang} function that {t}." for lang, t in zip(rng.sample(LANGS, PER_TEMPLATE),
-                                                                       rng.sample(SMALL_TASKS, PER_TEMPLATE), strict=True)],
-        "difference": [f"Explain the difference between {a} and {b}, with an example of each."
-                       for a, b in rng.sample(PAIRS, PER_TEMPLATE)],
+        "function": [
+            f"Write a {lang} function that {t}."
+            for lang, t in zip(rng.sample(LANGS, PER_TEMPLATE), rng.sample(SMALL_TASKS, PER_TEMPLATE), strict=True)
+        ],
+        "difference": [
+            f"Explain the difference between {a} and {b}, with an example of each."
+            for a, b in rng.sample(PAIRS, PER_TEMPLATE)
+        ],
         "email": [f"Write a short, polite email to {r} about {t}." for r, t in rng.sample(RECIPIENTS, PER_TEMPLATE)],
     }
 
 
 def complex_templates(rng: random.Random) -> dict[str, list[str]]:
     return {
-        "design": [f"Design {s} that handles {n}. Cover {rng.choice(ASPECTS)}, and explain the trade-offs of "
-                   "your main decisions." for s, n in rng.sample(SYSTEMS, PER_TEMPLATE)],
-        "essay": [f"Write an essay of about 900 words arguing {p}. Address the strongest counterarguments and "
-                  "say what evidence would change your mind." for p in rng.sample(POSITIONS, PER_TEMPLATE)],
-        "implement": [f"Implement {a} in {lang}, analyze the time and space complexity of each operation, and write "
-                      "tests for the edge cases." for a, lang in zip(rng.sample(ALGORITHMS, PER_TEMPLATE),
-                                                                  rng.sample(LANGS, PER_TEMPLATE), strict=True)],
-        "compare3": [f"Compare {a}, {b} and {c} for {ctx} in terms of cost, operational complexity, performance "
-                     "and risk, then recommend one and explain when you would choose differently."
-                     for a, b, c, ctx in rng.sample(OPTIONS3, PER_TEMPLATE)],
+        "design": [
+            f"Design {s} that handles {n}. Cover {rng.choice(ASPECTS)}, and explain the trade-offs of "
+            "your main decisions."
+            for s, n in rng.sample(SYSTEMS, PER_TEMPLATE)
+        ],
+        "essay": [
+            f"Write an essay of about 900 words arguing {p}. Address the strongest counterarguments and "
+            "say what evidence would change your mind."
+            for p in rng.sample(POSITIONS, PER_TEMPLATE)
+        ],
+        "implement": [
+            f"Implement {a} in {lang}, analyze the time and space complexity of each operation, and write "
+            "tests for the edge cases."
+            for a, lang in zip(rng.sample(ALGORITHMS, PER_TEMPLATE), rng.sample(LANGS, PER_TEMPLATE), strict=True)
+        ],
+        "compare3": [
+            f"Compare {a}, {b} and {c} for {ctx} in terms of cost, operational complexity, performance "
+            "and risk, then recommend one and explain when you would choose differently."
+            for a, b, c, ctx in rng.sample(OPTIONS3, PER_TEMPLATE)
+        ],
     }
 
 
@@ -105,8 +174,7 @@ def build() -> list[dict]:
     groups: list[tuple[str, str, list[str]]] = []  # (label, group id, queries)
     for label, hand in (("simple", SIMPLE), ("moderate", MODERATE), ("complex", COMPLEX)):
         groups += [(label, f"hand-{label}-{i}", [q]) for i, q in enumerate(hand)]
-    for label, make in (("simple", simple_templates), ("moderate", moderate_templates),
-                        ("complex", complex_templates)):
+    for label, make in (("simple", simple_templates), ("moderate", moderate_templates), ("complex", complex_templates)):
         groups += [(label, f"template-{name}", qs) for name, qs in make(rng).items()]
 
     items: list[dict] = []

@@ -113,7 +113,7 @@ MODERATE = [
     "How does compound interest work? Show an example with $1,000 at 5% for 3 years.",
     "Write a short cover letter paragraph for a junior data analyst position.",
     "Explain what photosynthesis is and why it matters for life on Earth.",
-    "Convert this JSON to YAML:\n{\"name\": \"app\", \"version\": 2, \"deps\": [\"requests\", \"rich\"]}",
+    'Convert this JSON to YAML:\n{"name": "app", "version": 2, "deps": ["requests", "rich"]}',
     "What's the difference between TCP and UDP, and when would you use each?",
     "Write a bash one-liner that counts the lines in all .py files in a folder, and explain it.",
     "Extract the names, dates and amounts from this text as JSON: 'On March 3 Alice paid Bob $120, and on March 9 Carol paid Dan $45.'",

@@ -75,12 +75,15 @@ def read_items(path: Path, system: str | None = None) -> list[BatchItem]:
             try:
                 data = json.loads(line)
             except ValueError as exc:
-                raise InvalidOptionError(f"{path}:{n} is not valid JSON ({exc}); each line must be a JSON "
-                                         "string or object") from None
+                raise InvalidOptionError(
+                    f"{path}:{n} is not valid JSON ({exc}); each line must be a JSON string or object"
+                ) from None
             item = _item(data, n, system, f"{path}:{n}")
             if item.id in seen:
-                raise InvalidOptionError(f"{path}:{n}: the id {item.id!r} is used twice; ids must be unique "
-                                         "so results can be matched and resumed")
+                raise InvalidOptionError(
+                    f"{path}:{n}: the id {item.id!r} is used twice; ids must be unique "
+                    "so results can be matched and resumed"
+                )
             seen.add(item.id)
             items.append(item)
     if not items:
@@ -130,13 +133,18 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def request_of(item: BatchItem, model: str, base_options: dict[str, Any] | None = None, fmt: Any = None) -> dict[str, Any]:
+def request_of(
+    item: BatchItem, model: str, base_options: dict[str, Any] | None = None, fmt: Any = None
+) -> dict[str, Any]:
     """What a result answers: the model name asked for, the item's effective options and format,
     and a hash of its messages (so an edited prompt with the same id is not a match)."""
     messages = json.dumps(item.messages, sort_keys=True, ensure_ascii=False)
-    return {"model": model, "options": {**(base_options or {}), **item.options},
-            "format": item.format if item.format is not None else fmt,
-            "messages_sha256": hashlib.sha256(messages.encode()).hexdigest()[:16]}
+    return {
+        "model": model,
+        "options": {**(base_options or {}), **item.options},
+        "format": item.format if item.format is not None else fmt,
+        "messages_sha256": hashlib.sha256(messages.encode()).hexdigest()[:16],
+    }
 
 
 def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
@@ -148,18 +156,34 @@ def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def result_record(item: BatchItem, model: str, result: Result | None = None, error: str | None = None,
-                  tier: str | None = None, cached: bool = False,
-                  request: dict[str, Any] | None = None) -> dict[str, Any]:
+def result_record(
+    item: BatchItem,
+    model: str,
+    result: Result | None = None,
+    error: str | None = None,
+    tier: str | None = None,
+    cached: bool = False,
+    request: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     record: dict[str, Any] = {"id": item.id, "model": model, "status": "ok" if error is None else "error"}
     if request is not None:
         record["request"] = request
     if result is not None:
         t = result.timings
         record.update(
-            model=result.model, content=result.content, done_reason=result.done_reason, engine=result.engine,
-            timings={"ttft_ms": t.ttft_ms, "tpot_ms": t.tpot_ms, "e2e_ms": t.e2e_ms, "prompt_tokens": t.prompt_tokens,
-                     "cached_tokens": t.cached_tokens, "output_tokens": t.output_tokens, "decode_tps": t.decode_tps},
+            model=result.model,
+            content=result.content,
+            done_reason=result.done_reason,
+            engine=result.engine,
+            timings={
+                "ttft_ms": t.ttft_ms,
+                "tpot_ms": t.tpot_ms,
+                "e2e_ms": t.e2e_ms,
+                "prompt_tokens": t.prompt_tokens,
+                "cached_tokens": t.cached_tokens,
+                "output_tokens": t.output_tokens,
+                "decode_tps": t.decode_tps,
+            },
         )
     if error is not None:
         record["error"] = error
@@ -250,20 +274,31 @@ def run_batch(
     return summary
 
 
-def resumable(items: list[BatchItem], out_path: Path, request: Callable[[BatchItem], dict[str, Any]], *,
-              retry_errors: bool = True, force: bool = False, out_name: str = "the output") -> dict[str, dict[str, Any]]:
+def resumable(
+    items: list[BatchItem],
+    out_path: Path,
+    request: Callable[[BatchItem], dict[str, Any]],
+    *,
+    retry_errors: bool = True,
+    force: bool = False,
+    out_name: str = "the output",
+) -> dict[str, dict[str, Any]]:
     """The results in `out_path` this run keeps (by id): those asked exactly as this run asks.
     A result asked differently is refused (InvalidOptionError naming the difference) unless
     `force`, which drops it so its item is answered again."""
     asked = {item.id: request(item) for item in items}
     keep = {i: r for i, r in read_results(out_path).items() if r.get("status") == "ok" or not retry_errors}
-    stale = {i: _differences(r.get("request"), asked[i]) for i, r in keep.items()
-             if i in asked and r.get("request") != asked[i]}
+    stale = {
+        i: _differences(r.get("request"), asked[i])
+        for i, r in keep.items()
+        if i in asked and r.get("request") != asked[i]
+    }
     if stale and not force:
         first = next(iter(stale))
         raise InvalidOptionError(
             f"{out_name} already holds {len(stale)} result(s) asked differently (item {first!r}: {stale[first]}); "
-            "write to another file with -O, or pass --force to answer them again with this run's settings")
+            "write to another file with -O, or pass --force to answer them again with this run's settings"
+        )
     return {i: r for i, r in keep.items() if i not in stale}
 
 

@@ -79,14 +79,18 @@ class Client:
         if source is None:
             return None
         if ref.engine != "llamacpp":
-            raise InvalidOptionError(f"speculative decoding is done by the embedded engine; {ref.name} is served "
-                                     f"by {ref.engine} (remove it from [speculative.models])")
+            raise InvalidOptionError(
+                f"speculative decoding is done by the embedded engine; {ref.name} is served "
+                f"by {ref.engine} (remove it from [speculative.models])"
+            )
         if source == "lookup":
             return Speculation(lookup=True, draft_max=config.draft_max)
         draft = self.resolve(source)
         if draft.engine != "llamacpp":
-            raise InvalidOptionError(f"the draft model {source} must be a local GGUF model (it runs beside "
-                                     f"{ref.name} in this process), not a model served by {draft.engine}")
+            raise InvalidOptionError(
+                f"the draft model {source} must be a local GGUF model (it runs beside "
+                f"{ref.name} in this process), not a model served by {draft.engine}"
+            )
         return Speculation(draft=draft.target, draft_max=config.draft_max)
 
     def _renamed(self, chunks: Iterator[Chunk], ref: ModelRef) -> Generator[Chunk, None, None]:
@@ -112,9 +116,15 @@ class Client:
         Chunks carry answer text (`content`), reasoning (`thinking`) and finished `tool_calls`."""
         ref = self.resolve(model)
         request = ChatRequest(
-            model=ref.target, messages=as_messages(messages), options=as_options(options),
-            format=format, tools=tools, keep_alive=as_keep_alive(keep_alive), speculation=self.speculation(ref),
-            tool_choice=tool_choice, think=think,
+            model=ref.target,
+            messages=as_messages(messages),
+            options=as_options(options),
+            format=format,
+            tools=tools,
+            keep_alive=as_keep_alive(keep_alive),
+            speculation=self.speculation(ref),
+            tool_choice=tool_choice,
+            think=think,
         )
         return self._renamed(self.engine(ref).chat(request), ref)
 
@@ -134,8 +144,14 @@ class Client:
     ) -> Generator[Chunk, None, None]:
         ref = self.resolve(model)
         request = GenerateRequest(
-            model=ref.target, prompt=prompt, system=system, raw=raw, options=as_options(options),
-            format=format, keep_alive=as_keep_alive(keep_alive), speculation=self.speculation(ref),
+            model=ref.target,
+            prompt=prompt,
+            system=system,
+            raw=raw,
+            options=as_options(options),
+            format=format,
+            keep_alive=as_keep_alive(keep_alive),
+            speculation=self.speculation(ref),
         )
         return self._renamed(self.engine(ref).generate(request), ref)
 

@@ -114,14 +114,14 @@ class ContextSettings(BaseModel):
 class UpstreamSettings(BaseModel):
     """One model served by remote nodes: `[[gateway.upstreams]]` in the config file.
 
-        [[gateway.upstreams]]
-        model = "llama3.2:3b"                         # the name clients ask for
-        kind = "ollama"                               # or "openai" (vLLM, llama-server, LM Studio)
-        urls = ["http://gpu1:11434", "http://gpu2:11434"]
-        target = "llama3.2:3b"                        # the nodes' own name (default: model)
-        num_ctx = 8192                                # the window the context guard checks against
-        tokenizer = "~/models/llama-3.2-3b.gguf"      # a local GGUF with the same vocabulary, for
-                                                      # exact token counts before sending
+    [[gateway.upstreams]]
+    model = "llama3.2:3b"                         # the name clients ask for
+    kind = "ollama"                               # or "openai" (vLLM, llama-server, LM Studio)
+    urls = ["http://gpu1:11434", "http://gpu2:11434"]
+    target = "llama3.2:3b"                        # the nodes' own name (default: model)
+    num_ctx = 8192                                # the window the context guard checks against
+    tokenizer = "~/models/llama-3.2-3b.gguf"      # a local GGUF with the same vocabulary, for
+                                                  # exact token counts before sending
     """
 
     model: str
@@ -245,9 +245,7 @@ class SpeculativeSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LMGAUGE_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="LMGAUGE_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
     db: Path | None = None  # default: <home>/lmgauge.db

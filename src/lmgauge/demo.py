@@ -53,9 +53,11 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
     console.print(f"engine [cyan]{ref.engine}[/], from [cyan]{ref.source}[/]: {ref.target}")
     info = inspect_gguf(ref.target) if ref.engine == "llamacpp" else None
     if info:
-        console.print(f"{info.architecture}, {info.parameters / 1e6:.0f}M parameters, {info.quantization}, "
-                      f"{info.n_layer} layers, {info.n_head}/{info.n_head_kv} query/KV heads, "
-                      f"trained context {info.n_ctx_train} tokens")
+        console.print(
+            f"{info.architecture}, {info.parameters / 1e6:.0f}M parameters, {info.quantization}, "
+            f"{info.n_layer} layers, {info.n_head}/{info.n_head_kv} query/KV heads, "
+            f"trained context {info.n_ctx_train} tokens"
+        )
         report["gguf"] = info.summary()
 
     # 2. One answer, streamed, with the stats block
@@ -74,8 +76,12 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
 
     # 3. Structured output: the grammar makes the JSON valid by construction
     console.rule("[bold]3. Structured output under a JSON schema")
-    extract = client.chat(model, [Message("user", f"Extract name, birth year and city as JSON: {EXTRACT_TEXT}")],
-                          options={**GREEDY, "num_predict": 80}, format=EXTRACT_SCHEMA)
+    extract = client.chat(
+        model,
+        [Message("user", f"Extract name, birth year and city as JSON: {EXTRACT_TEXT}")],
+        options={**GREEDY, "num_predict": 80},
+        format=EXTRACT_SCHEMA,
+    )
     parsed = json.loads(extract.content)
     console.print_json(data=parsed)
     report["structured"] = {"schema": EXTRACT_SCHEMA, "output": parsed}
@@ -86,7 +92,8 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=reps + 1)
         bench_run = run_bench(
-            client, BenchConfig(models=[model], prompts=[DEMO_PROMPT], reps=reps, warmup=1, num_predict=64),
+            client,
+            BenchConfig(models=[model], prompts=[DEMO_PROMPT], reps=reps, warmup=1, num_predict=64),
             RunStore(Store(client.settings.db_path)),
             progress=lambda what, done, total: progress.update(task, completed=done, description=what),
         )
@@ -109,12 +116,19 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
             rows.append({"num_ctx": ctx, **e.to_dict()})
         table = Table("num_ctx", "weights", "KV cache", "compute", "total", box=None)
         for row in rows:
-            table.add_row(str(row["num_ctx"]), _mib(row["weights_bytes"]), _mib(row["kv_bytes"]),
-                          _mib(row["compute_bytes"]), _mib(row["total_bytes"]))
+            table.add_row(
+                str(row["num_ctx"]),
+                _mib(row["weights_bytes"]),
+                _mib(row["kv_bytes"]),
+                _mib(row["compute_bytes"]),
+                _mib(row["total_bytes"]),
+            )
         console.print(table)
         growth = rss_after - rss_before
-        console.print(f"this process grew by [bold]{_mib(growth)}[/] when it loaded the model at num_ctx {num_ctx} "
-                      f"(RSS now {_mib(proc.memory_info().rss)}); `lmgauge size` predicts any other setting")
+        console.print(
+            f"this process grew by [bold]{_mib(growth)}[/] when it loaded the model at num_ctx {num_ctx} "
+            f"(RSS now {_mib(proc.memory_info().rss)}); `lmgauge size` predicts any other setting"
+        )
         report["memory"] = {"estimates": rows, "measured_rss_growth_bytes": growth, "num_ctx": num_ctx}
 
     # 6. Context budget: exact tokens, template included
@@ -128,8 +142,10 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
         used = len(engine.chat_tokens(ref.target, conversation))
         window = client.settings.num_ctx
         share = used / window
-        console.print(f"{len(conversation)} messages = {used} tokens of a {window}-token window ({share:.1%}); "
-                      "lmgauge alerts at 75% and refuses at 100% instead of silently truncating")
+        console.print(
+            f"{len(conversation)} messages = {used} tokens of a {window}-token window ({share:.1%}); "
+            "lmgauge alerts at 75% and refuses at 100% instead of silently truncating"
+        )
         report["context"] = {"messages": len(conversation), "tokens": used, "window": window}
 
     # 7. The report
@@ -138,9 +154,11 @@ def run_demo(client: Client, console: Console, model: str, out_dir: Path, reps: 
     (out_dir / "report.md").write_text(_markdown(report))
     write_outputs(bench_run, [out_dir / "benchmark.html"])
     console.rule("[bold]Done")
-    console.print(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.json'}; the benchmark "
-                  f"with its plots to {out_dir / 'benchmark.html'} (run {bench_run.id}: `lmgauge report "
-                  f"{bench_run.id}`, `lmgauge compare`)")
+    console.print(
+        f"report written to {out_dir / 'report.md'} and {out_dir / 'report.json'}; the benchmark "
+        f"with its plots to {out_dir / 'benchmark.html'} (run {bench_run.id}: `lmgauge report "
+        f"{bench_run.id}`, `lmgauge compare`)"
+    )
     return report
 
 
@@ -153,29 +171,60 @@ def _stats_table(console: Console, t: Timings) -> None:
 
 def _summarize(run: Run) -> dict[str, dict[str, float]]:
     group = summarize_run(run)[0]["metrics"]
-    names = {"TTFT ms": "ttft_ms", "TPOT ms": "tpot_ms", "decode tok/s": "decode_tps",
-             "prefill tok/s": "prefill_tps", "E2E ms": "e2e_ms"}
-    return {label: {"p50": group[key]["p50"], "p90": group[key]["p90"], "n": group[key]["n"]}
-            for label, key in names.items() if group[key]["n"]}
+    names = {
+        "TTFT ms": "ttft_ms",
+        "TPOT ms": "tpot_ms",
+        "decode tok/s": "decode_tps",
+        "prefill tok/s": "prefill_tps",
+        "E2E ms": "e2e_ms",
+    }
+    return {
+        label: {"p50": group[key]["p50"], "p90": group[key]["p90"], "n": group[key]["n"]}
+        for label, key in names.items()
+        if group[key]["n"]
+    }
 
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# lmgauge demo: {report['model']}", "", f"Run {report['started']}.", ""]
     if "gguf" in report:
         g = report["gguf"]
-        lines += [f"Model: {g['architecture']}, {g['parameters'] / 1e6:.0f}M parameters, {g['quantization']}, "
-                  f"{g['n_layer']} layers, trained context {g['n_ctx_train']}.", ""]
+        lines += [
+            f"Model: {g['architecture']}, {g['parameters'] / 1e6:.0f}M parameters, {g['quantization']}, "
+            f"{g['n_layer']} layers, trained context {g['n_ctx_train']}.",
+            "",
+        ]
     lines += ["## Benchmark", "", "| metric | p50 | p90 | n |", "|---|---|---|---|"]
     for name, v in report["benchmark"].items():
         lines.append(f"| {name} | {v['p50']:.1f} | {v['p90']:.1f} | {v['n']} |")
     if "memory" in report:
-        lines += ["", "## Memory estimate", "", "| num_ctx | weights MiB | KV MiB | compute MiB | total MiB |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Memory estimate",
+            "",
+            "| num_ctx | weights MiB | KV MiB | compute MiB | total MiB |",
+            "|---|---|---|---|---|",
+        ]
         for r in report["memory"]["estimates"]:
-            lines.append(f"| {r['num_ctx']} | {r['weights_bytes'] / 2**20:.1f} | {r['kv_bytes'] / 2**20:.1f} | "
-                         f"{r['compute_bytes'] / 2**20:.1f} | {r['total_bytes'] / 2**20:.1f} |")
-        lines.append(f"\nMeasured RSS growth on load: {report['memory']['measured_rss_growth_bytes'] / 2**20:.1f} MiB "
-                     f"at num_ctx {report['memory']['num_ctx']}.")
-    lines += ["", "## Answer", "", report["answer"]["text"], "", "## Structured output", "",
-              "```json", json.dumps(report["structured"]["output"], indent=2), "```", ""]
+            lines.append(
+                f"| {r['num_ctx']} | {r['weights_bytes'] / 2**20:.1f} | {r['kv_bytes'] / 2**20:.1f} | "
+                f"{r['compute_bytes'] / 2**20:.1f} | {r['total_bytes'] / 2**20:.1f} |"
+            )
+        lines.append(
+            f"\nMeasured RSS growth on load: {report['memory']['measured_rss_growth_bytes'] / 2**20:.1f} MiB "
+            f"at num_ctx {report['memory']['num_ctx']}."
+        )
+    lines += [
+        "",
+        "## Answer",
+        "",
+        report["answer"]["text"],
+        "",
+        "## Structured output",
+        "",
+        "```json",
+        json.dumps(report["structured"]["output"], indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)

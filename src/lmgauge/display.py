@@ -60,9 +60,11 @@ def natural_width(rows: Rows) -> int:
 def print_rows(console: Console, rows: Rows) -> None:
     """Print a table the way this output can take it (see the module docstring)."""
     if not console.is_terminal:
-        lines = ([f"# {plain_cell(rows.title)}"] if rows.title else []) + (
-            ["\t".join(rows.columns)] if rows.header else []) + [
-            "\t".join(plain_cell(c) for c in row) for row in rows.rows]
+        lines = (
+            ([f"# {plain_cell(rows.title)}"] if rows.title else [])
+            + (["\t".join(rows.columns)] if rows.header else [])
+            + ["\t".join(plain_cell(c) for c in row) for row in rows.rows]
+        )
         console.file.write("".join(line + "\n" for line in lines))
         console.file.flush()
         return
@@ -71,8 +73,7 @@ def print_rows(console: Console, rows: Rows) -> None:
     if natural_width(rows) <= console.width:
         table = Table(box=None, show_header=rows.header, pad_edge=False, padding=(0, GAP // 2))
         for name in rows.columns:
-            table.add_column(name, no_wrap=True, overflow="ignore",
-                             justify="right" if name in rows.right else "left")
+            table.add_column(name, no_wrap=True, overflow="ignore", justify="right" if name in rows.right else "left")
         for row in rows.rows:
             table.add_row(*[escape(plain_cell(c)) for c in row])
         console.print(table, crop=False)
@@ -103,8 +104,9 @@ def key_values(pairs: Iterable[tuple[str, object]], title: str | None = None) ->
     return rows
 
 
-def table_of(columns: Sequence[str], data: Iterable[Sequence[object]], title: str | None = None,
-             right: Iterable[str] = ()) -> Rows:
+def table_of(
+    columns: Sequence[str], data: Iterable[Sequence[object]], title: str | None = None, right: Iterable[str] = ()
+) -> Rows:
     rows = Rows(list(columns), title=title, right=frozenset(right))
     for row in data:
         rows.add(*row)
@@ -143,7 +145,7 @@ def human_count(n: int) -> str:
 def stats_rows(t: Timings) -> list[tuple[str, str]]:
     """The `--verbose` block: Ollama's fields plus TTFT and TPOT, both clocks labelled."""
     cached = f" ({t.cached_tokens} from cache)" if t.cached_tokens else ""
-    rate = lambda v: "-" if v is None else f"{v:.2f} tokens/s"  # noqa: E731
+    rate = lambda v: "-" if v is None else f"{v:.2f} tokens/s"  # noqa: E731  a short factory, read where it is used
     return [
         ("total duration", human_ms(t.total_ns / 1e6 if t.total_ns else None)),
         ("load duration", human_ms(t.load_ns / 1e6)),
@@ -164,13 +166,21 @@ def speculation_rows(spec: Any) -> list[tuple[str, str]]:
     """What speculative decoding did (`run --verbose`), and whether it paid for this answer."""
     if spec is None:
         return []
-    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731  a short factory, read where it is used
     mean = "-" if spec.mean_accepted is None else f"{spec.mean_accepted:.2f}"
     rows = [
-        ("speculation", (f"{spec.mode}: {spec.accepted}/{spec.drafted} drafted tokens accepted "
-                         f"({pct(spec.acceptance_rate)}), {mean} per step over {spec.steps} step(s)")),
-        ("draft vs verify", f"{human_ms(spec.draft_ns / 1e6)} drafting, {human_ms(spec.verify_ns / 1e6)} verifying"
-                            + (f", {spec.grammar_cut} draft token(s) cut by the grammar" if spec.grammar_cut else "")),
+        (
+            "speculation",
+            (
+                f"{spec.mode}: {spec.accepted}/{spec.drafted} drafted tokens accepted "
+                f"({pct(spec.acceptance_rate)}), {mean} per step over {spec.steps} step(s)"
+            ),
+        ),
+        (
+            "draft vs verify",
+            f"{human_ms(spec.draft_ns / 1e6)} drafting, {human_ms(spec.verify_ns / 1e6)} verifying"
+            + (f", {spec.grammar_cut} draft token(s) cut by the grammar" if spec.grammar_cut else ""),
+        ),
     ]
     if spec.estimated_speedup is not None:
         rows.append(("speculation gain", f"~{spec.estimated_speedup:.2f}x vs this answer's plain steps (estimate)"))
@@ -190,11 +200,15 @@ def speculation_advice(spec: Any) -> str | None:
         return "prompt lookup found nothing to draft here (it pays when the answer repeats the prompt)"
     what = "--draft lookup" if spec.mode == "lookup" else "the draft model"
     if spec.pauses:
-        return (f"speculation was slower than plain decoding here and paused {spec.pauses} time(s) (busy cores, "
-                f"or batching already fills them): run without {what}, or with fewer parallel streams")
+        return (
+            f"speculation was slower than plain decoding here and paused {spec.pauses} time(s) (busy cores, "
+            f"or batching already fills them): run without {what}, or with fewer parallel streams"
+        )
     if gain is not None and gain < 1.0:
-        return (f"speculation slowed this answer (~{gain:.2f}x): run without {what}, or with fewer "
-                "parallel streams (batching already fills the cores)")
+        return (
+            f"speculation slowed this answer (~{gain:.2f}x): run without {what}, or with fewer "
+            "parallel streams (batching already fills the cores)"
+        )
     return None
 
 

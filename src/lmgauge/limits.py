@@ -57,8 +57,9 @@ class Range:
 # (num_thread's depends on the machine: see _range()).
 RANGES: dict[str, Range] = {
     "num_ctx": Range(1, MAX_CONTEXT, f"a whole number of tokens from 1 to {MAX_CONTEXT}"),
-    "num_predict": Range(1, MAX_PREDICT, "at least 1, or -1 (until the model stops) or -2 (until the window "
-                         "is full)", special=(-1, -2)),
+    "num_predict": Range(
+        1, MAX_PREDICT, "at least 1, or -1 (until the model stops) or -2 (until the window is full)", special=(-1, -2)
+    ),
     "temperature": Range(0.0, 100.0, "from 0 (greedy) to 100"),
     "top_p": Range(0.0, 1.0, "from 0 to 1"),
     "min_p": Range(0.0, 1.0, "from 0 to 1"),

@@ -87,9 +87,11 @@ def _resolve_plain(name: str, settings: Settings) -> ModelRef:
     hint = ""
     if name.startswith("hf:") or ("/" in name and not name.startswith((".", "/", "~"))):
         # Nothing is downloaded: say where lmgauge looked, and how to get the file there.
-        hint = (f" (only the local Hugging Face cache is searched, {hf_cache_dir()}, for .gguf files; nothing is "
-                "downloaded: fetch one first, e.g. `huggingface-cli download ORG/REPO FILE.gguf`, or give a path "
-                "to a .gguf file)")
+        hint = (
+            f" (only the local Hugging Face cache is searched, {hf_cache_dir()}, for .gguf files; nothing is "
+            "downloaded: fetch one first, e.g. `huggingface-cli download ORG/REPO FILE.gguf`, or give a path "
+            "to a .gguf file)"
+        )
     raise UnknownModelError(name, [m.name for m in local_models(settings)], hint=hint)
 
 
@@ -134,7 +136,11 @@ def _file_info(name: str, path: Path, source: str, names: tuple[str, ...]) -> Mo
     except OSError:
         size = None
     return ModelInfo(
-        name=name, engine="llamacpp", source=source, path=str(path), size_bytes=size,
+        name=name,
+        engine="llamacpp",
+        source=source,
+        path=str(path),
+        size_bytes=size,
         details={"names": list(dict.fromkeys((name, *names)))},
     )
 
@@ -269,11 +275,16 @@ class GGUFInfo:
 
 _GGUF_MAGIC = b"GGUF"
 _SCALARS = {
-    gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b",
-    gguf.GGUFValueType.UINT16: "<H", gguf.GGUFValueType.INT16: "<h",
-    gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
-    gguf.GGUFValueType.FLOAT32: "<f", gguf.GGUFValueType.BOOL: "<?",
-    gguf.GGUFValueType.UINT64: "<Q", gguf.GGUFValueType.INT64: "<q",
+    gguf.GGUFValueType.UINT8: "<B",
+    gguf.GGUFValueType.INT8: "<b",
+    gguf.GGUFValueType.UINT16: "<H",
+    gguf.GGUFValueType.INT16: "<h",
+    gguf.GGUFValueType.UINT32: "<I",
+    gguf.GGUFValueType.INT32: "<i",
+    gguf.GGUFValueType.FLOAT32: "<f",
+    gguf.GGUFValueType.BOOL: "<?",
+    gguf.GGUFValueType.UINT64: "<Q",
+    gguf.GGUFValueType.INT64: "<q",
     gguf.GGUFValueType.FLOAT64: "<d",
 }
 

@@ -120,7 +120,8 @@ class Monitor:
                 continue
             for model in set(g.queued) | set(g.in_flight):
                 gauges.setdefault((model, int(g.ts // bucket_s)), []).append(
-                    (g.queued.get(model, 0), g.in_flight.get(model, 0)))
+                    (g.queued.get(model, 0), g.in_flight.get(model, 0))
+                )
         rows = []
         for key in sorted(set(buckets) | set(gauges), key=lambda k: (k[1], k[0])):
             model, b = key
@@ -128,15 +129,22 @@ class Monitor:
             ok = [s for s in samples if s.status == "ok"]
             readings = gauges.get(key, [])
             ttft, e2e = summarize([s.ttft_ms for s in ok]), summarize([s.e2e_ms for s in ok])
-            rows.append({
-                "t": b * bucket_s, "model": model, "n": len(samples),
-                "errors": sum(1 for s in samples if s.status != "ok"),
-                "ttft_p50": ttft.p50, "ttft_p95": ttft.p95, "e2e_p50": e2e.p50, "e2e_p95": e2e.p95,
-                "tok_s": summarize([s.tok_s for s in ok]).p50,
-                "context_used": summarize([s.context_used for s in samples]).p50,
-                "queued": max((q for q, _ in readings), default=0),
-                "in_flight": max((f for _, f in readings), default=0),
-            })
+            rows.append(
+                {
+                    "t": b * bucket_s,
+                    "model": model,
+                    "n": len(samples),
+                    "errors": sum(1 for s in samples if s.status != "ok"),
+                    "ttft_p50": ttft.p50,
+                    "ttft_p95": ttft.p95,
+                    "e2e_p50": e2e.p50,
+                    "e2e_p95": e2e.p95,
+                    "tok_s": summarize([s.tok_s for s in ok]).p50,
+                    "context_used": summarize([s.context_used for s in samples]).p50,
+                    "queued": max((q for q, _ in readings), default=0),
+                    "in_flight": max((f for _, f in readings), default=0),
+                }
+            )
         return rows
 
 
@@ -145,17 +153,23 @@ def model_stats(model: str, samples: list[Sample], now: float) -> ModelStats:
     span = max(now - min(s.ts for s in samples), 1.0) if samples else 1.0
     n = len(samples)
     return ModelStats(
-        model=model, n=n, window_s=span, requests_per_s=n / span,
+        model=model,
+        n=n,
+        window_s=span,
+        requests_per_s=n / span,
         error_rate=(n - len(ok)) / n if n else 0.0,
         cache_hit_rate=sum(1 for s in samples if s.cache_hit) / n if n else 0.0,
-        ttft=summarize([s.ttft_ms for s in ok]), tpot=summarize([s.tpot_ms for s in ok]),
-        e2e=summarize([s.e2e_ms for s in ok]), tok_s=summarize([s.tok_s for s in ok]),
+        ttft=summarize([s.ttft_ms for s in ok]),
+        tpot=summarize([s.tpot_ms for s in ok]),
+        e2e=summarize([s.e2e_ms for s in ok]),
+        tok_s=summarize([s.tok_s for s in ok]),
         context_used=summarize([s.context_used for s in samples]),
         output_tokens=sum(s.output_tokens for s in ok),
     )
 
 
 # --- plots (the seed's latency-over-time and histogram, as PNG) -----------------------------------
+
 
 def plot_latency_over_time(samples: Iterable[Sample], path: str | Path, metric: str = "e2e_ms") -> Path:
     """One line per model: `metric` of each request against the time it finished."""
@@ -217,6 +231,7 @@ def plot_histogram(samples: Iterable[Sample], path: str | Path, metric: str = "e
 
 # --- a running gateway, seen from outside (`lmgauge monitor URL`) ---------------------------------
 
+
 def fetch_stats(url: str, api_key: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
     """The gateway's /api/lmgauge/stats: per model rolling stats, gauges and recent samples."""
     import httpx
@@ -227,7 +242,9 @@ def fetch_stats(url: str, api_key: str | None = None, timeout: float = 5.0) -> d
     try:
         response = httpx.get(url.rstrip("/") + "/api/lmgauge/stats", headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise EngineUnavailableError(f"cannot reach the gateway at {url}: {exc} (is `lmgauge serve` running?)") from None
+        raise EngineUnavailableError(
+            f"cannot reach the gateway at {url}: {exc} (is `lmgauge serve` running?)"
+        ) from None
     if response.status_code != 200:
         raise EngineUnavailableError(f"{url}/api/lmgauge/stats answered {response.status_code}: {response.text[:200]}")
     return response.json()
@@ -244,10 +261,26 @@ def stats_table(stats: dict[str, Any]) -> Any:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
-    table = Table(title=f"lmgauge gateway {stats.get('url', '')} — last {stats.get('window_s', 0):.0f}s "
-                        f"/ {stats.get('max_samples', 0)} requests", box=None, header_style="bold")
-    for column in ("model", "n", "req/s", "err %", "cache %", "TTFT p50/p95/p99 ms", "TPOT p50/p95 ms",
-                   "E2E p50/p95/p99 ms", "tok/s p50", "ctx %", "queue", "in flight"):
+    table = Table(
+        title=f"lmgauge gateway {stats.get('url', '')} — last {stats.get('window_s', 0):.0f}s "
+        f"/ {stats.get('max_samples', 0)} requests",
+        box=None,
+        header_style="bold",
+    )
+    for column in (
+        "model",
+        "n",
+        "req/s",
+        "err %",
+        "cache %",
+        "TTFT p50/p95/p99 ms",
+        "TPOT p50/p95 ms",
+        "E2E p50/p95/p99 ms",
+        "tok/s p50",
+        "ctx %",
+        "queue",
+        "in flight",
+    ):
         table.add_column(column, justify="left" if column == "model" else "right")
     gauges = stats.get("gauges", {})
     models = sorted(set(stats.get("models", {})) | set(gauges))
@@ -260,10 +293,17 @@ def stats_table(stats: dict[str, Any]) -> Any:
         t, p, e = m["ttft"], m["tpot"], m["e2e"]
         ctx = m["context_used"]["p50"]
         table.add_row(
-            model, str(m["n"]), f"{m['requests_per_s']:.2f}", f"{100 * m['error_rate']:.1f}",
-            f"{100 * m['cache_hit_rate']:.1f}", f"{ms(t['p50'])} / {ms(t['p95'])} / {ms(t['p99'])}",
-            f"{ms(p['p50'])} / {ms(p['p95'])}", f"{ms(e['p50'])} / {ms(e['p95'])} / {ms(e['p99'])}",
-            ms(m["tok_s"]["p50"]), "-" if ctx is None else f"{100 * ctx:.0f}",
-            str(g.get("queued", 0)), str(g.get("in_flight", 0)),
+            model,
+            str(m["n"]),
+            f"{m['requests_per_s']:.2f}",
+            f"{100 * m['error_rate']:.1f}",
+            f"{100 * m['cache_hit_rate']:.1f}",
+            f"{ms(t['p50'])} / {ms(t['p95'])} / {ms(t['p99'])}",
+            f"{ms(p['p50'])} / {ms(p['p95'])}",
+            f"{ms(e['p50'])} / {ms(e['p95'])} / {ms(e['p99'])}",
+            ms(m["tok_s"]["p50"]),
+            "-" if ctx is None else f"{100 * ctx:.0f}",
+            str(g.get("queued", 0)),
+            str(g.get("in_flight", 0)),
         )
     return table

@@ -75,7 +75,7 @@ def read_message(first: str, read_line: Callable[[str], str]) -> str:
     """A line, or a \"\"\"-quoted block read until a line that ends with \"\"\" (as Ollama does)."""
     if not first.lstrip().startswith(MULTILINE):
         return first
-    text = first.lstrip()[len(MULTILINE):]
+    text = first.lstrip()[len(MULTILINE) :]
     lines: list[str] = []
     while True:
         if text.rstrip().endswith(MULTILINE):

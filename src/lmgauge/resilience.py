@@ -179,9 +179,7 @@ def guarded_stream(
                 kind, value = events.get(timeout=max(deadline - now, 0.0))
             except queue.Empty:
                 state = "stopped mid-answer" if started else "did not start answering"
-                raise UpstreamTimeoutError(
-                    f"{what} {state} within the {limit} ([resilience] in the config)"
-                ) from None
+                raise UpstreamTimeoutError(f"{what} {state} within the {limit} ([resilience] in the config)") from None
             if kind == "error":
                 raise value
             if kind == "end":
@@ -255,7 +253,7 @@ class ResilientClient:
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half the step fixed, half random, so retries
         from many clients spread out but none retries immediately."""
-        step = min(self.policy.backoff_max, self.policy.backoff * (2 ** attempt))
+        step = min(self.policy.backoff_max, self.policy.backoff * (2**attempt))
         return step / 2 + self.rng.uniform(0, step / 2)
 
     # --- the core loop --------------------------------------------------------------------------------
@@ -281,7 +279,10 @@ class ResilientClient:
                     break
                 shown = 0
                 chunks = guarded_stream(
-                    functools.partial(start, current), self.policy.first_token_timeout, self.policy.total_timeout, current
+                    functools.partial(start, current),
+                    self.policy.first_token_timeout,
+                    self.policy.total_timeout,
+                    current,
                 )
                 try:
                     held: list[Chunk] = []
@@ -306,8 +307,9 @@ class ResilientClient:
                         self._emit("breaker_open", current, f"after {breaker.failures} failures: {exc}")
                     last_exc = exc
                     if shown:
-                        raise type(exc)(f"{current} failed after {shown} chunks of its answer were sent: "
-                                        f"{exc}") from exc
+                        raise type(exc)(
+                            f"{current} failed after {shown} chunks of its answer were sent: {exc}"
+                        ) from exc
                     if attempt < self.policy.retries and breaker.state == "closed":
                         delay = self.backoff(attempt)
                         self._emit("retry", current, f"attempt {attempt + 2} in {delay:.2f} s after: {exc}")

@@ -227,14 +227,26 @@ def max_context(
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-_SIZE_UNITS = MappingProxyType({
-    "": 1, "b": 1,
-    # IEC binary units, and bare letters read as binary like Docker's `-m 2g` and `free -g`
-    "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-    "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
-    # SI decimal units
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-})
+_SIZE_UNITS = MappingProxyType(
+    {
+        "": 1,
+        "b": 1,
+        # IEC binary units, and bare letters read as binary like Docker's `-m 2g` and `free -g`
+        "k": 1 << 10,
+        "kib": 1 << 10,
+        "m": 1 << 20,
+        "mib": 1 << 20,
+        "g": 1 << 30,
+        "gib": 1 << 30,
+        "t": 1 << 40,
+        "tib": 1 << 40,
+        # SI decimal units
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+    }
+)
 
 
 def parse_size(value: str | int) -> int:
@@ -427,7 +439,9 @@ def swa_layers(info: GGUFInfo) -> list[bool]:
     pattern = info.metadata.get(f"{info.architecture}.attention.sliding_window_pattern")
     if isinstance(pattern, list) and len(pattern) == n:
         return [bool(p) for p in pattern]
-    period = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else SWA_PATTERNS.get(info.architecture)
+    period = (
+        pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else SWA_PATTERNS.get(info.architecture)
+    )
     if not period:
         return [False] * n
     return [il % period < period - 1 for il in range(n)]
@@ -459,9 +473,7 @@ def _kv_block(kv_type: str) -> tuple[int, int]:
     try:
         return KV_TYPE_BLOCKS[kv_type]
     except KeyError:
-        raise InvalidOptionError(
-            f"unknown kv_type {kv_type!r}; use one of {', '.join(KV_TYPE_BLOCKS)}"
-        ) from None
+        raise InvalidOptionError(f"unknown kv_type {kv_type!r}; use one of {', '.join(KV_TYPE_BLOCKS)}") from None
 
 
 def _pad(n: int, to: int) -> int:

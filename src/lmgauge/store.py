@@ -84,10 +84,20 @@ class RequestRecord:
         """From a types.Result: the stats every request carries."""
         t = result.timings
         return cls(
-            model=result.model, source=source, engine=result.engine, done_reason=result.done_reason,
-            prompt_tokens=t.prompt_tokens, cached_tokens=t.cached_tokens, output_tokens=t.output_tokens,
-            ttft_ms=t.ttft_ms, tpot_ms=t.tpot_ms, e2e_ms=t.e2e_ms, prefill_tps=t.prefill_tps,
-            decode_tps=t.decode_tps, load_ms=t.load_ns / 1e6, **kw,
+            model=result.model,
+            source=source,
+            engine=result.engine,
+            done_reason=result.done_reason,
+            prompt_tokens=t.prompt_tokens,
+            cached_tokens=t.cached_tokens,
+            output_tokens=t.output_tokens,
+            ttft_ms=t.ttft_ms,
+            tpot_ms=t.tpot_ms,
+            e2e_ms=t.e2e_ms,
+            prefill_tps=t.prefill_tps,
+            decode_tps=t.decode_tps,
+            load_ms=t.load_ns / 1e6,
+            **kw,
         )
 
 
@@ -100,8 +110,7 @@ def _row(record: RequestRecord) -> dict[str, Any]:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
-_INSERT = (f"INSERT INTO request_log ({', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join(':' + c for c in _COLUMNS)})")
+_INSERT = f"INSERT INTO request_log ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)})"
 
 
 class Store:
@@ -170,8 +179,12 @@ class Store:
             db.executemany(_INSERT, [_row(r) for r in records])
 
     def requests(
-        self, model: str | None = None, status: str | None = None, source: str | None = None,
-        since: float | None = None, limit: int = 50,
+        self,
+        model: str | None = None,
+        status: str | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Newest first, filtered."""
         where: list[str] = []

@@ -34,7 +34,9 @@ class Toolbox:
 
 def load_toolbox(path: Path) -> Toolbox:
     if not path.is_file():
-        raise InvalidOptionError(f"--tools {path}: no such file (give a .py file of functions or a .json list of tools)")
+        raise InvalidOptionError(
+            f"--tools {path}: no such file (give a .py file of functions or a .json list of tools)"
+        )
     if path.suffix == ".py":
         return _from_python(path)
     try:
@@ -59,8 +61,11 @@ def _from_python(path: Path) -> Toolbox:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file: say what failed, in one line
         raise InvalidOptionError(f"--tools {path}: importing it failed: {type(exc).__name__}: {exc}") from None
-    functions: dict[str, Callable[..., Any]] = {name: f for name, f in vars(module).items()
-                 if inspect.isfunction(f) and f.__module__ == module.__name__ and not name.startswith("_")}
+    functions: dict[str, Callable[..., Any]] = {
+        name: f
+        for name, f in vars(module).items()
+        if inspect.isfunction(f) and f.__module__ == module.__name__ and not name.startswith("_")
+    }
     if not functions:
         raise InvalidOptionError(f"--tools {path}: defines no public functions to offer as tools")
     schemas = []
@@ -89,8 +94,14 @@ def call_tool(toolbox: Toolbox, call: dict[str, Any], ask: Callable[[str], str])
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
-def run_loop(chat: Callable[[list[Message]], Result], messages: list[Message], toolbox: Toolbox,
-             show: Callable[[str, str], None], ask: Callable[[str], str], max_rounds: int = MAX_ROUNDS) -> Result:
+def run_loop(
+    chat: Callable[[list[Message]], Result],
+    messages: list[Message],
+    toolbox: Toolbox,
+    show: Callable[[str, str], None],
+    ask: Callable[[str], str],
+    max_rounds: int = MAX_ROUNDS,
+) -> Result:
     """Ask until the model answers without calls. `chat` sends the conversation (with the tools)
     and returns the Result; `show(kind, text)` reports each call and result as it happens."""
     result = chat(messages)

@@ -82,11 +82,37 @@ class Message:
 # name is an error that names it, so a typo never silently does nothing.
 OLLAMA_OPTION_NAMES = frozenset(
     {
-        "num_ctx", "num_predict", "temperature", "top_p", "top_k", "min_p", "typical_p", "seed",
-        "stop", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty",
-        "penalize_newline", "num_keep", "draft_num_predict", "mirostat", "mirostat_eta",
-        "mirostat_tau", "tfs_z", "numa", "num_batch", "num_gpu", "main_gpu", "low_vram",
-        "use_mmap", "use_mlock", "vocab_only", "num_thread", "f16_kv", "logits_all",
+        "num_ctx",
+        "num_predict",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "seed",
+        "stop",
+        "repeat_penalty",
+        "repeat_last_n",
+        "presence_penalty",
+        "frequency_penalty",
+        "penalize_newline",
+        "num_keep",
+        "draft_num_predict",
+        "mirostat",
+        "mirostat_eta",
+        "mirostat_tau",
+        "tfs_z",
+        "numa",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "low_vram",
+        "use_mmap",
+        "use_mlock",
+        "vocab_only",
+        "num_thread",
+        "f16_kv",
+        "logits_all",
     }
 )
 
@@ -136,9 +162,7 @@ class Options:
         extra: dict[str, Any] = {}
         for name, value in data.items():
             if name not in OLLAMA_OPTION_NAMES:
-                raise InvalidOptionError(
-                    f"unknown option {name!r}; valid options: {', '.join(sorted(own))}"
-                )
+                raise InvalidOptionError(f"unknown option {name!r}; valid options: {', '.join(sorted(own))}")
             if value is None:
                 continue
             check_option(name, value)  # before conversion: the message shows the value as given
@@ -235,8 +259,14 @@ class GenerateRequest:
         """The same request as a conversation (system + the prompt as the user's message): what
         routing and the response cache look at. A raw prompt keeps its text as-is."""
         system = [Message("system", self.system)] if self.system else []
-        return ChatRequest(model=self.model, messages=system + [Message("user", self.prompt)], options=self.options,
-                           format=self.format, keep_alive=self.keep_alive, speculation=self.speculation)
+        return ChatRequest(
+            model=self.model,
+            messages=system + [Message("user", self.prompt)],
+            options=self.options,
+            format=self.format,
+            keep_alive=self.keep_alive,
+            speculation=self.speculation,
+        )
 
 
 @dataclass
@@ -283,8 +313,11 @@ class SpecStats:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.update(acceptance_rate=self.acceptance_rate, mean_accepted=self.mean_accepted,
-                   estimated_speedup=self.estimated_speedup)
+        out.update(
+            acceptance_rate=self.acceptance_rate,
+            mean_accepted=self.mean_accepted,
+            estimated_speedup=self.estimated_speedup,
+        )
         return out
 
 

@@ -8,8 +8,9 @@ import sys
 
 def lmgauge(*args, input=None, env_extra=None, timeout=300):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True,
-                          input=input, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lmgauge", *args], capture_output=True, text=True, input=input, env=env, timeout=timeout
+    )
 
 
 def assert_one_line_error(proc, *fragments):

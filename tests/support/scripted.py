@@ -60,12 +60,16 @@ class ScriptedEngine:
                 t_first = t_last
             yield Chunk(content=word if i == 0 else " " + word)
         timings = Timings(
-            prompt_tokens=len(prompt.split()), prompt_eval_ns=t_first - t0,
-            output_tokens=len(words), eval_ns=t_last - t_first,
+            prompt_tokens=len(prompt.split()),
+            prompt_eval_ns=t_first - t0,
+            output_tokens=len(words),
+            eval_ns=t_last - t_first,
             total_ns=time.perf_counter_ns() - t0,
         )
-        yield Chunk(done=True, result=Result(model=model, content=" ".join(words), done_reason="stop",
-                                             timings=timings, engine=self.name))
+        yield Chunk(
+            done=True,
+            result=Result(model=model, content=" ".join(words), done_reason="stop", timings=timings, engine=self.name),
+        )
 
     def chat(self, request: ChatRequest) -> Iterator[Chunk]:
         self.requests.append(request)

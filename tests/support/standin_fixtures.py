@@ -1,11 +1,11 @@
 """Pytest fixtures for the stand-in servers (standins.py), re-exported by conftest.py.
 
-    def test_x(ollama_standin): ...             # a fresh OllamaStandin, default config
-    def test_y(openai_standin): ...             # a fresh OpenAIStandin (vLLM flavour)
-    def test_z(start_standin):                  # any number, any config; all stopped after
-        a = start_standin(OllamaStandin, token_delay=0.01)
-        b = start_standin(OpenAIStandin, flavor="llama-server")
-    def test_w(closed_url): ...                 # http://127.0.0.1:<port> where nothing listens
+def test_x(ollama_standin): ...             # a fresh OllamaStandin, default config
+def test_y(openai_standin): ...             # a fresh OpenAIStandin (vLLM flavour)
+def test_z(start_standin):                  # any number, any config; all stopped after
+    a = start_standin(OllamaStandin, token_delay=0.01)
+    b = start_standin(OpenAIStandin, flavor="llama-server")
+def test_w(closed_url): ...                 # http://127.0.0.1:<port> where nothing listens
 """
 
 from __future__ import annotations

@@ -94,8 +94,12 @@ class Faults:
 
     def active(self) -> bool:
         return bool(
-            self.status or self.hang or self.first_token_delay
-            or self.hang_after is not None or self.drop_after is not None or self.error_after is not None
+            self.status
+            or self.hang
+            or self.first_token_delay
+            or self.hang_after is not None
+            or self.drop_after is not None
+            or self.error_after is not None
         )
 
 
@@ -132,10 +136,13 @@ class _Stream:
         self.media_type = media_type
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({
-            "type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", self.media_type.encode()), (b"cache-control", b"no-cache")],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", self.media_type.encode()), (b"cache-control", b"no-cache")],
+            }
+        )
         try:
             async for piece in self.chunks:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -152,11 +159,16 @@ class _Truncated:
         self.media_type = media_type
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({
-            "type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", self.media_type.encode()),
-                        (b"content-length", str(len(self.body)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", self.media_type.encode()),
+                    (b"content-length", str(len(self.body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True})
 
 
@@ -227,8 +239,14 @@ class StandinServer:
         sock.listen(128)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app(), log_config=None, log_level="warning", access_log=False, lifespan="off",
-            http="h11", loop="asyncio", timeout_graceful_shutdown=2,
+            self.app(),
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            loop="asyncio",
+            timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
         name = f"standin-{self.kind}-{self.port}"
@@ -305,9 +323,7 @@ class StandinServer:
         return "".join(self._words[i - 1000] for i in ids if 0 <= i - 1000 < len(self._words))
 
     # --- answer content ----------------------------------------------------------------------------
-    def answer(
-        self, body: dict[str, Any], max_tokens: int | None, stop: Any, fmt: Any = None
-    ) -> tuple[list[str], str]:
+    def answer(self, body: dict[str, Any], max_tokens: int | None, stop: Any, fmt: Any = None) -> tuple[list[str], str]:
         """The answer's tokens and why it ends ("stop" or "length")."""
         text = self.reply(body) if callable(self.reply) else self.reply
         if fmt == "json":
@@ -368,10 +384,16 @@ class StandinServer:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = _INVALID
-            self.requests.append(Recorded(
-                method=request.method, path=request.url.path, headers=dict(request.headers),
-                body=None if body is _INVALID else body, raw=raw, at_ns=time.perf_counter_ns(),
-            ))
+            self.requests.append(
+                Recorded(
+                    method=request.method,
+                    path=request.url.path,
+                    headers=dict(request.headers),
+                    body=None if body is _INVALID else body,
+                    raw=raw,
+                    at_ns=time.perf_counter_ns(),
+                )
+            )
             fault = self._take_fault(request.url.path)
             if fault is not None and fault.hang:
                 await self._hang(request)
@@ -521,8 +543,12 @@ class OllamaStandin(StandinServer):
 
     def _details(self, name: str) -> dict[str, Any]:
         return {
-            "parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-            "parameter_size": "135M", "quantization_level": "Q4_1",
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "135M",
+            "quantization_level": "Q4_1",
         }
 
     def _digest(self, name: str) -> str:
@@ -540,7 +566,8 @@ class OllamaStandin(StandinServer):
         keep = body.get("keep_alive", 300)
         seconds = _seconds(keep)
         entry["expires_at"] = (
-            datetime.now(UTC) + timedelta(days=365 * 290) if seconds < 0
+            datetime.now(UTC) + timedelta(days=365 * 290)
+            if seconds < 0
             else datetime.now(UTC) + timedelta(seconds=seconds)
         )
         return time.perf_counter_ns() - t0
@@ -549,8 +576,9 @@ class OllamaStandin(StandinServer):
         if "keep_alive" in body and _seconds(body["keep_alive"]) == 0:
             self.loaded.pop(name, None)
 
-    def _stats(self, t0: int, load_ns: int, t_loaded: int, first: int | None, last: int | None,
-               prompt_n: int, eval_n: int) -> dict[str, Any]:
+    def _stats(
+        self, t0: int, load_ns: int, t_loaded: int, first: int | None, last: int | None, prompt_n: int, eval_n: int
+    ) -> dict[str, Any]:
         end = time.perf_counter_ns()
         return {
             "total_duration": end - t0,
@@ -569,45 +597,77 @@ class OllamaStandin(StandinServer):
         return JSONResponse({"version": self.version})
 
     async def _tags(self, request: Request, body: dict[str, Any], fault: Faults | None) -> Response:
-        return JSONResponse({"models": [
-            {"name": m, "model": m, "modified_at": "2025-05-10T08:06:48.639712648-07:00",
-             "size": 91_739_296, "digest": self._digest(m), "details": self._details(m)}
-            for m in self.models
-        ]})
+        return JSONResponse(
+            {
+                "models": [
+                    {
+                        "name": m,
+                        "model": m,
+                        "modified_at": "2025-05-10T08:06:48.639712648-07:00",
+                        "size": 91_739_296,
+                        "digest": self._digest(m),
+                        "details": self._details(m),
+                    }
+                    for m in self.models
+                ]
+            }
+        )
 
     async def _ps(self, request: Request, body: dict[str, Any], fault: Faults | None) -> Response:
-        return JSONResponse({"models": [
-            {"name": m, "model": m, "size": 120_000_000, "digest": self._digest(m),
-             "details": self._details(m), "expires_at": e["expires_at"].isoformat(),
-             "size_vram": 0, "context_length": e["num_ctx"]}
-            for m, e in self.loaded.items()
-        ]})
+        return JSONResponse(
+            {
+                "models": [
+                    {
+                        "name": m,
+                        "model": m,
+                        "size": 120_000_000,
+                        "digest": self._digest(m),
+                        "details": self._details(m),
+                        "expires_at": e["expires_at"].isoformat(),
+                        "size_vram": 0,
+                        "context_length": e["num_ctx"],
+                    }
+                    for m, e in self.loaded.items()
+                ]
+            }
+        )
 
     async def _show(self, request: Request, body: dict[str, Any], fault: Faults | None) -> Response:
         name, err = self._model(body)
         if err:
             return err
         embed = "embed" in name
-        return JSONResponse({
-            "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {name}\n",
-            "parameters": 'stop                           "<|im_end|>"',
-            "template": "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-                        "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n",
-            "details": self._details(name),
-            "model_info": {
-                "general.architecture": "llama", "general.file_type": 3,
-                "general.parameter_count": 134_515_008, "general.quantization_version": 2,
-                "llama.attention.head_count": 9, "llama.attention.head_count_kv": 3,
-                "llama.attention.layer_norm_rms_epsilon": 1e-05, "llama.block_count": 30,
-                "llama.context_length": 8192, "llama.embedding_length": 576,
-                "llama.feed_forward_length": 1536, "llama.rope.dimension_count": 64,
-                "llama.rope.freq_base": 100000, "llama.vocab_size": 49152,
-                "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
-                "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": [],
-            },
-            "capabilities": ["embedding"] if embed else ["completion", "tools"],
-            "modified_at": "2025-05-10T08:06:48.639712648-07:00",
-        })
+        return JSONResponse(
+            {
+                "modelfile": f'# Modelfile generated by "ollama show"\nFROM {name}\n',
+                "parameters": 'stop                           "<|im_end|>"',
+                "template": "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+                "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n",
+                "details": self._details(name),
+                "model_info": {
+                    "general.architecture": "llama",
+                    "general.file_type": 3,
+                    "general.parameter_count": 134_515_008,
+                    "general.quantization_version": 2,
+                    "llama.attention.head_count": 9,
+                    "llama.attention.head_count_kv": 3,
+                    "llama.attention.layer_norm_rms_epsilon": 1e-05,
+                    "llama.block_count": 30,
+                    "llama.context_length": 8192,
+                    "llama.embedding_length": 576,
+                    "llama.feed_forward_length": 1536,
+                    "llama.rope.dimension_count": 64,
+                    "llama.rope.freq_base": 100000,
+                    "llama.vocab_size": 49152,
+                    "tokenizer.ggml.bos_token_id": 1,
+                    "tokenizer.ggml.eos_token_id": 2,
+                    "tokenizer.ggml.model": "gpt2",
+                    "tokenizer.ggml.tokens": [],
+                },
+                "capabilities": ["embedding"] if embed else ["completion", "tools"],
+                "modified_at": "2025-05-10T08:06:48.639712648-07:00",
+            }
+        )
 
     async def _chat(self, request: Request, body: dict[str, Any], fault: Faults | None) -> Any:
         name, err = self._model(body)
@@ -624,8 +684,9 @@ class OllamaStandin(StandinServer):
             return err
         return await self._answer(request, body, fault, name, chat=False, empty=not body.get("prompt"))
 
-    async def _answer(self, request: Request, body: dict[str, Any], fault: Faults | None, name: str,
-                      chat: bool, empty: bool) -> Any:
+    async def _answer(
+        self, request: Request, body: dict[str, Any], fault: Faults | None, name: str, chat: bool, empty: bool
+    ) -> Any:
         t0 = time.perf_counter_ns()
         head = {"model": body["model"], "created_at": _now_iso()}
         if empty:  # load or unload, one JSON object either way (as Ollama does)
@@ -716,13 +777,15 @@ class OllamaStandin(StandinServer):
         inputs = [inputs] if isinstance(inputs, str) else inputs
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
             return self.error(400, "input must be a string or an array of strings")
-        return JSONResponse({
-            "model": body["model"],
-            "embeddings": [self.embedding(text) for text in inputs],
-            "total_duration": time.perf_counter_ns() - t0,
-            "load_duration": load_ns,
-            "prompt_eval_count": sum(len(split_tokens(t)) for t in inputs),
-        })
+        return JSONResponse(
+            {
+                "model": body["model"],
+                "embeddings": [self.embedding(text) for text in inputs],
+                "total_duration": time.perf_counter_ns() - t0,
+                "load_duration": load_ns,
+                "prompt_eval_count": sum(len(split_tokens(t)) for t in inputs),
+            }
+        )
 
     async def _embeddings(self, request: Request, body: dict[str, Any], fault: Faults | None) -> Response:
         name, err = self._model(body)
@@ -837,13 +900,20 @@ class OpenAIStandin(StandinServer):
         if self.flavor == "vllm":
             entry.update(root=name, parent=None, max_model_len=self.max_model_len)
         elif self.flavor == "llama-server":
-            entry["meta"] = {"vocab_type": 2, "n_vocab": 49152, "n_ctx_train": 8192, "n_embd": 576,
-                             "n_params": 134_515_008, "size": 91_739_296}
+            entry["meta"] = {
+                "vocab_type": 2,
+                "n_vocab": 49152,
+                "n_ctx_train": 8192,
+                "n_embd": 576,
+                "n_params": 134_515_008,
+                "size": 91_739_296,
+            }
         return entry
 
     def _usage(self, prompt_n: int, completion_n: int) -> dict[str, Any]:
         return {
-            "prompt_tokens": prompt_n, "completion_tokens": completion_n,
+            "prompt_tokens": prompt_n,
+            "completion_tokens": completion_n,
             "total_tokens": prompt_n + completion_n,
             "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_n)},
         }
@@ -912,11 +982,22 @@ class OpenAIStandin(StandinServer):
             tokens, reason = self.answer(body, max_tokens, body.get("stop"), fmt)
             reason = "length" if reason == "length" else "stop"
         prompt_n = self.prompt_tokens(body)
-        calls = [
-            {"index": i, "id": f"call_{i}", "type": "function",
-             "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"].get("arguments", {}))}}
-            for i, c in enumerate(self.tool_calls or [])
-        ] if use_tools else []
+        calls = (
+            [
+                {
+                    "index": i,
+                    "id": f"call_{i}",
+                    "type": "function",
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": json.dumps(c["function"].get("arguments", {})),
+                    },
+                }
+                for i, c in enumerate(self.tool_calls or [])
+            ]
+            if use_tools
+            else []
+        )
         n_out = len(tokens) if not use_tools else len(split_tokens(json.dumps(self.tool_calls)))
         obj = "chat.completion" if chat else "text_completion"
 
@@ -942,7 +1023,13 @@ class OpenAIStandin(StandinServer):
             ch = choice("".join(tokens) if not use_tools else None, reason, delta=False)
             if use_tools:
                 ch["message"]["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
-            out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": body["model"], "choices": [ch]}
+            out: dict[str, Any] = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": body["model"],
+                "choices": [ch],
+            }
             if self.usage:
                 out["usage"] = self._usage(prompt_n, n_out)
             if self.flavor == "llama-server":
@@ -962,7 +1049,16 @@ class OpenAIStandin(StandinServer):
         async def events() -> AsyncIterator[bytes]:
             first = last = None
             if chat:
-                yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+                yield event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             try:
                 async for tok in self.emit(tokens, fault, request):
                     last = time.perf_counter_ns()
@@ -977,16 +1073,28 @@ class OpenAIStandin(StandinServer):
                     args = c["function"]["arguments"]
                     half = len(args) // 2
                     head = {**c, "function": {"name": c["function"]["name"], "arguments": args[:half]}}
-                    yield event([{"index": 0, "delta": {"tool_calls": [head]}, "logprobs": None, "finish_reason": None}])
+                    yield event(
+                        [{"index": 0, "delta": {"tool_calls": [head]}, "logprobs": None, "finish_reason": None}]
+                    )
                     tail = {"index": c["index"], "function": {"arguments": args[half:]}}
-                    yield event([{"index": 0, "delta": {"tool_calls": [tail]}, "logprobs": None, "finish_reason": None}])
+                    yield event(
+                        [{"index": 0, "delta": {"tool_calls": [tail]}, "logprobs": None, "finish_reason": None}]
+                    )
             extra = {}
             if self.flavor == "llama-server":
                 extra["timings"] = self._timings(t_start, first, last, prompt_n, n_out)
             yield event([choice(None, reason, delta=True)], **extra)
             if include_usage:
-                yield _sse({"id": rid, "object": chunk_obj, "created": created, "model": body["model"],
-                            "choices": [], "usage": self._usage(prompt_n, n_out)})
+                yield _sse(
+                    {
+                        "id": rid,
+                        "object": chunk_obj,
+                        "created": created,
+                        "model": body["model"],
+                        "choices": [],
+                        "usage": self._usage(prompt_n, n_out),
+                    }
+                )
             yield _sse("[DONE]")
 
         return _Stream(events(), "text/event-stream")
@@ -999,12 +1107,16 @@ class OpenAIStandin(StandinServer):
         if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
             return self.error(400, "input must be a string or a non-empty array of strings")
         n = sum(len(split_tokens(t)) for t in inputs)
-        return JSONResponse({
-            "object": "list",
-            "data": [{"object": "embedding", "embedding": self.embedding(t), "index": i} for i, t in enumerate(inputs)],
-            "model": body["model"],
-            "usage": {"prompt_tokens": n, "total_tokens": n},
-        })
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "embedding": self.embedding(t), "index": i} for i, t in enumerate(inputs)
+                ],
+                "model": body["model"],
+                "usage": {"prompt_tokens": n, "total_tokens": n},
+            }
+        )
 
     async def _tokenize(self, request: Request, body: dict[str, Any], fault: Faults | None) -> Response:
         if self.flavor == "plain":

@@ -30,6 +30,18 @@ from .results import Run, RunStore, Sample, summarize_run
 from .runner import BenchConfig, SweepConfig, run_bench, run_sweep
 
 __all__ = [
-    "BenchConfig", "BenchPrompt", "LoadConfig", "Run", "RunStore", "Sample", "SweepConfig", "compare_runs",
-    "load_prompts", "run_bench", "run_load", "run_sweep", "summarize_run", "write_outputs",
+    "BenchConfig",
+    "BenchPrompt",
+    "LoadConfig",
+    "Run",
+    "RunStore",
+    "Sample",
+    "SweepConfig",
+    "compare_runs",
+    "load_prompts",
+    "run_bench",
+    "run_load",
+    "run_sweep",
+    "summarize_run",
+    "write_outputs",
 ]

@@ -24,8 +24,12 @@ from .results import Run, Sample, group_key
 
 # metric -> True when higher is better
 COMPARED = {
-    "ttft_ms": False, "tpot_ms": False, "itl_ms": False, "e2e_ms": False,
-    "decode_tps": True, "prefill_tps": True,
+    "ttft_ms": False,
+    "tpot_ms": False,
+    "itl_ms": False,
+    "e2e_ms": False,
+    "decode_tps": True,
+    "prefill_tps": True,
 }
 
 

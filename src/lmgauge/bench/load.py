@@ -117,8 +117,9 @@ def parse_slo(text: str | None) -> dict[str, float]:
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
         if not sep or name.strip() not in SLO_METRICS:
-            raise InvalidOptionError(f"--slo {part!r}: write name=value with name one of {', '.join(SLO_METRICS)}, "
-                                     "e.g. ttft=500ms,tpot=50ms")
+            raise InvalidOptionError(
+                f"--slo {part!r}: write name=value with name one of {', '.join(SLO_METRICS)}, e.g. ttft=500ms,tpot=50ms"
+            )
         value = value.strip().lower()
         scale = 1000.0 if value.endswith("s") and not value.endswith("ms") else 1.0
         try:
@@ -139,8 +140,13 @@ def parse_levels(text: str, kind: type) -> list[Any]:
     return sorted(set(values))
 
 
-def run_load(client: Client, config: LoadConfig, runs: RunStore | None = None,
-             progress: Progress | None = None, on_sample: OnSample | None = None) -> Run:
+def run_load(
+    client: Client,
+    config: LoadConfig,
+    runs: RunStore | None = None,
+    progress: Progress | None = None,
+    on_sample: OnSample | None = None,
+) -> Run:
     """Every level in turn; returns the Run with per-level results and the saturation point in
     `run.analysis` (also after Ctrl-C, from the requests that finished)."""
     config.validate()
@@ -159,8 +165,16 @@ def run_load(client: Client, config: LoadConfig, runs: RunStore | None = None,
             prompt = config.prompts[i % len(config.prompts)]
             if progress:
                 progress(f"{config.model} · warmup", 0, planned)
-            sample, _ = measure(client, prompt.with_nonce(nonce(config.allow_cache)), config.request_options(prompt),
-                                run_id=run.id, seq=0, model=config.model, prompt=prompt.name, rep=-1)
+            sample, _ = measure(
+                client,
+                prompt.with_nonce(nonce(config.allow_cache)),
+                config.request_options(prompt),
+                run_id=run.id,
+                seq=0,
+                model=config.model,
+                prompt=prompt.name,
+                rep=-1,
+            )
             if sample.load_ms:
                 info["load_ms"] = sample.load_ms
             if sample.status != "ok":
@@ -199,8 +213,17 @@ class _Level:
     """One load level: sends its requests, records each Sample as it ends, and keeps the wall
     time from the level's start to its last completion (for throughput)."""
 
-    def __init__(self, client: Client, config: LoadConfig, run: Run, recorder: Recorder, label: str,
-                 proc: Any, walls: dict[str, float], tick: Any):
+    def __init__(
+        self,
+        client: Client,
+        config: LoadConfig,
+        run: Run,
+        recorder: Recorder,
+        label: str,
+        proc: Any,
+        walls: dict[str, float],
+        tick: Any,
+    ):
         self.client, self.config, self.run, self.recorder, self.label = client, config, run, recorder, label
         self.proc, self.walls, self.tick = proc, walls, tick
         self.cancel = threading.Event()
@@ -213,9 +236,19 @@ class _Level:
         prompt = self.config.prompts[index % len(self.config.prompts)]
         messages = prompt.with_nonce(nonce(self.config.allow_cache))
         sent = time.perf_counter()
-        sample, _ = measure(self.client, messages, self.config.request_options(prompt), self.cancel,
-                            run_id=self.run.id, seq=0, model=self.config.model, prompt=prompt.name, rep=index,
-                            level=self.label, t_start_s=sent - self.t0)
+        sample, _ = measure(
+            self.client,
+            messages,
+            self.config.request_options(prompt),
+            self.cancel,
+            run_id=self.run.id,
+            seq=0,
+            model=self.config.model,
+            prompt=prompt.name,
+            rep=index,
+            level=self.label,
+            t_start_s=sent - self.t0,
+        )
         end = time.perf_counter() - self.t0
         if scheduled is not None:
             sample.queue_delay_ms = (sent - scheduled) * 1000
@@ -240,8 +273,7 @@ class _Level:
                     issued[0] += 1
                 self.send(index)
 
-        threads = [threading.Thread(target=worker, name=f"lmgauge-load-{i}", daemon=True)
-                   for i in range(concurrency)]
+        threads = [threading.Thread(target=worker, name=f"lmgauge-load-{i}", daemon=True) for i in range(concurrency)]
         for t in threads:
             t.start()
         try:
@@ -297,15 +329,26 @@ def poisson_arrivals(rate: float, seed: int) -> Iterator[float]:
 # --- analysis ------------------------------------------------------------------------------------
 
 
-def level_summary(label: str, concurrency: int | None, rate: float | None, samples: list[Sample],
-                  elapsed_s: float, slo: dict[str, float]) -> dict[str, Any]:
+def level_summary(
+    label: str,
+    concurrency: int | None,
+    rate: float | None,
+    samples: list[Sample],
+    elapsed_s: float,
+    slo: dict[str, float],
+) -> dict[str, Any]:
     """One load level: throughput over the level's wall time (first send -> last completion)."""
     ok = [s for s in samples if s.status == "ok"]
     out_tokens = sum(s.output_tokens or 0 for s in ok)
     slo_rows = [{"status": s.status, **{m: _worst(s, m) for m in slo}} for s in samples]
     entry: dict[str, Any] = {
-        "level": label, "concurrency": concurrency, "rate": rate, "requests": len(samples), "ok": len(ok),
-        "errors": sum(s.status == "error" for s in samples), "cancelled": sum(s.status == "cancel" for s in samples),
+        "level": label,
+        "concurrency": concurrency,
+        "rate": rate,
+        "requests": len(samples),
+        "ok": len(ok),
+        "errors": sum(s.status == "error" for s in samples),
+        "cancelled": sum(s.status == "cancel" for s in samples),
         "empty": sum(not s.output_tokens for s in ok),
         "duration_s": elapsed_s,
         "throughput_rps": len(ok) / elapsed_s if elapsed_s > 0 else None,
@@ -345,21 +388,31 @@ def analyze_load(run: Run, walls: dict[str, float]) -> dict[str, Any]:
     latency = [lv["e2e_ms"]["p50"] for lv in levels]
     index = saturation_index(throughput, latency)
     best = max(range(len(levels)), key=lambda i: throughput[i] or 0) if levels else None
-    out: dict[str, Any] = {"mode": config["mode"], "slo": config["slo"], "walls": walls, "levels": levels,
-                           "saturation": None}
+    out: dict[str, Any] = {
+        "mode": config["mode"],
+        "slo": config["slo"],
+        "walls": walls,
+        "levels": levels,
+        "saturation": None,
+    }
     if index is not None:
         nxt = levels[index + 1]
         out["saturation"] = {
-            "level": levels[index]["level"], "throughput_rps": throughput[index],
+            "level": levels[index]["level"],
+            "throughput_rps": throughput[index],
             "reason": f"going to {nxt['level']} added {(throughput[index + 1] / throughput[index] - 1):+.0%} "
-                      f"throughput while E2E p50 rose {(latency[index + 1] / latency[index] - 1):+.0%}",
+            f"throughput while E2E p50 rose {(latency[index + 1] / latency[index] - 1):+.0%}",
         }
     elif levels:
-        out["saturation_note"] = (f"not saturated up to {levels[-1]['level']}: throughput still rising "
-                                  "(or latency flat); try higher levels")
+        out["saturation_note"] = (
+            f"not saturated up to {levels[-1]['level']}: throughput still rising (or latency flat); try higher levels"
+        )
     if best is not None:
-        out["peak"] = {"level": levels[best]["level"], "throughput_rps": throughput[best],
-                       "output_tps": levels[best]["output_tps"]}
+        out["peak"] = {
+            "level": levels[best]["level"],
+            "throughput_rps": throughput[best],
+            "output_tps": levels[best]["output_tps"],
+        }
     return out
 
 

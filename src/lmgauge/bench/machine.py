@@ -63,8 +63,10 @@ def cpu_model() -> str:
 def gpus() -> list[str]:
     """GPUs visible to NVIDIA's or AMD's tools; empty on a CPU-only machine."""
     found: list[str] = []
-    for tool, args in (("nvidia-smi", ["--query-gpu=name,memory.total", "--format=csv,noheader"]),
-                       ("rocm-smi", ["--showproductname"])):
+    for tool, args in (
+        ("nvidia-smi", ["--query-gpu=name,memory.total", "--format=csv,noheader"]),
+        ("rocm-smi", ["--showproductname"]),
+    ):
         if shutil.which(tool):
             try:
                 out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10).stdout

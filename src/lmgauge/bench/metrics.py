@@ -17,10 +17,22 @@ import numpy as np
 from ..stats import PERCENTILES, Summary, clean, percentile, pooled_itl, summarize, tpot_ms
 
 __all__ = [  # the first seven live in lmgauge/stats.py
-    "PERCENTILES", "Summary", "clean", "percentile", "pooled_itl", "summarize", "tpot_ms",
-    "Comparison", "CostFit", "bootstrap_delta_ci", "compare_samples", "fit_cost_curve", "goodput",
+    "PERCENTILES",
+    "Summary",
+    "clean",
+    "percentile",
+    "pooled_itl",
+    "summarize",
+    "tpot_ms",
+    "Comparison",
+    "CostFit",
+    "bootstrap_delta_ci",
+    "compare_samples",
+    "fit_cost_curve",
+    "goodput",
     "saturation_index",
 ]
+
 
 def goodput(samples: list[dict[str, Any]], duration_s: float, slo: dict[str, float]) -> float:
     """Requests per second that succeeded AND met every SLO bound (e.g. {"ttft_ms": 500,
@@ -96,7 +108,9 @@ def fit_cost_curve(n_tokens: Sequence[float | None], values: Sequence[float | No
 
 
 def saturation_index(
-    throughput: list[float | None], latency: list[float | None], min_gain: float = 0.10,
+    throughput: list[float | None],
+    latency: list[float | None],
+    min_gain: float = 0.10,
     min_latency_rise: float = 0.10,
 ) -> int | None:
     """The load level where the system saturates: the last level before one that adds less than
@@ -139,7 +153,11 @@ class Comparison:
 
 
 def compare_samples(
-    a: list[float | None], b: list[float | None], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
+    a: list[float | None],
+    b: list[float | None],
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> Comparison:
     """Is B different from A? Significant when the two-sided Mann-Whitney U test gives p < alpha
     (rank-based: no normality assumed, robust to outliers, the test benchstat uses) and the
@@ -163,8 +181,19 @@ def compare_samples(
     lo, hi = bootstrap_delta_ci(xa, xb, conf=1 - alpha, n_boot=n_boot, seed=seed) if ma else (None, None)
     ci_excludes_zero = lo is None or hi is None or lo > 0 or hi < 0
     test_says = p < alpha
-    return Comparison(len(xa), len(xb), ma, mb, delta, p, lo, hi, test_says and ci_excludes_zero, min_p=min_p,
-                      agree=test_says == ci_excludes_zero)
+    return Comparison(
+        len(xa),
+        len(xb),
+        ma,
+        mb,
+        delta,
+        p,
+        lo,
+        hi,
+        test_says and ci_excludes_zero,
+        min_p=min_p,
+        agree=test_says == ci_excludes_zero,
+    )
 
 
 def bootstrap_delta_ci(

@@ -54,23 +54,32 @@ def builtin_prompts() -> dict[str, BenchPrompt]:
     return {
         "short": BenchPrompt(
             "short",
-            [{"role": "system", "content": SYSTEM},
-             {"role": "user", "content": "Write a long story about a lighthouse keeper who finds a "
-                                         "message in a bottle."}],
+            [
+                {"role": "system", "content": SYSTEM},
+                {
+                    "role": "user",
+                    "content": "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+                },
+            ],
             kind="tg",
         ),
         "medium": BenchPrompt(
             "medium",
-            [{"role": "system", "content": SYSTEM},
-             {"role": "user", "content": passage(230, seed=1) + "\n\nSummarize the text above in a "
-                                         "few paragraphs."}],
+            [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": passage(230, seed=1) + "\n\nSummarize the text above in a few paragraphs."},
+            ],
             kind="mixed",
         ),
         "long": BenchPrompt(
             "long",
-            [{"role": "system", "content": SYSTEM},
-             {"role": "user", "content": passage(1240, seed=2) + "\n\nIn one sentence: who is the "
-                                         "text above about?"}],
+            [
+                {"role": "system", "content": SYSTEM},
+                {
+                    "role": "user",
+                    "content": passage(1240, seed=2) + "\n\nIn one sentence: who is the text above about?",
+                },
+            ],
             num_predict=16,
             kind="pp",
         ),
@@ -98,9 +107,7 @@ def load_prompts(spec: str | None) -> list[BenchPrompt]:
         return [builtin[p] for p in chosen]
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise InvalidOptionError(
-            f"--prompts {spec!r} is neither a built-in set ({', '.join(PROMPT_SETS)}) nor a file"
-        )
+        raise InvalidOptionError(f"--prompts {spec!r} is neither a built-in set ({', '.join(PROMPT_SETS)}) nor a file")
     return _read_prompt_file(path)
 
 
@@ -147,29 +154,72 @@ def _read_prompt_file(path: Path) -> list[BenchPrompt]:
 # --- generated prose ---------------------------------------------------------------------------
 
 _SUBJECTS = (
-    "The old keeper", "Mara, the keeper's daughter,", "A fisherman from the northern cove",
-    "The harbour master", "A young cartographer", "The village baker", "Two sailors on shore leave",
-    "The schoolteacher", "A travelling clockmaker", "The ferry captain", "Her grandmother",
-    "The coast guard officer", "A visiting botanist", "The innkeeper", "The lighthouse cat",
+    "The old keeper",
+    "Mara, the keeper's daughter,",
+    "A fisherman from the northern cove",
+    "The harbour master",
+    "A young cartographer",
+    "The village baker",
+    "Two sailors on shore leave",
+    "The schoolteacher",
+    "A travelling clockmaker",
+    "The ferry captain",
+    "Her grandmother",
+    "The coast guard officer",
+    "A visiting botanist",
+    "The innkeeper",
+    "The lighthouse cat",
 )
 _VERBS = (
-    "watched", "recorded", "repaired", "described", "carried", "remembered", "painted",
-    "studied", "counted", "followed", "questioned", "measured", "polished", "buried", "found",
+    "watched",
+    "recorded",
+    "repaired",
+    "described",
+    "carried",
+    "remembered",
+    "painted",
+    "studied",
+    "counted",
+    "followed",
+    "questioned",
+    "measured",
+    "polished",
+    "buried",
+    "found",
 )
 _OBJECTS = (
-    "the great brass lens", "the tide tables", "a broken compass", "the winter storms",
-    "a bundle of old letters", "the path along the cliffs", "the signal flags", "the ship's bell",
-    "a map of the sandbanks", "the lamp's copper chimney", "the logbook of 1911",
-    "a bottle sealed with wax", "the fog horn", "the names of the drowned", "the supply boat",
+    "the great brass lens",
+    "the tide tables",
+    "a broken compass",
+    "the winter storms",
+    "a bundle of old letters",
+    "the path along the cliffs",
+    "the signal flags",
+    "the ship's bell",
+    "a map of the sandbanks",
+    "the lamp's copper chimney",
+    "the logbook of 1911",
+    "a bottle sealed with wax",
+    "the fog horn",
+    "the names of the drowned",
+    "the supply boat",
 )
 _TAILS = (
-    "before the storm arrived.", "while the bells rang in the village below.",
-    "as the fog rolled in from the sea.", "long after midnight.", "without telling anyone.",
-    "because the light had failed twice that month.", "in the spring of that year.",
-    "with great care and very little money.", "until the gulls woke the whole island.",
-    "and wrote everything down in a small green notebook.", "though nobody believed the story.",
-    "under a sky the colour of slate.", "while the kettle whistled in the kitchen.",
-    "so that the ships could pass the reef safely.", "and never spoke of it again.",
+    "before the storm arrived.",
+    "while the bells rang in the village below.",
+    "as the fog rolled in from the sea.",
+    "long after midnight.",
+    "without telling anyone.",
+    "because the light had failed twice that month.",
+    "in the spring of that year.",
+    "with great care and very little money.",
+    "until the gulls woke the whole island.",
+    "and wrote everything down in a small green notebook.",
+    "though nobody believed the story.",
+    "under a sky the colour of slate.",
+    "while the kettle whistled in the kitchen.",
+    "so that the ships could pass the reef safely.",
+    "and never spoke of it again.",
 )
 
 
@@ -189,8 +239,9 @@ def passage(words: int, seed: int = 0) -> str:
 SWEEP_QUESTION = "\n\nRetell the text above in your own words, in detail."
 
 
-def sized_prompt(target_tokens: int, count: Callable[[list[dict[str, str]]], int], nonce: str,
-                 seed: int = 3) -> tuple[list[dict[str, str]], int]:
+def sized_prompt(
+    target_tokens: int, count: Callable[[list[dict[str, str]]], int], nonce: str, seed: int = 3
+) -> tuple[list[dict[str, str]], int]:
     """Messages whose templated prompt is as close to `target_tokens` as whole words allow
     (from below), with the nonce opening the system message, and their token count.
 
@@ -200,9 +251,10 @@ def sized_prompt(target_tokens: int, count: Callable[[list[dict[str, str]]], int
     words = passage(int(target_tokens * 1.0) + 50, seed=seed).split(" ")
 
     def build(n: int) -> list[dict[str, str]]:
-        return BenchPrompt("sweep", [{"role": "system", "content": SYSTEM},
-                                     {"role": "user", "content": " ".join(words[:n]) + SWEEP_QUESTION}]
-                           ).with_nonce(nonce)
+        return BenchPrompt(
+            "sweep",
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": " ".join(words[:n]) + SWEEP_QUESTION}],
+        ).with_nonce(nonce)
 
     lo, hi = 0, len(words)
     if count(build(hi)) < target_tokens:

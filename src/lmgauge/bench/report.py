@@ -51,8 +51,20 @@ _INT = {"type": ["integer", "null"]}
 # The JSON file's schema (validated in tests; documented in docs/bench.md).
 RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["schema_version", "id", "kind", "status", "started", "finished", "config", "machine",
-                 "models", "summary", "analysis", "samples"],
+    "required": [
+        "schema_version",
+        "id",
+        "kind",
+        "status",
+        "started",
+        "finished",
+        "config",
+        "machine",
+        "models",
+        "summary",
+        "analysis",
+        "samples",
+    ],
     "properties": {
         "schema_version": {"const": 1},
         "id": {"type": "string"},
@@ -70,8 +82,10 @@ RUN_SCHEMA: dict[str, Any] = {
             "additionalProperties": {
                 "type": "object",
                 "required": ["engine", "engine_version", "target", "source"],
-                "properties": {"file_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                               "memory": {"type": "object", "required": ["process", "rss_bytes"]}},
+                "properties": {
+                    "file_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "memory": {"type": "object", "required": ["process", "rss_bytes"]},
+                },
             },
         },
         "summary": {
@@ -90,8 +104,14 @@ RUN_SCHEMA: dict[str, Any] = {
                 "required": SAMPLE_FIELDS,
                 "properties": {
                     "status": {"enum": ["ok", "error", "skipped", "cancel"]},
-                    "ttft_ms": _NUM, "tpot_ms": _NUM, "e2e_ms": _NUM, "decode_tps": _NUM, "prefill_tps": _NUM,
-                    "prompt_tokens": _INT, "output_tokens": _INT, "cached_tokens": _INT,
+                    "ttft_ms": _NUM,
+                    "tpot_ms": _NUM,
+                    "e2e_ms": _NUM,
+                    "decode_tps": _NUM,
+                    "prefill_tps": _NUM,
+                    "prompt_tokens": _INT,
+                    "output_tokens": _INT,
+                    "cached_tokens": _INT,
                     "itl_ms": {"type": "array", "items": {"type": "number"}},
                 },
             },
@@ -156,38 +176,78 @@ def tables(run: Run) -> list[TableData]:
 def _bench_tables(run: Run) -> list[TableData]:
     overview = TableData(
         "Per model and prompt (medians; n = successful requests)",
-        ["model", "prompt", "n", "err", "tok in", "tok out", "TTFT ms", "TPOT ms", "E2E ms", "decode tok/s",
-         "prefill tok/s"],
+        [
+            "model",
+            "prompt",
+            "n",
+            "err",
+            "tok in",
+            "tok out",
+            "TTFT ms",
+            "TPOT ms",
+            "E2E ms",
+            "decode tok/s",
+            "prefill tok/s",
+        ],
     )
-    detail = TableData("Distributions (n, mean, sd, percentiles)",
-                       ["model · prompt", "metric", "n", "mean", "sd", "p50", "p90", "p95", "p99"])
+    detail = TableData(
+        "Distributions (n, mean, sd, percentiles)",
+        ["model · prompt", "metric", "n", "mean", "sd", "p50", "p90", "p95", "p99"],
+    )
     speculated = any(s.spec_mode for s in run.samples)
     if speculated:
         overview.columns += ["accepted", "acc/step", "draft ms", "verify ms"]
     for g in summarize_run(run):
         m = g["metrics"]
-        overview.rows.append([
-            g["model"], g["group"], str(g["ok"]), _errors(g),
-            fmt_num(metric(g, "prompt_tokens"), 0), fmt_num(metric(g, "output_tokens"), 0),
-            fmt_ms(metric(g, "ttft_ms")), fmt_ms(metric(g, "tpot_ms")), fmt_ms(metric(g, "e2e_ms")),
-            _mean_sd(m["decode_tps"]), fmt_num(metric(g, "prefill_tps")),
-        ])
+        overview.rows.append(
+            [
+                g["model"],
+                g["group"],
+                str(g["ok"]),
+                _errors(g),
+                fmt_num(metric(g, "prompt_tokens"), 0),
+                fmt_num(metric(g, "output_tokens"), 0),
+                fmt_ms(metric(g, "ttft_ms")),
+                fmt_ms(metric(g, "tpot_ms")),
+                fmt_ms(metric(g, "e2e_ms")),
+                _mean_sd(m["decode_tps"]),
+                fmt_num(metric(g, "prefill_tps")),
+            ]
+        )
         if speculated:
             acceptance = metric(g, "spec_acceptance")
-            overview.rows[-1] += ["-" if acceptance is None else f"{acceptance:.0%}",
-                                  fmt_num(metric(g, "spec_mean_accepted")),
-                                  fmt_ms(metric(g, "spec_draft_ms")), fmt_ms(metric(g, "spec_verify_ms"))]
+            overview.rows[-1] += [
+                "-" if acceptance is None else f"{acceptance:.0%}",
+                fmt_num(metric(g, "spec_mean_accepted")),
+                fmt_ms(metric(g, "spec_draft_ms")),
+                fmt_ms(metric(g, "spec_verify_ms")),
+            ]
         for name, label, fmt in DETAIL_METRICS:
             d = m[name]
-            detail.rows.append([f"{g['model']} · {g['group']}", label, str(d["n"]), fmt(d["mean"]), fmt(d["sd"]),
-                                fmt(d["p50"]), fmt(d["p90"]), fmt(d["p95"]), fmt(d["p99"])])
-    overview.notes.append("TTFT, TPOT, E2E (and ITL): client clock. decode/prefill tok/s: engine clock, mean ± sd. "
-                          "Prefill counts only evaluated tokens: the few template tokens served from the prefix "
-                          "cache (see cached_tokens) are not work done.")
+            detail.rows.append(
+                [
+                    f"{g['model']} · {g['group']}",
+                    label,
+                    str(d["n"]),
+                    fmt(d["mean"]),
+                    fmt(d["sd"]),
+                    fmt(d["p50"]),
+                    fmt(d["p90"]),
+                    fmt(d["p95"]),
+                    fmt(d["p99"]),
+                ]
+            )
+    overview.notes.append(
+        "TTFT, TPOT, E2E (and ITL): client clock. decode/prefill tok/s: engine clock, mean ± sd. "
+        "Prefill counts only evaluated tokens: the few template tokens served from the prefix "
+        "cache (see cached_tokens) are not work done."
+    )
     if speculated:
-        overview.notes.append("Speculative decoding (medians): accepted = drafted tokens the model agreed with; "
-                              "acc/step = accepted per verification step; draft/verify ms = engine time spent "
-                              "drafting and in the verifying decodes.")
+        overview.notes.append(
+            "Speculative decoding (medians): accepted = drafted tokens the model agreed with; "
+            "acc/step = accepted per verification step; draft/verify ms = engine time spent "
+            "drafting and in the verifying decodes."
+        )
     overview.notes += _status_notes(run)
     return [overview, detail]
 
@@ -215,15 +275,19 @@ def _errors(g: dict[str, Any]) -> str:
 def _status_notes(run: Run) -> list[str]:
     notes = []
     if any(s.tokens_from == "chunks" for s in run.samples):
-        notes.append("The server reported no token counts: output tokens are the streamed chunks (one token each "
-                     "on llama.cpp servers), and prompt tokens are unknown.")
+        notes.append(
+            "The server reported no token counts: output tokens are the streamed chunks (one token each "
+            "on llama.cpp servers), and prompt tokens are unknown."
+        )
     if run.status == "interrupted":
         notes.append(f"INTERRUPTED: partial results ({len(run.samples)} requests measured before Ctrl-C).")
     empty = [s for s in run.samples if s.status == "ok" and not s.output_tokens]
     if empty:
-        notes.append(f"{len(empty)} request(s) succeeded with an empty answer (0 output tokens): an immediate "
-                     "end of sequence, or a server that cut the stream off (llama-cpp-python's server does when "
-                     "a new request arrives, unless started with --interrupt_requests False).")
+        notes.append(
+            f"{len(empty)} request(s) succeeded with an empty answer (0 output tokens): an immediate "
+            "end of sequence, or a server that cut the stream off (llama-cpp-python's server does when "
+            "a new request arrives, unless started with --interrupt_requests False)."
+        )
     errors = [s for s in run.samples if s.status == "error"]
     if errors:
         first = errors[0]
@@ -231,8 +295,9 @@ def _status_notes(run: Run) -> list[str]:
     load = (run.machine.get("load_avg") or [0])[0]
     cores = run.machine.get("cores_logical") or 1
     if load and load > 0.5 * cores:
-        notes.append(f"The machine was busy when the run started (load average {load} on {cores} cores): "
-                     "timings are noisy.")
+        notes.append(
+            f"The machine was busy when the run started (load average {load} on {cores} cores): timings are noisy."
+        )
     return notes
 
 
@@ -240,15 +305,34 @@ def _sweep_tables(run: Run) -> list[TableData]:
     a = run.analysis
     t = TableData(
         "Context sweep: medians per filled-context size",
-        ["target ctx", "prompt tok", "prefill ms (engine)", "TTFT ms", "prefill tok/s", "decode tok/s",
-         "TPOT ms", "KV cache (est.)", "engine RSS", "n"],
+        [
+            "target ctx",
+            "prompt tok",
+            "prefill ms (engine)",
+            "TTFT ms",
+            "prefill tok/s",
+            "decode tok/s",
+            "TPOT ms",
+            "KV cache (est.)",
+            "engine RSS",
+            "n",
+        ],
     )
     for p in a.get("points", []):
-        t.rows.append([str(p["ctx"]), fmt_num(p["prompt_tokens"], 0), fmt_ms(p["engine_prefill_ms"]),
-                       fmt_ms(p["ttft_ms"]), fmt_num(p["prefill_tps"]), fmt_num(p["decode_tps"]),
-                       fmt_ms(p["tpot_ms"]), fmt_bytes(p["kv_bytes"]) if p.get("kv_bytes") else "-",
-                       fmt_bytes(p["engine_rss_bytes"]),
-                       str(p["n"])])
+        t.rows.append(
+            [
+                str(p["ctx"]),
+                fmt_num(p["prompt_tokens"], 0),
+                fmt_ms(p["engine_prefill_ms"]),
+                fmt_ms(p["ttft_ms"]),
+                fmt_num(p["prefill_tps"]),
+                fmt_num(p["decode_tps"]),
+                fmt_ms(p["tpot_ms"]),
+                fmt_bytes(p["kv_bytes"]) if p.get("kv_bytes") else "-",
+                fmt_bytes(p["engine_rss_bytes"]),
+                str(p["n"]),
+            ]
+        )
     t.notes += sweep_findings(a)
     t.notes += _status_notes(run)
     return [t]
@@ -262,17 +346,23 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
         at = fit["at_largest"]
         points = fit.get("points")
         if fit.get("exact"):  # runs stored before `exact` existed show their R² as before
-            quality = (f"{points} context sizes for 3 parameters: the curve passes through them by construction, "
-                       "so R² says nothing about the shape; sweep 4 or more sizes to test it")
+            quality = (
+                f"{points} context sizes for 3 parameters: the curve passes through them by construction, "
+                "so R² says nothing about the shape; sweep 4 or more sizes to test it"
+            )
         else:
             quality = f"R² {fit['r2']:.3f} over {fit['n']} samples" + (f" at {points} context sizes" if points else "")
-        notes.append(f"{which} time fit: {fit['a']:.4g} ms + {fit['b']:.4g} ms x n + {fit['c']:.3g} ms x n² "
-                     f"(n = prompt tokens; {quality})")
+        notes.append(
+            f"{which} time fit: {fit['a']:.4g} ms + {fit['b']:.4g} ms x n + {fit['c']:.3g} ms x n² "
+            f"(n = prompt tokens; {quality})"
+        )
         if at["quadratic_share"] is not None:
             notes.append(f"at {at['tokens']:.0f} tokens the n² term is {at['quadratic_share']:.0%} of the {which} time")
         if fit["exponent"] is not None:
-            notes.append(f"measured scaling exponent {fit['exponent']:.2f} (slope of log time over log tokens: "
-                         "1 = linear, 2 = quadratic)")
+            notes.append(
+                f"measured scaling exponent {fit['exponent']:.2f} (slope of log time over log tokens: "
+                "1 = linear, 2 = quadratic)"
+            )
     theory = a.get("theory", {})
     if theory.get("c_measured_over_theory") is not None:
         notes.append(
@@ -282,8 +372,10 @@ def sweep_findings(a: dict[str, Any]) -> list[str]:
         )
     d = a.get("decode_fit")
     if d:
-        notes.append(f"decode: {d['ms_per_token_at_0']:.2f} ms per token at an empty context, "
-                     f"{d['ms_per_token_per_1k_ctx']:+.3f} ms per token for every 1k tokens of context")
+        notes.append(
+            f"decode: {d['ms_per_token_at_0']:.2f} ms per token at an empty context, "
+            f"{d['ms_per_token_per_1k_ctx']:+.3f} ms per token for every 1k tokens of context"
+        )
     return notes
 
 
@@ -293,18 +385,37 @@ def _load_tables(run: Run) -> list[TableData]:
     slo = ", ".join(f"{k.removesuffix('_ms')} <= {v:g} ms" for k, v in (a.get("slo") or {}).items())
     t = TableData(
         f"Load test ({a.get('mode', '?')} loop): per level; goodput = requests/s meeting the SLO ({slo})",
-        ["level", "ok/sent", "err %", "req/s", "out tok/s", "goodput", "TTFT p50/p95/p99 ms",
-         "TPOT p50/p95 ms", "ITL p95 ms", "E2E p50/p99 ms"] + (["send lag p50 ms"] if open_loop else []),
+        [
+            "level",
+            "ok/sent",
+            "err %",
+            "req/s",
+            "out tok/s",
+            "goodput",
+            "TTFT p50/p95/p99 ms",
+            "TPOT p50/p95 ms",
+            "ITL p95 ms",
+            "E2E p50/p99 ms",
+        ]
+        + (["send lag p50 ms"] if open_loop else []),
     )
     for lv in a.get("levels", []):
         ttft, tpot, e2e = lv["ttft_ms"], lv["tpot_ms"], lv["e2e_ms"]
-        t.rows.append([
-            lv["level"], f"{lv['ok']}/{lv['requests']}", fmt_pct(lv["error_rate"]),
-            fmt_num(lv["throughput_rps"], 2), fmt_num(lv["output_tps"]), fmt_num(lv["goodput_rps"], 2),
-            f"{fmt_ms(ttft['p50'])} / {fmt_ms(ttft['p95'])} / {fmt_ms(ttft['p99'])}",
-            f"{fmt_ms(tpot['p50'])} / {fmt_ms(tpot['p95'])}", fmt_ms(lv["itl_ms"]["p95"]),
-            f"{fmt_ms(e2e['p50'])} / {fmt_ms(e2e['p99'])}",
-        ] + ([fmt_ms(lv["queue_delay_ms"]["p50"])] if open_loop else []))
+        t.rows.append(
+            [
+                lv["level"],
+                f"{lv['ok']}/{lv['requests']}",
+                fmt_pct(lv["error_rate"]),
+                fmt_num(lv["throughput_rps"], 2),
+                fmt_num(lv["output_tps"]),
+                fmt_num(lv["goodput_rps"], 2),
+                f"{fmt_ms(ttft['p50'])} / {fmt_ms(ttft['p95'])} / {fmt_ms(ttft['p99'])}",
+                f"{fmt_ms(tpot['p50'])} / {fmt_ms(tpot['p95'])}",
+                fmt_ms(lv["itl_ms"]["p95"]),
+                f"{fmt_ms(e2e['p50'])} / {fmt_ms(e2e['p99'])}",
+            ]
+            + ([fmt_ms(lv["queue_delay_ms"]["p50"])] if open_loop else [])
+        )
     t.notes += load_findings(a)
     t.notes += _status_notes(run)
     return [t]
@@ -319,46 +430,65 @@ def load_findings(a: dict[str, Any]) -> list[str]:
         notes.append(a["saturation_note"])
     if a.get("peak"):
         p = a["peak"]
-        notes.append(f"peak throughput {fmt_num(p['throughput_rps'], 2)} req/s, {fmt_num(p['output_tps'])} "
-                     f"output tok/s at {p['level']}")
+        notes.append(
+            f"peak throughput {fmt_num(p['throughput_rps'], 2)} req/s, {fmt_num(p['output_tps'])} "
+            f"output tok/s at {p['level']}"
+        )
     return notes
 
 
 def memory_table(run: Run) -> TableData:
-    t = TableData("Memory: the engine process, measured, beside the sizing estimate",
-                  ["model", "engine process", "RSS", "peak RSS", "RSS growth", "estimate", "num_ctx", "load ms"])
+    t = TableData(
+        "Memory: the engine process, measured, beside the sizing estimate",
+        ["model", "engine process", "RSS", "peak RSS", "RSS growth", "estimate", "num_ctx", "load ms"],
+    )
     kinds = set()
     for name, info in run.models.items():
         mem = info.get("memory") or {}
         est = info.get("estimate") or {}
         kinds.add("embedded" if info.get("engine") == "llamacpp" else "local" if mem.get("pid") else "unknown")
-        t.rows.append([
-            name, mem.get("process", "unknown"), fmt_bytes(mem.get("rss_bytes")), fmt_bytes(mem.get("peak_rss_bytes")),
-            fmt_bytes(mem.get("rss_growth_bytes")) if mem.get("rss_growth_bytes") is not None else "-",
-            fmt_bytes(est.get("total_bytes")) if est else "-", str(info.get("num_ctx") or "-"),
-            fmt_ms(info.get("load_ms")),
-        ])
+        t.rows.append(
+            [
+                name,
+                mem.get("process", "unknown"),
+                fmt_bytes(mem.get("rss_bytes")),
+                fmt_bytes(mem.get("peak_rss_bytes")),
+                fmt_bytes(mem.get("rss_growth_bytes")) if mem.get("rss_growth_bytes") is not None else "-",
+                fmt_bytes(est.get("total_bytes")) if est else "-",
+                str(info.get("num_ctx") or "-"),
+                fmt_ms(info.get("load_ms")),
+            ]
+        )
     if "embedded" in kinds:
-        t.notes.append("Embedded engine: it runs in this process, so RSS includes Python; the growth from before the "
-                       "model was loaded to the end of the run is the model's share, comparable with the estimate "
-                       "(weights + KV cache + buffers, `lmgauge size`).")
+        t.notes.append(
+            "Embedded engine: it runs in this process, so RSS includes Python; the growth from before the "
+            "model was loaded to the end of the run is the model's share, comparable with the estimate "
+            "(weights + KV cache + buffers, `lmgauge size`)."
+        )
     if "local" in kinds:
-        t.notes.append("Local server: the RSS of the process listening on its port, children included (Ollama runs "
-                       "models in child processes); growth is during the run (it may have loaded the model before).")
+        t.notes.append(
+            "Local server: the RSS of the process listening on its port, children included (Ollama runs "
+            "models in child processes); growth is during the run (it may have loaded the model before)."
+        )
     if "unknown" in kinds:
-        t.notes.append("unknown: the server is not on this machine (or its process is not visible), so its memory "
-                       "cannot be measured; the client's own memory is never reported in its place.")
+        t.notes.append(
+            "unknown: the server is not on this machine (or its process is not visible), so its memory "
+            "cannot be measured; the client's own memory is never reported in its place."
+        )
     return t
 
 
 def machine_rows(run: Run) -> list[tuple[str, str]]:
     m = run.machine
-    rows = [("run", f"{run.id} ({run.kind}, {run.status})"),
-            ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))),
-            ("cpu", f"{m.get('cpu')} ({m.get('cores_physical')} cores, {m.get('cores_logical')} threads)"),
-            ("ram", fmt_bytes(m.get("ram_bytes"))), ("gpu", ", ".join(m.get("gpus") or []) or "none"),
-            ("os", f"{m.get('os')} {m.get('arch', '')}, Python {m.get('python')}"),
-            ("load average", " ".join(str(x) for x in m.get("load_avg") or []))]
+    rows = [
+        ("run", f"{run.id} ({run.kind}, {run.status})"),
+        ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))),
+        ("cpu", f"{m.get('cpu')} ({m.get('cores_physical')} cores, {m.get('cores_logical')} threads)"),
+        ("ram", fmt_bytes(m.get("ram_bytes"))),
+        ("gpu", ", ".join(m.get("gpus") or []) or "none"),
+        ("os", f"{m.get('os')} {m.get('arch', '')}, Python {m.get('python')}"),
+        ("load average", " ".join(str(x) for x in m.get("load_avg") or [])),
+    ]
     for name, info in run.models.items():
         rows.append((f"model {name}", f"{info.get('engine')}: {info.get('target')}"))
         rows.append(("  engine", str(info.get("engine_version"))))
@@ -412,8 +542,9 @@ def check_output_paths(paths: Iterable[Path]) -> None:
         path = Path(path).expanduser()
         suffix = path.suffix.lower().lstrip(".")
         if suffix and not path.is_dir() and suffix not in FORMATS:
-            raise InvalidOptionError(f"--output {path}: unknown format .{suffix}; use .json, .csv, .jsonl, .png, "
-                                     ".html or a directory")
+            raise InvalidOptionError(
+                f"--output {path}: unknown format .{suffix}; use .json, .csv, .jsonl, .png, .html or a directory"
+            )
         parent = path if not suffix else path.parent
         if parent.exists() and not parent.is_dir():
             raise InvalidOptionError(f"--output {path}: {parent} is not a directory")
@@ -512,8 +643,9 @@ def _plot_bench(run: Run, axes: Any) -> None:
         means = [sum(d) / len(d) if d else 0 for d in data]
         ax.bar(positions, means, 0.6, yerr=[_sd(d) for d in data], capsize=4, color=color)
         for x, m in zip(positions, means, strict=True):
-            ax.annotate(f"{m:.1f}", (x, m), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{m:.1f}", (x, m), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points"
+            )
         ax.set_xticks(positions, labels, fontsize=8)
         ax.set_title(title)
         ax.set_ylabel("tok/s")
@@ -560,14 +692,23 @@ def _plot_sweep(run: Run, axes: Any) -> None:
     known = [x for x in xs if x is not None]
     if fit and known:
         grid = np.linspace(0, max(known) * 1.05, 200)
-        ax.plot(grid, fit["a"] + fit["b"] * grid + fit["c"] * grid**2, "-",
-                label="fit a + bn + cn² (exact through 3 sizes)" if fit.get("exact")
-                else f"fit a + bn + cn² (R² {fit['r2']:.3f})")
+        ax.plot(
+            grid,
+            fit["a"] + fit["b"] * grid + fit["c"] * grid**2,
+            "-",
+            label="fit a + bn + cn² (exact through 3 sizes)"
+            if fit.get("exact")
+            else f"fit a + bn + cn² (R² {fit['r2']:.3f})",
+        )
         ax.plot(grid, fit["a"] + fit["b"] * grid, ":", label="linear part a + bn")
         theory = a.get("theory", {})
         if theory.get("c_theory") is not None:
-            ax.plot(grid, fit["a"] + fit["b"] * grid + theory["c_theory"] * grid**2, "--",
-                    label="a + bn + theoretical n² attention term")
+            ax.plot(
+                grid,
+                fit["a"] + fit["b"] * grid + theory["c_theory"] * grid**2,
+                "--",
+                label="a + bn + theoretical n² attention term",
+            )
     ax.set_title(("Prefill time (engine clock)" if use_engine else "TTFT") + " vs prompt tokens")
     ax.set_xlabel("prompt tokens evaluated")
     ax.set_ylabel("ms")
@@ -639,7 +780,10 @@ def _plot_load(run: Run, axes: Any) -> None:
     ax = axes[0][1]
     ax.plot(x, [lv["output_tps"] for lv in levels], "o-", label="output tokens/s")
     finish(ax, "Output throughput", "tok/s")
-    for ax, name, title in ((axes[1][0], "ttft_ms", "Time to first token"), (axes[1][1], "e2e_ms", "End-to-end latency")):
+    for ax, name, title in (
+        (axes[1][0], "ttft_ms", "Time to first token"),
+        (axes[1][1], "e2e_ms", "End-to-end latency"),
+    ):
         for stat, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
             ax.plot(x, [lv[name][stat] for lv in levels], style, label=stat)
         bound = (a.get("slo") or {}).get(name)
@@ -691,15 +835,32 @@ def html_report(run: Run) -> str:
     """One self-contained HTML page: header, tables, the plots (base64 PNG), machine, raw samples."""
     meta = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in machine_rows(run))
     main = "".join(_html_table(t) for t in tables(run))
-    columns = ["seq", "model", "prompt", "level", "rep", "status", "ttft_ms", "tpot_ms", "e2e_ms", "prompt_tokens",
-               "cached_tokens", "output_tokens", "decode_tps", "prefill_tps", "error"]
+    columns = [
+        "seq",
+        "model",
+        "prompt",
+        "level",
+        "rep",
+        "status",
+        "ttft_ms",
+        "tpot_ms",
+        "e2e_ms",
+        "prompt_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "decode_tps",
+        "prefill_tps",
+        "error",
+    ]
     raw_rows = "".join(
         "<tr>" + "".join(f"<td class=l>{html.escape(_cell(getattr(s, c)))}</td>" for c in columns) + "</tr>"
         for s in run.samples
     )
-    raw = (f"<details><summary>Raw samples ({len(run.samples)} requests; every value is also in the JSON and CSV "
-           f"outputs)</summary><div class='scroll raw'><table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
-           f"{raw_rows}</table></div></details>")
+    raw = (
+        f"<details><summary>Raw samples ({len(run.samples)} requests; every value is also in the JSON and CSV "
+        f"outputs)</summary><div class='scroll raw'><table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
+        f"{raw_rows}</table></div></details>"
+    )
     title = f"lmgauge {run.kind} {run.id}: {', '.join(run.model_names)}"
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"

@@ -63,9 +63,22 @@ DDL = [
 
 # The per-request metrics summarized for every group, in table order. ITL is pooled separately.
 METRICS = (
-    "ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "prefill_tps", "prompt_tokens", "output_tokens",
-    "cached_tokens", "engine_tpot_ms", "engine_prefill_ms", "load_ms", "engine_rss_bytes",
-    "spec_acceptance", "spec_mean_accepted", "spec_draft_ms", "spec_verify_ms",
+    "ttft_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "decode_tps",
+    "prefill_tps",
+    "prompt_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "engine_tpot_ms",
+    "engine_prefill_ms",
+    "load_ms",
+    "engine_rss_bytes",
+    "spec_acceptance",
+    "spec_mean_accepted",
+    "spec_draft_ms",
+    "spec_verify_ms",
 )
 
 
@@ -122,15 +135,30 @@ class Sample:
         tpot = tpot_ms(t.ttft_ms, t.e2e_ms, output_tokens)
         spec = t.speculation
         if spec is not None:
-            kw.update(spec_mode=spec.mode, spec_acceptance=spec.acceptance_rate, spec_mean_accepted=spec.mean_accepted,
-                      spec_draft_ms=spec.draft_ns / 1e6, spec_verify_ms=spec.verify_ns / 1e6)
+            kw.update(
+                spec_mode=spec.mode,
+                spec_acceptance=spec.acceptance_rate,
+                spec_mean_accepted=spec.mean_accepted,
+                spec_draft_ms=spec.draft_ns / 1e6,
+                spec_verify_ms=spec.verify_ns / 1e6,
+            )
         return cls(
-            **kw, done_reason=result.done_reason, ttft_ms=t.ttft_ms, tpot_ms=tpot, e2e_ms=t.e2e_ms,
-            prompt_tokens=t.prompt_tokens or None, cached_tokens=t.cached_tokens, output_tokens=output_tokens,
-            tokens_from=tokens_from, prefill_tps=t.prefill_tps, decode_tps=t.decode_tps,
+            **kw,
+            done_reason=result.done_reason,
+            ttft_ms=t.ttft_ms,
+            tpot_ms=tpot,
+            e2e_ms=t.e2e_ms,
+            prompt_tokens=t.prompt_tokens or None,
+            cached_tokens=t.cached_tokens,
+            output_tokens=output_tokens,
+            tokens_from=tokens_from,
+            prefill_tps=t.prefill_tps,
+            decode_tps=t.decode_tps,
             engine_prefill_ms=None if t.prompt_eval_ns is None else t.prompt_eval_ns / 1e6,
             engine_decode_ms=None if t.eval_ns is None else t.eval_ns / 1e6,
-            engine_tpot_ms=engine_tpot, load_ms=t.load_ns / 1e6, itl_ms=t.itl_ms,
+            engine_tpot_ms=engine_tpot,
+            load_ms=t.load_ns / 1e6,
+            itl_ms=t.itl_ms,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,9 +196,16 @@ class Run:
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         out = {
-            "schema_version": SCHEMA_VERSION, "id": self.id, "kind": self.kind, "status": self.status,
-            "started": self.started, "finished": self.finished, "config": self.config,
-            "machine": self.machine, "models": self.models, "summary": summarize_run(self),
+            "schema_version": SCHEMA_VERSION,
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished,
+            "config": self.config,
+            "machine": self.machine,
+            "models": self.models,
+            "summary": summarize_run(self),
             "analysis": self.analysis,
         }
         if with_samples:
@@ -196,11 +231,15 @@ def summarize_run(run: Run) -> list[dict[str, Any]]:
     for (model, group), samples in groups.items():
         ok = [s for s in samples if s.status == "ok"]
         entry: dict[str, Any] = {
-            "model": model, "group": group, "n": len(samples), "ok": len(ok),
+            "model": model,
+            "group": group,
+            "n": len(samples),
+            "ok": len(ok),
             "errors": sum(s.status == "error" for s in samples),
             "skipped": sum(s.status == "skipped" for s in samples),
             "cancelled": sum(s.status == "cancel" for s in samples),
-            "ctx": samples[0].ctx, "level": samples[0].level,
+            "ctx": samples[0].ctx,
+            "level": samples[0].level,
             "metrics": {m: summarize([getattr(s, m) for s in ok]).to_dict() for m in METRICS},
         }
         entry["metrics"]["itl_ms"] = summarize(pooled_itl([s.itl_ms for s in ok])).to_dict()
@@ -232,23 +271,41 @@ class RunStore:
             db.execute(
                 "INSERT OR REPLACE INTO bench_runs (id, kind, status, started, finished, models, config,"
                 " machine, model_info, analysis) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run.id, run.kind, run.status, run.started, run.finished, ",".join(run.model_names),
-                 _dumps(run.config), _dumps(run.machine), _dumps(run.models), _dumps(run.analysis)),
+                (
+                    run.id,
+                    run.kind,
+                    run.status,
+                    run.started,
+                    run.finished,
+                    ",".join(run.model_names),
+                    _dumps(run.config),
+                    _dumps(run.machine),
+                    _dumps(run.models),
+                    _dumps(run.analysis),
+                ),
             )
 
     def add_sample(self, sample: Sample) -> None:
         with self.store.connect() as db:
-            db.execute("INSERT OR REPLACE INTO bench_samples (run_id, seq, data) VALUES (?,?,?)",
-                       (sample.run_id, sample.seq, _dumps(sample.to_dict())))
+            db.execute(
+                "INSERT OR REPLACE INTO bench_samples (run_id, seq, data) VALUES (?,?,?)",
+                (sample.run_id, sample.seq, _dumps(sample.to_dict())),
+            )
 
     def finish(self, run: Run) -> None:
         """Write the run's final state (status, models, analysis); samples are already in."""
         with self.store.connect() as db:
             db.execute(
-                "UPDATE bench_runs SET status=?, finished=?, models=?, machine=?, model_info=?, analysis=?"
-                " WHERE id=?",
-                (run.status, run.finished, ",".join(run.model_names), _dumps(run.machine),
-                 _dumps(run.models), _dumps(run.analysis), run.id),
+                "UPDATE bench_runs SET status=?, finished=?, models=?, machine=?, model_info=?, analysis=? WHERE id=?",
+                (
+                    run.status,
+                    run.finished,
+                    ",".join(run.model_names),
+                    _dumps(run.machine),
+                    _dumps(run.models),
+                    _dumps(run.analysis),
+                    run.id,
+                ),
             )
 
     def sha256(self, path: str) -> str:
@@ -256,8 +313,9 @@ class RunStore:
         st = Path(path).stat()
         key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
         with self.store.connect() as db:
-            row = db.execute("SELECT sha256 FROM bench_file_hashes WHERE path=? AND size=? AND mtime_ns=?",
-                             key).fetchone()
+            row = db.execute(
+                "SELECT sha256 FROM bench_file_hashes WHERE path=? AND size=? AND mtime_ns=?", key
+            ).fetchone()
         if row:
             return row["sha256"]
         digest = file_sha256(path)
@@ -266,8 +324,10 @@ class RunStore:
         return digest
 
     def list(self, limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT r.id, r.kind, r.status, r.started, r.finished, r.models, "
-               "(SELECT COUNT(*) FROM bench_samples s WHERE s.run_id = r.id) AS samples FROM bench_runs r")
+        sql = (
+            "SELECT r.id, r.kind, r.status, r.started, r.finished, r.models, "
+            "(SELECT COUNT(*) FROM bench_samples s WHERE s.run_id = r.id) AS samples FROM bench_runs r"
+        )
         args: list[Any] = []
         if kind:
             sql += " WHERE r.kind = ?"
@@ -284,13 +344,15 @@ class RunStore:
                 back = ref.partition("~")[2]
                 if back and not back.isdigit():
                     raise InvalidOptionError(f"run {ref!r}: write latest~N with N a number")
-                row = db.execute("SELECT id FROM bench_runs ORDER BY started DESC LIMIT 1 OFFSET ?",
-                                 (int(back or 0),)).fetchone()
+                row = db.execute(
+                    "SELECT id FROM bench_runs ORDER BY started DESC LIMIT 1 OFFSET ?", (int(back or 0),)
+                ).fetchone()
                 if row is None:
                     raise InvalidOptionError(f"no stored run for {ref!r}; run `lmgauge bench` first")
                 return row["id"]
-            rows = db.execute("SELECT id FROM bench_runs WHERE id LIKE ? ORDER BY started DESC LIMIT 5",
-                              (ref.replace("%", "") + "%",)).fetchall()
+            rows = db.execute(
+                "SELECT id FROM bench_runs WHERE id LIKE ? ORDER BY started DESC LIMIT 5", (ref.replace("%", "") + "%",)
+            ).fetchall()
         if not rows:
             raise InvalidOptionError(f"no stored run {ref!r}; `lmgauge runs` lists them")
         if len(rows) > 1 and rows[0]["id"] != ref:
@@ -301,12 +363,17 @@ class RunStore:
         run_id = self.resolve_id(ref)
         with self.store.connect() as db:
             row = db.execute("SELECT * FROM bench_runs WHERE id = ?", (run_id,)).fetchone()
-            samples = db.execute("SELECT data FROM bench_samples WHERE run_id = ? ORDER BY seq",
-                                 (run_id,)).fetchall()
+            samples = db.execute("SELECT data FROM bench_samples WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
         return Run(
-            id=row["id"], kind=row["kind"], status=row["status"], started=row["started"],
-            finished=row["finished"], config=json.loads(row["config"]), machine=json.loads(row["machine"]),
-            models=json.loads(row["model_info"]), analysis=json.loads(row["analysis"] or "{}"),
+            id=row["id"],
+            kind=row["kind"],
+            status=row["status"],
+            started=row["started"],
+            finished=row["finished"],
+            config=json.loads(row["config"]),
+            machine=json.loads(row["machine"]),
+            models=json.loads(row["model_info"]),
+            analysis=json.loads(row["analysis"] or "{}"),
             samples=[Sample.from_dict(json.loads(r["data"])) for r in samples],
         )
 

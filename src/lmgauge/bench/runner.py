@@ -60,16 +60,20 @@ class BenchConfig:
 
     def request_options(self, prompt: BenchPrompt | None = None) -> dict[str, Any]:
         cap = prompt.num_predict if prompt and prompt.num_predict else None
-        base: dict[str, Any] = {"temperature": 0, "seed": self.seed,
-                                "num_predict": min(self.num_predict, cap) if cap else self.num_predict}
+        base: dict[str, Any] = {
+            "temperature": 0,
+            "seed": self.seed,
+            "num_predict": min(self.num_predict, cap) if cap else self.num_predict,
+        }
         if self.num_ctx:
             base["num_ctx"] = self.num_ctx
         return {**base, **self.options}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["prompts"] = [{"name": p.name, "kind": p.kind, "num_predict": p.num_predict,
-                           "messages": p.messages} for p in self.prompts]
+        out["prompts"] = [
+            {"name": p.name, "kind": p.kind, "num_predict": p.num_predict, "messages": p.messages} for p in self.prompts
+        ]
         out["request_options"] = self.request_options()
         return out
 
@@ -85,8 +89,13 @@ def _check_counts(**values: int | None) -> None:
 # --- one request ---------------------------------------------------------------------------------
 
 
-def timed_request(client: Client, model: str, messages: list[dict[str, str]], options: dict[str, Any],
-                  cancel: threading.Event | None = None) -> Result:
+def timed_request(
+    client: Client,
+    model: str,
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    cancel: threading.Event | None = None,
+) -> Result:
     """One streamed chat request exactly as a user's goes (Client.chat_stream): the client clock
     is stamped by the Client itself, the engine's clock comes back in the Result."""
     stream = client.chat_stream(model, messages, options=options)
@@ -101,8 +110,13 @@ def timed_request(client: Client, model: str, messages: list[dict[str, str]], op
     raise EngineError("the engine's stream ended without a result")
 
 
-def measure(client: Client, messages: list[dict[str, str]], options: dict[str, Any],
-            cancel: threading.Event | None = None, **sample: Any) -> tuple[Sample, Result | None]:
+def measure(
+    client: Client,
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    cancel: threading.Event | None = None,
+    **sample: Any,
+) -> tuple[Sample, Result | None]:
     """timed_request for sample["model"] as a Sample; any failure becomes an error (or cancel)
     row, never an abort. `sample` holds the Sample's identifying fields (run_id, model, ...)."""
     try:
@@ -146,10 +160,21 @@ class Recorder:
 
 def _request_record(s: Sample, run: Run) -> RequestRecord:
     return RequestRecord(
-        model=s.model, source="bench", status=s.status, engine=run.models.get(s.model, {}).get("engine"),
-        error=s.error, done_reason=s.done_reason, prompt_tokens=s.prompt_tokens, cached_tokens=s.cached_tokens,
-        output_tokens=s.output_tokens, ttft_ms=s.ttft_ms, tpot_ms=s.tpot_ms, e2e_ms=s.e2e_ms,
-        prefill_tps=s.prefill_tps, decode_tps=s.decode_tps, load_ms=s.load_ms,
+        model=s.model,
+        source="bench",
+        status=s.status,
+        engine=run.models.get(s.model, {}).get("engine"),
+        error=s.error,
+        done_reason=s.done_reason,
+        prompt_tokens=s.prompt_tokens,
+        cached_tokens=s.cached_tokens,
+        output_tokens=s.output_tokens,
+        ttft_ms=s.ttft_ms,
+        tpot_ms=s.tpot_ms,
+        e2e_ms=s.e2e_ms,
+        prefill_tps=s.prefill_tps,
+        decode_tps=s.decode_tps,
+        load_ms=s.load_ms,
         extra={"run_id": s.run_id, "seq": s.seq},
     )
 
@@ -179,8 +204,13 @@ def lifecycle(run: Run, runs: RunStore | None) -> Iterator[None]:
 
 def describe_model(client: Client, ref: ModelRef, num_ctx: int | None, runs: RunStore | None) -> dict[str, Any]:
     """Engine, version, file and hash, window, and the memory estimate (embedded models)."""
-    out: dict[str, Any] = {"engine": ref.engine, "target": ref.target, "source": ref.source, "url": ref.url,
-                           "engine_version": engine_version(ref)}
+    out: dict[str, Any] = {
+        "engine": ref.engine,
+        "target": ref.target,
+        "source": ref.source,
+        "url": ref.url,
+        "engine_version": engine_version(ref),
+    }
     if ref.engine == "llamacpp":
         from ..engines.llamacpp import LlamaCppEngine
 
@@ -188,10 +218,15 @@ def describe_model(client: Client, ref: ModelRef, num_ctx: int | None, runs: Run
         engine = client.engine(ref)
         assert isinstance(engine, LlamaCppEngine)
         window = num_ctx or engine.default_num_ctx(ref.target)
-        out.update(gguf=info.summary(), num_ctx=window, file_size=info.file_size,
-                   file_sha256=runs.sha256(ref.target) if runs else file_sha256(ref.target),
-                   parallel=client.settings.parallel, kv_type=client.settings.kv_type,
-                   threads=client.settings.threads or _default_threads())
+        out.update(
+            gguf=info.summary(),
+            num_ctx=window,
+            file_size=info.file_size,
+            file_sha256=runs.sha256(ref.target) if runs else file_sha256(ref.target),
+            parallel=client.settings.parallel,
+            kv_type=client.settings.kv_type,
+            threads=client.settings.threads or _default_threads(),
+        )
         estimate = memory_estimate(info, window, client.settings.kv_type, client.settings.parallel)
         if estimate is not None:
             out["estimate"] = estimate
@@ -220,9 +255,14 @@ def memory_estimate(info: Any, num_ctx: int, kv_type: str, parallel: int) -> dic
 
 def memory_report(proc: EngineProcess, rss_before: int | None) -> dict[str, Any]:
     rss = proc.rss()
-    return {"process": proc.label, "pid": proc.pid, "rss_before_bytes": rss_before, "rss_bytes": rss,
-            "peak_rss_bytes": proc.peak_rss(),
-            "rss_growth_bytes": rss - rss_before if rss is not None and rss_before is not None else None}
+    return {
+        "process": proc.label,
+        "pid": proc.pid,
+        "rss_before_bytes": rss_before,
+        "rss_bytes": rss,
+        "peak_rss_bytes": proc.peak_rss(),
+        "rss_growth_bytes": rss - rss_before if rss is not None and rss_before is not None else None,
+    }
 
 
 def loaded_details(client: Client, ref: ModelRef) -> dict[str, Any] | None:
@@ -235,8 +275,13 @@ def loaded_details(client: Client, ref: ModelRef) -> dict[str, Any] | None:
 # --- lmgauge bench -------------------------------------------------------------------------------
 
 
-def run_bench(client: Client, config: BenchConfig, runs: RunStore | None = None,
-              progress: Progress | None = None, on_sample: OnSample | None = None) -> Run:
+def run_bench(
+    client: Client,
+    config: BenchConfig,
+    runs: RunStore | None = None,
+    progress: Progress | None = None,
+    on_sample: OnSample | None = None,
+) -> Run:
     """Every model x prompt x rep after `warmup` excluded rounds; returns the Run (status
     "complete", or "interrupted" after Ctrl-C with the samples measured so far)."""
     config.validate()
@@ -259,14 +304,21 @@ def run_bench(client: Client, config: BenchConfig, runs: RunStore | None = None,
                 if progress:
                     progress(label, done, total)
                 done += 1
-                base: dict[str, Any] = dict(run_id=run.id, seq=0, model=model, prompt=prompt.name, rep=rep,
-                            t_start_s=time.time() - run.started)
+                base: dict[str, Any] = dict(
+                    run_id=run.id, seq=0, model=model, prompt=prompt.name, rep=rep, t_start_s=time.time() - run.started
+                )
                 if failures >= config.max_consecutive_errors:
-                    recorder.add(Sample(**base, status="skipped",
-                                        error=f"skipped after {failures} consecutive failures: {last_error}"))
+                    recorder.add(
+                        Sample(
+                            **base,
+                            status="skipped",
+                            error=f"skipped after {failures} consecutive failures: {last_error}",
+                        )
+                    )
                     continue
-                sample, _ = measure(client, prompt.with_nonce(nonce(config.allow_cache)),
-                                    config.request_options(prompt), **base)
+                sample, _ = measure(
+                    client, prompt.with_nonce(nonce(config.allow_cache)), config.request_options(prompt), **base
+                )
                 sample.engine_rss_bytes = proc.rss()
                 if sample.load_ms and "load_ms" not in info:
                     info["load_ms"] = sample.load_ms  # the cold load, paid by the first request
@@ -355,8 +407,13 @@ def context_limit(client: Client, ref: ModelRef) -> int | None:
     return None
 
 
-def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
-              progress: Progress | None = None, on_sample: OnSample | None = None) -> Run:
+def run_sweep(
+    client: Client,
+    config: SweepConfig,
+    runs: RunStore | None = None,
+    progress: Progress | None = None,
+    on_sample: OnSample | None = None,
+) -> Run:
     """Prefill time, TTFT, decode speed and KV memory at each filled-context size, one model
     load for the whole sweep (the window fits the largest point), then the fitted cost curve."""
     _check_counts(reps=config.reps, warmup=config.warmup, num_predict=config.num_predict, num_ctx=config.num_ctx)
@@ -373,16 +430,27 @@ def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
                 f"trained context of {limit} tokens; the largest point can be {limit - config.num_predict}"
             )
     if need > window:
-        raise InvalidOptionError(f"--ctx {window} is too small for the sweep point {largest} plus "
-                                 f"--num-predict {config.num_predict}; use --ctx {_round_up(need, 256)} or more")
-    options = {"temperature": 0, "seed": config.seed, "num_predict": config.num_predict, "num_ctx": window,
-               **config.options}
+        raise InvalidOptionError(
+            f"--ctx {window} is too small for the sweep point {largest} plus "
+            f"--num-predict {config.num_predict}; use --ctx {_round_up(need, 256)} or more"
+        )
+    options = {
+        "temperature": 0,
+        "seed": config.seed,
+        "num_predict": config.num_predict,
+        "num_ctx": window,
+        **config.options,
+    }
     Options.from_dict(options)
     config.num_ctx = window
     count = token_counter(client, ref)
     sized_prompt(largest, count, nonce="probe")  # the model can fill the largest point, or fail now
-    run = Run(id=Run.new_id(), kind="sweep", config={**config.to_dict(), "request_options": options},
-              machine=describe_machine())
+    run = Run(
+        id=Run.new_id(),
+        kind="sweep",
+        config={**config.to_dict(), "request_options": options},
+        machine=describe_machine(),
+    )
     recorder = Recorder(run, runs, on_sample)
     total = config.warmup + config.reps * len(config.points)
     done = 0
@@ -396,8 +464,18 @@ def run_sweep(client: Client, config: SweepConfig, runs: RunStore | None = None,
                 progress(f"{config.model} · {n} tokens · " + ("warmup" if rep < 0 else f"rep {rep + 1}"), done, total)
             done += 1
             messages, _ = sized_prompt(n, count, nonce=nonce(False))  # exact length with this request's nonce
-            sample, _ = measure(client, messages, options, run_id=run.id, seq=0, model=config.model,
-                                prompt=f"ctx-{n}", rep=rep, ctx=n, t_start_s=time.time() - run.started)
+            sample, _ = measure(
+                client,
+                messages,
+                options,
+                run_id=run.id,
+                seq=0,
+                model=config.model,
+                prompt=f"ctx-{n}",
+                rep=rep,
+                ctx=n,
+                t_start_s=time.time() - run.started,
+            )
             sample.engine_rss_bytes = proc.rss()
             if sample.load_ms and "load_ms" not in info:
                 info["load_ms"] = sample.load_ms
@@ -426,8 +504,17 @@ def analyze_sweep(run: Run, ref: ModelRef | None = None) -> dict[str, Any]:
     for n in sorted({s.ctx for s in run.samples if s.ctx}):
         at = [s for s in ok if s.ctx == n]
         point: dict[str, Any] = {"ctx": n, "n": len(at)}
-        for name in ("prompt_tokens", "cached_tokens", "engine_prefill_ms", "ttft_ms", "decode_tps", "tpot_ms",
-                     "engine_tpot_ms", "prefill_tps", "engine_rss_bytes"):
+        for name in (
+            "prompt_tokens",
+            "cached_tokens",
+            "engine_prefill_ms",
+            "ttft_ms",
+            "decode_tps",
+            "tpot_ms",
+            "engine_tpot_ms",
+            "prefill_tps",
+            "engine_rss_bytes",
+        ):
             point[name] = percentile([getattr(s, name) for s in at], 50)
         points.append(point)
     out: dict[str, Any] = {"points": points}
@@ -439,8 +526,11 @@ def analyze_sweep(run: Run, ref: ModelRef | None = None) -> dict[str, Any]:
             continue
         entry = fit.to_dict()
         largest = max(p["prompt_tokens"] or 0 for p in points)
-        entry["at_largest"] = {"tokens": largest, "ms": fit.predict(largest),
-                               "quadratic_share": fit.quadratic_share_at(largest)}
+        entry["at_largest"] = {
+            "tokens": largest,
+            "ms": fit.predict(largest),
+            "quadratic_share": fit.quadratic_share_at(largest),
+        }
         out[f"{name}_fit"] = entry
     model_info = run.models.get(run.config.get("model", ""), {})
     gguf = model_info.get("gguf")
@@ -451,7 +541,7 @@ def analyze_sweep(run: Run, ref: ModelRef | None = None) -> dict[str, Any]:
         out["theory"] = {
             "attention_per_linear": ratio,
             "explanation": "if time followed FLOPs, the n^2 coefficient would be b x this ratio: attention "
-                           "MACs per token pair (n_head x head_dim) / weight MACs per token per layer",
+            "MACs per token pair (n_head x head_dim) / weight MACs per token per layer",
         }
         if "prefill_fit" in out:
             b, c = out["prefill_fit"]["b"], out["prefill_fit"]["c"]
@@ -459,8 +549,9 @@ def analyze_sweep(run: Run, ref: ModelRef | None = None) -> dict[str, Any]:
             out["theory"]["c_measured_over_theory"] = c / (b * ratio) if b * ratio else None
         kv = []
         for p in points:
-            est = memory_estimate(info, max(int(p["prompt_tokens"] or p["ctx"]), 16),
-                                  model_info.get("kv_type", "f16"), 1)
+            est = memory_estimate(
+                info, max(int(p["prompt_tokens"] or p["ctx"]), 16), model_info.get("kv_type", "f16"), 1
+            )
             kv.append(est["kv_bytes"] if est else None)
         for p, k in zip(points, kv, strict=True):
             p["kv_bytes"] = k

@@ -40,13 +40,19 @@ class Pair:
 def load_pairs(split: str | None = None) -> list[Pair]:
     text = resources.files("lmgauge").joinpath("data/cache_pairs.jsonl").read_text()
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [Pair(r["id"], r["kind"], r["should_hit"], r["split"], r["a"], r["b"])
-            for r in rows if split is None or r["split"] == split]
+    return [
+        Pair(r["id"], r["kind"], r["should_hit"], r["split"], r["a"], r["b"])
+        for r in rows
+        if split is None or r["split"] == split
+    ]
 
 
 def _request(pair: Pair, question: str) -> ChatRequest:
-    return ChatRequest(model="eval", messages=[Message("system", f"pair {pair.id}"), Message("user", question)],
-                       options=Options(temperature=0))
+    return ChatRequest(
+        model="eval",
+        messages=[Message("system", f"pair {pair.id}"), Message("user", question)],
+        options=Options(temperature=0),
+    )
 
 
 def _answer(text: str) -> Result:
@@ -61,8 +67,7 @@ class PairOutcome:
     guard: str | None  # why the guards refused, if they did
 
 
-def run_pairs(cache: ResponseCache, pairs: list[Pair],
-              progress: Callable[[], None] | None = None) -> list[PairOutcome]:
+def run_pairs(cache: ResponseCache, pairs: list[Pair], progress: Callable[[], None] | None = None) -> list[PairOutcome]:
     """Store a, look up b, through the cache's real code path."""
     assert cache.embedder is not None, "the pair evaluation needs the semantic cache on"
     out = []
@@ -101,8 +106,14 @@ def sweep(outcomes: list[PairOutcome], thresholds: list[float]) -> list[dict[str
 
 def exact_hit_latency(cache: ResponseCache, n: int = 200, lookups: int = 1000) -> dict[str, Any]:
     """Store n answers, then time exact-hit lookups of them (ms per lookup, on this backend)."""
-    requests = [ChatRequest(model="eval-latency", messages=[Message("user", f"question number {i}: what is {i} + {i}?")],
-                            options=Options(temperature=0)) for i in range(n)]
+    requests = [
+        ChatRequest(
+            model="eval-latency",
+            messages=[Message("user", f"question number {i}: what is {i} + {i}?")],
+            options=Options(temperature=0),
+        )
+        for i in range(n)
+    ]
     for i, r in enumerate(requests):
         cache.store(r, _answer(f"{2 * i}"))
     samples = []

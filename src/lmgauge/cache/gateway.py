@@ -17,6 +17,7 @@ from .response import ResponseCache
 
 log = logging.getLogger("lmgauge.cache")
 
+
 class GatewayCache:
     """The response cache as the gateway uses it (`[gateway] cache = true`): deterministic chat
     and generate requests (a generate is looked up as the same conversation; raw prompts and

@@ -14,24 +14,52 @@ from ..embedding import Embedder
 from .keys import squash_whitespace
 
 _CONTRACTIONS = [
-    (re.compile(r"\bcan't\b|\bcannot\b"), "can not"), (re.compile(r"\bwon't\b"), "will not"),
-    (re.compile(r"\bshan't\b"), "shall not"), (re.compile(r"n't\b"), " not"),
-    (re.compile(r"'re\b"), " are"), (re.compile(r"'m\b"), " am"), (re.compile(r"'ll\b"), " will"),
-    (re.compile(r"'ve\b"), " have"), (re.compile(r"'d\b"), " would"),
+    (re.compile(r"\bcan't\b|\bcannot\b"), "can not"),
+    (re.compile(r"\bwon't\b"), "will not"),
+    (re.compile(r"\bshan't\b"), "shall not"),
+    (re.compile(r"n't\b"), " not"),
+    (re.compile(r"'re\b"), " are"),
+    (re.compile(r"'m\b"), " am"),
+    (re.compile(r"'ll\b"), " will"),
+    (re.compile(r"'ve\b"), " have"),
+    (re.compile(r"'d\b"), " would"),
     (re.compile(r"\b(what|who|where|when|how|it|that|there|here)'s\b"), r"\1 is"),
 ]
 NEGATION_WORDS = frozenset("not no never none nothing nobody nowhere neither nor without".split())
 # Antonyms made by a prefix ("unsafe", "illegal", "dislike"): a negation when the other question
 # has the bare word.
 NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-")
-NUMBER_WORDS: dict[str, float] = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
-NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
-                     "ninety": 90, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9,
-                     "dozen": 12, "half": 0.5, "twice": 2, "double": 2, "triple": 3})
-ORDINALS = {w: i + 1 for i, w in enumerate(
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split())}
+NUMBER_WORDS: dict[str, float] = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+NUMBER_WORDS.update(
+    {
+        "thirty": 30,
+        "forty": 40,
+        "fifty": 50,
+        "sixty": 60,
+        "seventy": 70,
+        "eighty": 80,
+        "ninety": 90,
+        "hundred": 100,
+        "thousand": 1000,
+        "million": 10**6,
+        "billion": 10**9,
+        "dozen": 12,
+        "half": 0.5,
+        "twice": 2,
+        "double": 2,
+        "triple": 3,
+    }
+)
+ORDINALS = {
+    w: i + 1
+    for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split())
+}
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
 _WORD = re.compile(r"[a-z][a-z'-]*")
 _CAPITALIZED = re.compile(r"\b[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
@@ -86,7 +114,7 @@ def negations_in(text: str, other: str = "") -> int:
     count = sum(1 for w in words if w in NEGATION_WORDS)
     for w in words:
         for prefix in NEGATING_PREFIXES:
-            if w.startswith(prefix) and len(w) > len(prefix) + 2 and w[len(prefix):] in other_words:
+            if w.startswith(prefix) and len(w) > len(prefix) + 2 and w[len(prefix) :] in other_words:
                 count += 1
                 break
     return count

@@ -15,8 +15,21 @@ from typing import Any
 from ..types import ChatRequest, Options
 
 # Options that change how fast an answer comes, not what it says.
-NON_SEMANTIC_OPTIONS = frozenset({"num_thread", "num_batch", "num_gpu", "main_gpu", "low_vram", "use_mmap",
-                                  "use_mlock", "numa", "f16_kv", "vocab_only", "logits_all"})
+NON_SEMANTIC_OPTIONS = frozenset(
+    {
+        "num_thread",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "low_vram",
+        "use_mmap",
+        "use_mlock",
+        "numa",
+        "f16_kv",
+        "vocab_only",
+        "logits_all",
+    }
+)
 
 
 def squash_whitespace(text: str) -> str:
@@ -32,8 +45,13 @@ def normalized_request(request: ChatRequest, *, without_last_user: bool = False)
     return {
         "model": request.model,
         "messages": [
-            {"role": m.role, "content": squash_whitespace(m.content), "tool_calls": m.tool_calls, "tool_name": m.tool_name,
-             "images": m.images}
+            {
+                "role": m.role,
+                "content": squash_whitespace(m.content),
+                "tool_calls": m.tool_calls,
+                "tool_name": m.tool_name,
+                "images": m.images,
+            }
             for m in messages
         ],
         "options": options,
@@ -41,15 +59,23 @@ def normalized_request(request: ChatRequest, *, without_last_user: bool = False)
         "tools": request.tools,
         "semantic": without_last_user,
     } | {  # tool choice and thinking change the answer; absent when default, so older keys still match
-        name: value for name, value in (("choice", request.tool_choice), ("forced_tool", request.forced_tool),
-                                        ("think", request.think))
+        name: value
+        for name, value in (
+            ("choice", request.tool_choice),
+            ("forced_tool", request.forced_tool),
+            ("think", request.think),
+        )
         if value not in (None, "auto")
     }
 
 
 def request_key(request: ChatRequest, *, without_last_user: bool = False) -> str:
-    canonical = json.dumps(normalized_request(request, without_last_user=without_last_user),
-                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(
+        normalized_request(request, without_last_user=without_last_user),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

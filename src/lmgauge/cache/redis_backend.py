@@ -26,18 +26,26 @@ class RedisBackend:
         try:
             self.db.ping()
         except redis.RedisError as exc:
-            raise InvalidOptionError(f"cannot reach the Redis cache at {url} ({exc}); start redis-server "
-                                     "or set [cache] backend = \"sqlite\"") from None
+            raise InvalidOptionError(
+                f'cannot reach the Redis cache at {url} ({exc}); start redis-server or set [cache] backend = "sqlite"'
+            ) from None
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     def _entry(self, data: dict[bytes, bytes]) -> Entry:
         emb = data.get(b"embedding") or None
-        return Entry(key=data[b"key"].decode(), context_key=data[b"context_key"].decode(),
-                     model=data[b"model"].decode(), question=data[b"question"].decode(), embedding=emb,
-                     response=json.loads(data[b"response"]), created=float(data[b"created"]),
-                     expires=float(data[b"expires"]), hits=int(data.get(b"hits", 0)))
+        return Entry(
+            key=data[b"key"].decode(),
+            context_key=data[b"context_key"].decode(),
+            model=data[b"model"].decode(),
+            question=data[b"question"].decode(),
+            embedding=emb,
+            response=json.loads(data[b"response"]),
+            created=float(data[b"created"]),
+            expires=float(data[b"expires"]),
+            hits=int(data.get(b"hits", 0)),
+        )
 
     def get(self, key: str, now: float) -> Entry | None:
         # cast: redis-py types replies as bytes | str; without decode_responses they are bytes
@@ -73,11 +81,20 @@ class RedisBackend:
     def put(self, entry: Entry, max_entries: int) -> None:
         ttl_ms = max(int((entry.expires - entry.created) * 1000), 1)
         pipe = self.db.pipeline()
-        pipe.hset(self._k("e", entry.key), mapping={
-            "key": entry.key, "context_key": entry.context_key, "model": entry.model, "question": entry.question,
-            "embedding": entry.embedding or b"", "response": json.dumps(entry.response),
-            "created": entry.created, "expires": entry.expires, "hits": 0,
-        })
+        pipe.hset(
+            self._k("e", entry.key),
+            mapping={
+                "key": entry.key,
+                "context_key": entry.context_key,
+                "model": entry.model,
+                "question": entry.question,
+                "embedding": entry.embedding or b"",
+                "response": json.dumps(entry.response),
+                "created": entry.created,
+                "expires": entry.expires,
+                "hits": 0,
+            },
+        )
         pipe.pexpire(self._k("e", entry.key), ttl_ms)
         pipe.sadd(self._k("c", entry.context_key), entry.key)
         pipe.pexpire(self._k("c", entry.context_key), ttl_ms)  # renewed by each newer entry
@@ -102,7 +119,7 @@ class RedisBackend:
         keys = list(self.db.scan_iter(match=self.prefix + "*", count=1000))
         entries = sum(1 for k in keys if k.decode().startswith(self._k("e", "")))
         for i in range(0, len(keys), 500):
-            self.db.delete(*keys[i:i + 500])
+            self.db.delete(*keys[i : i + 500])
         return entries
 
     def stats(self, now: float) -> CacheStats:

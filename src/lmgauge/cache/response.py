@@ -82,14 +82,12 @@ class ResponseCache:
         if self.embedder is None or question is None:
             return None
         neighbours = self.backend.neighbours(request_key(request, without_last_user=True), now)
-        for candidate, similarity in passing_neighbours(question, neighbours, self.embedder,
-                                                        self.settings.similarity):
+        for candidate, similarity in passing_neighbours(question, neighbours, self.embedder, self.settings.similarity):
             entry = self.backend.get(candidate.key, now)
             if entry is None:  # expired or evicted a moment ago
                 continue
             self.backend.touch(candidate.key, now)
-            return CacheHit(_result(entry, request.model), "semantic", similarity, candidate.key,
-                            candidate.question)
+            return CacheHit(_result(entry, request.model), "semantic", similarity, candidate.key, candidate.question)
         return None
 
     def store(self, request: ChatRequest, result: Result, force: bool = False) -> bool:
@@ -103,11 +101,22 @@ class ResponseCache:
         now = time.time()
         t = result.timings
         entry = Entry(
-            key=request_key(request), context_key=request_key(request, without_last_user=True),
-            model=request.model, question=question or "", embedding=embedding,
-            response={"content": result.content, "done_reason": result.done_reason, "tool_calls": result.tool_calls,
-                      "thinking": result.thinking, "engine": result.engine, "prompt_tokens": t.prompt_tokens, "output_tokens": t.output_tokens},
-            created=now, expires=now + self.settings.ttl,
+            key=request_key(request),
+            context_key=request_key(request, without_last_user=True),
+            model=request.model,
+            question=question or "",
+            embedding=embedding,
+            response={
+                "content": result.content,
+                "done_reason": result.done_reason,
+                "tool_calls": result.tool_calls,
+                "thinking": result.thinking,
+                "engine": result.engine,
+                "prompt_tokens": t.prompt_tokens,
+                "output_tokens": t.output_tokens,
+            },
+            created=now,
+            expires=now + self.settings.ttl,
         )
         self.backend.put(entry, self.settings.max_entries)
         return True
@@ -123,14 +132,33 @@ def _result(entry: Entry, model: str) -> Result:
     """A cached answer as a Result: the stored text and token counts; no engine time was spent,
     so the engine clock fields are zero (the caller stamps its own client clock)."""
     r = entry.response
-    timings = Timings(prompt_tokens=r.get("prompt_tokens", 0), output_tokens=r.get("output_tokens", 0),
-                      prompt_eval_tokens=0, eval_ns=0, prompt_eval_ns=0, total_ns=0)
-    return Result(model=model, content=r["content"], done_reason=r.get("done_reason", "stop"), timings=timings,
-                  engine="cache", tool_calls=r.get("tool_calls"), thinking=r.get("thinking") or "")
+    timings = Timings(
+        prompt_tokens=r.get("prompt_tokens", 0),
+        output_tokens=r.get("output_tokens", 0),
+        prompt_eval_tokens=0,
+        eval_ns=0,
+        prompt_eval_ns=0,
+        total_ns=0,
+    )
+    return Result(
+        model=model,
+        content=r["content"],
+        done_reason=r.get("done_reason", "stop"),
+        timings=timings,
+        engine="cache",
+        tool_calls=r.get("tool_calls"),
+        thinking=r.get("thinking") or "",
+    )
 
 
-def as_request(model: str, messages: list[Message | dict[str, Any]], options: Any = None, format: Any = None,
-               tools: list[dict[str, Any]] | None = None) -> ChatRequest:
+def as_request(
+    model: str,
+    messages: list[Message | dict[str, Any]],
+    options: Any = None,
+    format: Any = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> ChatRequest:
     """A ChatRequest from Client-style arguments (the cache's key is built from it)."""
-    return ChatRequest(model=model, messages=as_messages(messages), options=as_options(options), format=format,
-                       tools=tools)
+    return ChatRequest(
+        model=model, messages=as_messages(messages), options=as_options(options), format=format, tools=tools
+    )

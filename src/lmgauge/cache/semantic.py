@@ -16,8 +16,9 @@ from .backend import Candidate
 from .guard import guard_mismatch
 
 
-def passing_neighbours(question: str, neighbours: list[Candidate], embedder: Embedder,
-                       similarity: float) -> Iterator[tuple[Candidate, float]]:
+def passing_neighbours(
+    question: str, neighbours: list[Candidate], embedder: Embedder, similarity: float
+) -> Iterator[tuple[Candidate, float]]:
     """The neighbours at cosine >= `similarity` to `question` that pass the guards, closest
     first, with their similarity. Candidates stored by another embedder (another dimension)
     never match."""

@@ -38,9 +38,17 @@ class SQLiteBackend:
 
     @staticmethod
     def _entry(row: Any) -> Entry:
-        return Entry(key=row["key"], context_key=row["context_key"], model=row["model"], question=row["question"],
-                     embedding=row["embedding"], response=json.loads(row["response"]), created=row["created"],
-                     expires=row["expires"], hits=row["hits"])
+        return Entry(
+            key=row["key"],
+            context_key=row["context_key"],
+            model=row["model"],
+            question=row["question"],
+            embedding=row["embedding"],
+            response=json.loads(row["response"]),
+            created=row["created"],
+            expires=row["expires"],
+            hits=row["hits"],
+        )
 
     def get(self, key: str, now: float) -> Entry | None:
         with self.store.connect() as db:
@@ -49,8 +57,11 @@ class SQLiteBackend:
 
     def neighbours(self, context_key: str, now: float) -> list[Candidate]:
         with self.store.connect() as db:
-            rows = db.execute("SELECT key, question, embedding FROM response_cache WHERE context_key = ? "
-                              "AND expires > ? AND embedding IS NOT NULL", (context_key, now)).fetchall()
+            rows = db.execute(
+                "SELECT key, question, embedding FROM response_cache WHERE context_key = ? "
+                "AND expires > ? AND embedding IS NOT NULL",
+                (context_key, now),
+            ).fetchall()
         return [Candidate(r["key"], r["question"], r["embedding"]) for r in rows]
 
     def touch(self, key: str, now: float) -> None:
@@ -62,14 +73,26 @@ class SQLiteBackend:
             db.execute(
                 "INSERT OR REPLACE INTO response_cache (key, context_key, model, question, embedding, response,"
                 " created, expires, last_used, hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                (entry.key, entry.context_key, entry.model, entry.question, entry.embedding,
-                 json.dumps(entry.response), entry.created, entry.expires, entry.created),
+                (
+                    entry.key,
+                    entry.context_key,
+                    entry.model,
+                    entry.question,
+                    entry.embedding,
+                    json.dumps(entry.response),
+                    entry.created,
+                    entry.expires,
+                    entry.created,
+                ),
             )
             db.execute("DELETE FROM response_cache WHERE expires <= ?", (entry.created,))
             (count,) = db.execute("SELECT COUNT(*) FROM response_cache").fetchone()
             if count > max_entries:
-                db.execute("DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache "
-                           "ORDER BY last_used ASC LIMIT ?)", (count - max_entries,))
+                db.execute(
+                    "DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache "
+                    "ORDER BY last_used ASC LIMIT ?)",
+                    (count - max_entries,),
+                )
 
     def clear(self) -> int:
         with self.store.connect() as db:
@@ -77,6 +100,7 @@ class SQLiteBackend:
 
     def stats(self, now: float) -> CacheStats:
         with self.store.connect() as db:
-            n, hits = db.execute("SELECT COUNT(*), COALESCE(SUM(hits), 0) FROM response_cache "
-                                 "WHERE expires > ?", (now,)).fetchone()
+            n, hits = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(hits), 0) FROM response_cache WHERE expires > ?", (now,)
+            ).fetchone()
         return CacheStats(entries=n, hits=hits, backend=self.name, details={"path": str(self.store.path)})

@@ -24,22 +24,55 @@ from .options import (
 from .render import progress_bar
 
 BatchModelArg = Annotated[str, typer.Argument(help="Model name, or `auto` to route each prompt to a tier.")]
-PromptsArg = Annotated[Path, typer.Argument(help="JSONL input: one prompt string, or an object with prompt or "
-                                            "messages (and optional id, system, options, format), per line.")]
-ResultsFlag = Annotated[Path | None, typer.Option("--output", "-O", help="JSONL results file (required); if it "
-                                                  "exists, the items already answered are skipped (resume).")]
-ConcurrencyFlag = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once "
-                                              "(for embedded models, also the engine's parallel slots).")]
-ItemOptionFlag = Annotated[list[str] | None, typer.Option("--option", "-o", help="Model option key=value for every "
-                                                          "item, repeatable (an item's own options win).")]
+PromptsArg = Annotated[
+    Path,
+    typer.Argument(
+        help="JSONL input: one prompt string, or an object with prompt or "
+        "messages (and optional id, system, options, format), per line."
+    ),
+]
+ResultsFlag = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-O",
+        help="JSONL results file (required); if it exists, the items already answered are skipped (resume).",
+    ),
+]
+ConcurrencyFlag = Annotated[
+    int,
+    typer.Option(
+        "--concurrency",
+        "-c",
+        min=1,
+        help="Requests in flight at once (for embedded models, also the engine's parallel slots).",
+    ),
+]
+ItemOptionFlag = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option", "-o", help="Model option key=value for every item, repeatable (an item's own options win)."
+    ),
+]
 BatchSystemFlag = Annotated[str | None, typer.Option(help="System message for items that have none.")]
-CacheFlag = Annotated[bool, typer.Option("--cache/--no-cache", help="Answer repeated prompts from the "
-                                         "response cache (deterministic requests only).")]
-RetryFlag = Annotated[bool, typer.Option("--retry-errors/--keep-errors", help="On resume, run again the "
-                                         "items that failed before.")]
-ForceFlag = Annotated[bool, typer.Option("--force", help="On resume, answer again the items whose earlier result "
-                                         "was asked with another model, options, format or prompt (without it, "
-                                         "such a file is refused).")]
+CacheFlag = Annotated[
+    bool,
+    typer.Option(
+        "--cache/--no-cache", help="Answer repeated prompts from the response cache (deterministic requests only)."
+    ),
+]
+RetryFlag = Annotated[
+    bool, typer.Option("--retry-errors/--keep-errors", help="On resume, run again the items that failed before.")
+]
+ForceFlag = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="On resume, answer again the items whose earlier result "
+        "was asked with another model, options, format or prompt (without it, "
+        "such a file is refused).",
+    ),
+]
 
 
 def batch(
@@ -67,26 +100,37 @@ def batch(
     settings = _with_decode_slots(load_settings(), model, concurrency)
     with Client(settings) as client:
         answer = batch_answerer(ResilientClient(client), settings, model, base_options, fmt, use_cache)
-        asked = lambda item: request_of(item, model, base_options, fmt)  # noqa: E731
+        asked = lambda item: request_of(item, model, base_options, fmt)  # noqa: E731  a short factory, read where it is used
         # Refuse a file answered with another model or options before anything runs (or --force).
         kept = resumable(items, output, asked, retry_errors=retry_errors, force=force, out_name=str(output))
         already = len([i for i in items if kept.get(i.id, {}).get("status") == "ok"])
         with progress_bar(transient=False, disable=json_out) as bar:
             done = _progress(bar, model, len(items), already)
             try:
-                summary = run_batch(items, output, answer, model, concurrency=concurrency,
-                                    retry_errors=retry_errors, on_done=done, force=force, out_name=str(output),
-                                    request=asked)
+                summary = run_batch(
+                    items,
+                    output,
+                    answer,
+                    model,
+                    concurrency=concurrency,
+                    retry_errors=retry_errors,
+                    on_done=done,
+                    force=force,
+                    out_name=str(output),
+                    request=asked,
+                )
             except KeyboardInterrupt:
                 err.print(f"interrupted; results so far are in {output}. Run the same command to resume.")
                 raise typer.Exit(130) from None
     if json_out:
         out.print_json(data={**summary.__dict__, "output": str(output)})
     else:
-        err.print(f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
-                  f"({summary.done}/{summary.total}) -> {output}")
+        err.print(
+            f"{summary.ok} answered, {summary.errors} errors, {summary.skipped} already done "
+            f"({summary.done}/{summary.total}) -> {output}"
+        )
     if summary.errors:
-        err.print("failed items carry status \"error\" and the reason; run the command again to retry them")
+        err.print('failed items carry status "error" and the reason; run the command again to retry them')
         raise typer.Exit(1)  # a script must not take a partly failed batch for a finished one
 
 
@@ -95,8 +139,9 @@ def _output_file(option: list[str] | None, output: Path | None) -> tuple[list[st
     options, old = split_deprecated_output(option, "batch")
     if old:
         if output is not None or len(old) > 1:
-            raise InvalidOptionError(f"-o {old[0]}: -o is a model option (key=value); give the output once, "
-                                     "with -O/--output")
+            raise InvalidOptionError(
+                f"-o {old[0]}: -o is a model option (key=value); give the output once, with -O/--output"
+            )
         output = Path(old[0])
     if output is None:
         raise InvalidOptionError("give the results file with -O/--output results.jsonl")
@@ -126,8 +171,9 @@ def _progress(bar: Any, model: str, total: int, already: int) -> Callable[[dict]
     return done
 
 
-def batch_answerer(caller: Any, settings: Settings, model: str, base_options: dict, fmt: Format,
-                   use_cache: bool) -> Callable[[Any], tuple[Any, str | None, bool]]:
+def batch_answerer(
+    caller: Any, settings: Settings, model: str, base_options: dict, fmt: Format, use_cache: bool
+) -> Callable[[Any], tuple[Any, str | None, bool]]:
     """The per-item work of `lmgauge batch`: a model call (or a routed one), through the cache."""
     from ..cache import ResponseCache, as_request
     from ..routing import Router

@@ -34,16 +34,27 @@ from .render import (
 
 OutputFlag = Annotated[
     list[Path] | None,
-    typer.Option("--output", "-O", help="Write results: .json (everything, with machine and environment), "
-                 ".csv / .jsonl (one row per request), .png (plots), .html (report); a directory gets all "
-                 "five. Repeatable."),
+    typer.Option(
+        "--output",
+        "-O",
+        help="Write results: .json (everything, with machine and environment), "
+        ".csv / .jsonl (one row per request), .png (plots), .html (report); a directory gets all "
+        "five. Repeatable.",
+    ),
 ]
-PromptsFlag = Annotated[str | None, typer.Option(
-    "--prompts", help="Built-in set: default (short+medium+long), short/tg (decode-heavy), medium, long/pp "
-    "(prefill-heavy); or a file: .txt (one prompt per line), .json/.jsonl ({name, prompt|messages, num_predict}).")]
+PromptsFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--prompts",
+        help="Built-in set: default (short+medium+long), short/tg (decode-heavy), medium, long/pp "
+        "(prefill-heavy); or a file: .txt (one prompt per line), .json/.jsonl ({name, prompt|messages, num_predict}).",
+    ),
+]
 SeedFlag = Annotated[int, typer.Option(help="Sampling seed (temperature is 0 unless -o temperature=... ).")]
-ParallelFlag = Annotated[int | None, typer.Option(
-    help="Embedded engine: sequences decoded together in one batch (default: settings.parallel).")]
+ParallelFlag = Annotated[
+    int | None,
+    typer.Option(help="Embedded engine: sequences decoded together in one batch (default: settings.parallel)."),
+]
 
 
 def run_measured(kind: str, runner: Any, client: Client, config: Any, outputs: list[Path], json_out: bool) -> None:
@@ -77,26 +88,48 @@ def run_measured(kind: str, runner: Any, client: Client, config: Any, outputs: l
         out.print(render(run))
     for path in written:
         err.print(f"wrote {path}")
-    err.print(f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -O report.html` "
-              "makes a report, `lmgauge compare` compares runs", markup=True)
+    err.print(
+        f"stored as run [bold]{run.id}[/] ({run.status}); `lmgauge report {run.id} -O report.html` "
+        "makes a report, `lmgauge compare` compares runs",
+        markup=True,
+    )
     if run.status == "interrupted":
         raise typer.Exit(130)
 
 
-BenchModelsArg = Annotated[list[str], typer.Argument(help="Model(s) to measure (names, .gguf paths, ollama:NAME, "
-                                                     "openai:NAME@URL).")]
+BenchModelsArg = Annotated[
+    list[str], typer.Argument(help="Model(s) to measure (names, .gguf paths, ollama:NAME, openai:NAME@URL).")
+]
 BenchRepsFlag = Annotated[int, typer.Option(help="Measured repetitions of every model x prompt.")]
 BenchWarmupFlag = Annotated[int, typer.Option(help="Unmeasured warmup rounds first (load, caches).")]
-BenchNumPredictFlag = Annotated[int, typer.Option(help="Tokens to generate per request (prefill-heavy prompts "
-                                                  "cap it lower).")]
-BenchCtxFlag = Annotated[str | None, typer.Option("--ctx", help="Context window (num_ctx, e.g. 8192 or 8k); default: "
-                                                  "the engine's (settings.num_ctx, capped at the model's limit).")]
-CtxSweepFlag = Annotated[list[str] | None, typer.Option(
-    "--ctx-sweep", help="Instead: measure prefill, TTFT, decode speed and KV memory at these filled "
-    "context sizes, e.g. 256,512,1k,2k,4k and/or repeated (one model), and fit the cost curve.")]
-BenchAllowCacheFlag = Annotated[bool, typer.Option("--allow-cache", help="Send identical prompts so the prefix "
-                                                   "cache can serve them (measures its benefit). Default: every "
-                                                   "request starts with a unique nonce.")]
+BenchNumPredictFlag = Annotated[
+    int, typer.Option(help="Tokens to generate per request (prefill-heavy prompts cap it lower).")
+]
+BenchCtxFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--ctx",
+        help="Context window (num_ctx, e.g. 8192 or 8k); default: "
+        "the engine's (settings.num_ctx, capped at the model's limit).",
+    ),
+]
+CtxSweepFlag = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ctx-sweep",
+        help="Instead: measure prefill, TTFT, decode speed and KV memory at these filled "
+        "context sizes, e.g. 256,512,1k,2k,4k and/or repeated (one model), and fit the cost curve.",
+    ),
+]
+BenchAllowCacheFlag = Annotated[
+    bool,
+    typer.Option(
+        "--allow-cache",
+        help="Send identical prompts so the prefix "
+        "cache can serve them (measures its benefit). Default: every "
+        "request starts with a unique nonce.",
+    ),
+]
 
 
 def bench(
@@ -137,29 +170,55 @@ def bench(
             if len(models) != 1:
                 raise InvalidOptionError("--ctx-sweep measures one model at a time")
             points = parse_token_counts(",".join(str(n) for n in parse_counts(ctx_sweep, "--ctx-sweep", 16)))
-            sweep = SweepConfig(model=models[0], points=points, reps=reps, warmup=warmup,
-                                num_predict=num_predict, num_ctx=num_ctx, seed=seed, options=options)
+            sweep = SweepConfig(
+                model=models[0],
+                points=points,
+                reps=reps,
+                warmup=warmup,
+                num_predict=num_predict,
+                num_ctx=num_ctx,
+                seed=seed,
+                options=options,
+            )
             run_measured("context sweep", run_sweep, client, sweep, output or [], json_out)
             return
-        config = BenchConfig(models=models, prompts=load_prompts(prompts), reps=reps, warmup=warmup,
-                             num_predict=num_predict, num_ctx=num_ctx, allow_cache=allow_cache, seed=seed,
-                             options=options)
+        config = BenchConfig(
+            models=models,
+            prompts=load_prompts(prompts),
+            reps=reps,
+            warmup=warmup,
+            num_predict=num_predict,
+            num_ctx=num_ctx,
+            allow_cache=allow_cache,
+            seed=seed,
+            options=options,
+        )
         run_measured("bench", run_bench, client, config, output or [], json_out)
 
 
-LoadTargetArg = Annotated[str, typer.Argument(help="A model (as for `bench`), or a server URL: http://host:11434 "
-                                              "(Ollama) or http://host:port/v1 (OpenAI-compatible).")]
-LoadModelFlag = Annotated[str | None, typer.Option("--model", help="With a URL: the server's model (default: its "
-                                                   "only one).")]
-ConcurrencyFlag = Annotated[list[str] | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 "
-                                                           "and/or repeated (default 1,2,4).")]
-RateFlag = Annotated[list[str] | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. "
-                                                    "0.5,1,2 and/or repeated.")]
+LoadTargetArg = Annotated[
+    str,
+    typer.Argument(
+        help="A model (as for `bench`), or a server URL: http://host:11434 "
+        "(Ollama) or http://host:port/v1 (OpenAI-compatible)."
+    ),
+]
+LoadModelFlag = Annotated[
+    str | None, typer.Option("--model", help="With a URL: the server's model (default: its only one).")
+]
+ConcurrencyFlag = Annotated[
+    list[str] | None, typer.Option(help="Closed loop: users in flight, e.g. 1,2,4,8 and/or repeated (default 1,2,4).")
+]
+RateFlag = Annotated[
+    list[str] | None, typer.Option(help="Open loop instead: Poisson arrivals per second, e.g. 0.5,1,2 and/or repeated.")
+]
 RequestsFlag = Annotated[int | None, typer.Option(help="Requests per level (default 20 unless --duration).")]
-DurationFlag = Annotated[str | None, typer.Option(help="Time per level, e.g. 30s or 2m (with --requests: "
-                                                  "whichever ends first).")]
-SloFlag = Annotated[str, typer.Option(help="Goodput counts requests meeting all of these: ttft, tpot, e2e, itl "
-                                      "(ms or s).")]
+DurationFlag = Annotated[
+    str | None, typer.Option(help="Time per level, e.g. 30s or 2m (with --requests: whichever ends first).")
+]
+SloFlag = Annotated[
+    str, typer.Option(help="Goodput counts requests meeting all of these: ttft, tpot, e2e, itl (ms or s).")
+]
 LoadNumPredictFlag = Annotated[int, typer.Option(help="Tokens to generate per request.")]
 LoadCtxFlag = Annotated[str | None, typer.Option("--ctx", help="Context window (num_ctx, e.g. 4096 or 4k).")]
 LoadWarmupFlag = Annotated[int, typer.Option(help="Unmeasured requests first.")]
@@ -208,20 +267,28 @@ def load(
     elif model:
         raise InvalidOptionError("--model goes with a server URL; for a model, name it as the argument")
     config = LoadConfig(
-        model=name, prompts=load_prompts(prompts or "short"),
+        model=name,
+        prompts=load_prompts(prompts or "short"),
         concurrency=parse_counts(concurrency or ["1,2,4"], "--concurrency") if not rate else None,
-        rates=parse_levels(",".join(rate), float) if rate else None, requests=requests,
-        duration_s=parse_duration(duration) if duration else None, num_predict=num_predict,
+        rates=parse_levels(",".join(rate), float) if rate else None,
+        requests=requests,
+        duration_s=parse_duration(duration) if duration else None,
+        num_predict=num_predict,
         num_ctx=one_count(ctx, "--ctx"),
-        warmup=warmup, seed=seed, allow_cache=allow_cache, slo=parse_slo(slo), options=parse_options(option),
+        warmup=warmup,
+        seed=seed,
+        allow_cache=allow_cache,
+        slo=parse_slo(slo),
+        options=parse_options(option),
     )
     _size_decode_slots(overrides, name, config, rate, parallel)
     with Client(**overrides) as client:
         run_measured("load", run_load, client, config, output or [], json_out)
 
 
-def _size_decode_slots(overrides: dict[str, Any], name: str, config: Any, rate: list[str] | None,
-                       parallel: int | None) -> None:
+def _size_decode_slots(
+    overrides: dict[str, Any], name: str, config: Any, rate: list[str] | None, parallel: int | None
+) -> None:
     """As batch does: one decode slot per concurrent user on the embedded engine, so c=4 measures four
     requests sharing decode steps, not one decoding while three queue ("saturation at c=1")."""
     with Client(**overrides) as probe:  # resolving a name loads nothing
@@ -232,15 +299,21 @@ def _size_decode_slots(overrides: dict[str, Any], name: str, config: Any, rate: 
         return
     if parallel is None:
         overrides["parallel"] = top
-        err.print(f"note: the embedded engine gets {top} parallel decode slots (the highest concurrency "
-                  "tested); --parallel N sets another number")
+        err.print(
+            f"note: the embedded engine gets {top} parallel decode slots (the highest concurrency "
+            "tested); --parallel N sets another number"
+        )
     else:
-        err.print(f"note: the embedded engine decodes {slots} request(s) at a time (--parallel {parallel}); "
-                  f"at higher concurrency the others queue")
+        err.print(
+            f"note: the embedded engine decodes {slots} request(s) at a time (--parallel {parallel}); "
+            f"at higher concurrency the others queue"
+        )
 
 
-ReportOutputFlag = Annotated[list[Path] | None, typer.Option("--output", "-O", help="File(s) to write: .html, .json, "
-                                                             ".csv, .jsonl, .png, or a directory for all.")]
+ReportOutputFlag = Annotated[
+    list[Path] | None,
+    typer.Option("--output", "-O", help="File(s) to write: .html, .json, .csv, .jsonl, .png, or a directory for all."),
+]
 
 
 def report(
@@ -285,8 +358,16 @@ def compare(
     rows = compare_runs(a, b, alpha=alpha)
     only_a, only_b = unmatched_groups(a, b)
     if json_out:
-        out.print_json(data={"a": a.id, "b": b.id, "alpha": alpha, "rows": [r.to_dict() for r in rows],
-                             "only_in_a": only_a, "only_in_b": only_b})
+        out.print_json(
+            data={
+                "a": a.id,
+                "b": b.id,
+                "alpha": alpha,
+                "rows": [r.to_dict() for r in rows],
+                "only_in_a": only_a,
+                "only_in_b": only_b,
+            }
+        )
         return
     print_rows(out, compare_table(a, b, rows, alpha))
     compare_notes(a, b, rows, alpha, only_a, only_b)

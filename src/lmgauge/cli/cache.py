@@ -15,8 +15,12 @@ from .console import out
 from .options import JsonFlag
 from .render import print_cache_eval
 
-BackendFlag = Annotated[str | None, typer.Option(help="sqlite (default: a temporary database) or redis "
-                                                 "([cache] redis_url; the eval's keys are removed after).")]
+BackendFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="sqlite (default: a temporary database) or redis ([cache] redis_url; the eval's keys are removed after)."
+    ),
+]
 ThresholdFlag = Annotated[float | None, typer.Option(help="Similarity threshold (default: [cache] similarity).")]
 
 
@@ -26,8 +30,9 @@ def eval_cache(backend: BackendFlag = None, threshold: ThresholdFlag = None, jso
     from ..cache.evaluation import load_pairs, rates, sweep
 
     settings = load_settings()
-    cs = settings.cache.model_copy(update={"semantic": True, "enabled": True,
-                                           **({"similarity": threshold} if threshold else {})})
+    cs = settings.cache.model_copy(
+        update={"semantic": True, "enabled": True, **({"similarity": threshold} if threshold else {})}
+    )
     kind = backend or "sqlite"
     if kind not in ("sqlite", "redis"):
         raise InvalidOptionError("--backend must be sqlite or redis")
@@ -36,10 +41,27 @@ def eval_cache(backend: BackendFlag = None, threshold: ThresholdFlag = None, jso
     overall = rates(outcomes)
     by_split = {s: rates([o for o in outcomes if o.pair.split == s]) for s in ("train", "test")}
     table_sweep = sweep(outcomes, [round(0.6 + 0.05 * i, 2) for i in range(8)])
-    data = {"backend": kind, "threshold": cs.similarity, "pairs": len(pairs), "overall": overall, "by_split": by_split,
-            "sweep": table_sweep, "exact_hit_ms": latency,
-            "misses": [{"id": o.pair.id, "kind": o.pair.kind, "a": o.pair.a, "b": o.pair.b, "similarity": o.similarity,
-                        "guard": o.guard} for o in outcomes if o.hit != o.pair.should_hit]}
+    data = {
+        "backend": kind,
+        "threshold": cs.similarity,
+        "pairs": len(pairs),
+        "overall": overall,
+        "by_split": by_split,
+        "sweep": table_sweep,
+        "exact_hit_ms": latency,
+        "misses": [
+            {
+                "id": o.pair.id,
+                "kind": o.pair.kind,
+                "a": o.pair.a,
+                "b": o.pair.b,
+                "similarity": o.similarity,
+                "guard": o.guard,
+            }
+            for o in outcomes
+            if o.hit != o.pair.should_hit
+        ],
+    }
     if json_out:
         out.print_json(data=data)
         return
@@ -71,8 +93,9 @@ def _exact_cache(settings: Settings) -> Any:
     """The configured cache without its semantic half (stats and clearing need no embedder)."""
     from ..cache import ResponseCache
 
-    return ResponseCache.from_settings(settings.model_copy(update={"cache": settings.cache.model_copy(
-        update={"semantic": False})}))
+    return ResponseCache.from_settings(
+        settings.model_copy(update={"cache": settings.cache.model_copy(update={"semantic": False})})
+    )
 
 
 def cache_stats(json_out: JsonFlag = False) -> None:
@@ -82,7 +105,9 @@ def cache_stats(json_out: JsonFlag = False) -> None:
         out.print_json(data=stats.__dict__)
         return
     details = ", ".join(f"{k} {v}" for k, v in stats.details.items())
-    out.print(f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served" + (f" ({details})" if details else ""))
+    out.print(
+        f"{stats.backend}: {stats.entries} entries, {stats.hits} hits served" + (f" ({details})" if details else "")
+    )
 
 
 def cache_clear() -> None:

@@ -30,7 +30,8 @@ def _flag_takes_no_value(display: Any) -> Any:
 
 if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
     typer.core.TyperOption.display_type_rich = (  # type: ignore[method-assign]  # a patch of typer's help
-        _flag_takes_no_value(typer.core.TyperOption.display_type_rich))
+        _flag_takes_no_value(typer.core.TyperOption.display_type_rich)
+    )
 
 app = typer.Typer(
     name="lmgauge",
@@ -53,37 +54,59 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", "-v", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", "-v", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Measure, size, route and serve local language models (embedded llama.cpp, Ollama,
     OpenAI-compatible servers). Start with `lmgauge demo`."""
 
 
-eval_app = typer.Typer(help="Rerunnable, seeded, offline evaluations (context, routing, cache).",
-                       no_args_is_help=True)
-memory_app = typer.Typer(help="Long-term memory: the facts, preferences and decisions `lmgauge chat --memory` "
-                         "keeps about you (list, search, edit, forget).", no_args_is_help=True)
-route_app = typer.Typer(help="Send each request to the cheapest model that can answer it (model name `auto`).",
-                        no_args_is_help=True)
+eval_app = typer.Typer(help="Rerunnable, seeded, offline evaluations (context, routing, cache).", no_args_is_help=True)
+memory_app = typer.Typer(
+    help="Long-term memory: the facts, preferences and decisions `lmgauge chat --memory` "
+    "keeps about you (list, search, edit, forget).",
+    no_args_is_help=True,
+)
+route_app = typer.Typer(
+    help="Send each request to the cheapest model that can answer it (model name `auto`).", no_args_is_help=True
+)
 cache_app = typer.Typer(help="The response cache: statistics, clearing.", no_args_is_help=True)
 
 GROUPS = ((eval_app, "eval"), (memory_app, "memory"), (route_app, "route"), (cache_app, "cache"))
 
 # (group, command name or None for the function's, function), in the order `--help` lists them.
 COMMANDS: tuple[tuple[typer.Typer, str | None, Callable[..., None]], ...] = (
-    (app, None, run.run), (app, None, models.models), (app, None, models.ps), (app, None, models.rm),
-    (app, None, models.show), (app, None, models.demo), (app, None, models.size), (app, None, context.chat),
-    (app, None, gateway.serve), (app, "log", gateway.log_cmd), (app, None, bench.bench), (app, None, bench.load),
-    (app, None, bench.report), (app, None, bench.compare), (app, None, gateway.monitor), (app, None, bench.runs),
-    (app, None, batch.batch), (app, None, quality.quality),
-    (eval_app, "context", context.eval_context), (eval_app, "routing", route.eval_routing),
+    (app, None, run.run),
+    (app, None, models.models),
+    (app, None, models.ps),
+    (app, None, models.rm),
+    (app, None, models.show),
+    (app, None, models.demo),
+    (app, None, models.size),
+    (app, None, context.chat),
+    (app, None, gateway.serve),
+    (app, "log", gateway.log_cmd),
+    (app, None, bench.bench),
+    (app, None, bench.load),
+    (app, None, bench.report),
+    (app, None, bench.compare),
+    (app, None, gateway.monitor),
+    (app, None, bench.runs),
+    (app, None, batch.batch),
+    (app, None, quality.quality),
+    (eval_app, "context", context.eval_context),
+    (eval_app, "routing", route.eval_routing),
     (eval_app, "cache", cache.eval_cache),
-    (memory_app, "list", memory.memory_list), (memory_app, "search", memory.memory_search),
-    (memory_app, "edit", memory.memory_edit), (memory_app, "forget", memory.memory_forget),
-    (route_app, "explain", route.route_explain), (route_app, "ask", route.route_ask),
+    (memory_app, "list", memory.memory_list),
+    (memory_app, "search", memory.memory_search),
+    (memory_app, "edit", memory.memory_edit),
+    (memory_app, "forget", memory.memory_forget),
+    (route_app, "explain", route.route_explain),
+    (route_app, "ask", route.route_ask),
     (route_app, "calibrate", route.route_calibrate),
-    (cache_app, "stats", cache.cache_stats), (cache_app, "clear", cache.cache_clear),
+    (cache_app, "stats", cache.cache_stats),
+    (cache_app, "clear", cache.cache_clear),
 )
 
 for sub_app, group_name in GROUPS:
@@ -112,6 +135,9 @@ def main() -> None:
     except Exception as exc:  # a bug: still one line, with the way to see more
         if debug:
             raise
-        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
-                  "(set LMGAUGE_DEBUG=1 to see the traceback, and please report it)", markup=True)
+        err.print(
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
+            "(set LMGAUGE_DEBUG=1 to see the traceback, and please report it)",
+            markup=True,
+        )
         sys.exit(2)

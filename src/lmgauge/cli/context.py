@@ -20,18 +20,36 @@ from .options import JsonFlag, OptionFlag, SystemFlag, parse_options
 from .render import progress_bar, turn_report
 
 ChatModelArg = Annotated[str, typer.Argument(help="Model name, .gguf path, ollama:NAME or openai:NAME@URL.")]
-MemoryFlag = Annotated[bool, typer.Option("--memory", help="Remember facts across turns and sessions "
-                                          "(extracted by the model; see `lmgauge memory list`).")]
-DocsFlag = Annotated[Path | None, typer.Option("--docs", help="A folder of documents (txt, md, code) to "
-                                               "consult: only the relevant excerpts enter the prompt.")]
-StrategyFlag = Annotated[str | None, typer.Option(help="When the window fills: trim, summarize, hybrid or "
-                                                  "none (refuse). Default: context.strategy (hybrid).")]
-ChatVerboseFlag = Annotated[bool, typer.Option("--verbose", "-v", help="Per turn: tokens used / window, what was "
-                                               "compacted, recalled, loaded and remembered.")]
-ChatJsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object per turn on stdout (answer, "
-                                            "budget, compaction, recall).")]
-ConversationIdFlag = Annotated[str | None, typer.Option("--id", help="Conversation id for the memory "
-                                                        "archive (default: a new one).")]
+MemoryFlag = Annotated[
+    bool,
+    typer.Option(
+        "--memory", help="Remember facts across turns and sessions (extracted by the model; see `lmgauge memory list`)."
+    ),
+]
+DocsFlag = Annotated[
+    Path | None,
+    typer.Option(
+        "--docs", help="A folder of documents (txt, md, code) to consult: only the relevant excerpts enter the prompt."
+    ),
+]
+StrategyFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="When the window fills: trim, summarize, hybrid or none (refuse). Default: context.strategy (hybrid)."
+    ),
+]
+ChatVerboseFlag = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Per turn: tokens used / window, what was compacted, recalled, loaded and remembered."
+    ),
+]
+ChatJsonFlag = Annotated[
+    bool, typer.Option("--json", help="One JSON object per turn on stdout (answer, budget, compaction, recall).")
+]
+ConversationIdFlag = Annotated[
+    str | None, typer.Option("--id", help="Conversation id for the memory archive (default: a new one).")
+]
 
 
 def chat(
@@ -62,13 +80,26 @@ def chat(
         cfg = context_settings(client, strategy)
         store = Store(client.settings.db_path)
         mem, index = _memory_and_docs(client, model, cfg, memory, docs)
-        conv = Conversation(client, model, system=system, num_ctx=num_ctx, config=cfg, memory=mem, docs=index,
-                            store=store, conversation_id=conversation_id, options=options, background=True)
+        conv = Conversation(
+            client,
+            model,
+            system=system,
+            num_ctx=num_ctx,
+            config=cfg,
+            memory=mem,
+            docs=index,
+            store=store,
+            conversation_id=conversation_id,
+            options=options,
+            background=True,
+        )
         finish.callback(conv.close)  # extraction and compaction queued after the last answer finish first
         scripted = not sys.stdin.isatty()
         if not scripted:
-            err.print(f"Chatting with {model} (window {conv.window.num_ctx} tokens, strategy {cfg.strategy}"
-                      f"{', memory on' if memory else ''}). /bye to quit.")
+            err.print(
+                f"Chatting with {model} (window {conv.window.num_ctx} tokens, strategy {cfg.strategy}"
+                f"{', memory on' if memory else ''}). /bye to quit."
+            )
         while (text := _read_message(scripted)) is not None:
             if text:
                 _chat_turn(conv, store, text, json_out, verbose, scripted)
@@ -90,8 +121,9 @@ def open_memory(client: Client) -> Any:
     return Memory(Store(client.settings.db_path), make_embedder(client.settings.context.embed_model, client))
 
 
-def _memory_and_docs(client: Client, model: str, cfg: ContextSettings, memory: bool,
-                     docs: Path | None) -> tuple[Any, Any]:
+def _memory_and_docs(
+    client: Client, model: str, cfg: ContextSettings, memory: bool, docs: Path | None
+) -> tuple[Any, Any]:
     """The long-term memory (--memory) and the document index (--docs), each None when not asked."""
     from ..context.retrieval import DocIndex
     from ..embedding import make_embedder
@@ -103,10 +135,15 @@ def _memory_and_docs(client: Client, model: str, cfg: ContextSettings, memory: b
     from ..context.tokens import counter_for
 
     with err.status(f"indexing {docs} ..."):
-        index = DocIndex.open(docs, counter_for(client, model), embedder, cfg.chunk_tokens,
-                              cache_dir=client.settings.home / "docs")
-    err.print(f"[dim]{len(index.documents)} documents, {len(index.chunks)} chunks indexed from {docs}"
-              + (f" ({len(index.skipped)} skipped)" if index.skipped else "") + "[/]", markup=True)
+        index = DocIndex.open(
+            docs, counter_for(client, model), embedder, cfg.chunk_tokens, cache_dir=client.settings.home / "docs"
+        )
+    err.print(
+        f"[dim]{len(index.documents)} documents, {len(index.chunks)} chunks indexed from {docs}"
+        + (f" ({len(index.skipped)} skipped)" if index.skipped else "")
+        + "[/]",
+        markup=True,
+    )
     return mem, index
 
 
@@ -128,8 +165,9 @@ def _chat_turn(conv: Any, store: Store, text: str, json_out: bool, verbose: bool
 
     stream = not json_out
     try:
-        turn = conv.send(text, on_text=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-                         if stream else None)
+        turn = conv.send(
+            text, on_text=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if stream else None
+        )
     except KeyboardInterrupt:
         err.print("\n(interrupted)")
         return
@@ -155,32 +193,58 @@ def _chat_turn(conv: Any, store: Store, text: str, json_out: bool, verbose: bool
 
 # --- lmgauge eval context -----------------------------------------------------------------------
 
-PLAN_NAMES = ("keep-everything", "keep-everything (same window)", "truncation", "summarize", "hybrid",
-              "hybrid (oracle memories)", "hybrid (without change notes)",
-              "hybrid (oracle memories without change notes)")
+PLAN_NAMES = (
+    "keep-everything",
+    "keep-everything (same window)",
+    "truncation",
+    "summarize",
+    "hybrid",
+    "hybrid (oracle memories)",
+    "hybrid (without change notes)",
+    "hybrid (oracle memories without change notes)",
+)
 
-EvalModelFlag = Annotated[str, typer.Option(help="Model to evaluate (name, .gguf path, ollama:NAME); several, "
-                                            "comma-separated, are evaluated in one run and compared.")]
-SeedFlag = Annotated[int, typer.Option(help="Seed of the synthetic data (0-999: the test set; tune "
-                                       "only on 1000 and up).")]
+EvalModelFlag = Annotated[
+    str,
+    typer.Option(
+        help="Model to evaluate (name, .gguf path, ollama:NAME); several, "
+        "comma-separated, are evaluated in one run and compared."
+    ),
+]
+SeedFlag = Annotated[
+    int, typer.Option(help="Seed of the synthetic data (0-999: the test set; tune only on 1000 and up).")
+]
 TurnsFlag = Annotated[int, typer.Option(min=12, help="Turns per conversation.")]
 ConversationsFlag = Annotated[int, typer.Option(min=1, help="Conversations (seed, seed+1, ...).")]
-NumCtxFlag = Annotated[int, typer.Option(help="The managed window: small enough that the conversation "
-                                         "must be compacted.")]
-FullCtxFlag = Annotated[int | None, typer.Option(help="Window of the keep-everything reference "
-                                                 "(default: the model's trained context, at most 8192).")]
-StrategiesFlag = Annotated[str | None, typer.Option(help="Comma-separated subset of: keep-everything, "
-                                                    "keep-everything (same window), truncation, summarize, hybrid, "
-                                                    "hybrid (oracle memories); also hybrid (without change notes), "
-                                                    "hybrid (oracle memories without change notes).")]
-AnswersFlag = Annotated[bool, typer.Option(help="Ask the model the questions (--no-answers: score only "
-                                           "whether the answer reached the prompt).")]
+NumCtxFlag = Annotated[
+    int, typer.Option(help="The managed window: small enough that the conversation must be compacted.")
+]
+FullCtxFlag = Annotated[
+    int | None,
+    typer.Option(help="Window of the keep-everything reference (default: the model's trained context, at most 8192)."),
+]
+StrategiesFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated subset of: keep-everything, "
+        "keep-everything (same window), truncation, summarize, hybrid, "
+        "hybrid (oracle memories); also hybrid (without change notes), "
+        "hybrid (oracle memories without change notes)."
+    ),
+]
+AnswersFlag = Annotated[
+    bool,
+    typer.Option(help="Ask the model the questions (--no-answers: score only whether the answer reached the prompt)."),
+]
 RetrievalFlag = Annotated[bool, typer.Option(help="Run the document retrieval part.")]
 AskFlag = Annotated[bool, typer.Option(help="Also evaluate the 'ask the model which documents' strategy.")]
-EmbedModelFlag = Annotated[str | None, typer.Option(help="Another embedding model to compare with wordllama "
-                                                    "in retrieval (e.g. a GGUF embedding model).")]
-EvalOutFlag = Annotated[Path | None, typer.Option("--output", "-O", "--out",
-                                                  help="Write report.json and tokens.png here.")]
+EmbedModelFlag = Annotated[
+    str | None,
+    typer.Option(help="Another embedding model to compare with wordllama in retrieval (e.g. a GGUF embedding model)."),
+]
+EvalOutFlag = Annotated[
+    Path | None, typer.Option("--output", "-O", "--out", help="Write report.json and tokens.png here.")
+]
 
 
 def eval_context(
@@ -209,8 +273,17 @@ def eval_context(
         raise InvalidOptionError(f"unknown strategy {unknown[0]!r}; choose from: {', '.join(PLAN_NAMES)}")
     settings = load_settings()
     settings.parallel = max(settings.parallel, 2)  # the chat's prefix cache survives extraction calls
-    plan = {"seed": seed, "turns": turns, "conversations": conversations, "num_ctx": num_ctx, "full_ctx": full_ctx,
-            "strategies": chosen, "answer": answers, "retrieval": retrieval, "ask": ask}
+    plan = {
+        "seed": seed,
+        "turns": turns,
+        "conversations": conversations,
+        "num_ctx": num_ctx,
+        "full_ctx": full_ctx,
+        "strategies": chosen,
+        "answer": answers,
+        "retrieval": retrieval,
+        "ask": ask,
+    }
     with Client(settings) as client:
         reports = _evaluate_models(client, models, embed_model, plan, out_dir)
     if out_dir is not None:
@@ -224,8 +297,9 @@ def eval_context(
             print_models(reports, out)
 
 
-def _evaluate_models(client: Client, models: list[str], embed_model: str | None, plan: dict[str, Any],
-                     out_dir: Path | None) -> list[dict[str, Any]]:
+def _evaluate_models(
+    client: Client, models: list[str], embed_model: str | None, plan: dict[str, Any], out_dir: Path | None
+) -> list[dict[str, Any]]:
     """Evaluate each model in turn under one progress display; each report is written as soon as done."""
     from ..context.evaluation import evaluate
     from ..embedding import ClientEmbedder, Embedder, wordllama_embedder
@@ -239,14 +313,16 @@ def _evaluate_models(client: Client, models: list[str], embed_model: str | None,
     with progress_bar(elapsed=True) as bar:
         tasks: dict[str, Any] = {}
         for name in models:
+
             def progress(what: str, i: int, n: int, name: str = name) -> None:
                 label = f"{Path(name).name}: {what}" if len(models) > 1 else what
                 if label not in tasks:
                     tasks[label] = bar.add_task(label, total=n)
                 bar.update(tasks[label], completed=i + 1)
 
-            reports.append(evaluate(client, name, embedder=wordllama_embedder(), extra_embedders=extra,
-                                    progress=progress, **plan))
+            reports.append(
+                evaluate(client, name, embedder=wordllama_embedder(), extra_embedders=extra, progress=progress, **plan)
+            )
             if out_dir is not None:
                 _write_context_report(reports[-1], out_dir, "" if len(models) == 1 else name)
     return reports

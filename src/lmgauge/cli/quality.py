@@ -12,30 +12,40 @@ from .console import err, out
 from .options import JsonFlag, ModelArg
 from .render import print_quality, progress_bar
 
-VariantsFlag = Annotated[str, typer.Option(help="Weight variants to quantize from the reference and measure "
-                                           "(llama-quantize's names).")]
-KvTypesFlag = Annotated[str, typer.Option("--kv-types", help="KV-cache types measured on the reference's "
-                                          "weights (f16 is the baseline).")]
-ReferenceFlag = Annotated[str | None, typer.Option(help="The reference GGUF (default: the highest-precision "
-                                                   "local file of this model).")]
-TextFlag = Annotated[str | None, typer.Option(help="A UTF-8 text file to evaluate on (default: the shipped "
-                                              "public-domain corpus).")]
+VariantsFlag = Annotated[
+    str, typer.Option(help="Weight variants to quantize from the reference and measure (llama-quantize's names).")
+]
+KvTypesFlag = Annotated[
+    str, typer.Option("--kv-types", help="KV-cache types measured on the reference's weights (f16 is the baseline).")
+]
+ReferenceFlag = Annotated[
+    str | None, typer.Option(help="The reference GGUF (default: the highest-precision local file of this model).")
+]
+TextFlag = Annotated[
+    str | None, typer.Option(help="A UTF-8 text file to evaluate on (default: the shipped public-domain corpus).")
+]
 CtxFlag = Annotated[int, typer.Option("--ctx", help="Tokens per chunk; the second half of each is scored.")]
 ChunksFlag = Annotated[int | None, typer.Option(help="Chunks to evaluate (default 16; 0 = the whole text).")]
 TopKFlag = Annotated[int, typer.Option("--top-k", help="Reference tokens kept per position (+ tail mass).")]
-ImatrixFlag = Annotated[str | None, typer.Option(help="An importance matrix from llama-imatrix (GGUF) for the "
-                                                 "quantizer.")]
-BudgetsFlag = Annotated[str | None, typer.Option(help="Memory budgets for the verdicts, e.g. 512MiB,1GiB,2GiB "
-                                                 "(default: powers of two around the rows).")]
-BudgetCtxFlag = Annotated[int | None, typer.Option("--budget-ctx", help="The window the verdicts size for "
-                                                   "(default: min(8192, trained)).")]
+ImatrixFlag = Annotated[
+    str | None, typer.Option(help="An importance matrix from llama-imatrix (GGUF) for the quantizer.")
+]
+BudgetsFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Memory budgets for the verdicts, e.g. 512MiB,1GiB,2GiB (default: powers of two around the rows)."
+    ),
+]
+BudgetCtxFlag = Annotated[
+    int | None, typer.Option("--budget-ctx", help="The window the verdicts size for (default: min(8192, trained)).")
+]
 RepsFlag = Annotated[int, typer.Option(help="Measured repetitions of the speed benchmark per row.")]
 WarmupFlag = Annotated[int, typer.Option(help="Unmeasured warmup requests per row.")]
 NoSpeedFlag = Annotated[bool, typer.Option("--no-speed", help="Skip the speed and memory benchmark.")]
-FreshFlag = Annotated[bool, typer.Option("--fresh", help="Measure every row again instead of reusing stored "
-                                         "rows.")]
-OutputFlag = Annotated[Path | None, typer.Option("--output", "-O", help="A directory (JSON, PNG, HTML) or "
-                                                 "one .json/.png/.html file.")]
+FreshFlag = Annotated[bool, typer.Option("--fresh", help="Measure every row again instead of reusing stored rows.")]
+OutputFlag = Annotated[
+    Path | None, typer.Option("--output", "-O", help="A directory (JSON, PNG, HTML) or one .json/.png/.html file.")
+]
 
 
 def quality(
@@ -69,10 +79,19 @@ def quality(
     from ..store import Store
 
     config = QualityConfig(
-        model=model, variants=parse_variants(variants),
+        model=model,
+        variants=parse_variants(variants),
         kv_types=list(dict.fromkeys(k.strip() for k in kv_types.split(",") if k.strip())),
-        reference=reference, text=text, ctx=ctx, top_k=top_k, imatrix=imatrix, speed=not no_speed,
-        reps=reps, warmup=warmup, budgets=parse_budgets(budgets) if budgets else None, budget_ctx=budget_ctx,
+        reference=reference,
+        text=text,
+        ctx=ctx,
+        top_k=top_k,
+        imatrix=imatrix,
+        speed=not no_speed,
+        reps=reps,
+        warmup=warmup,
+        budgets=parse_budgets(budgets) if budgets else None,
+        budget_ctx=budget_ctx,
         fresh=fresh,
     )
     if chunks is not None:
@@ -80,9 +99,12 @@ def quality(
     settings = load_settings()
     with progress_bar(elapsed=True) as bar:
         task = bar.add_task("quality", total=None)
-        report = run_quality(settings, config, Store(settings.db_path),
-                             progress=lambda what, done, total: bar.update(task, description=what, completed=done,
-                                                                           total=total or None))
+        report = run_quality(
+            settings,
+            config,
+            Store(settings.db_path),
+            progress=lambda what, done, total: bar.update(task, description=what, completed=done, total=total or None),
+        )
     written = write_outputs(report, output) if output else []
     if json_out:
         out.print_json(data=report, default=str)

@@ -33,8 +33,11 @@ from .render import (
 
 TierFlag = Annotated[
     list[str] | None,
-    typer.Option("--tier", help="A routing tier as NAME=MODEL, cheapest first, repeatable (e.g. --tier small=smollm2 "
-                 "--tier large=qwen.gguf). Default: [routing] tiers in the config."),
+    typer.Option(
+        "--tier",
+        help="A routing tier as NAME=MODEL, cheapest first, repeatable (e.g. --tier small=smollm2 "
+        "--tier large=qwen.gguf). Default: [routing] tiers in the config.",
+    ),
 ]
 ClassifierFlag = Annotated[str | None, typer.Option("--classifier", help="features (fast, default) or llm.")]
 
@@ -63,15 +66,17 @@ def route_explain(
     settings = settings_with_tiers(tier)
     with Client(settings) as client:
         decision = Router.from_settings(client, settings, classifier=classifier).route(
-            [{"role": "user", "content": prompt}])
+            [{"role": "user", "content": prompt}]
+        )
     if json_out:
         out.print_json(data=decision.to_dict())
     else:
         print_rows(out, decision_rows(decision))
 
 
-NoEscalateFlag = Annotated[bool, typer.Option("--no-escalate", help="Keep the first tier's answer even when it "
-                                              "fails a check.")]
+NoEscalateFlag = Annotated[
+    bool, typer.Option("--no-escalate", help="Keep the first tier's answer even when it fails a check.")
+]
 
 
 def route_ask(
@@ -95,26 +100,39 @@ def route_ask(
     settings = settings_with_tiers(tier, escalate=False if no_escalate else None)
     messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
     with Client(settings) as client:
-        router = Router.from_settings(ResilientClient(client), settings, classifier=classifier,
-                                      store=client_store(client))
+        router = Router.from_settings(
+            ResilientClient(client), settings, classifier=classifier, store=client_store(client)
+        )
         answer = router.answer(messages, options=parse_options(option), format=parse_format(format))
         log_result(client, answer.result, "cli")
     if json_out:
-        out.print_json(data={**result_json(answer.result), "decision": answer.decision.to_dict(),
-                             "attempts": [a.__dict__ for a in answer.attempts]})
+        out.print_json(
+            data={
+                **result_json(answer.result),
+                "decision": answer.decision.to_dict(),
+                "attempts": [a.__dict__ for a in answer.attempts],
+            }
+        )
         return
     out.print(answer.result.content)
     print_attempts(answer.attempts, auto=False)
 
 
 TasksFlag = Annotated[int, typer.Option(min=10, help="Checkable prompts to run on every tier.")]
-KeepFlag = Annotated[float, typer.Option(min=0.5, max=1.0, help="Share of the largest tier's correct answers "
-                                         "the reported operating point must keep.")]
+KeepFlag = Annotated[
+    float,
+    typer.Option(
+        min=0.5, max=1.0, help="Share of the largest tier's correct answers the reported operating point must keep."
+    ),
+]
 SaveFlag = Annotated[bool, typer.Option(help="Save the fitted router (used by `auto` for these tiers).")]
-OutcomesFlag = Annotated[Path | None, typer.Option(help="Where to write every answer and verdict (JSONL); "
-                                                   "default <home>/calibration-outcomes.jsonl.")]
-ReuseFlag = Annotated[Path | None, typer.Option(help="Refit from an earlier run's outcomes file instead of "
-                                                "running the models again.")]
+OutcomesFlag = Annotated[
+    Path | None,
+    typer.Option(help="Where to write every answer and verdict (JSONL); default <home>/calibration-outcomes.jsonl."),
+]
+ReuseFlag = Annotated[
+    Path | None, typer.Option(help="Refit from an earlier run's outcomes file instead of running the models again.")
+]
 
 
 def route_calibrate(
@@ -146,8 +164,14 @@ def route_calibrate(
         with progress_bar(disable=previous is not None) as bar:
             job = bar.add_task("calibrating", total=len(task_list) * len(tier_list))
             report, classifier, results = calibrate(
-                client, tier_list, embedder, task_list, keep=keep, outcomes=previous,
-                progress=lambda name: bar.update(job, advance=1, description=f"tier {name}"))
+                client,
+                tier_list,
+                embedder,
+                task_list,
+                keep=keep,
+                outcomes=previous,
+                progress=lambda name: bar.update(job, advance=1, description=f"tier {name}"),
+            )
     path = outcomes or settings.home / "calibration-outcomes.jsonl"
     if previous is None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,10 +199,15 @@ def _previous_outcomes(reuse: Path | None) -> list[Any] | None:
     return [Outcome(**json.loads(line)) for line in reuse.read_text().splitlines() if line.strip()]
 
 
-LlmModelFlag = Annotated[str | None, typer.Option(help="Model of the LLM classifier (default: the cheapest tier, "
-                                                  "or the default model).")]
-TimeSampleFlag = Annotated[int, typer.Option(min=0, help="Test queries per difficulty level that every tier "
-                                             "answers to measure its time (0: skip timing).")]
+LlmModelFlag = Annotated[
+    str | None, typer.Option(help="Model of the LLM classifier (default: the cheapest tier, or the default model).")
+]
+TimeSampleFlag = Annotated[
+    int,
+    typer.Option(
+        min=0, help="Test queries per difficulty level that every tier answers to measure its time (0: skip timing)."
+    ),
+]
 
 
 def eval_routing(
@@ -212,8 +241,15 @@ def eval_routing(
     print_routing_eval(reports, shares, threshold, times, saved, time_sample, num_predict, len(tiers))
 
 
-def _evaluate_classifiers(client: Client, settings: Settings, tiers: list[Any], test: list[Any], classifier: str,
-                          llm_model: str | None, bar: Any) -> tuple[list[Any], Any, dict[str, float]]:
+def _evaluate_classifiers(
+    client: Client,
+    settings: Settings,
+    tiers: list[Any],
+    test: list[Any],
+    classifier: str,
+    llm_model: str | None,
+    bar: Any,
+) -> tuple[list[Any], Any, dict[str, float]]:
     """Each asked classifier's report on the test split, and the tiers the features classifier routes to."""
     from ..routing import LLMClassifier, router_embedder
     from ..routing.evaluation import (
@@ -238,8 +274,9 @@ def _evaluate_classifiers(client: Client, settings: Settings, tiers: list[Any], 
     return reports, routed, tier_shares(routed, tiers)
 
 
-def _time_tiers(client: Client, tiers: list[Any], test: list[Any], routed: Any, time_sample: int,
-                num_predict: int, bar: Any) -> tuple[Any, Any]:
+def _time_tiers(
+    client: Client, tiers: list[Any], test: list[Any], routed: Any, time_sample: int, num_predict: int, bar: Any
+) -> tuple[Any, Any]:
     """Every tier answers a sample of the test split: its measured time, and the time routing saves."""
     from ..routing.evaluation import measure_tiers, sample_queries, time_saved
 

@@ -25,19 +25,36 @@ from .options import (
 from .records import client_store, log_result, result_json
 from .render import print_attempts, print_stats
 
-PromptArg = Annotated[str | None, typer.Argument(help="The prompt. Omit it for an interactive chat; "
-                                                 "'-' reads it from stdin.")]
-VerboseFlag = Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and token counts "
-                                           "(like `ollama run --verbose`, plus TTFT and TPOT).")]
-FormatFlag = Annotated[str | None, typer.Option("--format", help="'json', or a JSON schema (file or "
-                                                "inline) the answer must follow.")]
+PromptArg = Annotated[
+    str | None, typer.Argument(help="The prompt. Omit it for an interactive chat; '-' reads it from stdin.")
+]
+VerboseFlag = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Print timings and token counts (like `ollama run --verbose`, plus TTFT and TPOT)."
+    ),
+]
+FormatFlag = Annotated[
+    str | None, typer.Option("--format", help="'json', or a JSON schema (file or inline) the answer must follow.")
+]
 KeepAliveFlag = Annotated[str | None, typer.Option(help="How long the model stays loaded (5m, 0, -1).")]
-DraftFlag = Annotated[str | None, typer.Option(help="Speculative decoding: a smaller model of the same family "
-                                               "drafts tokens the model checks in one step; 'lookup' drafts "
-                                               "from the prompt instead. Embedded models only.")]
-ToolsFlag = Annotated[Path | None, typer.Option("--tools", help="A .py file whose functions the model may "
-                                                "call (run for real), or a .json list of tool schemas "
-                                                "(you type the results).")]
+DraftFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Speculative decoding: a smaller model of the same family "
+        "drafts tokens the model checks in one step; 'lookup' drafts "
+        "from the prompt instead. Embedded models only."
+    ),
+]
+ToolsFlag = Annotated[
+    Path | None,
+    typer.Option(
+        "--tools",
+        help="A .py file whose functions the model may "
+        "call (run for real), or a .json list of tool schemas "
+        "(you type the results).",
+    ),
+]
 
 
 def run(
@@ -90,21 +107,32 @@ def _check_model(client: Client, model: str, draft: str | None) -> None:
         raise InvalidOptionError("--draft needs a named model: `auto` picks its model per prompt")
 
 
-def _run_tools(client: Client, model: str, system: str | None, prompt: str | None, tools: Path, options: dict,
-               fmt: Format, keep_alive: str | None) -> Result:
+def _run_tools(
+    client: Client,
+    model: str,
+    system: str | None,
+    prompt: str | None,
+    tools: Path,
+    options: dict,
+    fmt: Format,
+    keep_alive: str | None,
+) -> Result:
     """The tool loop (tool_loop.py): the model calls, the toolbox answers, until a final answer."""
     from .. import tool_loop
 
     toolbox = tool_loop.load_toolbox(tools)
     if prompt is None:
-        raise InvalidOptionError("--tools needs a prompt: lmgauge run MODEL \"question\" --tools FILE")
+        raise InvalidOptionError('--tools needs a prompt: lmgauge run MODEL "question" --tools FILE')
     messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
     return tool_loop.run_loop(
-        lambda history: client.chat(model, history, options=options, format=fmt, tools=toolbox.schemas,
-                                    keep_alive=keep_alive),
-        messages, toolbox, show=lambda kind, text: err.print(f"[cyan]{kind}:[/] {text}", markup=True,
-                                                             highlight=False),
-        ask=lambda call: input(f"result of {call}> "))
+        lambda history: client.chat(
+            model, history, options=options, format=fmt, tools=toolbox.schemas, keep_alive=keep_alive
+        ),
+        messages,
+        toolbox,
+        show=lambda kind, text: err.print(f"[cyan]{kind}:[/] {text}", markup=True, highlight=False),
+        ask=lambda call: input(f"result of {call}> "),
+    )
 
 
 def _print_tool_result(result: Result, json_out: bool, verbose: bool) -> None:
@@ -116,8 +144,15 @@ def _print_tool_result(result: Result, json_out: bool, verbose: bool) -> None:
         print_stats(result.timings)
 
 
-def answer(client: Client, model: str, messages: list[Message], options: dict, fmt: Format,
-           keep_alive: str | None, stream: bool) -> Result:
+def answer(
+    client: Client,
+    model: str,
+    messages: list[Message],
+    options: dict,
+    fmt: Format,
+    keep_alive: str | None,
+    stream: bool,
+) -> Result:
     """Stream one answer; `auto` goes through the router (escalating when an answer fails a check)."""
     if model == "auto":
         from ..resilience import ResilientClient
@@ -144,8 +179,9 @@ def answer(client: Client, model: str, messages: list[Message], options: dict, f
     return result
 
 
-def _interactive(client: Client, model: str, system: str | None, options: dict, fmt: Format,
-                 verbose: bool, keep_alive: str | None) -> None:
+def _interactive(
+    client: Client, model: str, system: str | None, options: dict, fmt: Format, verbose: bool, keep_alive: str | None
+) -> None:
     """Ollama's REPL: /? for the commands, \"\"\" for multi-line messages (repl.py)."""
     from rich.markup import escape
 
@@ -153,7 +189,7 @@ def _interactive(client: Client, model: str, system: str | None, options: dict, 
     from ..display import show_rows
 
     session = repl.Session(model, system=system, options=dict(options), format=fmt, verbose=verbose)
-    show = lambda: show_rows(client.show(model)) if model != "auto" else [("model", "auto (routed)")]  # noqa: E731
+    show = lambda: show_rows(client.show(model)) if model != "auto" else [("model", "auto (routed)")]  # noqa: E731  a short factory, read where it is used
     err.print(f"Chatting with {model}. Send a message (/? for help, /bye to quit)")
     while True:
         try:

@@ -107,11 +107,17 @@ class CompactionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "strategy": self.strategy, "reason": self.reason, "tokens_before": self.tokens_before,
-            "tokens_after": self.tokens_after, "ms": round(self.ms, 1),
-            "messages_before": self.messages_before, "messages_after": self.messages_after,
-            "dropped": self.dropped, "summary": self.summary,
-            "pinned": [m.text for m in self.pinned], "warnings": self.warnings,
+            "strategy": self.strategy,
+            "reason": self.reason,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "ms": round(self.ms, 1),
+            "messages_before": self.messages_before,
+            "messages_after": self.messages_after,
+            "dropped": self.dropped,
+            "summary": self.summary,
+            "pinned": [m.text for m in self.pinned],
+            "warnings": self.warnings,
         }
 
     def __str__(self) -> str:
@@ -120,8 +126,10 @@ class CompactionResult:
             extra += ", summary updated"
         if self.pinned:
             extra += f", {len(self.pinned)} facts pinned"
-        return (f"{self.strategy}: {self.tokens_before} -> {self.tokens_after} tokens in "
-                f"{self.ms / 1000:.1f}s ({self.dropped} messages folded out{extra})")
+        return (
+            f"{self.strategy}: {self.tokens_before} -> {self.tokens_after} tokens in "
+            f"{self.ms / 1000:.1f}s ({self.dropped} messages folded out{extra})"
+        )
 
 
 # --- turns ---------------------------------------------------------------------------------------
@@ -169,8 +177,12 @@ def compose_system(base: str, summary: str | None, pinned: list[MemoryItem] | No
 def transcript(messages: list[Message]) -> str:
     lines = []
     for m in messages:
-        who = {"user": "User", "assistant": "Assistant", "tool": f"Tool {m.tool_name or ''}".strip(),
-               "system": "System"}.get(m.role, m.role)
+        who = {
+            "user": "User",
+            "assistant": "Assistant",
+            "tool": f"Tool {m.tool_name or ''}".strip(),
+            "system": "System",
+        }.get(m.role, m.role)
         text = m.content
         if m.tool_calls:
             text += " [calls " + ", ".join(str(c.get("function", c).get("name", "?")) for c in m.tool_calls) + "]"
@@ -235,8 +247,10 @@ class Summarizer:
 
     def _prompt(self, previous: str | None, messages: list[Message]) -> list[Message]:
         words = max(20, int(self.max_tokens * 0.6))
-        body = (f"Summary so far:\n{previous.strip() if previous else '(empty)'}\n\n"
-                f"New messages:\n{transcript(messages)}\n\nWrite the updated summary.")
+        body = (
+            f"Summary so far:\n{previous.strip() if previous else '(empty)'}\n\n"
+            f"New messages:\n{transcript(messages)}\n\nWrite the updated summary."
+        )
         return [Message("system", SUMMARY_PROMPT.format(words=words)), Message("user", body)]
 
     def _batches(self, previous: str | None, messages: list[Message]) -> list[list[Message]]:
@@ -247,14 +261,15 @@ class Summarizer:
         longest = previous if previous and len(previous) > len(bound) else bound
         fixed = self.counter.count(self._prompt(longest, [Message("user", "")]))
         if room - fixed <= 16:
-            raise InvalidOptionError(f"num_ctx {self.num_ctx} is too small to summarize with "
-                                     f"summary_tokens {self.max_tokens}")
+            raise InvalidOptionError(
+                f"num_ctx {self.num_ctx} is too small to summarize with summary_tokens {self.max_tokens}"
+            )
         batches: list[list[Message]] = []
         current: list[Message] = []
         for m in messages:
             pieces = [m]
             if self.counter.count_text(m.content) > room - fixed:
-                fits = lambda text: self.counter.count_text(text) <= room - fixed  # noqa: E731
+                fits = lambda text: self.counter.count_text(text) <= room - fixed  # noqa: E731  a short factory, read where it is used
                 pieces = [Message(m.role, p, tool_name=m.tool_name) for p in split_text(m.content, fits)]
             for piece in pieces:
                 trial = current + [piece]
@@ -276,8 +291,7 @@ class Summarizer:
             if text:
                 summary = text
             else:
-                log.warning("the summarizer returned nothing for %d messages; keeping the previous summary",
-                            len(batch))
+                log.warning("the summarizer returned nothing for %d messages; keeping the previous summary", len(batch))
         return summary or ""
 
     def fold_from_start(self, messages: list[Message]) -> str:
@@ -288,7 +302,8 @@ class Summarizer:
             with self.store.connect() as db:
                 row = db.execute(
                     f"SELECT n_messages, summary FROM context_summaries WHERE model = ? AND prefix IN ({marks}) "
-                    "ORDER BY n_messages DESC LIMIT 1", [self.model, *prefixes],
+                    "ORDER BY n_messages DESC LIMIT 1",
+                    [self.model, *prefixes],
                 ).fetchone()
             if row is not None:
                 start, previous = row[0], row[1]
@@ -297,8 +312,10 @@ class Summarizer:
         summary = self.fold(previous, messages[start:])
         if self.store is not None and messages:
             with self.store.connect() as db:
-                db.execute("INSERT OR REPLACE INTO context_summaries VALUES (?, ?, ?, ?, ?)",
-                           (self.model, prefixes[-1], len(messages), summary, time.time()))
+                db.execute(
+                    "INSERT OR REPLACE INTO context_summaries VALUES (?, ?, ?, ?, ?)",
+                    (self.model, prefixes[-1], len(messages), summary, time.time()),
+                )
         return summary
 
 
@@ -350,11 +367,11 @@ def compact(
 
     n_keep = min(keep_turns, len(blocks))
     while n_keep > 1:
-        kept_blocks = blocks[len(blocks) - n_keep:]
+        kept_blocks = blocks[len(blocks) - n_keep :]
         if counter.count(prompt(kept_blocks, previous_summary)) + summary_room <= goal:
             break
         n_keep -= 1
-    kept_blocks = blocks[len(blocks) - n_keep:] if n_keep else []
+    kept_blocks = blocks[len(blocks) - n_keep :] if n_keep else []
     dropped = [m for b in blocks[: len(blocks) - n_keep] for m in b]
 
     summary = previous_summary
@@ -372,13 +389,22 @@ def compact(
     tokens_after = counter.count(out)
     if tokens_after > window.limit:
         window.check_messages(out)  # a single message too big: say which
-        raise ContextOverflowError(tokens_after, window.num_ctx,
-                                   what="even compacted, the system prompt and the last turn")
+        raise ContextOverflowError(
+            tokens_after, window.num_ctx, what="even compacted, the system prompt and the last turn"
+        )
     result = CompactionResult(
-        messages=out, strategy=strategy, tokens_before=tokens_before, tokens_after=tokens_after,
-        ms=(time.perf_counter() - t0) * 1000, messages_before=len(messages),
-        kept=[m for b in kept_blocks for m in b], dropped=len(dropped),
-        summary=summary if summarizing else None, pinned=pinned, reason=reason, warnings=warnings,
+        messages=out,
+        strategy=strategy,
+        tokens_before=tokens_before,
+        tokens_after=tokens_after,
+        ms=(time.perf_counter() - t0) * 1000,
+        messages_before=len(messages),
+        kept=[m for b in kept_blocks for m in b],
+        dropped=len(dropped),
+        summary=summary if summarizing else None,
+        pinned=pinned,
+        reason=reason,
+        warnings=warnings,
     )
     if store is not None:
         log_compaction(store, result, conversation=conversation, model=model, counter=counter)
@@ -409,8 +435,13 @@ def compact_to_budget(messages: list[Message], budget: int, count: Callable[[lis
     return compact(messages, "trim", window, keep_turns=len(messages) + 1, target=1.0).messages
 
 
-def log_compaction(store: Store, result: CompactionResult, conversation: str | None = None,
-                   model: str | None = None, counter: TokenCounter | None = None) -> None:
+def log_compaction(
+    store: Store,
+    result: CompactionResult,
+    conversation: str | None = None,
+    model: str | None = None,
+    counter: TokenCounter | None = None,
+) -> None:
     """One row in context_compactions (best effort: a full disk must not fail a chat turn)."""
     try:
         store.ensure(SCHEMA)
@@ -420,9 +451,22 @@ def log_compaction(store: Store, result: CompactionResult, conversation: str | N
                 "INSERT INTO context_compactions (ts, conversation, model, strategy, reason, tokens_before, "
                 "tokens_after, messages_before, messages_after, dropped, ms, summary_tokens, pinned, warnings) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), conversation, model, result.strategy, result.reason, result.tokens_before,
-                 result.tokens_after, result.messages_before, result.messages_after, result.dropped, result.ms,
-                 summary_tokens, len(result.pinned), json.dumps(result.warnings) if result.warnings else None),
+                (
+                    time.time(),
+                    conversation,
+                    model,
+                    result.strategy,
+                    result.reason,
+                    result.tokens_before,
+                    result.tokens_after,
+                    result.messages_before,
+                    result.messages_after,
+                    result.dropped,
+                    result.ms,
+                    summary_tokens,
+                    len(result.pinned),
+                    json.dumps(result.warnings) if result.warnings else None,
+                ),
             )
     except (sqlite3.Error, OSError) as exc:
         log.warning("could not log the compaction to %s: %s", store.path, exc)

@@ -124,19 +124,31 @@ class Turn:
     def to_dict(self) -> dict[str, Any]:
         p = self.prepared
         out: dict[str, Any] = {
-            "turn": p.turn, "answer": self.answer, "budget": p.budget.to_dict(), "alert": p.alert,
+            "turn": p.turn,
+            "answer": self.answer,
+            "budget": p.budget.to_dict(),
+            "alert": p.alert,
             "compaction": p.compaction.to_dict() if p.compaction else None,
             "recalled": [r.to_dict() for r in p.recalled],
-            "retrieved": [{"path": c.path, "lines": [c.start_line, c.end_line], "title": c.title,
-                           "tokens": c.tokens} for c in p.retrieved],
-            "memories": [{"action": r.action, "kind": r.item.kind, "key": r.item.key, "value": r.item.value}
-                         for r in (self.extraction.stored if self.extraction else [])],
+            "retrieved": [
+                {"path": c.path, "lines": [c.start_line, c.end_line], "title": c.title, "tokens": c.tokens}
+                for c in p.retrieved
+            ],
+            "memories": [
+                {"action": r.action, "kind": r.item.kind, "key": r.item.key, "value": r.item.value}
+                for r in (self.extraction.stored if self.extraction else [])
+            ],
             "warnings": self.warnings,
         }
         if self.result is not None:
             t = self.result.timings
-            out["timings"] = {"prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens,
-                              "output_tokens": t.output_tokens, "ttft_ms": t.ttft_ms, "e2e_ms": t.e2e_ms}
+            out["timings"] = {
+                "prompt_tokens": t.prompt_tokens,
+                "cached_tokens": t.cached_tokens,
+                "output_tokens": t.output_tokens,
+                "ttft_ms": t.ttft_ms,
+                "e2e_ms": t.e2e_ms,
+            }
         return out
 
 
@@ -168,8 +180,9 @@ class Conversation:
             num_ctx = num_ctx or default_num_ctx(client, model)
             predict = (options or {}).get("num_predict")
             reserve = predict if isinstance(predict, int) and predict > 0 else self.cfg.reserve
-            window = ContextWindow.for_model(client, model, num_ctx, reserve=min(reserve, num_ctx // 4),
-                                             alert_at=self.cfg.alert_at)
+            window = ContextWindow.for_model(
+                client, model, num_ctx, reserve=min(reserve, num_ctx // 4), alert_at=self.cfg.alert_at
+            )
         self.window = window
         self.counter = self.window.counter
         self.memory = memory
@@ -184,7 +197,8 @@ class Conversation:
         summary_tokens = max(16, min(self.cfg.summary_tokens, int(self.window.limit * SUMMARY_SHARE)))
         self.summarizer = (
             Summarizer(client, helper, self.counter, self.window.num_ctx, summary_tokens, store)
-            if self.cfg.strategy in ("summarize", "hybrid") else None
+            if self.cfg.strategy in ("summarize", "hybrid")
+            else None
         )
         # The extraction prompt lists every allowed slot key (~480 tokens with the built-in
         # vocabulary): in a small chat window it would leave no room for the answer's JSON.
@@ -219,7 +233,9 @@ class Conversation:
         each capped at a share of the prompt budget so that a small window still works (the
         summary's length is capped the same way)."""
         limit = self.window.limit
-        return min(self.cfg.memory_tokens, int(limit * MEMORY_SHARE)), min(self.cfg.docs_tokens, int(limit * DOCS_SHARE))
+        return min(self.cfg.memory_tokens, int(limit * MEMORY_SHARE)), min(
+            self.cfg.docs_tokens, int(limit * DOCS_SHARE)
+        )
 
     def _context_for(self, text: str, turn: int, room: int) -> tuple[list[Recalled], list[DocChunk]]:
         """Memories and document chunks for this message, packed into at most `room` tokens."""
@@ -227,7 +243,10 @@ class Conversation:
         recalled: list[Recalled] = []
         if self.memory is not None and min(memory_budget, room) > 0:
             recalled = self.memory.recall(
-                text, self.counter, min(memory_budget, room), conversation=self.id,
+                text,
+                self.counter,
+                min(memory_budget, room),
+                conversation=self.id,
                 exclude_turns=set(self._history_turns) | {turn},
                 exclude_memories={m.id for m in self.pinned},
             )
@@ -270,8 +289,10 @@ class Conversation:
         alone = self.counter.count([Message("user", text)])
         if alone > self.window.limit:
             raise ContextOverflowError(
-                alone, self.window.num_ctx,
-                what=f"this message alone (with {self.window.reserve} tokens reserved for the answer)")
+                alone,
+                self.window.num_ctx,
+                what=f"this message alone (with {self.window.reserve} tokens reserved for the answer)",
+            )
         messages, recalled, retrieved = self._build(text, turn)
         # What the alert and the triggers look at: the whole conversation as it stands, with this
         # turn's context at its full budget (a conversation near the window gets less of it).
@@ -294,22 +315,33 @@ class Conversation:
         self._alerting = before.alert
 
         reason = should_compact(before, len(messages), self.cfg)
-        if reason and self.background is not None and (
-                self._compacting is not None or not self.window.measure(messages).over):
+        if (
+            reason
+            and self.background is not None
+            and (self._compacting is not None or not self.window.measure(messages).over)
+        ):
             reason = None  # it fits: compact after the answer, in the background (see commit)
         if reason:
             waited = time.perf_counter()  # with background work: nothing in flight helps, a wait
             plain = self.system_message() + self.history + [Message("user", text)]
             result = compact(
-                plain, self.cfg.strategy, self.window,  # type: ignore[arg-type]
-                summarizer=self.summarizer, memory=self.memory if self.cfg.strategy == "hybrid" else None,
-                previous_summary=self.summary, keep_turns=self.cfg.keep_turns, target=self.cfg.target,
-                memory_tokens=self._budgets()[0], reason=reason, store=self.store,
-                conversation=self.id, model=self.model,
+                plain,
+                self.cfg.strategy,
+                self.window,  # type: ignore[arg-type]
+                summarizer=self.summarizer,
+                memory=self.memory if self.cfg.strategy == "hybrid" else None,
+                previous_summary=self.summary,
+                keep_turns=self.cfg.keep_turns,
+                target=self.cfg.target,
+                memory_tokens=self._budgets()[0],
+                reason=reason,
+                store=self.store,
+                conversation=self.id,
+                model=self.model,
             )
             kept = len(result.kept) - 1  # the last kept message is the current one
-            self.history = self.history[len(self.history) - kept:] if kept > 0 else []
-            self._history_turns = self._history_turns[len(self._history_turns) - kept:] if kept > 0 else []
+            self.history = self.history[len(self.history) - kept :] if kept > 0 else []
+            self._history_turns = self._history_turns[len(self._history_turns) - kept :] if kept > 0 else []
             self.summary, self.pinned = result.summary, result.pinned
             self.compactions.append(result)
             prepared.compaction = result
@@ -386,14 +418,19 @@ class Conversation:
             return
         summary, n_history = self.summary, len(self.history)
         kwargs = dict(
-            summarizer=self.summarizer, memory=self.memory if self.cfg.strategy == "hybrid" else None,
-            previous_summary=summary, keep_turns=self.cfg.keep_turns, target=self.cfg.target,
-            memory_tokens=self._budgets()[0], reason=reason + " (after the answer)", store=self.store,
-            conversation=self.id, model=self.model,
+            summarizer=self.summarizer,
+            memory=self.memory if self.cfg.strategy == "hybrid" else None,
+            previous_summary=summary,
+            keep_turns=self.cfg.keep_turns,
+            target=self.cfg.target,
+            memory_tokens=self._budgets()[0],
+            reason=reason + " (after the answer)",
+            store=self.store,
+            conversation=self.id,
+            model=self.model,
         )
         strategy = self.cfg.strategy
-        job = self.background.submit(
-            "compaction", turn, lambda: compact(snapshot, strategy, self.window, **kwargs))  # type: ignore[arg-type]
+        job = self.background.submit("compaction", turn, lambda: compact(snapshot, strategy, self.window, **kwargs))  # type: ignore[arg-type]
         self._compacting = (job, n_history)
 
     def _take_compaction(self, wait: bool) -> CompactionResult | None:

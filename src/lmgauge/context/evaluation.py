@@ -109,7 +109,10 @@ class StrategyRun:
         answered = self.answered
         comp_ms = [c["ms"] for c in self.compactions]
         return {
-            "name": self.name, "strategy": self.strategy, "num_ctx": self.num_ctx, "limit": self.limit,
+            "name": self.name,
+            "strategy": self.strategy,
+            "num_ctx": self.num_ctx,
+            "limit": self.limit,
             "questions": n,
             "answered": answered,
             "in_prompt": sum(q.in_prompt for q in self.questions) / n if n else None,
@@ -119,12 +122,15 @@ class StrategyRun:
             "tokens_first": self.tokens[0] if self.tokens else None,
             "tokens_max": max(self.tokens) if self.tokens else None,
             "tokens_last": self.tokens[-1] if self.tokens else None,
-            "tokens_mean_second_half": statistics.fmean(self.tokens[len(self.tokens) // 2:]) if self.tokens else None,
-            "turns_run": len(self.tokens), "refused_at": self.refused_at,
-            "alert_turn": self.alert_turn, "alert_fraction": self.alert_fraction,
+            "tokens_mean_second_half": statistics.fmean(self.tokens[len(self.tokens) // 2 :]) if self.tokens else None,
+            "turns_run": len(self.tokens),
+            "refused_at": self.refused_at,
+            "alert_turn": self.alert_turn,
+            "alert_fraction": self.alert_fraction,
             "compactions": len(self.compactions),
             "compaction_ms_mean": statistics.fmean(comp_ms) if comp_ms else None,
-            "stale_recalled": self.stale_recalled, "seconds": round(self.seconds, 1),
+            "stale_recalled": self.stale_recalled,
+            "seconds": round(self.seconds, 1),
             "distracted": sum(q.distracted for q in self.questions) / n if n and answered else None,
             "stale_current": sum(q.stale_current for q in self.questions) / n if n else None,
             "waits": self.waits,
@@ -159,9 +165,18 @@ def run_strategy(
     with tempfile.TemporaryDirectory(prefix="lmgauge-eval-") as tmp:
         store = Store(Path(tmp) / "eval.db")
         memory = Memory(store, embedder, history_notes=history_notes) if memory_mode else None
-        conv = Conversation(client, model, system=EVAL_SYSTEM, config=cfg, memory=memory, store=store,
-                            options=ANSWER_OPTIONS, extract=memory_mode == "model", window=window,
-                            background=memory_mode is not None)
+        conv = Conversation(
+            client,
+            model,
+            system=EVAL_SYSTEM,
+            config=cfg,
+            memory=memory,
+            store=store,
+            options=ANSWER_OPTIONS,
+            extract=memory_mode == "model",
+            window=window,
+            background=memory_mode is not None,
+        )
         score = ExtractionScore()
         try:
             for i, t in enumerate(synth.turns, start=1):
@@ -184,12 +199,21 @@ def run_strategy(
                     run.compactions.append({"turn": i, **prep.compaction.to_dict()})
                 reply, result = t.assistant, None
                 if t.kind == "question":
-                    q = QuestionResult(i, t.slot or "", t.value or "", t.old,
-                                       all(contains_value(v, prep.prompt_text) for v in t.values or [t.value or ""]),
-                                       prompt_tokens=prep.budget.used, others=t.others)
+                    q = QuestionResult(
+                        i,
+                        t.slot or "",
+                        t.value or "",
+                        t.old,
+                        all(contains_value(v, prep.prompt_text) for v in t.values or [t.value or ""]),
+                        prompt_tokens=prep.budget.used,
+                        others=t.others,
+                    )
                     wrong = t.old + t.others
-                    recalled_stale = sum(1 for r in prep.recalled if r.source == "memory"
-                                         and any(contains_value(o, r.text) for o in wrong))
+                    recalled_stale = sum(
+                        1
+                        for r in prep.recalled
+                        if r.source == "memory" and any(contains_value(o, r.text) for o in wrong)
+                    )
                     run.stale_recalled += recalled_stale
                     held = memory.current(SUBJECT_USER) if memory is not None else []
                     q.stale_current = bool(recalled_stale) or any(same_value(o, m.value) for o in wrong for m in held)
@@ -204,8 +228,16 @@ def run_strategy(
                 turn = conv.commit(prep, reply, result)
                 if memory is not None and memory_mode == "oracle":
                     for f in t.facts:
-                        memory.remember(f.kind, f.key, f.value, op=f.op, subject=f.subject, conversation=conv.id,
-                                        source_turn=i, source_text=t.user)
+                        memory.remember(
+                            f.kind,
+                            f.key,
+                            f.value,
+                            op=f.op,
+                            subject=f.subject,
+                            conversation=conv.id,
+                            source_turn=i,
+                            source_text=t.user,
+                        )
                 if memory_mode == "model":
                     conv.settle()
                     score.add(t.facts, turn.extraction, memory)
@@ -255,8 +287,9 @@ class ExtractionScore:
         self.tp += sum(m is not None for m in matched)
         self.fn += sum(m is None for m in matched)
         self.fp += sum(1 for g in got if not any(match(g, f) for f in truth))
-        self.wrong_subject += sum(1 for g in got if not any(match(g, f) for f in truth)
-                                  and any(same_value(g.value, f.value) for f in truth))
+        self.wrong_subject += sum(
+            1 for g in got if not any(match(g, f) for f in truth) and any(same_value(g.value, f.value) for f in truth)
+        )
         if memory is not None:
             for f, g in zip(truth, matched, strict=True):
                 if g is not None and g.key != memory.slots.canonical(f.key):
@@ -267,8 +300,12 @@ class ExtractionScore:
     def summary(self) -> dict[str, Any]:
         tp, fp, fn = self.tp, self.fp, self.fn
         return {
-            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
-            "stored": tp + fp, "true_facts": tp + fn, "misfiled": self.misfiled, "wrong_subject": self.wrong_subject,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "stored": tp + fp,
+            "true_facts": tp + fn,
+            "misfiled": self.misfiled,
+            "wrong_subject": self.wrong_subject,
             "raw_precision": self.proposed_tp / self.proposed if self.proposed else None,
             "raw_proposed": self.proposed,
         }
@@ -295,8 +332,12 @@ def supersession_accuracy(memory: Memory, synth: SynthConversation, upto: int) -
             ok = not any(is_current(o) for o in t.old)
             stale += not ok
         elif t.kind == "add":
-            earlier = [f.value for u in synth.turns[:upto] for f in u.facts if f.key == t.slot and f.subject == "user"
-                       and u.kind in ("state", "repeat")]
+            earlier = [
+                f.value
+                for u in synth.turns[:upto]
+                for f in u.facts
+                if f.key == t.slot and f.subject == "user" and u.kind in ("state", "repeat")
+            ]
             ok = is_current(t.value or "") and all(is_current(v) for v in earlier)
         else:
             ok = not is_current(t.value or "")
@@ -304,8 +345,13 @@ def supersession_accuracy(memory: Memory, synth: SynthConversation, upto: int) -
         counts[t.kind][1] += ok
     changes = sum(n for k, (n, _) in counts.items() if k != "distractor")
     correct = sum(c for k, (_, c) in counts.items() if k != "distractor")
-    return {"updates": changes, "correct": correct, "accuracy": correct / changes if changes else None,
-            "old_still_current": stale, "by_kind": {k: {"n": n, "correct": c} for k, (n, c) in counts.items()}}
+    return {
+        "updates": changes,
+        "correct": correct,
+        "accuracy": correct / changes if changes else None,
+        "old_still_current": stale,
+        "by_kind": {k: {"n": n, "correct": c} for k, (n, c) in counts.items()},
+    }
 
 
 # --- documents -----------------------------------------------------------------------------------
@@ -391,8 +437,14 @@ def evaluate(
     full_ctx: int | None = None,
     embedder: Embedder | None = None,
     extra_embedders: dict[str, Embedder] | None = None,
-    strategies: tuple[str, ...] = ("keep-everything", "keep-everything (same window)", "truncation",
-                                   "summarize", "hybrid", "hybrid (oracle memories)"),
+    strategies: tuple[str, ...] = (
+        "keep-everything",
+        "keep-everything (same window)",
+        "truncation",
+        "summarize",
+        "hybrid",
+        "hybrid (oracle memories)",
+    ),
     answer: bool = True,
     retrieval: bool = True,
     ask: bool = True,
@@ -416,30 +468,64 @@ def evaluate(
         "hybrid (without change notes)": ("hybrid", num_ctx, "model"),
         "hybrid (oracle memories without change notes)": ("hybrid", num_ctx, "oracle"),
     }
-    report: dict[str, Any] = {"model": model, "seed": seed, "turns": turns, "conversations": conversations,
-                              "num_ctx": num_ctx, "full_ctx": full_ctx, "answer": answer, "runs": []}
+    report: dict[str, Any] = {
+        "model": model,
+        "seed": seed,
+        "turns": turns,
+        "conversations": conversations,
+        "num_ctx": num_ctx,
+        "full_ctx": full_ctx,
+        "answer": answer,
+        "runs": [],
+    }
     for c in range(conversations):
         synth = conversation(seed + c, turns=turns)
         for name in strategies:
             strategy, ctx, memory_mode = plan[name]
-            run = run_strategy(client, model, synth, name, strategy, ctx, base=base, embedder=embedder,
-                               memory_mode=memory_mode, answer=answer and name != "keep-everything (same window)",
-                               progress=progress, history_notes="without change notes" not in name)
-            report["runs"].append({"conversation": c, "seed": seed + c, **run.summary(),
-                                   "extraction": run.extraction, "supersession": run.supersession,
-                                   "tokens": run.tokens, "uncompacted": run.uncompacted,
-                                   "compaction_log": run.compactions,
-                                   "question_results": [asdict(q) for q in run.questions],
-                                   "added_ms": run.added_ms, "background_ms": run.background_ms,
-                                   "answer_ms": run.answer_ms,
-                                   "refusal": run.refusal})
+            run = run_strategy(
+                client,
+                model,
+                synth,
+                name,
+                strategy,
+                ctx,
+                base=base,
+                embedder=embedder,
+                memory_mode=memory_mode,
+                answer=answer and name != "keep-everything (same window)",
+                progress=progress,
+                history_notes="without change notes" not in name,
+            )
+            report["runs"].append(
+                {
+                    "conversation": c,
+                    "seed": seed + c,
+                    **run.summary(),
+                    "extraction": run.extraction,
+                    "supersession": run.supersession,
+                    "tokens": run.tokens,
+                    "uncompacted": run.uncompacted,
+                    "compaction_log": run.compactions,
+                    "question_results": [asdict(q) for q in run.questions],
+                    "added_ms": run.added_ms,
+                    "background_ms": run.background_ms,
+                    "answer_ms": run.answer_ms,
+                    "refusal": run.refusal,
+                }
+            )
     report["strategies"] = _aggregate(report["runs"])
     if retrieval:
         counter = counter_for(client, model)
         embedders: dict[str, Embedder | None] = {"wordllama" if embedder else "none": embedder}
         embedders.update(extra_embedders or {})
-        report["retrieval"] = eval_retrieval(counter, embedders, seed=seed, questions=doc_questions,
-                                             ask=(client, model) if ask else None, progress=progress)
+        report["retrieval"] = eval_retrieval(
+            counter,
+            embedders,
+            seed=seed,
+            questions=doc_questions,
+            ask=(client, model) if ask else None,
+            progress=progress,
+        )
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
@@ -454,33 +540,46 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ext = [r["extraction"] for r in rs if r["extraction"]]
         sup = [r["supersession"] for r in rs if r["supersession"]]
         first = rs[0]
-        out.append({
-            "name": name, "strategy": first["strategy"], "num_ctx": first["num_ctx"], "questions": n,
-            "in_prompt": sum(q["in_prompt"] for q in qs) / n if n else None,
-            "answered": first["answered"],
-            "correct": sum(q["correct"] for q in qs) / n if n and first["answered"] else None,
-            "stale": sum(q["stale"] for q in qs) / n if n and first["answered"] else None,
-            "tokens_max": max((r["tokens_max"] or 0) for r in rs),
-            "tokens_mean_second_half": statistics.fmean([r["tokens_mean_second_half"] for r in rs
-                                                         if r["tokens_mean_second_half"] is not None] or [0]),
-            "refused_at": [r["refused_at"] for r in rs],
-            "alert_turn": [r["alert_turn"] for r in rs], "alert_fraction": [r["alert_fraction"] for r in rs],
-            "compactions": sum(r["compactions"] for r in rs),
-            "compaction_ms_mean": statistics.fmean([r["compaction_ms_mean"] for r in rs if r["compaction_ms_mean"]] or [0]) or None,
-            "extraction_precision": _pool(ext, "precision", "stored"),
-            "extraction_recall": _pool(ext, "recall", "true_facts"),
-            "supersession_accuracy": (sum(s["correct"] for s in sup) / sum(s["updates"] for s in sup)
-                                      if sup and sum(s["updates"] for s in sup) else None),
-            "stale_recalled": sum(r["stale_recalled"] for r in rs),
-            "stale_current": sum(q["stale_current"] for q in qs) / n if n else None,
-            "distracted": sum(q["distracted"] for q in qs) / n if n and first["answered"] else None,
-            "misfiled": sum(e["misfiled"] for e in ext) if ext else None,
-            "wrong_subject": sum(e["wrong_subject"] for e in ext) if ext else None,
-            "changes": _changes(sup),
-            "waits": sum(r["waits"] for r in rs),
-            **_latency(rs),
-            "limit": first["limit"],
-        })
+        out.append(
+            {
+                "name": name,
+                "strategy": first["strategy"],
+                "num_ctx": first["num_ctx"],
+                "questions": n,
+                "in_prompt": sum(q["in_prompt"] for q in qs) / n if n else None,
+                "answered": first["answered"],
+                "correct": sum(q["correct"] for q in qs) / n if n and first["answered"] else None,
+                "stale": sum(q["stale"] for q in qs) / n if n and first["answered"] else None,
+                "tokens_max": max((r["tokens_max"] or 0) for r in rs),
+                "tokens_mean_second_half": statistics.fmean(
+                    [r["tokens_mean_second_half"] for r in rs if r["tokens_mean_second_half"] is not None] or [0]
+                ),
+                "refused_at": [r["refused_at"] for r in rs],
+                "alert_turn": [r["alert_turn"] for r in rs],
+                "alert_fraction": [r["alert_fraction"] for r in rs],
+                "compactions": sum(r["compactions"] for r in rs),
+                "compaction_ms_mean": statistics.fmean(
+                    [r["compaction_ms_mean"] for r in rs if r["compaction_ms_mean"]] or [0]
+                )
+                or None,
+                "extraction_precision": _pool(ext, "precision", "stored"),
+                "extraction_recall": _pool(ext, "recall", "true_facts"),
+                "supersession_accuracy": (
+                    sum(s["correct"] for s in sup) / sum(s["updates"] for s in sup)
+                    if sup and sum(s["updates"] for s in sup)
+                    else None
+                ),
+                "stale_recalled": sum(r["stale_recalled"] for r in rs),
+                "stale_current": sum(q["stale_current"] for q in qs) / n if n else None,
+                "distracted": sum(q["distracted"] for q in qs) / n if n and first["answered"] else None,
+                "misfiled": sum(e["misfiled"] for e in ext) if ext else None,
+                "wrong_subject": sum(e["wrong_subject"] for e in ext) if ext else None,
+                "changes": _changes(sup),
+                "waits": sum(r["waits"] for r in rs),
+                **_latency(rs),
+                "limit": first["limit"],
+            }
+        )
     return out
 
 
@@ -502,10 +601,14 @@ def _latency(rs: list[dict[str, Any]]) -> dict[str, Any]:
     answers = [x for r in rs for x in r.get("answer_ms", [])]
     p95, answer = percentile(added, 95), percentile(answers, 50)
     return {
-        "added_ms_p50": percentile(added, 50), "added_ms_p95": p95, "added_n": len(added),
-        "answer_ms_p50": answer, "answer_n": len(answers),
+        "added_ms_p50": percentile(added, 50),
+        "added_ms_p95": p95,
+        "added_n": len(added),
+        "answer_ms_p50": answer,
+        "answer_n": len(answers),
         "added_p95_share": p95 / answer if p95 is not None and answer else None,
-        "background_ms_p50": percentile(background, 50), "background_ms_p95": percentile(background, 95),
+        "background_ms_p50": percentile(background, 50),
+        "background_ms_p95": percentile(background, 95),
     }
 
 
@@ -521,4 +624,3 @@ def _trained_context(client: Client, model: str) -> int | None:
     from ..models import inspect_gguf
 
     return inspect_gguf(ref.target).n_ctx_train
-

@@ -107,12 +107,13 @@ SCHEMA = [
 # Columns added after the first release: a database made before gets them (additive migration).
 MIGRATION = {
     "subject": "TEXT NOT NULL DEFAULT 'user'",  # whom it is about: user | friend | sister ...
-    "ended": "REAL",                # when it stopped being current (superseded or retracted)
-    "ended_turn": "INTEGER",        # the turn of the message that replaced or retracted it
-    "ended_conversation": "TEXT",   # ... in this conversation
+    "ended": "REAL",  # when it stopped being current (superseded or retracted)
+    "ended_turn": "INTEGER",  # the turn of the message that replaced or retracted it
+    "ended_conversation": "TEXT",  # ... in this conversation
 }
 
 # --- what the model is asked for ---------------------------------------------------------------
+
 
 def extraction_schema(keys: list[str]) -> dict[str, Any]:
     """The JSON schema of an extraction: up to 3 facts, each an operation on a canonical slot.
@@ -248,8 +249,11 @@ _VALUE_NOISE = {"my", "the", "a", "an", "current", "users", "user", "s", "of", "
 _ALSO = re.compile(r"\b(also|too|as well|in addition|another)\b", re.I)
 # Words that say a value changed: a message with one of them and a current value is an update,
 # whatever operation the model chose ("I've switched from oat latte to hot chocolate" as "add").
-_CHANGE = re.compile(r"\b(not|no longer|anymore|any more|instead|now|switched|moved|relocated|changed|"
-                     r"gave up|quit|left|dropped|sold|replaced|stopped)\b", re.I)
+_CHANGE = re.compile(
+    r"\b(not|no longer|anymore|any more|instead|now|switched|moved|relocated|changed|"
+    r"gave up|quit|left|dropped|sold|replaced|stopped)\b",
+    re.I,
+)
 
 
 def _stem(word: str) -> str:
@@ -290,8 +294,9 @@ def grounding(value: str, source: str) -> float:
 class Memory:
     """Memories and archived turns in one Store, with hybrid recall."""
 
-    def __init__(self, store: Store, embedder: Embedder | None = None, min_grounding: float = 0.75,
-                 history_notes: bool = True):
+    def __init__(
+        self, store: Store, embedder: Embedder | None = None, min_grounding: float = 0.75, history_notes: bool = True
+    ):
         self.store = store
         self.embedder = embedder
         self.min_grounding = min_grounding
@@ -354,8 +359,10 @@ class Memory:
             # IMMEDIATE: take the write lock before reading, so two writers cannot both decide
             # that a key is new (or both supersede the same row).
             db.execute("BEGIN IMMEDIATE")
-            held = [MemoryItem.from_row(r) for r in db.execute(
-                "SELECT * FROM memories WHERE status = 'current' AND subject = ?", (subject,))]
+            held = [
+                MemoryItem.from_row(r)
+                for r in db.execute("SELECT * FROM memories WHERE status = 'current' AND subject = ?", (subject,))
+            ]
             current = [m for m in held if m.key == key]
             same = [m for m in current if same_value(m.value, value)]
             ended = (now, source_turn, conversation)
@@ -363,22 +370,43 @@ class Memory:
             # "I sold my Volvo"): a current value the message states is replaced even when the model
             # filed it under another slot (small extractors misfile; the store decides, not them).
             changing = op != "add" or bool(source_text and _CHANGE.search(source_text))
-            named = [m for m in held if m.key != key and source_text and mentions(source_text, m.value)
-                     and not same_value(m.value, value)] if changing else []
+            named = (
+                [
+                    m
+                    for m in held
+                    if m.key != key
+                    and source_text
+                    and mentions(source_text, m.value)
+                    and not same_value(m.value, value)
+                ]
+                if changing
+                else []
+            )
             if op == "delete":
-                same += [m for m in held if m.key != key and same_value(m.value, value)
-                         and source_text and mentions(source_text, m.value)]
+                same += [
+                    m
+                    for m in held
+                    if m.key != key and same_value(m.value, value) and source_text and mentions(source_text, m.value)
+                ]
                 # "I no longer have a dog" (value "dog"): the value names a slot; its values end.
                 named_slot = self.slots.canonical(value, [m.key for m in held])
                 same += [m for m in held if m.key == named_slot and m not in same]
                 for m in same:
                     self._end(db, m.id, "retracted", None, ended)
-                return Remembered(same[0] if same else MemoryItem(0, kind, key, value, confidence, "retracted", 0,
-                                                                    now, now, subject=subject), "retracted", same)
+                return Remembered(
+                    same[0]
+                    if same
+                    else MemoryItem(0, kind, key, value, confidence, "retracted", 0, now, now, subject=subject),
+                    "retracted",
+                    same,
+                )
             if same:
                 m = same[0]
-                db.execute("UPDATE memories SET mentions = mentions + 1, confidence = MAX(confidence, ?), "
-                           "updated = ? WHERE id = ?", (confidence, now, m.id))
+                db.execute(
+                    "UPDATE memories SET mentions = mentions + 1, confidence = MAX(confidence, ?), "
+                    "updated = ? WHERE id = ?",
+                    (confidence, now, m.id),
+                )
                 return Remembered(self._get(db, m.id), "merged")
             if slot.multi:
                 # A multi-valued slot keeps its values, except those this message replaces: the
@@ -392,8 +420,20 @@ class Memory:
             new_id = db.execute(
                 "INSERT INTO memories (kind, key, value, confidence, conversation, source_turn, source_text, "
                 "created, updated, embed_model, embedding, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, key, value, confidence, conversation, source_turn, source_text, now, now, embed_model,
-                 vector, subject),
+                (
+                    kind,
+                    key,
+                    value,
+                    confidence,
+                    conversation,
+                    source_turn,
+                    source_text,
+                    now,
+                    now,
+                    embed_model,
+                    vector,
+                    subject,
+                ),
             ).lastrowid
             assert new_id is not None  # set by every INSERT
             for m in replaced:
@@ -403,13 +443,18 @@ class Memory:
         return Remembered(item, action, replaced=replaced)
 
     @staticmethod
-    def _end(db: sqlite3.Connection, memory_id: int, status: str, by: int | None,
-             ended: tuple[float, int | None, str | None]) -> None:
-        db.execute("UPDATE memories SET status = ?, superseded_by = ?, updated = ?, ended = ?, ended_turn = ?, "
-                   "ended_conversation = ? WHERE id = ?", (status, by, ended[0], *ended, memory_id))
+    def _end(
+        db: sqlite3.Connection, memory_id: int, status: str, by: int | None, ended: tuple[float, int | None, str | None]
+    ) -> None:
+        db.execute(
+            "UPDATE memories SET status = ?, superseded_by = ?, updated = ?, ended = ?, ended_turn = ?, "
+            "ended_conversation = ? WHERE id = ?",
+            (status, by, ended[0], *ended, memory_id),
+        )
 
-    def edit(self, memory_id: int, *, key: str | None = None, value: str | None = None,
-             kind: str | None = None) -> MemoryItem:
+    def edit(
+        self, memory_id: int, *, key: str | None = None, value: str | None = None, kind: str | None = None
+    ) -> MemoryItem:
         """Correct a memory in place (a person's edit is not a new statement: no supersession)."""
         item = self.get(memory_id)
         kind = (kind or item.kind).strip().lower()
@@ -461,8 +506,9 @@ class Memory:
         with self.store.connect() as db:
             return self._get(db, memory_id)
 
-    def list(self, status: str | None = "current", kind: str | None = None,
-             subject: str | None = None) -> list[MemoryItem]:
+    def list(
+        self, status: str | None = "current", kind: str | None = None, subject: str | None = None
+    ) -> list[MemoryItem]:
         """Memories newest first; status None lists all (history included)."""
         where, args = [], []
         for column, wanted in (("status", status), ("kind", kind), ("subject", subject)):
@@ -480,8 +526,9 @@ class Memory:
     def ended(self) -> builtins.list[MemoryItem]:
         """Memories that are no longer true (superseded or retracted), oldest change first."""
         with self.store.connect() as db:
-            rows = db.execute("SELECT * FROM memories WHERE status IN ('superseded', 'retracted') "
-                              "ORDER BY ended, id").fetchall()
+            rows = db.execute(
+                "SELECT * FROM memories WHERE status IN ('superseded', 'retracted') ORDER BY ended, id"
+            ).fetchall()
         return [MemoryItem.from_row(r) for r in rows]
 
     def history_note(self, item: MemoryItem, replaced: builtins.list[MemoryItem]) -> str:
@@ -508,27 +555,38 @@ class Memory:
             return None
         marks = ",".join("?" * len(ids))
         with self.store.connect() as db:
-            rows = {r[0]: (r[1], r[2]) for r in db.execute(
-                f"SELECT id, embed_model, embedding FROM {table} WHERE id IN ({marks})", ids)}
-        missing = [i for i, row_id in enumerate(ids)
-                   if rows.get(row_id, (None, None))[0] != self.embedder.name or rows[row_id][1] is None]
+            rows = {
+                r[0]: (r[1], r[2])
+                for r in db.execute(f"SELECT id, embed_model, embedding FROM {table} WHERE id IN ({marks})", ids)
+            }
+        missing = [
+            i
+            for i, row_id in enumerate(ids)
+            if rows.get(row_id, (None, None))[0] != self.embedder.name or rows[row_id][1] is None
+        ]
         if missing:
             fresh = self.embedder.embed([texts[i] for i in missing])
             with self.store.connect() as db:
-                db.executemany(f"UPDATE {table} SET embed_model = ?, embedding = ? WHERE id = ?",
-                               [(self.embedder.name, to_blob(v), ids[i]) for i, v in zip(missing, fresh, strict=True)])
+                db.executemany(
+                    f"UPDATE {table} SET embed_model = ?, embedding = ? WHERE id = ?",
+                    [(self.embedder.name, to_blob(v), ids[i]) for i, v in zip(missing, fresh, strict=True)],
+                )
             for i, v in zip(missing, fresh, strict=True):
                 rows[ids[i]] = (self.embedder.name, to_blob(v))
         return np.stack([from_blob(rows[row_id][1]) for row_id in ids])
 
-    def search(self, query: str, k: int = 10, mode: str = "hybrid",
-               status: str | None = "current") -> builtins.list[tuple[MemoryItem, float]]:
+    def search(
+        self, query: str, k: int = 10, mode: str = "hybrid", status: str | None = "current"
+    ) -> builtins.list[tuple[MemoryItem, float]]:
         """Memories best matching `query` (current ones unless status is None)."""
         items = self.list(status)
         if not items:
             return []
-        index = HybridSearch([m.text for m in items], self.embedder,
-                             self._vectors("memories", [m.id for m in items], [m.text for m in items]))
+        index = HybridSearch(
+            [m.text for m in items],
+            self.embedder,
+            self._vectors("memories", [m.id for m in items], [m.text for m in items]),
+        )
         return [(items[i], score) for i, score in index.search(query, k, mode)]  # type: ignore[arg-type]
 
     def outdated_turns(self, conversation: str, turns: builtins.list[tuple[int, int, str]]) -> set[int]:
@@ -544,8 +602,12 @@ class Memory:
         for m in self.current(SUBJECT_USER):
             current_by_key.setdefault(m.key, []).append(m.value)
         with self.store.connect() as db:
-            ts = {r[0]: r[1] for r in db.execute(
-                "SELECT turn, ts FROM memory_turns WHERE conversation = ? AND role = 'user'", (conversation,))}
+            ts = {
+                r[0]: r[1]
+                for r in db.execute(
+                    "SELECT turn, ts FROM memory_turns WHERE conversation = ? AND role = 'user'", (conversation,)
+                )
+            }
         out: set[int] = set()
         for _, turn, text in turns:
             for m in ended:
@@ -553,8 +615,11 @@ class Memory:
                     before = turn < m.ended_turn
                 else:
                     before = m.ended is not None and ts.get(turn, 0.0) < m.ended
-                if before and mentions(text, m.value) and \
-                        not any(mentions(text, v) for v in current_by_key.get(m.key, []) if not same_value(v, m.value)):
+                if (
+                    before
+                    and mentions(text, m.value)
+                    and not any(mentions(text, v) for v in current_by_key.get(m.key, []) if not same_value(v, m.value))
+                ):
                     out.add(turn)
                     break
         return out
@@ -586,8 +651,12 @@ class Memory:
                 for old in self.list("superseded"):
                     if old.superseded_by is not None:
                         replaced.setdefault(old.superseded_by, []).append(old)
-            candidates += [Recalled("memory", m.id, m.text, 0.0, 0, m.source_turn,
-                                    note=self.history_note(m, replaced.get(m.id, []))) for m in items]
+            candidates += [
+                Recalled(
+                    "memory", m.id, m.text, 0.0, 0, m.source_turn, note=self.history_note(m, replaced.get(m.id, []))
+                )
+                for m in items
+            ]
             vec = self._vectors("memories", [m.id for m in items], [m.text for m in items])
             if vec is not None:
                 vectors.append(vec)
@@ -737,10 +806,19 @@ class Extractor:
                 out.rejected.append(p)
                 continue
             seen.add(ident)
-            out.stored.append(self.memory.remember(
-                None, p["key"], p["value"], op=p["op"], subject=p["subject"], confidence=round(score, 3),
-                conversation=conversation, source_turn=turn, source_text=text,
-            ))
+            out.stored.append(
+                self.memory.remember(
+                    None,
+                    p["key"],
+                    p["value"],
+                    op=p["op"],
+                    subject=p["subject"],
+                    confidence=round(score, 3),
+                    conversation=conversation,
+                    source_turn=turn,
+                    source_text=text,
+                )
+            )
         for w in out.warnings:
             log.warning(w)
         out.ms = (time.perf_counter() - t0) * 1000

@@ -13,50 +13,115 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-SHORT = {"keep-everything": "keep all", "keep-everything (same window)": "keep all, same window",
-         "truncation": "truncation", "summarize": "summarize", "hybrid": "hybrid memory",
-         "hybrid (oracle memories)": "hybrid, oracle memories",
-         "hybrid (without change notes)": "hybrid, no change notes",
-         "hybrid (oracle memories without change notes)": "oracle, no change notes"}
+SHORT = {
+    "keep-everything": "keep all",
+    "keep-everything (same window)": "keep all, same window",
+    "truncation": "truncation",
+    "summarize": "summarize",
+    "hybrid": "hybrid memory",
+    "hybrid (oracle memories)": "hybrid, oracle memories",
+    "hybrid (without change notes)": "hybrid, no change notes",
+    "hybrid (oracle memories without change notes)": "oracle, no change notes",
+}
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     console.rule(f"[bold]Context evaluation: {report['model']}")
-    console.print(f"seed {report['seed']}, {report['conversations']} conversation(s) of {report['turns']} turns, "
-                  f"managed window {report['num_ctx']} tokens, keep-all window {report['full_ctx']}")
-    needles = Table("strategy", "window", "in prompt", "answer ok", "stale", "n", box=None,
-                    title="Needles: is the current value in the prompt? in the answer?", title_justify="left")
-    tokens = Table("strategy", "first", "max", "limit", "mean 2nd half", "alert", "refused", "compactions", "s each",
-                   box=None, title="Prompt tokens per turn", title_justify="left")
+    console.print(
+        f"seed {report['seed']}, {report['conversations']} conversation(s) of {report['turns']} turns, "
+        f"managed window {report['num_ctx']} tokens, keep-all window {report['full_ctx']}"
+    )
+    needles = Table(
+        "strategy",
+        "window",
+        "in prompt",
+        "answer ok",
+        "stale",
+        "n",
+        box=None,
+        title="Needles: is the current value in the prompt? in the answer?",
+        title_justify="left",
+    )
+    tokens = Table(
+        "strategy",
+        "first",
+        "max",
+        "limit",
+        "mean 2nd half",
+        "alert",
+        "refused",
+        "compactions",
+        "s each",
+        box=None,
+        title="Prompt tokens per turn",
+        title_justify="left",
+    )
     for s in report["strategies"]:
         name = SHORT.get(s["name"], s["name"])
-        needles.add_row(name, str(s["num_ctx"]), _pct(s["in_prompt"]),
-                        _pct(s["correct"]) if s["answered"] else "not asked",
-                        _pct(s["stale"]) if s["answered"] else "-", str(s["questions"]))
-        alerts = ", ".join(f"t{t} {f:.0%}" for t, f in zip(s["alert_turn"], s["alert_fraction"], strict=True) if t) or "-"
+        needles.add_row(
+            name,
+            str(s["num_ctx"]),
+            _pct(s["in_prompt"]),
+            _pct(s["correct"]) if s["answered"] else "not asked",
+            _pct(s["stale"]) if s["answered"] else "-",
+            str(s["questions"]),
+        )
+        alerts = (
+            ", ".join(f"t{t} {f:.0%}" for t, f in zip(s["alert_turn"], s["alert_fraction"], strict=True) if t) or "-"
+        )
         refused = ", ".join(f"t{r}" for r in s["refused_at"] if r) or "-"
         run = next(r for r in report["runs"] if r["name"] == s["name"])
-        tokens.add_row(name, str(run["tokens_first"]), str(s["tokens_max"]), str(s["limit"]),
-                       f"{s['tokens_mean_second_half']:.0f}", alerts, refused, str(s["compactions"]),
-                       f"{s['compaction_ms_mean'] / 1000:.1f}" if s["compaction_ms_mean"] else "-")
+        tokens.add_row(
+            name,
+            str(run["tokens_first"]),
+            str(s["tokens_max"]),
+            str(s["limit"]),
+            f"{s['tokens_mean_second_half']:.0f}",
+            alerts,
+            refused,
+            str(s["compactions"]),
+            f"{s['compaction_ms_mean'] / 1000:.1f}" if s["compaction_ms_mean"] else "-",
+        )
     console.print(needles)
     console.print(tokens)
-    memory = [s for s in report["strategies"]
-              if s["supersession_accuracy"] is not None or s["extraction_precision"] is not None]
+    memory = [
+        s
+        for s in report["strategies"]
+        if s["supersession_accuracy"] is not None or s["extraction_precision"] is not None
+    ]
     if memory:
-        table = Table("strategy", "extraction P / R", "misfiled", "supersession", "stale as current", "answer ok",
-                      "stale answers", "other's value", "added p50 / p95", "answer p50", "p95 share", "waits",
-                      "background p50 / p95", box=None, title_justify="left",
-                      title="Memory: extraction, supersession, stale values, added latency per turn")
+        table = Table(
+            "strategy",
+            "extraction P / R",
+            "misfiled",
+            "supersession",
+            "stale as current",
+            "answer ok",
+            "stale answers",
+            "other's value",
+            "added p50 / p95",
+            "answer p50",
+            "p95 share",
+            "waits",
+            "background p50 / p95",
+            box=None,
+            title_justify="left",
+            title="Memory: extraction, supersession, stale values, added latency per turn",
+        )
         for s in memory:
             table.add_row(SHORT.get(s["name"], s["name"]), *memory_cells(s))
         console.print(table)
     if "retrieval" in report:
         r = report["retrieval"]
         keys = [k for k in r["rows"][0] if k != "method"] if r["rows"] else []
-        table = Table("method", *[k.replace("budget ", "in ") for k in keys], box=None, title_justify="left",
-                      title=f"Documents: evidence recall ({r['questions']} questions, {r['documents']} files, "
-                            f"{r.get('chunks', '?')} chunks; 'in N': within an N-token budget)")
+        table = Table(
+            "method",
+            *[k.replace("budget ", "in ") for k in keys],
+            box=None,
+            title_justify="left",
+            title=f"Documents: evidence recall ({r['questions']} questions, {r['documents']} files, "
+            f"{r.get('chunks', '?')} chunks; 'in N': within an N-token budget)",
+        )
         for row in r["rows"]:
             table.add_row(row["method"], *[_pct(row.get(k)) for k in keys])
         console.print(table)
@@ -69,28 +134,52 @@ def _ms(v: float | None) -> str:
 
 def memory_cells(s: dict[str, Any]) -> list[str]:
     """One strategy's memory figures as table cells (see evaluation._aggregate)."""
-    pr = ("-" if s["extraction_precision"] is None and s["extraction_recall"] is None else
-          f"{_pct(s['extraction_precision'])} / {_pct(s['extraction_recall'])}")
+    pr = (
+        "-"
+        if s["extraction_precision"] is None and s["extraction_recall"] is None
+        else f"{_pct(s['extraction_precision'])} / {_pct(s['extraction_recall'])}"
+    )
     changes = s.get("changes") or {}
     n = sum(v["n"] for k, v in changes.items() if k != "distractor")
     ok = sum(v["correct"] for k, v in changes.items() if k != "distractor")
     sup = f"{_pct(s['supersession_accuracy'])} ({ok}/{n})" if n else "-"
     return [
-        pr, "-" if s.get("misfiled") is None else str(s["misfiled"]), sup,
-        _pct(s.get("stale_current")), _pct(s["correct"]) if s["answered"] else "not asked",
-        _pct(s["stale"]) if s["answered"] else "-", _pct(s.get("distracted")) if s["answered"] else "-",
-        f"{_ms(s.get('added_ms_p50'))} / {_ms(s.get('added_ms_p95'))}", _ms(s.get("answer_ms_p50")),
-        _pct(s.get("added_p95_share")), str(s.get("waits", 0)),
+        pr,
+        "-" if s.get("misfiled") is None else str(s["misfiled"]),
+        sup,
+        _pct(s.get("stale_current")),
+        _pct(s["correct"]) if s["answered"] else "not asked",
+        _pct(s["stale"]) if s["answered"] else "-",
+        _pct(s.get("distracted")) if s["answered"] else "-",
+        f"{_ms(s.get('added_ms_p50'))} / {_ms(s.get('added_ms_p95'))}",
+        _ms(s.get("answer_ms_p50")),
+        _pct(s.get("added_p95_share")),
+        str(s.get("waits", 0)),
         f"{_ms(s.get('background_ms_p50'))} / {_ms(s.get('background_ms_p95'))}",
     ]
 
 
 def print_models(reports: list[dict[str, Any]], console: Console) -> None:
     """The memory figures of several models side by side (one run of `eval context`)."""
-    table = Table("model", "strategy", "extraction P / R", "misfiled", "supersession", "stale as current",
-                  "answer ok", "stale answers", "other's value", "added p50 / p95", "answer p50", "p95 share",
-                  "waits", "background p50 / p95", box=None, title_justify="left",
-                  title="Memory, per model (same run)")
+    table = Table(
+        "model",
+        "strategy",
+        "extraction P / R",
+        "misfiled",
+        "supersession",
+        "stale as current",
+        "answer ok",
+        "stale answers",
+        "other's value",
+        "added p50 / p95",
+        "answer p50",
+        "p95 share",
+        "waits",
+        "background p50 / p95",
+        box=None,
+        title_justify="left",
+        title="Memory, per model (same run)",
+    )
     for report in reports:
         for s in report["strategies"]:
             if s["supersession_accuracy"] is None and s["extraction_precision"] is None:

@@ -44,16 +44,41 @@ log = logging.getLogger("lmgauge.context")
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".org", ".adoc", ".text"}
 CODE_SUFFIXES = {
-    ".py", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".scala", ".c", ".h", ".cc",
-    ".cpp", ".hpp", ".cs", ".rb", ".php", ".sh", ".swift", ".lua", ".sql", ".toml", ".yaml", ".yml",
+    ".py",
+    ".js",
+    ".jsx",
+    ".ts",
+    ".tsx",
+    ".go",
+    ".rs",
+    ".java",
+    ".kt",
+    ".scala",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".cs",
+    ".rb",
+    ".php",
+    ".sh",
+    ".swift",
+    ".lua",
+    ".sql",
+    ".toml",
+    ".yaml",
+    ".yml",
 }
 SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".tox", "dist", "build"}
 MAX_FILE_BYTES = 2_000_000
 INDEX_VERSION = 1
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
-_DEFINITION = re.compile(r"^(?:async\s+)?(?:def|class|function|func|fn|pub\s+fn|impl|struct|interface|type|const|"
-                         r"export\s+\w+|public\s+\w+|private\s+\w+)\b\s*([A-Za-z_][\w.]*)?")
+_DEFINITION = re.compile(
+    r"^(?:async\s+)?(?:def|class|function|func|fn|pub\s+fn|impl|struct|interface|type|const|"
+    r"export\s+\w+|public\s+\w+|private\s+\w+)\b\s*([A-Za-z_][\w.]*)?"
+)
 
 
 @dataclass
@@ -172,7 +197,9 @@ def _units(path: str, text: str) -> tuple[str, list[_Unit]]:
     return doc_title, [u for u in units if any(s.strip() for s in u.lines)]
 
 
-def chunk_file(path: str, text: str, counter: TokenCounter, chunk_tokens: int, first_id: int = 0) -> tuple[str, list[DocChunk]]:
+def chunk_file(
+    path: str, text: str, counter: TokenCounter, chunk_tokens: int, first_id: int = 0
+) -> tuple[str, list[DocChunk]]:
     """Split one file into chunks of at most `chunk_tokens` (units are merged while they share
     a title and fit; a unit too long is cut at line ends)."""
     doc_title, units = _units(path, text)
@@ -227,8 +254,15 @@ def list_files(root: Path) -> list[Path]:
 
 
 class DocIndex:
-    def __init__(self, root: Path, documents: list[Document], chunks: list[DocChunk],
-                 embedder: Embedder | None, vectors: np.ndarray | None, skipped: list[str] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        documents: list[Document],
+        chunks: list[DocChunk],
+        embedder: Embedder | None,
+        vectors: np.ndarray | None,
+        skipped: list[str] | None = None,
+    ):
         self.root = root
         self.documents = documents
         self.chunks = chunks
@@ -260,7 +294,8 @@ class DocIndex:
         files = list_files(root)
         if not files:
             raise InvalidOptionError(
-                f"no documents in {root} (looked for {', '.join(sorted(TEXT_SUFFIXES))} and code files)")
+                f"no documents in {root} (looked for {', '.join(sorted(TEXT_SUFFIXES))} and code files)"
+            )
         documents: list[Document] = []
         chunks: list[DocChunk] = []
         skipped: list[str] = []
@@ -302,15 +337,28 @@ class DocIndex:
         if cache_dir is None or not root.is_dir():
             return cls.build(root, counter, embedder, chunk_tokens, progress)
         manifest = {p.relative_to(root).as_posix(): [p.stat().st_mtime_ns, p.stat().st_size] for p in list_files(root)}
-        ident = json.dumps([INDEX_VERSION, str(root), getattr(counter, "path", type(counter).__name__),
-                            embedder.name if embedder else None, chunk_tokens])
+        ident = json.dumps(
+            [
+                INDEX_VERSION,
+                str(root),
+                getattr(counter, "path", type(counter).__name__),
+                embedder.name if embedder else None,
+                chunk_tokens,
+            ]
+        )
         folder = Path(cache_dir).expanduser() / hashlib.sha256(ident.encode()).hexdigest()[:16]
         try:
             saved = json.loads((folder / "index.json").read_text())
             if saved["manifest"] == manifest and saved["ident"] == ident:
                 vectors = np.load(folder / "vectors.npy") if embedder else None
-                return cls(root, [Document(**d) for d in saved["documents"]],
-                           [DocChunk(**c) for c in saved["chunks"]], embedder, vectors, saved.get("skipped"))
+                return cls(
+                    root,
+                    [Document(**d) for d in saved["documents"]],
+                    [DocChunk(**c) for c in saved["chunks"]],
+                    embedder,
+                    vectors,
+                    saved.get("skipped"),
+                )
         except (OSError, ValueError, KeyError, TypeError):
             pass  # no cache yet, or an unreadable one: rebuild
         index = cls.build(root, counter, embedder, chunk_tokens, progress)
@@ -319,9 +367,17 @@ class DocIndex:
             if index.vectors is not None:
                 np.save(folder / "vectors.npy", index.vectors)
             tmp = folder / "index.json.tmp"  # written whole then renamed: a crash leaves no half index
-            tmp.write_text(json.dumps({"ident": ident, "manifest": manifest, "skipped": index.skipped,
-                                       "documents": [asdict(d) for d in index.documents],
-                                       "chunks": [c.to_dict() for c in index.chunks]}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "ident": ident,
+                        "manifest": manifest,
+                        "skipped": index.skipped,
+                        "documents": [asdict(d) for d in index.documents],
+                        "chunks": [c.to_dict() for c in index.chunks],
+                    }
+                )
+            )
             tmp.replace(folder / "index.json")
         except OSError as exc:
             log.warning("could not cache the document index in %s: %s", folder, exc)
@@ -331,8 +387,10 @@ class DocIndex:
     def summary(self, counter: TokenCounter, budget: int) -> str:
         """The index as the system prompt shows it: one line per document, within `budget`
         tokens; when they do not all fit, the last line says how many were left out."""
-        head = (f"You can consult {len(self.documents)} documents ({len(self.chunks)} sections). "
-                "Relevant excerpts are added to the user's messages when needed:")
+        head = (
+            f"You can consult {len(self.documents)} documents ({len(self.chunks)} sections). "
+            "Relevant excerpts are added to the user's messages when needed:"
+        )
         lines = [f"- {d.path}: {d.title}" for d in self.documents]
         used = counter.count_text(head + "\n")
         shown = []
@@ -351,8 +409,9 @@ class DocIndex:
     def search(self, query: str, k: int = 5, mode: Mode = "hybrid") -> list[tuple[DocChunk, float]]:
         return [(self.chunks[i], s) for i, s in self._search.search(query, k, mode)]
 
-    def retrieve(self, query: str, budget: int, mode: Mode = "hybrid", k: int = 50,
-                 min_similarity: float | None = None) -> Retrieval:
+    def retrieve(
+        self, query: str, budget: int, mode: Mode = "hybrid", k: int = 50, min_similarity: float | None = None
+    ) -> Retrieval:
         """The best chunks for `query`, packed into `budget` tokens (best first). With
         `min_similarity`, a chunk must share a term with the query (BM25) or be at least that
         similar (cosine) to be loaded at all: small talk loads nothing."""
@@ -365,30 +424,51 @@ class DocIndex:
         chosen, used = pack([c for c, _ in hits], lambda c: c.tokens, budget)
         return Retrieval(chosen, used, mode, (time.perf_counter() - t0) * 1000)
 
-    def ask(self, client: Client, model: str, query: str, budget: int, counter: TokenCounter,
-            options: dict[str, Any] | None = None, summary_tokens: int = 1024) -> Retrieval:
+    def ask(
+        self,
+        client: Client,
+        model: str,
+        query: str,
+        budget: int,
+        counter: TokenCounter,
+        options: dict[str, Any] | None = None,
+        summary_tokens: int = 1024,
+    ) -> Retrieval:
         """The seed's strategy: the model reads the list of documents and names the ones it
         needs (constrained to real paths by a JSON schema); their chunks are loaded in order
         until the budget is full."""
         t0 = time.perf_counter()
         paths = [d.path for d in self.documents]
-        schema = {"type": "object", "properties": {"documents": {
-            "type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "enum": paths}}},
-            "required": ["documents"]}
+        schema = {
+            "type": "object",
+            "properties": {
+                "documents": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "enum": paths}}
+            },
+            "required": ["documents"],
+        }
         messages = [
-            Message("system", self.summary(counter, summary_tokens) + "\n\nName the documents (at most 3) "
-                    "that answer the question, as JSON: {\"documents\": [paths]}."),
+            Message(
+                "system",
+                self.summary(counter, summary_tokens) + "\n\nName the documents (at most 3) "
+                'that answer the question, as JSON: {"documents": [paths]}.',
+            ),
             Message("user", query),
         ]
         warnings: list[str] = []
         chosen_docs: list[str] = []
         try:
-            result = client.chat(model, messages, format=schema,
-                                 options={"temperature": 0, "seed": 3, "num_predict": 120, **(options or {})})
+            result = client.chat(
+                model,
+                messages,
+                format=schema,
+                options={"temperature": 0, "seed": 3, "num_predict": 120, **(options or {})},
+            )
             data = json.loads(result.content)
             chosen_docs = [p for p in data.get("documents", []) if p in paths]
         except (ValueError, AttributeError, LmgaugeError) as exc:
             warnings.append(f"the model did not name documents ({exc})")
         by_doc = [c for p in dict.fromkeys(chosen_docs) for c in self.chunks if c.path == p]
         picked, used = pack(by_doc, lambda c: c.tokens, budget)
-        return Retrieval(picked, used, "ask", (time.perf_counter() - t0) * 1000, list(dict.fromkeys(chosen_docs)), warnings)
+        return Retrieval(
+            picked, used, "ask", (time.perf_counter() - t0) * 1000, list(dict.fromkeys(chosen_docs)), warnings
+        )

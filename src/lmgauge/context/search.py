@@ -58,7 +58,8 @@ class HybridSearch:
         self.embedder = embedder
         self._tokenizer = bm25s.tokenization.Tokenizer(
             # NLTK's English list: question words ("what", "my") must not match every question
-            stopwords=list(STOPWORDS_EN_PLUS), stemmer=_stemmer()
+            stopwords=list(STOPWORDS_EN_PLUS),
+            stemmer=_stemmer(),
         )
         self._bm25: bm25s.BM25 | None = None
         if texts:

@@ -50,14 +50,38 @@ VOCABULARY: tuple[Slot, ...] = (
     _s("name", "fact", "user name", "first name", "full name", "called"),
     _s("age", "fact", "years old"),
     _s("birthday", "fact", "birth date", "date of birth"),
-    _s("home city", "fact", "city", "location", "residence", "hometown", "lives in", "current city",
-       "place of residence", "town", "live", "based in", "moved to", "relocated to"),
+    _s(
+        "home city",
+        "fact",
+        "city",
+        "location",
+        "residence",
+        "hometown",
+        "lives in",
+        "current city",
+        "place of residence",
+        "town",
+        "live",
+        "based in",
+        "moved to",
+        "relocated to",
+    ),
     _s("home country", "fact", "country", "country of residence"),
     _s("nationality", "fact", "citizenship"),
     _s("native language", "fact", "mother tongue", "first language"),
     _s("job", "fact", "occupation", "profession", "role", "job title", "career", "work as", "position"),
-    _s("employer", "fact", "company", "workplace", "works at", "work at", "organisation", "organization",
-       "firm", "works for"),
+    _s(
+        "employer",
+        "fact",
+        "company",
+        "workplace",
+        "works at",
+        "work at",
+        "organisation",
+        "organization",
+        "firm",
+        "works for",
+    ),
     _s("education", "fact", "school", "university", "degree", "field of study", "studies"),
     # people and animals
     _s("partner name", "fact", "partner", "spouse", "wife", "husband", "girlfriend", "boyfriend"),
@@ -81,8 +105,14 @@ VOCABULARY: tuple[Slot, ...] = (
     _s("favorite music", "preference", "music", "music genre", "favorite band"),
     _s("health condition", "fact", "condition", "illness", "medication", multi=True),
     # plans and work
-    _s("language learning", "decision", "learning language", "language to learn", "studying language",
-       "language course"),
+    _s(
+        "language learning",
+        "decision",
+        "learning language",
+        "language to learn",
+        "studying language",
+        "language course",
+    ),
     _s("project review day", "decision", "review day", "project review", "review meeting", "meeting day"),
     _s("deadline", "decision", "project deadline", "due date", multi=True),
     _s("appointment", "decision", "meeting", "event", multi=True),
@@ -176,9 +206,11 @@ class Canonicaliser:
         for canon in BY_KEY:
             if canon != NOTE and same_slot(canon, key):
                 return canon
-        contained = [(len(key_words(alias)), canon) for alias, canon in self._names
-                     if canon != NOTE and key_words(alias) and key_words(alias) <= words
-                     and key_words(alias) - _GENERIC]
+        contained = [
+            (len(key_words(alias)), canon)
+            for alias, canon in self._names
+            if canon != NOTE and key_words(alias) and key_words(alias) <= words and key_words(alias) - _GENERIC
+        ]
         if contained:
             return max(contained, key=lambda c: c[0])[1]
         # 4. embeddings: the nearest vocabulary name or existing key, if near enough

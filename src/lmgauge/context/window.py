@@ -59,15 +59,22 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "used": self.used, "window": self.window, "reserve": self.reserve, "limit": self.limit,
-            "fraction": round(self.fraction, 4), "alert": self.alert, "over": self.over,
+            "used": self.used,
+            "window": self.window,
+            "reserve": self.reserve,
+            "limit": self.limit,
+            "fraction": round(self.fraction, 4),
+            "alert": self.alert,
+            "over": self.over,
             "exact": self.exact,
         }
 
     def __str__(self) -> str:
         approx = "" if self.exact else "<="
-        return (f"{approx}{self.used}/{self.limit} tokens ({self.fraction:.0%}; window {self.window}, "
-                f"{self.reserve} reserved for the answer)")
+        return (
+            f"{approx}{self.used}/{self.limit} tokens ({self.fraction:.0%}; window {self.window}, "
+            f"{self.reserve} reserved for the answer)"
+        )
 
 
 AlertHandler = Callable[[Budget], None]
@@ -114,7 +121,8 @@ class ContextWindow:
         if num_ctx is None:
             num_ctx = default_num_ctx(client, model)
         return cls(
-            counter_for(client, model), num_ctx,
+            counter_for(client, model),
+            num_ctx,
             reserve=min(cfg.reserve, num_ctx // 4) if reserve is None else reserve,
             alert_at=cfg.alert_at if alert_at is None else alert_at,
             on_alert=on_alert,
@@ -124,12 +132,14 @@ class ContextWindow:
     def limit(self) -> int:
         return self.num_ctx - self.reserve
 
-
     def measure(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> Budget:
         """The budget of a prompt; never raises for size."""
         return Budget(
-            used=self.counter.count(messages, tools), window=self.num_ctx, reserve=self.reserve,
-            alert_at=self.alert_at, exact=self.counter.exact,
+            used=self.counter.count(messages, tools),
+            window=self.num_ctx,
+            reserve=self.reserve,
+            alert_at=self.alert_at,
+            exact=self.counter.exact,
         )
 
     def check(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> Budget:
@@ -139,7 +149,8 @@ class ContextWindow:
         if budget.over:
             self.check_messages(messages)
             raise ContextOverflowError(
-                budget.used, self.num_ctx,
+                budget.used,
+                self.num_ctx,
                 what=f"the conversation ({len(messages)} messages; {self.reserve} tokens reserved for the answer)",
             )
         if budget.alert:
@@ -154,9 +165,9 @@ class ContextWindow:
             size = self.counter.count([message])
             if size > self.limit:
                 raise ContextOverflowError(
-                    size, self.num_ctx,
-                    what=f"message {i + 1} ({message.role}) alone, with {self.reserve} tokens reserved "
-                    f"for the answer,",
+                    size,
+                    self.num_ctx,
+                    what=f"message {i + 1} ({message.role}) alone, with {self.reserve} tokens reserved for the answer,",
                 )
 
 

@@ -35,9 +35,7 @@ def http_timeout(request_timeout: float, connect_timeout: float = MAX_CONNECT_TI
     return httpx.Timeout(request_timeout, connect=min(request_timeout, connect_timeout))
 
 
-def transport_error(
-    exc: Exception, server: str, timeout: float, received: int, hint: str = ""
-) -> LmgaugeError:
+def transport_error(exc: Exception, server: str, timeout: float, received: int, hint: str = "") -> LmgaugeError:
     """A failure below HTTP (refused, timed out, connection lost) as a named error.
 
     `server` reads like "Ollama at http://127.0.0.1:11434"; `received` is how many stream pieces

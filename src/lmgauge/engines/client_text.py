@@ -40,20 +40,30 @@ def has_control_text(tokenize: Tokenize, text: str, initials: frozenset[str]) ->
     return tokenize(text, True) != tokenize(text, False)
 
 
-def refuse_control_text_in_tools(tokenize: Tokenize, messages: list[Message], tools: list[dict[str, Any]] | None,
-                                 initials: frozenset[str]) -> None:
+def refuse_control_text_in_tools(
+    tokenize: Tokenize, messages: list[Message], tools: list[dict[str, Any]] | None, initials: frozenset[str]
+) -> None:
     """Tool definitions and calls are rendered as JSON (or folded into a system message by
     toolcalls.py): control-token text there is refused (400), never rendered."""
-    for name, value in (("tools", tools), ("tool_calls", [m.tool_calls for m in messages if m.tool_calls]),
-                        ("tool_name", [m.tool_name for m in messages if m.tool_name])):
+    for name, value in (
+        ("tools", tools),
+        ("tool_calls", [m.tool_calls for m in messages if m.tool_calls]),
+        ("tool_name", [m.tool_name for m in messages if m.tool_name]),
+    ):
         if value and has_control_text(tokenize, json.dumps(value, ensure_ascii=False), initials):
-            raise InvalidOptionError(f"{name} contain the model's control tokens (e.g. <|im_start|>); "
-                                     "only message content may quote them")
+            raise InvalidOptionError(
+                f"{name} contain the model's control tokens (e.g. <|im_start|>); only message content may quote them"
+            )
 
 
-def chat_tokens(tokenize: Tokenize, whole: Callable[[str], list[int]],
-                render: Callable[[list[Message], list[dict[str, Any]] | None], str],
-                messages: list[Message], tools: list[dict[str, Any]] | None, initials: frozenset[str]) -> list[int]:
+def chat_tokens(
+    tokenize: Tokenize,
+    whole: Callable[[str], list[int]],
+    render: Callable[[list[Message], list[dict[str, Any]] | None], str],
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None,
+    initials: frozenset[str],
+) -> list[int]:
     """The prompt tokens of a conversation. `whole(text)` tokenizes the start of a prompt (BOS
     added when the model wants it, special tokens parsed); `tokenize` the pieces after it."""
     refuse_control_text_in_tools(tokenize, messages, tools, initials)
@@ -71,9 +81,11 @@ def chat_tokens(tokenize: Tokenize, whole: Callable[[str], list[int]],
     pieces = _MARK_RE.split(text)
     seen = [p for p in pieces if p in marked]
     if sorted(seen) != sorted(marked):  # the template dropped, changed or repeated a message
-        raise InvalidOptionError("a message quotes the model's control tokens (e.g. <|im_start|>) and this "
-                                 "model's chat template transforms message text, so it cannot be kept as plain "
-                                 "text; remove the control tokens from the message")
+        raise InvalidOptionError(
+            "a message quotes the model's control tokens (e.g. <|im_start|>) and this "
+            "model's chat template transforms message text, so it cannot be kept as plain "
+            "text; remove the control tokens from the message"
+        )
     tokens = whole(pieces[0])  # the text before the first marker (maybe empty: then just BOS)
     for piece in pieces[1:]:
         if piece in marked:

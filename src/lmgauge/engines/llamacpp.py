@@ -95,8 +95,9 @@ class Runner:
         # when the request that loaded the model speculates (each drafted token needs a row).
         self.n_outputs = self.n_slots * (1 + max(draft_max, 0))
         self.drafters: dict[str, Drafter] = {}
-        self.estimate = None if embedding else check_fits(self.info, num_ctx, self.n_slots, settings,
-                                                          n_outputs=self.n_outputs)
+        self.estimate = (
+            None if embedding else check_fits(self.info, num_ctx, self.n_slots, settings, n_outputs=self.n_outputs)
+        )
         mparams = L.llama_model_default_params()
         self.model = compute.call(L.llama_model_load_from_file, path.encode(), mparams)
         if not self.model:
@@ -140,8 +141,9 @@ class Runner:
         self.threads = threads
         self.template = make_template(self.info, self.vocab)
         self.scheduler = (
-            None if embedding else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, n_batch,
-                                             self.n_outputs)
+            None
+            if embedding
+            else Scheduler(self.ctx, self.vocab, self.n_slots, self.n_ctx_seq, n_batch, self.n_outputs)
         )
         self.lock = threading.Lock()  # serialises embedding calls
         self.users = 0
@@ -173,9 +175,18 @@ class Runner:
                 info = inspect_gguf(path)
                 est = check_fits(info, self.num_ctx, self.n_slots, self.settings, what="the draft model")
                 drafter = load_drafter(
-                    path, info, self.info, self.vocab, self.path, n_slots=self.n_slots, num_ctx=self.num_ctx,
-                    threads=self.threads, n_batch=self.settings.n_batch, kv_type=KV_TYPES[self.settings.kv_type],
-                    flash_attn=FLASH_ATTN[self.settings.flash_attn])
+                    path,
+                    info,
+                    self.info,
+                    self.vocab,
+                    self.path,
+                    n_slots=self.n_slots,
+                    num_ctx=self.num_ctx,
+                    threads=self.threads,
+                    n_batch=self.settings.n_batch,
+                    kv_type=KV_TYPES[self.settings.kv_type],
+                    flash_attn=FLASH_ATTN[self.settings.flash_attn],
+                )
                 drafter.estimate = est  # its share of size_bytes
                 self.drafters[path] = drafter
             return drafter
@@ -198,12 +209,25 @@ class Runner:
         L.llama_model_free(self.model)
 
 
-def check_fits(info: GGUFInfo, num_ctx: int, n_slots: int, settings: Settings, n_outputs: int | None = None,
-               what: str = "this model") -> MemoryEstimate:
+def check_fits(
+    info: GGUFInfo,
+    num_ctx: int,
+    n_slots: int,
+    settings: Settings,
+    n_outputs: int | None = None,
+    what: str = "this model",
+) -> MemoryEstimate:
     """Estimate what loading will cost and refuse, before loading, what cannot fit: the
     memory available now, or settings.memory_limit when set."""
-    est = estimate(info, num_ctx, kv_type=settings.kv_type, n_parallel=n_slots, n_batch=settings.n_batch,
-                   flash_attn=settings.flash_attn != "off", n_outputs=n_outputs)
+    est = estimate(
+        info,
+        num_ctx,
+        kv_type=settings.kv_type,
+        n_parallel=n_slots,
+        n_batch=settings.n_batch,
+        flash_attn=settings.flash_attn != "off",
+        n_outputs=n_outputs,
+    )
     available = psutil.virtual_memory().available
     limit, what = available, "available"
     if settings.memory_limit:
@@ -243,15 +267,23 @@ def prompt_tokens(vocab: Any, template: ChatTemplate, text: str) -> list[int]:
     return tokenize(vocab, text, add_special=add)
 
 
-def chat_prompt_tokens(vocab: Any, template: ChatTemplate, messages: list[Message],
-                       tools: list[dict[str, Any]] | None = None, **variables: Any) -> list[int]:
+def chat_prompt_tokens(
+    vocab: Any,
+    template: ChatTemplate,
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None = None,
+    **variables: Any,
+) -> list[int]:
     """A conversation's prompt tokens; control tokens come from the template only, never from
     message text (client_text.py). `variables`: extra template inputs (thinking.py)."""
     return client_text.chat_tokens(
         lambda text, special: tokenize(vocab, text, False, parse_special=special),
         lambda text: prompt_tokens(vocab, template, text),
-        lambda msgs, tls: template.render(msgs, tls, **variables), messages, tools,
-        control_initials(vocab, L.llama_vocab_n_tokens(vocab)))
+        lambda msgs, tls: template.render(msgs, tls, **variables),
+        messages,
+        tools,
+        control_initials(vocab, L.llama_vocab_n_tokens(vocab)),
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -319,8 +351,9 @@ class LlamaCppEngine:
         check_context(options.num_ctx, inspect_gguf(path).n_ctx_train)
         return options.num_ctx
 
-    def acquire(self, path: str, options: Options, embedding: bool = False,
-                speculation: Speculation | None = None) -> tuple[Runner, int]:
+    def acquire(
+        self, path: str, options: Options, embedding: bool = False, speculation: Speculation | None = None
+    ) -> tuple[Runner, int]:
         """A runner for this model and window (loading it if needed) and the load time in ns.
         The caller must `release()` it. A speculating request that loads the model gives it
         room for its drafts' logits."""
@@ -357,7 +390,8 @@ class LlamaCppEngine:
                 raise EngineBusyError(
                     f"{path}: busy with another window size (num_ctx {others[0][1]}); a model runs one window size "
                     f"at a time, and this request waited {WINDOW_WAIT_S:g}s for it. Retry later, or send the same "
-                    "num_ctx as the other clients")
+                    "num_ctx as the other clients"
+                )
             self._idle.wait(min(left, 1.0))
         for other in others:
             self._unload(other)
@@ -424,7 +458,12 @@ class LlamaCppEngine:
             return runner.chat_tokens(messages)
 
         return self._stream(
-            request.model, request.options, request.keep_alive, request.format, prompt, keep_ids=True,
+            request.model,
+            request.options,
+            request.keep_alive,
+            request.format,
+            prompt,
+            keep_ids=True,
             speculation=request.speculation,
         )
 
@@ -448,7 +487,10 @@ class LlamaCppEngine:
             if chat is not None:
                 client_text.refuse_control_text_in_tools(  # before toolcalls.py folds tools into text
                     lambda text, special: tokenize(runner.vocab, text, False, parse_special=special),
-                    chat.messages, chat.tools, control_initials(runner.vocab, L.llama_vocab_n_tokens(runner.vocab)))
+                    chat.messages,
+                    chat.tools,
+                    control_initials(runner.vocab, L.llama_vocab_n_tokens(runner.vocab)),
+                )
                 plan = toolcalls.plan(runner.template, chat.messages, chat.tools, chat.tool_choice, chat.forced_tool)
                 variables = thinking.template_variables(runner.template, chat.think)
                 messages, tools = (plan.messages, plan.template_tools) if plan else (chat.messages, chat.tools)
@@ -472,8 +514,14 @@ class LlamaCppEngine:
             sampler = Sampler(runner.vocab, options, grammar, lazy=plan.lazy(runner.vocab) if plan else None)
             assert runner.scheduler is not None, "a generation runner has a scheduler (embedding runners do not)"
             job = runner.scheduler.submit(
-                Job(tokens=tokens, sampler=sampler, max_tokens=min(limit, room), stops=StopMatcher(options.stop),
-                    reuse_cache=self.settings.prefix_cache, spec=spec)
+                Job(
+                    tokens=tokens,
+                    sampler=sampler,
+                    max_tokens=min(limit, room),
+                    stops=StopMatcher(options.stop),
+                    reuse_cache=self.settings.prefix_cache,
+                    spec=spec,
+                )
             )
             parser = plan.parser() if plan is not None else None
             shown: list[str] = []  # the answer's text, reasoning and calls taken out
@@ -492,7 +540,11 @@ class LlamaCppEngine:
                         text, calls = text + tail, calls + more
                 shown.append(text)
                 thought.append(reasoning)
-                return Chunk(content=text, thinking=reasoning, tool_calls=calls or None) if text or reasoning or calls else None
+                return (
+                    Chunk(content=text, thinking=reasoning, tool_calls=calls or None)
+                    if text or reasoning or calls
+                    else None
+                )
 
             plain = splitter is None and parser is None
             while True:
@@ -563,8 +615,9 @@ class LlamaCppEngine:
                     vectors.append(_embed_one(runner, tokens))
         finally:
             self.release(runner, None)
-        return Embeddings(model=model, vectors=vectors, prompt_tokens=n_tokens, load_ns=load_ns,
-                          total_ns=time.perf_counter_ns() - t0)
+        return Embeddings(
+            model=model, vectors=vectors, prompt_tokens=n_tokens, load_ns=load_ns, total_ns=time.perf_counter_ns() - t0
+        )
 
     def _vocab(self, path: str) -> Any:
         with self._lock:
@@ -602,8 +655,9 @@ class LlamaCppEngine:
         gguf_info = inspect_gguf(model)
         details = gguf_info.summary()
         details["template"] = gguf_info.chat_template or "(none: ChatML is used)"
-        return ModelInfo(name=model, engine=self.name, source="file", path=model,
-                         size_bytes=gguf_info.file_size, details=details)
+        return ModelInfo(
+            name=model, engine=self.name, source="file", path=model, size_bytes=gguf_info.file_size, details=details
+        )
 
     def list_models(self) -> list[ModelInfo]:
         return local_models(self.settings)
@@ -619,8 +673,7 @@ class LlamaCppEngine:
                     context_length=r.num_ctx,
                     expires_at=None if r.expires_at is None else now + (r.expires_at - now_mono),
                     path=r.path,
-                    details={"slots": r.n_slots, "threads": r.threads, "embedding": r.embedding,
-                             "active": r.users},
+                    details={"slots": r.n_slots, "threads": r.threads, "embedding": r.embedding, "active": r.users},
                 )
                 for r in self._runners.values()
             ]

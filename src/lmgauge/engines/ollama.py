@@ -52,7 +52,9 @@ class OllamaEngine:
         self.stream = stream
         self.timeout = settings.request_timeout
         self._server = f"Ollama at {self.host}"
-        self._client = ollama.Client(host=self.host, timeout=http_timeout(self.timeout, settings.resilience.connect_timeout))
+        self._client = ollama.Client(
+            host=self.host, timeout=http_timeout(self.timeout, settings.resilience.connect_timeout)
+        )
 
     # --- generation ----------------------------------------------------------------------------
     def chat(self, request: ChatRequest) -> Iterator[Chunk]:
@@ -135,9 +137,7 @@ class OllamaEngine:
         except Exception as exc:
             raise self._error(exc, model) from exc
         if len(resp.embeddings) != len(inputs):
-            raise EngineError(
-                f"{self._server} returned {len(resp.embeddings)} embeddings for {len(inputs)} inputs"
-            )
+            raise EngineError(f"{self._server} returned {len(resp.embeddings)} embeddings for {len(inputs)} inputs")
         emb = wire.embeddings_from_wire(resp.model_dump(exclude_none=True), model)
         emb.vectors = [normalized(v) for v in emb.vectors]
         return emb
@@ -150,8 +150,7 @@ class OllamaEngine:
 
     def detokenize(self, model: str, tokens: list[int]) -> str:
         raise EngineError(
-            f"{self._server} cannot detokenize: Ollama has no detokenize endpoint "
-            "(use the model's GGUF locally)"
+            f"{self._server} cannot detokenize: Ollama has no detokenize endpoint (use the model's GGUF locally)"
         )
 
     def info(self, model: str) -> ModelInfo:
@@ -188,8 +187,11 @@ class OllamaEngine:
                 details["modified_at"] = m.modified_at.isoformat()
             out.append(
                 ModelInfo(
-                    name=m.model or "", engine=self.name, source=self._server,
-                    size_bytes=int(m.size) if m.size is not None else None, details=details,
+                    name=m.model or "",
+                    engine=self.name,
+                    source=self._server,
+                    size_bytes=int(m.size) if m.size is not None else None,
+                    details=details,
                 )
             )
         return out
@@ -244,9 +246,7 @@ class OllamaEngine:
         if isinstance(exc, ollama.RequestError):
             return InvalidOptionError(f"invalid request for {self._server}: {exc.error}")
         if isinstance(exc, httpx.TransportError | ConnectionError):
-            return transport_error(
-                exc, self._server, self.timeout, received, hint=": is `ollama serve` running?"
-            )
+            return transport_error(exc, self._server, self.timeout, received, hint=": is `ollama serve` running?")
         if isinstance(exc, json.JSONDecodeError | ValidationError):
             return EngineError(f"{self._server} sent a response lmgauge cannot read: {exc}")
         return EngineError(f"request to {self._server} failed: {type(exc).__name__}: {exc}")

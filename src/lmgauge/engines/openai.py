@@ -41,9 +41,7 @@ class OpenAIEngine:
 
     name = "openai"
 
-    def __init__(
-        self, settings: Settings, base_url: str, api_key: str | None = None, *, stream: bool = True
-    ):
+    def __init__(self, settings: Settings, base_url: str, api_key: str | None = None, *, stream: bool = True):
         self.settings = settings
         self.base_url = _base_url(base_url)
         self.stream = stream
@@ -68,8 +66,11 @@ class OpenAIEngine:
             messages.append(Message("user", request.prompt))
             return self.chat(
                 ChatRequest(
-                    model=request.model, messages=messages, options=request.options,
-                    format=request.format, keep_alive=request.keep_alive,
+                    model=request.model,
+                    messages=messages,
+                    options=request.options,
+                    format=request.format,
+                    keep_alive=request.keep_alive,
                 )
             )
         return self._stream("completions", wire.completion_body(request, request.model, self.stream), request.model)
@@ -106,9 +107,7 @@ class OpenAIEngine:
         except LmgaugeError:
             raise
         except httpx.TransportError as exc:
-            raise transport_error(
-                exc, self._server, self.timeout, reader.received, hint=": is it running?"
-            ) from exc
+            raise transport_error(exc, self._server, self.timeout, reader.received, hint=": is it running?") from exc
         except httpx.HTTPError as exc:  # decoding and other client-side failures
             raise EngineError(f"request to {self._server} failed: {exc}") from exc
         yield Chunk(done=True, result=reader.result())
@@ -117,7 +116,11 @@ class OpenAIEngine:
         if status in (401, 403):
             return status_error(status, f"{message} (check the API key given for this server)", self._server)
         return status_error(
-            status, message, self._server, model=model, available=self._names,
+            status,
+            message,
+            self._server,
+            model=model,
+            available=self._names,
             model_hint=f" ({self._server}; see its /v1/models)",
         )
 
@@ -136,8 +139,7 @@ class OpenAIEngine:
     def tokenize(self, model: str, text: str) -> list[int]:
         """The server's own tokenizer, where it has one: llama-server and vLLM serve /tokenize
         beside /v1 (llama-server reads `content`, vLLM `prompt`; each ignores the other's)."""
-        body = {"model": model, "content": text, "prompt": text, "add_special": False,
-                "add_special_tokens": False}
+        body = {"model": model, "content": text, "prompt": text, "add_special": False, "add_special_tokens": False}
         data = self._request("POST", self._root_url("tokenize"), model, body, what="tokenize")
         tokens = data.get("tokens")
         if not isinstance(tokens, list):
@@ -146,7 +148,10 @@ class OpenAIEngine:
 
     def detokenize(self, model: str, tokens: list[int]) -> str:
         data = self._request(
-            "POST", self._root_url("detokenize"), model, {"model": model, "tokens": list(tokens)},
+            "POST",
+            self._root_url("detokenize"),
+            model,
+            {"model": model, "tokens": list(tokens)},
             what="detokenize",
         )
         text = data.get("content", data.get("prompt"))
@@ -178,8 +183,11 @@ class OpenAIEngine:
                 details["parameters"] = meta["n_params"]
             out.append(
                 ModelInfo(
-                    name=str(entry["id"]), engine=self.name, source=self._server,
-                    size_bytes=meta.get("size"), details=details,
+                    name=str(entry["id"]),
+                    engine=self.name,
+                    source=self._server,
+                    size_bytes=meta.get("size"),
+                    details=details,
                 )
             )
         return out
@@ -195,7 +203,11 @@ class OpenAIEngine:
 
     # --- plumbing ------------------------------------------------------------------------------
     def _request(
-        self, method: str, path: str, model: str | None, body: dict[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        model: str | None,
+        body: dict[str, Any] | None = None,
         what: str = "",
     ) -> dict[str, Any]:
         try:

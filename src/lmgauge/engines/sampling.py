@@ -62,6 +62,7 @@ class Sampler:
     def __init__(self, vocab: Any, options: Options, grammar: str | None, lazy: Any = None):
         """`lazy`: an object whose observe(token) returns a grammar sampler to apply from then on
         (toolcalls.LazyGrammar: the grammar of a tool call, once the model starts one)."""
+
         def opt(name: str) -> Any:
             value = getattr(options, name)
             return DEFAULTS[name] if value is None else value

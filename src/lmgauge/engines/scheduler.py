@@ -246,8 +246,9 @@ class Scheduler:
         """Is a worthwhile part of this prompt being evaluated right now by another job?"""
         limit = len(job.tokens) - 1
         cached = max((_common_prefix(s.cache, job.tokens) for s in self.slots), default=0)
-        coming = max((min(_common_prefix(j.tokens, job.tokens), limit)
-                      for j in self._running() if j.pending), default=0)
+        coming = max(
+            (min(_common_prefix(j.tokens, job.tokens), limit) for j in self._running() if j.pending), default=0
+        )
         return coming - cached >= MIN_SHARED_PREFIX
 
     def _pick_slot(self, job: Job, idle: list[Slot]) -> tuple[Slot, int, Slot | None]:
@@ -294,8 +295,9 @@ class Scheduler:
             tokens = [self.n_batch - len(decoding) - (16 if prefilling else 0)]
 
             def budget(job: Job, k: int) -> int:
-                room = min(k, rows[0], tokens[0], self.n_ctx_seq - job.n_past - 2,
-                           job.max_tokens - job.stats.output_tokens - 1)
+                room = min(
+                    k, rows[0], tokens[0], self.n_ctx_seq - job.n_past - 2, job.max_tokens - job.stats.output_tokens - 1
+                )
                 room = max(room, 0)
                 rows[0] -= room
                 tokens[0] -= room
@@ -437,4 +439,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-

@@ -147,8 +147,11 @@ class Payoff:
     def speculative(self, tokens: int, ns: int) -> None:
         self.spec_rate = self._avg(self.spec_rate, tokens / max(ns, 1))
         self.spec_steps += 1
-        if (self.spec_steps >= self.MIN_SPEC_STEPS and self.plain_rate is not None
-                and self.spec_rate < self.MARGIN * self.plain_rate):
+        if (
+            self.spec_steps >= self.MIN_SPEC_STEPS
+            and self.plain_rate is not None
+            and self.spec_rate < self.MARGIN * self.plain_rate
+        ):
             self.paused = self.PAUSE_STEPS
             self.pauses += 1
             self.spec_steps = 0
@@ -216,14 +219,17 @@ def check_vocab_tokens(target_vocab: Any, draft_vocab: Any, target_path: str, dr
     same special tokens), as llama.cpp's common_speculative_are_compatible does."""
 
     def fail(what: str) -> None:
-        raise InvalidOptionError(f"{draft_path} cannot draft for {target_path}: {what}; "
-                                 "use a draft model of the same family")
+        raise InvalidOptionError(
+            f"{draft_path} cannot draft for {target_path}: {what}; use a draft model of the same family"
+        )
 
     if L.llama_vocab_type(target_vocab) != L.llama_vocab_type(draft_vocab):
         fail("their tokenizer types differ")
-    if (L.llama_vocab_get_add_bos(target_vocab) != L.llama_vocab_get_add_bos(draft_vocab)
-            or L.llama_vocab_bos(target_vocab) != L.llama_vocab_bos(draft_vocab)
-            or L.llama_vocab_eos(target_vocab) != L.llama_vocab_eos(draft_vocab)):
+    if (
+        L.llama_vocab_get_add_bos(target_vocab) != L.llama_vocab_get_add_bos(draft_vocab)
+        or L.llama_vocab_bos(target_vocab) != L.llama_vocab_bos(draft_vocab)
+        or L.llama_vocab_eos(target_vocab) != L.llama_vocab_eos(draft_vocab)
+    ):
         fail("their BOS/EOS tokens differ")
     n = min(L.llama_vocab_n_tokens(target_vocab), L.llama_vocab_n_tokens(draft_vocab))
     for tok in range(VOCAB_CHECK_START, n):
@@ -240,8 +246,17 @@ class Drafter:
     last accepted tokens afterwards). Runs on the compute thread (the scheduler's step).
     """
 
-    def __init__(self, path: str, info: GGUFInfo, n_slots: int, num_ctx: int, threads: int, n_batch: int,
-                 kv_type: Any, flash_attn: int):
+    def __init__(
+        self,
+        path: str,
+        info: GGUFInfo,
+        n_slots: int,
+        num_ctx: int,
+        threads: int,
+        n_batch: int,
+        kv_type: Any,
+        flash_attn: int,
+    ):
         self.path = path
         self.info = info
         self.estimate: MemoryEstimate | None = None  # set by whoever checked it fits
@@ -290,12 +305,16 @@ class Drafter:
         # Draft: one decode per position for every stream still drafting.
         while active:
             batch_feeds = [(i, [drafts[i][-1]]) for i in active]
-            active = [i for i, row in self._decode_feeds(batch_feeds, wants)
-                      if self._take(i, row, wants, drafts, n_target_vocab)]
+            active = [
+                i
+                for i, row in self._decode_feeds(batch_feeds, wants)
+                if self._take(i, row, wants, drafts, n_target_vocab)
+            ]
         return drafts
 
-    def _take(self, i: int, row: int, wants: list[tuple[int, list[int], int]], drafts: list[list[int]],
-              n_target_vocab: int) -> bool:
+    def _take(
+        self, i: int, row: int, wants: list[tuple[int, list[int], int]], drafts: list[list[int]], n_target_vocab: int
+    ) -> bool:
         """Append the draft model's greedy token from batch row `row` to stream i's draft if it is
         confident enough; True if stream i should draft another token."""
         logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
@@ -307,8 +326,9 @@ class Drafter:
         drafts[i].append(tok)
         return len(drafts[i]) < wants[i][2]
 
-    def _decode_feeds(self, feeds: list[tuple[int, list[int]]], wants: list[tuple[int, list[int], int]]
-                      ) -> list[tuple[int, int]]:
+    def _decode_feeds(
+        self, feeds: list[tuple[int, list[int]]], wants: list[tuple[int, list[int], int]]
+    ) -> list[tuple[int, int]]:
         """Decode each stream's tokens: all but the last in chunks of the batch size (a prompt on
         the first step), then every stream's last token together in one decode with logits.
         Returns (stream, batch row of its logits)."""
@@ -356,8 +376,9 @@ class Drafter:
         L.llama_model_free(self.model)
 
 
-def load_drafter(path: str, info: GGUFInfo, target_info: GGUFInfo, target_vocab: Any, target_path: str,
-                 **kwargs: Any) -> Drafter:
+def load_drafter(
+    path: str, info: GGUFInfo, target_info: GGUFInfo, target_vocab: Any, target_path: str, **kwargs: Any
+) -> Drafter:
     """A Drafter for the target, after checking the vocabularies (headers first, then tokens)."""
     check_vocab_metadata(target_info, info)
     drafter = Drafter(path, info, **kwargs)
@@ -391,12 +412,17 @@ class SpecState:
     done: DoneReason | None = None  # the request ended during verification: its done reason
 
     @classmethod
-    def create(cls, config: Speculation, prompt: list[int], drafter: Drafter | None,
-               n_target_vocab: int) -> SpecState:
+    def create(cls, config: Speculation, prompt: list[int], drafter: Drafter | None, n_target_vocab: int) -> SpecState:
         mode = "draft" if drafter is not None else "lookup"
         lookup = NgramLookup(prompt) if drafter is None else NgramLookup(prompt, n_min=HYBRID_NGRAM_MIN)
-        return cls(config=config, stats=SpecStats(mode=mode), length=DraftLength(config.draft_max),
-                   lookup=lookup, drafter=drafter, n_target_vocab=n_target_vocab)
+        return cls(
+            config=config,
+            stats=SpecStats(mode=mode),
+            length=DraftLength(config.draft_max),
+            lookup=lookup,
+            drafter=drafter,
+            n_target_vocab=n_target_vocab,
+        )
 
 
 def propose(jobs: list[Job], budget: Callable[[Job, int], int]) -> None:
@@ -496,4 +522,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-

@@ -33,8 +33,9 @@ def template_variables(template: ChatTemplate, think: Think) -> dict[str, Any]:
     if not thinks:
         if think is False:
             return {}  # not thinking is what this model does anyway
-        raise InvalidOptionError("this model does not support thinking (think); its chat template has no "
-                                 "<think> section")
+        raise InvalidOptionError(
+            "this model does not support thinking (think); its chat template has no <think> section"
+        )
     out: dict[str, Any] = {"enable_thinking": think is not False}
     if isinstance(think, str):
         out["reasoning_effort"] = think
@@ -77,20 +78,21 @@ class ThinkingSplitter:
                 if not probe or (OPEN.startswith(probe) and len(probe) < len(OPEN)):
                     return thinking, ""
                 if probe.startswith(OPEN):
-                    self._buf = probe[len(OPEN):]
+                    self._buf = probe[len(OPEN) :]
                     self._state = "lead"
                 else:
                     self._state = "answer"
                 continue
             at = self._buf.find(CLOSE)
             if at < 0:
-                keep = next((n for n in range(min(len(CLOSE) - 1, len(self._buf)), 0, -1)
-                             if self._buf.endswith(CLOSE[:n])), 0)
+                keep = next(
+                    (n for n in range(min(len(CLOSE) - 1, len(self._buf)), 0, -1) if self._buf.endswith(CLOSE[:n])), 0
+                )
                 thinking += self._buf[: len(self._buf) - keep]
-                self._buf = self._buf[len(self._buf) - keep:]
+                self._buf = self._buf[len(self._buf) - keep :]
                 return thinking, ""
             thinking += self._buf[:at]
-            self._buf = self._buf[at + len(CLOSE):]
+            self._buf = self._buf[at + len(CLOSE) :]
             self._state = "gap"
 
     def finish(self) -> tuple[str, str]:

@@ -103,8 +103,12 @@ def prepare_messages(messages: list[Message], tools: list[dict[str, Any]], synta
         out.append(Message("system", instructions))
     for m in messages:
         if m.role == "assistant" and m.tool_calls:
-            calls = "\n".join(json.dumps({"name": c["function"]["name"], "arguments": c["function"].get("arguments", {})},
-                                         ensure_ascii=False) for c in m.tool_calls)
+            calls = "\n".join(
+                json.dumps(
+                    {"name": c["function"]["name"], "arguments": c["function"].get("arguments", {})}, ensure_ascii=False
+                )
+                for c in m.tool_calls
+            )
             out.append(Message("assistant", (m.content + "\n" + calls).strip()))
         else:
             out.append(m)
@@ -112,6 +116,7 @@ def prepare_messages(messages: list[Message], tools: list[dict[str, Any]], synta
 
 
 # --- the grammar ---------------------------------------------------------------------------------
+
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
     fn = tool.get("function", tool)
@@ -128,15 +133,19 @@ def call_schema(tools: list[dict[str, Any]], args_key: str, only: str | None = N
         params = fn.get("parameters") or {"type": "object"}
         if not isinstance(params, dict):
             raise InvalidOptionError(f"tool {fn.get('name')!r}: parameters must be a JSON schema object")
-        options.append({"type": "object", "properties": {"name": {"const": fn.get("name")}, args_key: params},
-                        "required": ["name", args_key]})
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": fn.get("name")}, args_key: params},
+                "required": ["name", args_key],
+            }
+        )
     if not options:
         raise InvalidOptionError(f"tool_choice names {only!r}, which is not among the tools")
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def call_grammar(tools: list[dict[str, Any]], syntax: ToolSyntax, only: str | None = None,
-                 lazy: bool = False) -> str:
+def call_grammar(tools: list[dict[str, Any]], syntax: ToolSyntax, only: str | None = None, lazy: bool = False) -> str:
     """GBNF for one or more calls in the syntax. A lazy grammar also accepts the whitespace that
     may precede the opening text inside the token that carries it."""
     body = grammar_for(call_schema(tools, syntax.args_key, only))
@@ -156,8 +165,7 @@ def call_grammar(tools: list[dict[str, Any]], syntax: ToolSyntax, only: str | No
         # Woken by the syntax's opening text, or by an answer that opens with a call as bare JSON
         # or in a ```json block (LazyGrammar._start): the grammar accepts whichever woke it.
         fenced = f'"{_gbnf_escape(FENCE)}" ws {bare} ws "```"'
-        root = f"root ::= lead ({calls} | {fenced} | {bare})" if calls != bare else \
-            f"root ::= lead ({bare} | {fenced})"
+        root = f"root ::= lead ({calls} | {fenced} | {bare})" if calls != bare else f"root ::= lead ({bare} | {fenced})"
     else:
         root = f"root ::= {calls}"
     return f"{root}\nws ::= [ \\t\\n]{{0,4}}\nlead ::= [ \\t\\n]{{0,8}}\n{body}"
@@ -244,8 +252,9 @@ class LazyGrammar:
             return None
         for token in self._tokens[first:]:
             self._one["id"], self._one["logit"], self._one["p"] = token, 1.0, 0.0
-            arr = L.llama_token_data_array(data=self._one.ctypes.data_as(L.llama_token_data_p), size=1,
-                                           selected=-1, sorted=False)
+            arr = L.llama_token_data_array(
+                data=self._one.ctypes.data_as(L.llama_token_data_p), size=1, selected=-1, sorted=False
+            )
             L.llama_sampler_apply(grammar, ctypes.byref(arr))
             if not np.isfinite(self._one["logit"][0]):
                 L.llama_sampler_free(grammar)
@@ -258,6 +267,7 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 
 # --- parsing the streamed text ---------------------------------------------------------------------
+
 
 @dataclass
 class ToolCallParser:
@@ -303,7 +313,7 @@ class ToolCallParser:
                 if at < 0:
                     keep = _partial_suffix(self._buf, self.syntax.start)
                     out += self._buf[: len(self._buf) - keep]
-                    self._buf = self._buf[len(self._buf) - keep:]
+                    self._buf = self._buf[len(self._buf) - keep :]
                     return out, calls
                 out += self._buf[:at]
                 self._buf = self._buf[at:]
@@ -316,7 +326,7 @@ class ToolCallParser:
             if end < 0:
                 return out, calls
             block = self._buf[: end + len(self.syntax.end)]
-            self._buf = self._buf[end + len(self.syntax.end):]
+            self._buf = self._buf[end + len(self.syntax.end) :]
             parsed = self._parse(block)
             if parsed is None:
                 out += block
@@ -336,12 +346,12 @@ class ToolCallParser:
     def _parse(self, block: str) -> list[dict[str, Any]] | None:
         text = block.strip()
         if self.syntax.start and text.startswith(self.syntax.start):
-            text = text[len(self.syntax.start):]
+            text = text[len(self.syntax.start) :]
         if self.syntax.end and text.endswith(self.syntax.end):
             text = text[: -len(self.syntax.end)]
         text = text.strip().removeprefix("<|python_tag|>").strip()
         if text.startswith(FENCE) and text.endswith("```"):
-            text = text[len(FENCE):-3].strip()
+            text = text[len(FENCE) : -3].strip()
         objects = _json_objects(text)
         if objects is None:
             return None
@@ -398,6 +408,7 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 # --- one request's plan ----------------------------------------------------------------------------
 
+
 @dataclass
 class ToolPlan:
     """What tool calling means for one request on one model."""
@@ -419,8 +430,9 @@ class ToolPlan:
         return None if self.required else LazyGrammar(vocab, self.grammar, self.syntax)
 
 
-def template_inputs(template: ChatTemplate, messages: list[Message], tools: list[dict[str, Any]] | None,
-                    tool_choice: str = "auto") -> tuple[list[Message], list[dict[str, Any]] | None]:
+def template_inputs(
+    template: ChatTemplate, messages: list[Message], tools: list[dict[str, Any]] | None, tool_choice: str = "auto"
+) -> tuple[list[Message], list[dict[str, Any]] | None]:
     """The messages and tools to render for a request (what the prompt really holds)."""
     if not tools or tool_choice == "none":
         return messages, None
@@ -428,12 +440,22 @@ def template_inputs(template: ChatTemplate, messages: list[Message], tools: list
     return prepare_messages(messages, tools, syntax), (tools if syntax.renders_tools else None)
 
 
-def plan(template: ChatTemplate, messages: list[Message], tools: list[dict[str, Any]] | None,
-         tool_choice: str = "auto", forced: str | None = None) -> ToolPlan | None:
+def plan(
+    template: ChatTemplate,
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str = "auto",
+    forced: str | None = None,
+) -> ToolPlan | None:
     if not tools or tool_choice == "none":
         return None
     syntax = syntax_for(template)
     required = tool_choice == "required" or forced is not None
     grammar = call_grammar(tools, syntax, only=forced, lazy=not required)
-    return ToolPlan(syntax=syntax, tools=tools, messages=prepare_messages(messages, tools, syntax),
-                    grammar=grammar, required=required)
+    return ToolPlan(
+        syntax=syntax,
+        tools=tools,
+        messages=prepare_messages(messages, tools, syntax),
+        grammar=grammar,
+        required=required,
+    )

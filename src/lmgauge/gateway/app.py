@@ -51,8 +51,14 @@ def wire(settings: Settings, client: Client | None = None, own_url: str | None =
     the `auto` router (routing/), the response cache (cache/, None unless `[gateway] cache`),
     and the guard's compaction (context/)."""
     client = client or Client(settings)
-    return Gateway(settings, client, own_url, router=gateway_router(settings, client),
-                   cache=gateway_cache(settings, client), compactor=compact_to_budget)
+    return Gateway(
+        settings,
+        client,
+        own_url,
+        router=gateway_router(settings, client),
+        cache=gateway_cache(settings, client),
+        compactor=compact_to_budget,
+    )
 
 
 def create_app(settings: Settings, client: Client | None = None, own_url: str | None = None) -> Starlette:
@@ -84,7 +90,8 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
         """404 / 405 in the caller's API's error shape."""
         assert isinstance(exc, StarletteHTTPException)
         message = f"{request.method} {request.url.path}: " + (
-            "not found" if exc.status_code == 404 else exc.detail or "error")
+            "not found" if exc.status_code == 404 else exc.detail or "error"
+        )
         error = NoSuchRouteError(message, exc.status_code)
         return openai_error(error) if request.url.path.startswith("/v1/") else ollama_error(error)
 
@@ -92,23 +99,35 @@ def create_app(settings: Settings, client: Client | None = None, own_url: str | 
         log.exception("unexpected error on %s", request.url.path)
         return ollama_error(exc)
 
-    routes = [*ollama_routes, *openai_routes,
-              Route("/metrics", metrics, methods=["GET"]),
-              Route("/api/lmgauge/stats", stats, methods=["GET"]),
-              Route("/dashboard", dashboard, methods=["GET"])]
+    routes = [
+        *ollama_routes,
+        *openai_routes,
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/lmgauge/stats", stats, methods=["GET"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
+    ]
     # Outermost first: Host/Origin/content type (security.py) before the key, both before routing.
     middleware = [Middleware(EdgeGuard, policy=Policy(settings))]
     if settings.gateway.api_key:
         middleware.append(Middleware(ApiKey, key=settings.gateway.api_key))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={StarletteHTTPException: http_error, Exception: unexpected})
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={StarletteHTTPException: http_error, Exception: unexpected},
+    )
     app.state.gateway = gateway
     app.state.limits = Limits(settings.gateway)  # read by http.read_json before any conversion
     return app
 
 
-def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
-          bind: BindAddress | None = None, on_ready: Any = None) -> None:
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    settings: Settings | None = None,
+    bind: BindAddress | None = None,
+    on_ready: Any = None,
+) -> None:
     """Run the gateway until SIGINT/SIGTERM; in-flight requests finish first, for up to
     shutdown_grace seconds, after which each gets a final error (shutdown.py)."""
     import uvicorn
@@ -118,8 +137,15 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     check_bind(bind.host, settings)  # beyond loopback: an API key, or --allow-insecure (warned)
     app = create_app(settings, own_url=bind.url)
     config = uvicorn.Config(
-        app, host=bind.host, port=bind.port, loop=_best("uvloop", "asyncio"), http=http_protocol(settings.gateway),
-        lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
+        app,
+        host=bind.host,
+        port=bind.port,
+        loop=_best("uvloop", "asyncio"),
+        http=http_protocol(settings.gateway),
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
         # uvicorn's hint says int; it waits with asyncio, where a float is what it means
         timeout_graceful_shutdown=settings.gateway.shutdown_grace + MARGIN_S,  # type: ignore[arg-type]
         server_header=False,
@@ -141,7 +167,8 @@ def _listen(bind: BindAddress) -> socket.socket:
         sock.close()
         raise EngineUnavailableError(
             f"cannot listen on {bind.host}:{bind.port}: {exc.strerror or exc} (is Ollama or another gateway "
-            "running there? choose another with --port or OLLAMA_HOST)") from None
+            "running there? choose another with --port or OLLAMA_HOST)"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -57,6 +57,7 @@ class Trace:
 
 # --- library engines ------------------------------------------------------------------------------
 
+
 class EngineBackend:
     """A model served by an lmgauge engine (embedded llama.cpp unless the name says otherwise)."""
 
@@ -144,7 +145,9 @@ async def _threaded(make: Any) -> AsyncGenerator[Chunk, None]:
                 if chunk.done:
                     return
             if not stop.is_set():
-                loop.call_soon_threadsafe(items.put_nowait, ("error", EngineError("the engine ended a stream without a result")))
+                loop.call_soon_threadsafe(
+                    items.put_nowait, ("error", EngineError("the engine ended a stream without a result"))
+                )
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             if not stop.is_set():
                 loop.call_soon_threadsafe(items.put_nowait, ("error", exc))
@@ -168,6 +171,7 @@ async def _threaded(make: Any) -> AsyncGenerator[Chunk, None]:
 
 # --- upstream nodes -------------------------------------------------------------------------------
 
+
 @dataclass
 class Node:
     url: str
@@ -189,8 +193,14 @@ class Node:
 class UpstreamPool:
     kind = "upstream"
 
-    def __init__(self, spec: UpstreamSettings, session: aiohttp.ClientSession, connect_timeout: float = 5.0,
-                 first_token_timeout: float | None = None, cooldown: float = 5.0):
+    def __init__(
+        self,
+        spec: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        connect_timeout: float = 5.0,
+        first_token_timeout: float | None = None,
+        cooldown: float = 5.0,
+    ):
         self.spec = spec
         self.name = spec.model
         self.target = spec.target or spec.model
@@ -227,14 +237,15 @@ class UpstreamPool:
         """Healthy nodes by fewest outstanding requests (ties rotate), then the unhealthy ones as
         a last resort: a health check may be stale, and trying beats refusing."""
         self._rr = (self._rr + 1) % len(self.nodes)
-        order = self.nodes[self._rr:] + self.nodes[: self._rr]
+        order = self.nodes[self._rr :] + self.nodes[: self._rr]
         healthy = sorted((n for n in order if n.healthy), key=lambda n: n.outstanding)
         return healthy + [n for n in order if not n.healthy]
 
     def _down(self, node: Node, why: str) -> None:
         if node.health.failed(why):
-            log.warning("upstream %s for %s marked down for at least %gs: %s", node.url, self.name,
-                        node.health.cooldown_s, why)
+            log.warning(
+                "upstream %s for %s marked down for at least %gs: %s", node.url, self.name, node.health.cooldown_s, why
+            )
 
     def _up(self, node: Node, how: str) -> None:
         if node.health.succeeded():
@@ -295,19 +306,22 @@ class UpstreamPool:
             errors.append(f"{node.url}: {failure}")
             failed.append(node.url)
         if errors and timeouts == len(errors):
-            raise RequestTimeoutError(f"{self.name}: no node sent the first token in time (gateway."
-                                      f"first_token_timeout): " + "; ".join(errors))
+            raise RequestTimeoutError(
+                f"{self.name}: no node sent the first token in time (gateway.first_token_timeout): " + "; ".join(errors)
+            )
         if not errors:
-            raise RequestTimeoutError(f"{self.name}: the request's deadline passed before a node could be tried "
-                                      "(gateway.request_timeout)")
+            raise RequestTimeoutError(
+                f"{self.name}: the request's deadline passed before a node could be tried (gateway.request_timeout)"
+            )
         raise EngineUnavailableError(f"every upstream for {self.name} failed: " + "; ".join(errors))
 
     async def _post(self, node: Node, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         headers = {"Content-Type": "application/json"}
         if self.spec.api_key is not None:
             headers["Authorization"] = f"Bearer {self.spec.api_key.get_secret_value()}"
-        response = await self.session.post(node.url + path, data=orjson.dumps(body), timeout=self._timeout,
-                                           headers=headers)
+        response = await self.session.post(
+            node.url + path, data=orjson.dumps(body), timeout=self._timeout, headers=headers
+        )
         if response.status != 200:
             text = (await response.read()).decode("utf-8", "replace")
             response.release()
@@ -449,8 +463,11 @@ class UpstreamPool:
         async def check(node: Node) -> None:
             if node.healthy:
                 path = "/api/version" if node.kind == "ollama" else "/models"
-                headers = ({"Authorization": f"Bearer {self.spec.api_key.get_secret_value()}"}
-                           if self.spec.api_key is not None else None)
+                headers = (
+                    {"Authorization": f"Bearer {self.spec.api_key.get_secret_value()}"}
+                    if self.spec.api_key is not None
+                    else None
+                )
                 try:
                     async with self.session.get(node.url + path, timeout=liveness, headers=headers) as response:
                         await response.read()
@@ -481,10 +498,20 @@ class UpstreamPool:
         await asyncio.gather(*(check(n) for n in self.nodes))
 
     def status(self) -> list[dict[str, Any]]:
-        return [{"model": self.name, "url": n.url, "kind": n.kind, "healthy": n.healthy,
-                 "outstanding": n.outstanding, "last_error": n.last_error, "times_down": n.health.times_down,
-                 "cooling_for_s": round(n.health.cooling_for(), 3), "changed_at": n.health.last_change}
-                for n in self.nodes]
+        return [
+            {
+                "model": self.name,
+                "url": n.url,
+                "kind": n.kind,
+                "healthy": n.healthy,
+                "outstanding": n.outstanding,
+                "last_error": n.last_error,
+                "times_down": n.health.times_down,
+                "cooling_for_s": round(n.health.cooling_for(), 3),
+                "changed_at": n.health.last_change,
+            }
+            for n in self.nodes
+        ]
 
     async def close(self) -> None:
         pass
@@ -495,8 +522,13 @@ def _as_chat(request: Request) -> ChatRequest:
     if isinstance(request, ChatRequest):
         return request
     system = [Message("system", request.system)] if request.system else []
-    return ChatRequest(model=request.model, messages=system + [Message("user", request.prompt)],
-                       options=request.options, format=request.format, keep_alive=request.keep_alive)
+    return ChatRequest(
+        model=request.model,
+        messages=system + [Message("user", request.prompt)],
+        options=request.options,
+        format=request.format,
+        keep_alive=request.keep_alive,
+    )
 
 
 async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -508,7 +540,7 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             end = buffer.find(b"\n")
             if end < 0:
                 break
-            line, buffer = buffer[:end].strip(), buffer[end + 1:]
+            line, buffer = buffer[:end].strip(), buffer[end + 1 :]
             if line:
                 yield line
     if buffer.strip():

@@ -123,8 +123,12 @@ class Route:
 
     def log_entry(self) -> dict[str, Any]:
         """For the request log's `extra.route`: this row's tier and the escalations so far."""
-        return {"tier": self.tier.name, "model": self.tier.model, "reason": self.reason,
-                "attempts": [dict(a) for a in self.attempts]}
+        return {
+            "tier": self.tier.name,
+            "model": self.tier.model,
+            "reason": self.reason,
+            "attempts": [dict(a) for a in self.attempts],
+        }
 
 
 class _Escalate(Exception):
@@ -174,9 +178,16 @@ class Gateway:
     guard's compaction) come in as arguments, each None when not configured; app.py builds them
     at start-up (`wire`)."""
 
-    def __init__(self, settings: Settings, client: Client | None = None, own_url: str | None = None, *,
-                 router: Router | None = None, cache: ResponseCache | None = None,
-                 compactor: guard.Compactor | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client | None = None,
+        own_url: str | None = None,
+        *,
+        router: Router | None = None,
+        cache: ResponseCache | None = None,
+        compactor: guard.Compactor | None = None,
+    ):
         self.settings = settings
         self.own_url = own_url  # where this gateway listens: never a backend of itself
         self.client = client or Client(settings)
@@ -207,8 +218,12 @@ class Gateway:
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         gw = self.settings.gateway
         for spec in gw.upstreams:
-            pool = UpstreamPool(spec, self._session, first_token_timeout=gw.first_token_timeout,
-                                cooldown=self.settings.resilience.breaker_reset)
+            pool = UpstreamPool(
+                spec,
+                self._session,
+                first_token_timeout=gw.first_token_timeout,
+                cooldown=self.settings.resilience.breaker_reset,
+            )
             if spec.tokenizer:
                 pool.attach_tokenizer(self._engine_backend(spec.tokenizer))
             self.upstreams[spec.model] = pool
@@ -235,18 +250,30 @@ class Gateway:
     async def _gauge_loop(self) -> None:
         while True:
             state = self.gauges()["models"]
-            self.monitor.record_gauges({m: g["queued"] for m, g in state.items()},
-                                       {m: g["in_flight"] for m, g in state.items()})
+            self.monitor.record_gauges(
+                {m: g["queued"] for m, g in state.items()}, {m: g["in_flight"] for m, g in state.items()}
+            )
             await asyncio.sleep(1.0)
 
     def gauges(self) -> dict[str, Any]:
         return {
-            "models": {name: {"queued": a.queued, "in_flight": a.active, "limit": a.limit}
-                       for name, a in self._admission.items()},
-            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()] + [
-                {"model": b.ref.name, "url": b.ref.url, "kind": b.ref.engine, "healthy": False, "outstanding": 0,
-                 "last_error": self._remote_errors[b.identity]}
-                for b in list(self._engines.values()) if b.identity in self._remote_errors],
+            "models": {
+                name: {"queued": a.queued, "in_flight": a.active, "limit": a.limit}
+                for name, a in self._admission.items()
+            },
+            "upstreams": [node for pool in self.upstreams.values() for node in pool.status()]
+            + [
+                {
+                    "model": b.ref.name,
+                    "url": b.ref.url,
+                    "kind": b.ref.engine,
+                    "healthy": False,
+                    "outstanding": 0,
+                    "last_error": self._remote_errors[b.identity],
+                }
+                for b in list(self._engines.values())
+                if b.identity in self._remote_errors
+            ],
         }
 
     # --- model resolution ------------------------------------------------------------------------
@@ -255,7 +282,8 @@ class Gateway:
         if ref.engine != "llamacpp" and self.own_url and ref.url and ref.url.rstrip("/").startswith(self.own_url):
             raise EngineUnavailableError(
                 f"{name} would be served by {ref.url}, which is this gateway itself; set ollama_host in the "
-                "config file or LMGAUGE_OLLAMA_HOST to the real Ollama server")
+                "config file or LMGAUGE_OLLAMA_HOST to the real Ollama server"
+            )
         key = (ref.engine, ref.target, ref.url)
         if key not in self._engines:
             self._engines[key] = EngineBackend(self.client, ref)
@@ -323,8 +351,9 @@ class Gateway:
         attempt, backend, verdict, admission = await self._enter(api, request, route, arrived)
         # An id, not a secret: random's generator costs no system call, unlike uuid4.
         request_id = ("chatcmpl-" if isinstance(request, ChatRequest) else "cmpl-") + f"{random.getrandbits(96):024x}"
-        return Prepared(api, request.model, attempt, stream, backend, admission, verdict, arrived, request_id,
-                        route=route)
+        return Prepared(
+            api, request.model, attempt, stream, backend, admission, verdict, arrived, request_id, route=route
+        )
 
     async def _route(self, request: Request) -> Route:
         if self.router is None:
@@ -333,8 +362,9 @@ class Gateway:
         tiers, reason = await asyncio.to_thread(self.router.plan, request)
         return Route(request, list(tiers), reason)
 
-    async def _enter(self, api: str, request: Request, route: Route | None,
-                     arrived: int) -> tuple[Request, Backend, guard.Verdict, Admission]:
+    async def _enter(
+        self, api: str, request: Request, route: Route | None, arrived: int
+    ) -> tuple[Request, Backend, guard.Verdict, Admission]:
         """Resolve, guard and admit a request on its backend. For `auto`, on the current tier,
         moving up while a tier fails in a way a larger one may not (a prompt over its window, its
         engine down). Returns the request as it will run (the guard may have compacted it)."""
@@ -351,8 +381,10 @@ class Gateway:
                     verdict = guard.check(backend, attempt, window, policy, self.compactor)  # nothing to count
                 else:  # tokenizing a long prompt takes a while: off the event loop, inside the deadline
                     verdict = await self._within_deadline(
-                        arrived, "counting the prompt's tokens",
-                        asyncio.to_thread(guard.check, backend, attempt, window, policy, self.compactor))
+                        arrived,
+                        "counting the prompt's tokens",
+                        asyncio.to_thread(guard.check, backend, attempt, window, policy, self.compactor),
+                    )
                 admission = self._admission_for(backend)
                 self._asked(name, backend)
                 await self._admit(admission)
@@ -373,8 +405,13 @@ class Gateway:
 
     def _escalates(self, route: Route, error: BaseException) -> bool:
         """A larger tier is left and may answer after this error (a shutdown is not such an error)."""
-        return (not route.last and self.router is not None and self.router.escalates(error)
-                and not isinstance(error, ShuttingDownError) and not self.cutoff.cutting)
+        return (
+            not route.last
+            and self.router is not None
+            and self.router.escalates(error)
+            and not isinstance(error, ShuttingDownError)
+            and not self.cutoff.cutting
+        )
 
     def _left_behind(self, route: Route, status: str, why: str) -> None:
         """Note that the current tier's attempt is left behind: in the route and the metrics."""
@@ -387,8 +424,7 @@ class Gateway:
         """After an attempt was left behind (recorded, its slot released): the next tier, admitted."""
         assert p.route is not None
         p.route.tiers.pop(0)
-        p.request, p.backend, p.verdict, p.admission = await self._enter(p.api, p.route.request, p.route,
-                                                                         p.arrived_ns)
+        p.request, p.backend, p.verdict, p.admission = await self._enter(p.api, p.route.request, p.route, p.arrived_ns)
         p.trace, p.released = Trace(), False
 
     async def _within_deadline(self, arrived_ns: int, what: str, work: Any) -> Any:
@@ -400,8 +436,9 @@ class Gateway:
             async with asyncio.timeout(max(left, 0.0)):
                 return await work
         except TimeoutError:
-            raise RequestTimeoutError(f"{what} took longer than the request timeout of {timeout:g}s "
-                                      "(gateway.request_timeout)") from None
+            raise RequestTimeoutError(
+                f"{what} took longer than the request timeout of {timeout:g}s (gateway.request_timeout)"
+            ) from None
 
     async def _admit(self, admission: Admission) -> None:
         """Take a slot; a shutdown whose grace runs out ends the wait in the queue too."""
@@ -417,10 +454,15 @@ class Gateway:
         except TimeoutError as exc:
             if isinstance(exc, LmgaugeError):
                 raise  # the queue's own timeout
-            log.warning("shutdown: refused a request for %s still waiting in the queue (gateway.shutdown_grace "
-                        "%gs ran out)", admission.name, self.settings.gateway.shutdown_grace)
-            raise ShuttingDownError(f"{admission.name}: the gateway is shutting down and its grace period ran out "
-                                    "while this request waited in the queue") from None
+            log.warning(
+                "shutdown: refused a request for %s still waiting in the queue (gateway.shutdown_grace %gs ran out)",
+                admission.name,
+                self.settings.gateway.shutdown_grace,
+            )
+            raise ShuttingDownError(
+                f"{admission.name}: the gateway is shutting down and its grace period ran out "
+                "while this request waited in the queue"
+            ) from None
         finally:
             self.cutoff.timers.discard(waiting)
 
@@ -485,7 +527,9 @@ class Gateway:
         delivered = 0  # content chunks handed on: what an answer cut short did output
         cache_hit = False
         try:
-            cached = await _maybe_await(self.cache.get(p.backend.identity, p.request)) if self.cache is not None else None
+            cached = (
+                await _maybe_await(self.cache.get(p.backend.identity, p.request)) if self.cache is not None else None
+            )
             if cached is not None:
                 cache_hit = True
                 chunks: AsyncGenerator[Chunk, None] = _replay(cached)
@@ -503,18 +547,29 @@ class Gateway:
                         if isinstance(exc, LmgaugeError):
                             raise  # the backend's own timeout (a pool's nodes), already worded
                         if self.cutoff.cutting:
-                            log.warning("shutdown: cut the %s request %s for %s after %d chunks sent (gateway."
-                                        "shutdown_grace %gs ran out)", p.api, p.request_id, p.model, delivered,
-                                        gw.shutdown_grace)
-                            raise ShuttingDownError(f"{p.model}: the gateway is shutting down and its grace period "
-                                                    f"({gw.shutdown_grace:g}s) ran out before this answer was "
-                                                    "complete") from None
+                            log.warning(
+                                "shutdown: cut the %s request %s for %s after %d chunks sent (gateway."
+                                "shutdown_grace %gs ran out)",
+                                p.api,
+                                p.request_id,
+                                p.model,
+                                delivered,
+                                gw.shutdown_grace,
+                            )
+                            raise ShuttingDownError(
+                                f"{p.model}: the gateway is shutting down and its grace period "
+                                f"({gw.shutdown_grace:g}s) ran out before this answer was "
+                                "complete"
+                            ) from None
                         if deadline == total_deadline:
                             what = "did not finish" if first_ns is not None else "did not start"
-                            raise RequestTimeoutError(f"{p.model}: the answer {what} within {gw.request_timeout:g}s "
-                                                      "(gateway.request_timeout)") from None
-                        raise RequestTimeoutError(f"{p.model}: the first token did not come within "
-                                                  f"{gw.first_token_timeout:g}s (gateway.first_token_timeout)") from None
+                            raise RequestTimeoutError(
+                                f"{p.model}: the answer {what} within {gw.request_timeout:g}s (gateway.request_timeout)"
+                            ) from None
+                        raise RequestTimeoutError(
+                            f"{p.model}: the first token did not come within "
+                            f"{gw.first_token_timeout:g}s (gateway.first_token_timeout)"
+                        ) from None
                     except StopAsyncIteration:
                         raise EngineError("the backend ended a stream without a result") from None
                     finally:
@@ -555,8 +610,22 @@ class Gateway:
             raise
         finally:
             self._release(p)
-            self._record(Outcome(p.api, p.model, p.arrived_ns, status, p.backend, p, error, first_ns, result,
-                                 cache_hit, delivered, p.route))
+            self._record(
+                Outcome(
+                    p.api,
+                    p.model,
+                    p.arrived_ns,
+                    status,
+                    p.backend,
+                    p,
+                    error,
+                    first_ns,
+                    result,
+                    cache_hit,
+                    delivered,
+                    p.route,
+                )
+            )
 
     def _stamp(self, p: Prepared, result: Result, first_ns: int | None) -> None:
         """Fill the durations a node did not report with the gateway's own measurements."""
@@ -588,10 +657,18 @@ class Gateway:
         prompt_tokens = t.prompt_tokens if t else verdict.prompt_tokens if verdict else None
         used = prompt_tokens / window if prompt_tokens and window else None
         if backend is not None:
-            sample = Sample(model=self._label(backend), status=status, ttft_ms=ttft, tpot_ms=tpot,
-                            e2e_ms=e2e if status == "ok" else None, prompt_tokens=prompt_tokens or 0,
-                            output_tokens=output_tokens, cache_hit=cache_hit, context_used=used,
-                            speculation=t.speculation if t else None)
+            sample = Sample(
+                model=self._label(backend),
+                status=status,
+                ttft_ms=ttft,
+                tpot_ms=tpot,
+                e2e_ms=e2e if status == "ok" else None,
+                prompt_tokens=prompt_tokens or 0,
+                output_tokens=output_tokens,
+                cache_hit=cache_hit,
+                context_used=used,
+                speculation=t.speculation if t else None,
+            )
             self.monitor.add(sample)
             self.metrics.observe(api, sample)
             if p is not None:
@@ -612,16 +689,29 @@ class Gateway:
             extra["route"] = o.route.log_entry()
         if error is not None:
             extra["http_status"] = getattr(error, "http_status", 500)
-        self.log.put(RequestRecord(
-            model=model, source="gateway", status=status,
-            engine=(result.engine if result else backend.kind if backend is not None else None),
-            error=str(error) if error is not None else None, done_reason=result.done_reason if result else None,
-            prompt_tokens=prompt_tokens, cached_tokens=t.cached_tokens if t else None, output_tokens=output_tokens,
-            ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e, prefill_tps=t.prefill_tps if t else None,
-            decode_tps=t.decode_tps if t else None, load_ms=t.load_ns / 1e6 if t else None,
-            upstream=p.trace.upstream if p else None, cache_hit=cache_hit,
-            compacted=bool(verdict and verdict.compacted), extra=extra,
-        ))
+        self.log.put(
+            RequestRecord(
+                model=model,
+                source="gateway",
+                status=status,
+                engine=(result.engine if result else backend.kind if backend is not None else None),
+                error=str(error) if error is not None else None,
+                done_reason=result.done_reason if result else None,
+                prompt_tokens=prompt_tokens,
+                cached_tokens=t.cached_tokens if t else None,
+                output_tokens=output_tokens,
+                ttft_ms=ttft,
+                tpot_ms=tpot,
+                e2e_ms=e2e,
+                prefill_tps=t.prefill_tps if t else None,
+                decode_tps=t.decode_tps if t else None,
+                load_ms=t.load_ns / 1e6 if t else None,
+                upstream=p.trace.upstream if p else None,
+                cache_hit=cache_hit,
+                compacted=bool(verdict and verdict.compacted),
+                extra=extra,
+            )
+        )
 
     # --- the rest of the API ---------------------------------------------------------------------
     async def load_or_unload(self, name: str, keep_alive: float | None, options: Options) -> str | None:
@@ -633,7 +723,9 @@ class Gateway:
         await backend.load(options, keep_alive)
         return None
 
-    async def embed(self, name: str, inputs: list[str], truncate: bool = True, dimensions: int | None = None) -> Embeddings:
+    async def embed(
+        self, name: str, inputs: list[str], truncate: bool = True, dimensions: int | None = None
+    ) -> Embeddings:
         if dimensions is not None and dimensions < 1:
             raise InvalidOptionError("dimensions must be at least 1")
         if any(not text for text in inputs):
@@ -667,25 +759,57 @@ class Gateway:
             seen.add(info.name)
         for alias in self.settings.aliases:
             if alias not in seen:
-                out.append({"name": alias, "model": alias, "modified_at": _iso(self.started_at), "size": 0,
-                            "digest": _digest(alias), "details": {"format": "", "family": "", "families": [],
-                                                                  "parameter_size": "", "quantization_level": ""}})
+                out.append(
+                    {
+                        "name": alias,
+                        "model": alias,
+                        "modified_at": _iso(self.started_at),
+                        "size": 0,
+                        "digest": _digest(alias),
+                        "details": {
+                            "format": "",
+                            "family": "",
+                            "families": [],
+                            "parameter_size": "",
+                            "quantization_level": "",
+                        },
+                    }
+                )
                 seen.add(alias)
         for name, pool in self.upstreams.items():
             if name not in seen:
-                out.append({"name": name, "model": name, "modified_at": _iso(self.started_at), "size": 0,
-                            "digest": _digest(name), "remote_host": pool.nodes[0].url, "remote_model": pool.target,
-                            "details": {"format": "", "family": "", "families": [], "parameter_size": "",
-                                        "quantization_level": ""}})
+                out.append(
+                    {
+                        "name": name,
+                        "model": name,
+                        "modified_at": _iso(self.started_at),
+                        "size": 0,
+                        "digest": _digest(name),
+                        "remote_host": pool.nodes[0].url,
+                        "remote_model": pool.target,
+                        "details": {
+                            "format": "",
+                            "family": "",
+                            "families": [],
+                            "parameter_size": "",
+                            "quantization_level": "",
+                        },
+                    }
+                )
         return out
 
     async def show(self, name: str) -> dict[str, Any]:
         backend = await self.backend_for(name)
         if isinstance(backend, UpstreamPool):
             shown = await backend.show()
-            return shown or {"details": {"format": "", "family": "", "families": []}, "model_info": {},
-                             "capabilities": ["completion"], "parameters": "", "template": "",
-                             "modified_at": _iso(self.started_at)}
+            return shown or {
+                "details": {"format": "", "family": "", "families": []},
+                "model_info": {},
+                "capabilities": ["completion"],
+                "parameters": "",
+                "template": "",
+                "modified_at": _iso(self.started_at),
+            }
         info = await asyncio.to_thread(self.client.show, name)
         return _show_entry(info)
 
@@ -719,8 +843,12 @@ class Gateway:
             size = sum(m.size_bytes or 0 for m in loaded)
             expires = [m.expires_at for m in loaded if m.expires_at]
             entry = _tag_entry(name, first.path, size)
-            entry.update(size=size, size_vram=0, context_length=max(m.context_length or 0 for m in loaded),
-                         expires_at=_iso(max(expires)) if len(expires) == len(loaded) else "0001-01-01T00:00:00Z")
+            entry.update(
+                size=size,
+                size_vram=0,
+                context_length=max(m.context_length or 0 for m in loaded),
+                expires_at=_iso(max(expires)) if len(expires) == len(loaded) else "0001-01-01T00:00:00Z",
+            )
             entry.pop("modified_at", None)
             out.append(entry)
         return out
@@ -730,18 +858,25 @@ class Gateway:
         state = self.gauges()
         recent = self.monitor.samples()[-samples:]
         return {
-            "window_s": self.monitor.window_s, "max_samples": self.monitor.max_samples,
+            "window_s": self.monitor.window_s,
+            "max_samples": self.monitor.max_samples,
             "uptime_s": time.time() - self.started_at,
             "models": {m: s.to_dict() for m, s in self.monitor.snapshot().items()},
-            "gauges": state["models"], "upstreams": state["upstreams"],
+            "gauges": state["models"],
+            "upstreams": state["upstreams"],
             "timeline": self.monitor.timeline(bucket_s=2.0),
             "samples": [{k: getattr(s, k) for k in Sample.__slots__} for s in recent],
             # What a crash (kill -9) could lose: rows are at most max_age_ms old when committed.
-            "request_log": None if self.log is None else {
-                "written": self.log.written, "max_age_ms": round(self.log.max_age_s * 1000, 2),
+            "request_log": None
+            if self.log is None
+            else {
+                "written": self.log.written,
+                "max_age_ms": round(self.log.max_age_s * 1000, 2),
                 "age_p99_ms": round((percentile(list(self.log.ages), 99) or 0.0) * 1000, 2),
                 "batches": len(self.log.ages),
-                "lag_ms": round(self.log.lag_s * 1000, 2), "linger_ms": self.log.linger_s * 1000},
+                "lag_ms": round(self.log.lag_s * 1000, 2),
+                "linger_ms": self.log.linger_s * 1000,
+            },
         }
 
 
@@ -789,8 +924,14 @@ def _digest(text: str) -> str:
 
 
 def _gguf_details(path: str | None) -> dict[str, Any]:
-    details = {"parent_model": "", "format": "gguf", "family": "", "families": [], "parameter_size": "",
-               "quantization_level": ""}
+    details = {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "",
+        "families": [],
+        "parameter_size": "",
+        "quantization_level": "",
+    }
     if not path:
         return details
     try:
@@ -801,8 +942,12 @@ def _gguf_details(path: str | None) -> dict[str, Any]:
         return details
     n = info.parameters
     size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
-    details.update(family=info.architecture, families=[info.architecture], parameter_size=size,
-                   quantization_level=info.quantization)
+    details.update(
+        family=info.architecture,
+        families=[info.architecture],
+        parameter_size=size,
+        quantization_level=info.quantization,
+    )
     return details
 
 
@@ -815,19 +960,32 @@ def _tag_entry(name: str, path: str | None, size: int | None) -> dict[str, Any]:
         stat = None
     modified = _iso(stat.st_mtime) if stat else _iso(time.time())
     ident = f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else name
-    return {"name": name, "model": name, "modified_at": modified, "size": size or 0, "digest": _digest(ident),
-            "details": _gguf_details(path)}
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": modified,
+        "size": size or 0,
+        "digest": _digest(ident),
+        "details": _gguf_details(path),
+    }
 
 
 def _show_entry(info: Any) -> dict[str, Any]:
     d = dict(info.details)
     template = d.pop("template", "")
     arch = d.get("architecture", "")
-    model_info = {"general.architecture": arch, "general.parameter_count": d.get("parameters"),
-                  "general.name": d.get("name")}
-    for key, gguf_key in (("n_ctx_train", "context_length"), ("n_embd", "embedding_length"),
-                          ("n_layer", "block_count"), ("n_head", "attention.head_count"),
-                          ("n_head_kv", "attention.head_count_kv")):
+    model_info = {
+        "general.architecture": arch,
+        "general.parameter_count": d.get("parameters"),
+        "general.name": d.get("name"),
+    }
+    for key, gguf_key in (
+        ("n_ctx_train", "context_length"),
+        ("n_embd", "embedding_length"),
+        ("n_layer", "block_count"),
+        ("n_head", "attention.head_count"),
+        ("n_head_kv", "attention.head_count_kv"),
+    ):
         if d.get(key) is not None:
             model_info[f"{arch}.{gguf_key}"] = d[key]
     # The embedded engine calls tools with any template (a generic JSON syntax where the template
@@ -836,7 +994,13 @@ def _show_entry(info: Any) -> dict[str, Any]:
     if isinstance(template, str) and ("<think>" in template or "enable_thinking" in template):
         capabilities.append("thinking")
     details = _gguf_details(info.path)
-    return {"license": "", "modelfile": f"# lmgauge: {info.source}\nFROM {info.path}\n", "parameters": "",
-            "template": template if isinstance(template, str) else "", "details": details,
-            "model_info": model_info, "capabilities": capabilities,
-            "modified_at": _tag_entry(info.name, info.path, info.size_bytes)["modified_at"]}
+    return {
+        "license": "",
+        "modelfile": f"# lmgauge: {info.source}\nFROM {info.path}\n",
+        "parameters": "",
+        "template": template if isinstance(template, str) else "",
+        "details": details,
+        "model_info": model_info,
+        "capabilities": capabilities,
+        "modified_at": _tag_entry(info.name, info.path, info.size_bytes)["modified_at"],
+    }

@@ -57,8 +57,13 @@ def overflow_policy(settings: Settings) -> str:
     return settings.context.overflow or settings.gateway.overflow
 
 
-def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int | None, policy: str,
-          compactor: Compactor | None) -> Verdict:
+def check(
+    backend: Counter,
+    request: ChatRequest | GenerateRequest,
+    window: int | None,
+    policy: str,
+    compactor: Compactor | None,
+) -> Verdict:
     """Count, compare, and refuse or compact. Mutates request.messages when it compacts."""
     tokens = backend.prompt_tokens(request)
     if tokens is None or window is None:
@@ -69,8 +74,9 @@ def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int 
     if tokens < window:
         return Verdict(tokens, window)
     if compactor is None:
-        raise ContextOverflowError(tokens, window, what="prompt (compaction is configured but this gateway "
-                                   "was built without a compactor)")
+        raise ContextOverflowError(
+            tokens, window, what="prompt (compaction is configured but this gateway was built without a compactor)"
+        )
 
     def count(messages: list[Message]) -> int:
         trial = ChatRequest(model=request.model, messages=messages, tools=request.tools)
@@ -80,8 +86,11 @@ def check(backend: Counter, request: ChatRequest | GenerateRequest, window: int 
     try:
         compacted = compactor(list(request.messages), budget, count)
     except ContextOverflowError:  # its numbers are the inner budget's: report the request's own
-        raise ContextOverflowError(tokens, window, what="prompt (the system prompt and the last turn alone "
-                                   "do not fit, so compaction cannot help)") from None
+        raise ContextOverflowError(
+            tokens,
+            window,
+            what="prompt (the system prompt and the last turn alone do not fit, so compaction cannot help)",
+        ) from None
     after = count(compacted)
     check_prompt_fits(after, window, what="prompt after compaction")
     request.messages = compacted

@@ -78,7 +78,16 @@ def probe_body(kind: str, target: str) -> tuple[str, dict[str, Any]]:
     one chat turn, one output token, not streamed (so a hung node holds the whole answer)."""
     messages = [{"role": "user", "content": "Hi"}]
     if kind == "ollama":
-        return "/api/chat", {"model": target, "messages": messages, "stream": False,
-                             "options": {"num_predict": 1, "temperature": 0}}
-    return "/chat/completions", {"model": target, "messages": messages, "stream": False, "max_tokens": 1,
-                                 "temperature": 0}
+        return "/api/chat", {
+            "model": target,
+            "messages": messages,
+            "stream": False,
+            "options": {"num_predict": 1, "temperature": 0},
+        }
+    return "/chat/completions", {
+        "model": target,
+        "messages": messages,
+        "stream": False,
+        "max_tokens": 1,
+        "temperature": 0,
+    }

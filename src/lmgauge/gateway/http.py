@@ -36,17 +36,31 @@ def ollama_error(exc: BaseException) -> Response:
     return json_response({"error": str(exc) or type(exc).__name__}, status_of(exc), retry_headers(exc))
 
 
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                      404: "invalid_request_error", 408: "timeout", 413: "invalid_request_error",
-                      415: "invalid_request_error", 503: "server_busy", 504: "timeout"}
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    408: "timeout",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    503: "server_busy",
+    504: "timeout",
+}
 
 
 def openai_error(exc: BaseException) -> Response:
     """OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
     status = status_of(exc)
     code = "model_not_found" if status == 404 else None
-    body = {"error": {"message": str(exc) or type(exc).__name__,
-                      "type": OPENAI_ERROR_TYPES.get(status, "api_error"), "param": None, "code": code}}
+    body = {
+        "error": {
+            "message": str(exc) or type(exc).__name__,
+            "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
+            "param": None,
+            "code": code,
+        }
+    }
     return json_response(body, status, retry_headers(exc))
 
 
@@ -59,10 +73,10 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         async with asyncio.timeout(limits.body_timeout if limits is not None else None):
             body = await _read_body(request, limit)
     except TimeoutError:
-
         assert limits is not None  # only a configured body timeout expires
-        raise BodyTimeoutError(f"the request body did not arrive within {limits.body_timeout:g}s "
-                               "(gateway.body_timeout)") from None
+        raise BodyTimeoutError(
+            f"the request body did not arrive within {limits.body_timeout:g}s (gateway.body_timeout)"
+        ) from None
     data = _parse(body)
     if limits is not None:
         limits.check(data, len(body))
@@ -75,8 +89,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if not length.isdigit():
             raise InvalidOptionError("invalid Content-Length header")
         if int(length) > limit:
-            raise BodyTooLargeError(f"request body is {length} bytes; the limit is {limit} "
-                                    "(gateway.max_body_bytes)")
+            raise BodyTooLargeError(f"request body is {length} bytes; the limit is {limit} (gateway.max_body_bytes)")
         return await request.body()
     parts, size = [], 0  # chunked: count while reading
     async for part in request.stream():
@@ -101,12 +114,19 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 # --- field checks ---------------------------------------------------------------------------------
 
-_TYPE_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "an array",
-               int: "an integer", float: "a number"}
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    dict: "an object",
+    list: "an array",
+    int: "an integer",
+    float: "a number",
+}
 
 
-def get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None,
-        required: bool = False) -> Any:
+def get(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False
+) -> Any:
     """body[name] checked against `kind` (None counts as absent); a clear 400 otherwise."""
     value = body.get(name)
     if value is None:
@@ -147,7 +167,7 @@ def parse_format(value: Any) -> Format:
         return "json"
     if isinstance(value, dict):
         return value
-    raise InvalidOptionError(f"format must be \"json\" or a JSON schema object, not {value!r:.60}")
+    raise InvalidOptionError(f'format must be "json" or a JSON schema object, not {value!r:.60}')
 
 
 def parse_options(value: Any) -> Options:

@@ -39,17 +39,21 @@ class Limits:
     def check(self, body: dict[str, Any], size: int) -> None:
         messages = body.get("messages")
         if isinstance(messages, list) and len(messages) > self.max_messages:
-            raise InvalidOptionError(f"messages has {len(messages)} entries; the limit is {self.max_messages} "
-                                     "(gateway.max_messages)")
+            raise InvalidOptionError(
+                f"messages has {len(messages)} entries; the limit is {self.max_messages} (gateway.max_messages)"
+            )
         inputs = body.get("input")
         if isinstance(inputs, list) and len(inputs) > self.max_inputs:
-            raise InvalidOptionError(f"input has {len(inputs)} entries; the limit is {self.max_inputs} "
-                                     "(gateway.max_embed_inputs)")
+            raise InvalidOptionError(
+                f"input has {len(inputs)} entries; the limit is {self.max_inputs} (gateway.max_embed_inputs)"
+            )
         if size > self.max_chars:  # a body this small cannot hold more characters of text
             chars = text_chars(body)
             if chars > self.max_chars:
-                raise InvalidOptionError(f"the request has {chars} characters of text; the limit is "
-                                         f"{self.max_chars} (gateway.max_prompt_chars)")
+                raise InvalidOptionError(
+                    f"the request has {chars} characters of text; the limit is "
+                    f"{self.max_chars} (gateway.max_prompt_chars)"
+                )
 
 
 def text_chars(body: dict[str, Any]) -> int:

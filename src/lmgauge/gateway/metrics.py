@@ -30,36 +30,63 @@ class GatewayMetrics:
     def __init__(self, monitor: Monitor, gauges: Callable[[], dict[str, Any]]):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("lmgauge_requests", "Requests finished, by model, API and status",
-                                ["model", "api", "status"], registry=r)
-        self.ttft = Histogram("lmgauge_ttft_seconds", "Time to first token (gateway clock)", ["model"],
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("lmgauge_tpot_seconds", "Time per output token after the first", ["model"],
-                              buckets=TPOT_BUCKETS, registry=r)
-        self.e2e = Histogram("lmgauge_e2e_seconds", "Request arrival to last byte of the answer", ["model"],
-                             buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "lmgauge_requests", "Requests finished, by model, API and status", ["model", "api", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "lmgauge_ttft_seconds",
+            "Time to first token (gateway clock)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "lmgauge_tpot_seconds", "Time per output token after the first", ["model"], buckets=TPOT_BUCKETS, registry=r
+        )
+        self.e2e = Histogram(
+            "lmgauge_e2e_seconds",
+            "Request arrival to last byte of the answer",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.prompt_tokens = Counter("lmgauge_prompt_tokens", "Prompt tokens", ["model"], registry=r)
         self.output_tokens = Counter("lmgauge_output_tokens", "Output tokens", ["model"], registry=r)
-        self.context = Histogram("lmgauge_context_utilization_ratio", "Prompt tokens / context window",
-                                 ["model"], buckets=RATIO_BUCKETS, registry=r)
-        self.cache_hits = Counter("lmgauge_cache_hits", "Answers served from the response cache", ["model"],
-                                  registry=r)
-        self.compactions = Counter("lmgauge_compactions", "Requests compacted to fit the window", ["model"],
-                                   registry=r)
-        self.escalations = Counter("lmgauge_escalations", "Requests to `auto` that left this tier for a larger "
-                                   "one: its answer failed the check, or it failed with an error", ["tier", "reason"],
-                                   registry=r)
-        self.failovers = Counter("lmgauge_upstream_failovers", "Requests that failed on this node before "
-                                 "their first token and were answered by another", ["model", "url"], registry=r)
+        self.context = Histogram(
+            "lmgauge_context_utilization_ratio",
+            "Prompt tokens / context window",
+            ["model"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter("lmgauge_cache_hits", "Answers served from the response cache", ["model"], registry=r)
+        self.compactions = Counter("lmgauge_compactions", "Requests compacted to fit the window", ["model"], registry=r)
+        self.escalations = Counter(
+            "lmgauge_escalations",
+            "Requests to `auto` that left this tier for a larger "
+            "one: its answer failed the check, or it failed with an error",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "lmgauge_upstream_failovers",
+            "Requests that failed on this node before their first token and were answered by another",
+            ["model", "url"],
+            registry=r,
+        )
         # Speculative decoding (embedded engine): acceptance rate = accepted / drafted.
-        self.spec_drafted = Counter("lmgauge_speculative_drafted_tokens", "Tokens drafted and verified",
-                                    ["model"], registry=r)
-        self.spec_accepted = Counter("lmgauge_speculative_accepted_tokens", "Drafted tokens the model accepted",
-                                     ["model"], registry=r)
-        self.spec_steps = Counter("lmgauge_speculative_steps", "Verification steps (target decodes with drafts)",
-                                  ["model"], registry=r)
-        self.spec_seconds = Counter("lmgauge_speculative_seconds", "Engine time drafting and verifying",
-                                    ["model", "phase"], registry=r)
+        self.spec_drafted = Counter(
+            "lmgauge_speculative_drafted_tokens", "Tokens drafted and verified", ["model"], registry=r
+        )
+        self.spec_accepted = Counter(
+            "lmgauge_speculative_accepted_tokens", "Drafted tokens the model accepted", ["model"], registry=r
+        )
+        self.spec_steps = Counter(
+            "lmgauge_speculative_steps", "Verification steps (target decodes with drafts)", ["model"], registry=r
+        )
+        self.spec_seconds = Counter(
+            "lmgauge_speculative_seconds", "Engine time drafting and verifying", ["model", "phase"], registry=r
+        )
         r.register(_LiveCollector(monitor, gauges))
         self._per_model: dict[str, _ModelMetrics] = {}
 
@@ -70,9 +97,20 @@ class GatewayMetrics:
             return
         m = self._per_model.get(model)
         if m is None:  # label lookups take a lock and a hash each: do them once per model
-            m = self._per_model[model] = _ModelMetrics(*(metric.labels(model) for metric in (
-                self.ttft, self.tpot, self.e2e, self.prompt_tokens, self.output_tokens, self.context,
-                self.cache_hits)))
+            m = self._per_model[model] = _ModelMetrics(
+                *(
+                    metric.labels(model)
+                    for metric in (
+                        self.ttft,
+                        self.tpot,
+                        self.e2e,
+                        self.prompt_tokens,
+                        self.output_tokens,
+                        self.context,
+                        self.cache_hits,
+                    )
+                )
+            )
         if sample.ttft_ms is not None:
             m.ttft.observe(sample.ttft_ms / 1000)
         if sample.tpot_ms is not None:
@@ -126,19 +164,25 @@ class _LiveCollector(Collector):
             running.add_metric([model], g["in_flight"])
         yield queued
         yield running
-        healthy = GaugeMetricFamily("lmgauge_upstream_healthy", "1 if the upstream node is up (requests "
-                                    "and test generations decide, gateway/health.py)", labels=["model", "url"])
-        outstanding = GaugeMetricFamily("lmgauge_upstream_outstanding", "Requests in flight on the node",
-                                        labels=["model", "url"])
+        healthy = GaugeMetricFamily(
+            "lmgauge_upstream_healthy",
+            "1 if the upstream node is up (requests and test generations decide, gateway/health.py)",
+            labels=["model", "url"],
+        )
+        outstanding = GaugeMetricFamily(
+            "lmgauge_upstream_outstanding", "Requests in flight on the node", labels=["model", "url"]
+        )
         for node in state["upstreams"]:
             healthy.add_metric([node["model"], node["url"]], 1.0 if node["healthy"] else 0.0)
             outstanding.add_metric([node["model"], node["url"]], node["outstanding"])
         yield healthy
         yield outstanding
-        window = GaugeMetricFamily("lmgauge_window_latency_ms", "Rolling-window latency percentiles "
-                                   "(monitor)", labels=["model", "metric", "quantile"])
-        rates = GaugeMetricFamily("lmgauge_window_rate", "Rolling-window rates (monitor)",
-                                  labels=["model", "rate"])
+        window = GaugeMetricFamily(
+            "lmgauge_window_latency_ms",
+            "Rolling-window latency percentiles (monitor)",
+            labels=["model", "metric", "quantile"],
+        )
+        rates = GaugeMetricFamily("lmgauge_window_rate", "Rolling-window rates (monitor)", labels=["model", "rate"])
         for model, stats in self.monitor.snapshot().items():
             for metric in ("ttft", "tpot", "e2e"):
                 summary = getattr(stats, metric)

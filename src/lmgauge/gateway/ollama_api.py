@@ -46,6 +46,7 @@ def _gateway(request: Request) -> Gateway:
 
 # --- request parsing ------------------------------------------------------------------------------
 
+
 def _keep_alive(body: dict[str, Any]) -> float | None:
     value = get(body, "keep_alive", (str, int, float))
     return None if value is None else parse_duration(value)
@@ -94,6 +95,7 @@ def parse_chat(body: dict[str, Any]) -> tuple[ChatRequest, bool]:
 
 
 # --- responses ------------------------------------------------------------------------------------
+
 
 async def ndjson(prepared: Prepared, chunks: AsyncIterator[Chunk], kind: str) -> AsyncIterator[bytes]:
     """The NDJSON body: one object per chunk, the final one with the stats; an error after the

@@ -37,11 +37,17 @@ def _gateway(request: Request) -> Gateway:
 
 # --- request parsing ------------------------------------------------------------------------------
 
+
 def sampling_options(body: dict[str, Any]) -> Options:
     """OpenAI's sampling fields as Ollama options (the names lmgauge's engines speak)."""
     opts: dict[str, Any] = {}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                         ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("seed", "seed"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("presence_penalty", "presence_penalty"),
+    ):
         value = get(body, theirs, int if ours == "seed" else (int, float))
         if value is not None:
             opts[ours] = value
@@ -84,13 +90,19 @@ def parse_completion(body: dict[str, Any]) -> tuple[GenerateRequest, bool, bool]
         raise InvalidOptionError("prompt must be a string")
     if get(body, "echo", bool):
         raise InvalidOptionError("echo is not supported")
-    request = GenerateRequest(model=model_name(body), prompt=prompt, raw=True, options=sampling_options(body),
-                              format=wire.completion_format(body),
-                              suffix=get(body, "suffix", str))
+    request = GenerateRequest(
+        model=model_name(body),
+        prompt=prompt,
+        raw=True,
+        options=sampling_options(body),
+        format=wire.completion_format(body),
+        suffix=get(body, "suffix", str),
+    )
     return request, get(body, "stream", bool, False), _include_usage(body)
 
 
 # --- responses ------------------------------------------------------------------------------------
+
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
@@ -124,8 +136,9 @@ async def _answer(request: Request, kind: str) -> Response:
         chunks = await until_disconnected(request, gateway.start_stream(prepared))
     except Exception as exc:  # noqa: BLE001
         return openai_error(exc)
-    return StreamingResponse(sse(prepared, chunks, kind, include_usage), media_type="text/event-stream",
-                             headers=prepared.headers)
+    return StreamingResponse(
+        sse(prepared, chunks, kind, include_usage), media_type="text/event-stream", headers=prepared.headers
+    )
 
 
 async def chat_completions(request: Request) -> Response:

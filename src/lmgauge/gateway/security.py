@@ -99,8 +99,12 @@ class Policy:
         if not host or self.any_host:
             return True  # HTTP/1.0 without Host: not a browser
         name = _host_name(host)
-        return (_is_loopback(name) or _is_ip(name) or name in self.hosts
-                or any(fnmatch.fnmatchcase(name, p) for p in self.host_patterns))
+        return (
+            _is_loopback(name)
+            or _is_ip(name)
+            or name in self.hosts
+            or any(fnmatch.fnmatchcase(name, p) for p in self.host_patterns)
+        )
 
     def origin_ok(self, origin: str, host: str) -> bool:
         origin = origin.strip().lower().rstrip("/")
@@ -139,16 +143,21 @@ class EdgeGuard:
         policy = self.policy
         error: LmgaugeError | None = None
         if not policy.host_ok(host or ""):
-            error = ForbiddenError(f"Host {(host or '')[:80]!r} is not allowed (DNS rebinding defence); "
-                                   "add it to gateway.allowed_hosts if you reach the gateway by that name")
+            error = ForbiddenError(
+                f"Host {(host or '')[:80]!r} is not allowed (DNS rebinding defence); "
+                "add it to gateway.allowed_hosts if you reach the gateway by that name"
+            )
         elif origin is not None and not policy.origin_ok(origin, host or ""):
-            error = ForbiddenError(f"requests from web pages at {origin[:80]!r} are not allowed; add the origin "
-                                   "to gateway.origins (or OLLAMA_ORIGINS) to allow it")
+            error = ForbiddenError(
+                f"requests from web pages at {origin[:80]!r} are not allowed; add the origin "
+                "to gateway.origins (or OLLAMA_ORIGINS) to allow it"
+            )
         elif scope["method"] in BODY_METHODS and content_type is not None:
             media = content_type.split(";", 1)[0].strip().lower()
             if media not in JSON_TYPES and not (media == FORM and origin is None):
-                error = UnsupportedMediaError(f"Content-Type {media[:60]!r} is not accepted; send JSON "
-                                              "(Content-Type: application/json)")
+                error = UnsupportedMediaError(
+                    f"Content-Type {media[:60]!r} is not accepted; send JSON (Content-Type: application/json)"
+                )
         if error is not None:
             await _refuse(scope, error)(scope, receive, send)
             return
@@ -171,11 +180,16 @@ class EdgeGuard:
 
 def _preflight(origin: str, headers: Iterable[tuple[bytes, bytes]]) -> Response:
     asked = next((v.decode("latin-1") for k, v in headers if k == b"access-control-request-headers"), "")
-    return Response(status_code=204, headers={
-        "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-        "Access-Control-Allow-Methods": "GET, POST, HEAD, OPTIONS",
-        "Access-Control-Allow-Headers": asked or "Authorization, Content-Type",
-        "Access-Control-Max-Age": "600"})
+    return Response(
+        status_code=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Vary": "Origin",
+            "Access-Control-Allow-Methods": "GET, POST, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": asked or "Authorization, Content-Type",
+            "Access-Control-Max-Age": "600",
+        },
+    )
 
 
 class ApiKey:
@@ -194,8 +208,9 @@ class ApiKey:
         if hmac.compare_digest(given, self.key):
             await self.app(scope, receive, send)
             return
-        response = _refuse(scope, UnauthorizedError(
-            "missing or wrong API key: send Authorization: Bearer <key> (gateway.api_key)"))
+        response = _refuse(
+            scope, UnauthorizedError("missing or wrong API key: send Authorization: Bearer <key> (gateway.api_key)")
+        )
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
 
@@ -209,6 +224,10 @@ def check_bind(host: str, settings: Settings) -> None:
         raise InvalidOptionError(
             f"refusing to listen on {host} without an API key: anyone who can reach this machine could use "
             "the models. Set gateway.api_key (LMGAUGE_GATEWAY__API_KEY), listen on 127.0.0.1, or pass "
-            "--allow-insecure if the network is yours alone")
-    log.warning("!!! INSECURE: listening on %s without an API key (--allow-insecure): every host that can reach "
-                "this address can use the models on it. See docs/security.md.", host)
+            "--allow-insecure if the network is yours alone"
+        )
+    log.warning(
+        "!!! INSECURE: listening on %s without an API key (--allow-insecure): every host that can reach "
+        "this address can use the models on it. See docs/security.md.",
+        host,
+    )

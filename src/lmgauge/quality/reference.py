@@ -60,8 +60,9 @@ class ReferenceStore:
     def write(self, i: int, ref: Compressed, nll: np.ndarray) -> None:
         path = self._chunk_path(i)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, top_ids=ref.top_ids, top_logp=ref.top_logp, tail=ref.tail,
-                            target_logp=ref.target_logp, nll=nll)
+        np.savez_compressed(
+            tmp, top_ids=ref.top_ids, top_logp=ref.top_logp, tail=ref.tail, target_logp=ref.target_logp, nll=nll
+        )
         os.replace(tmp, path)
 
     def read(self, i: int) -> tuple[Compressed, np.ndarray]:
@@ -70,9 +71,17 @@ class ReferenceStore:
             return ref, z["nll"]
 
     def disk_bytes(self, chunks: int | None = None) -> int:
-        files = [self._chunk_path(i) for i in range(chunks)] if chunks is not None else list(self.folder.glob("chunk-*.npz"))
+        files = (
+            [self._chunk_path(i) for i in range(chunks)]
+            if chunks is not None
+            else list(self.folder.glob("chunk-*.npz"))
+        )
         return sum(p.stat().st_size for p in files if p.exists())
 
     def describe(self, chunks: int) -> dict[str, Any]:
-        return {"folder": str(self.folder), "chunks": chunks, "disk_bytes": self.disk_bytes(chunks),
-                "top_k": self.key.top_k}
+        return {
+            "folder": str(self.folder),
+            "chunks": chunks,
+            "disk_bytes": self.disk_bytes(chunks),
+            "top_k": self.key.top_k,
+        }

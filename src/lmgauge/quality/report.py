@@ -56,24 +56,27 @@ def verdicts(rows: list[Row], budgets: list[int] | None, ctx: int) -> list[dict[
         if not fit:
             smallest = min(rows, key=lambda r: predicted[r.label] or math.inf, default=None)
             need = predicted[smallest.label] if smallest else None
-            entry["text"] = (f"fits in {format_size(budget)} at {ctx} ctx: nothing measured fits"
-                             + (f" (the smallest, {smallest.label}, needs {format_size(need)})" if smallest and need else ""))
+            entry["text"] = f"fits in {format_size(budget)} at {ctx} ctx: nothing measured fits" + (
+                f" (the smallest, {smallest.label}, needs {format_size(need)})" if smallest and need else ""
+            )
             out.append(entry)
             continue
-        best = min(fit, key=lambda r: (r.kld_mean() if not math.isnan(r.kld_mean()) else math.inf, -(r.decode_tps or 0)))
+        best = min(
+            fit, key=lambda r: (r.kld_mean() if not math.isnan(r.kld_mean()) else math.inf, -(r.decode_tps or 0))
+        )
         fastest = max(fit, key=lambda r: r.decode_tps or 0)
-        entry.update(best=best.label, kld=best.kld_mean(), fastest=fastest.label,
-                     predicted_bytes=predicted[best.label])
+        entry.update(best=best.label, kld=best.kld_mean(), fastest=fastest.label, predicted_bytes=predicted[best.label])
         speed = ""
         if best.decode_tps and fastest.decode_tps and fastest.label != best.label:
             ratio = fastest.decode_tps / best.decode_tps
             entry["slowdown_vs_fastest"] = ratio
-            speed = (f", {ratio:.2f}x slower than {fastest.label}" if ratio >= 1.005
-                     else f", as fast as {fastest.label}")
+            speed = f", {ratio:.2f}x slower than {fastest.label}" if ratio >= 1.005 else f", as fast as {fastest.label}"
         elif best.decode_tps:
             speed = ", also the fastest that fits"
-        entry["text"] = (f"fits in {format_size(budget)} at {ctx} ctx: best quality is {best.label}, "
-                         f"KLD {best.kld_mean():.4f}{speed}")
+        entry["text"] = (
+            f"fits in {format_size(budget)} at {ctx} ctx: best quality is {best.label}, "
+            f"KLD {best.kld_mean():.4f}{speed}"
+        )
         out.append(entry)
     return out
 
@@ -101,21 +104,49 @@ def table(report: dict[str, Any]) -> TableData:
     ref = report["reference"]
     t = TableData(
         f"Quality against {ref['quantization']} (reference), speed and memory",
-        ["variant", "KV", "file", "bits/w", "PPL", "KLD mean", "KLD median", "KLD p99", "KLD max", "same top-1",
-         "prefill tok/s", "decode tok/s", "RSS measured", "RSS predicted"],
+        [
+            "variant",
+            "KV",
+            "file",
+            "bits/w",
+            "PPL",
+            "KLD mean",
+            "KLD median",
+            "KLD p99",
+            "KLD max",
+            "same top-1",
+            "prefill tok/s",
+            "decode tok/s",
+            "RSS measured",
+            "RSS predicted",
+        ],
     )
     for r in (Row.from_dict(d) for d in report["rows"]):
         q = r.quality
         if r.is_reference and r.kv_type == "f16":
             cells = [_est(q, "ppl", 3), "0 (reference)", "0", "0", "0", "100%"]
         else:
-            cells = [_est(q, "ppl", 3), _est(q, "kld_mean", 5), fmt_num(q.get("kld_median"), 5),
-                     fmt_num(q.get("kld_p99"), 4), fmt_num(q.get("kld_max"), 3),
-                     _est(q, "same_top", 2, 100, " %")]
-        t.rows.append([r.weights + (" (ref)" if r.is_reference else ""), r.kv_type, fmt_bytes(r.file_size),
-                       f"{r.bits_per_weight:.2f}", *cells, fmt_num(r.prefill_tps), fmt_num(r.decode_tps),
-                       fmt_bytes(r.rss_bytes) if r.rss_bytes is not None else "-",
-                       fmt_bytes(r.rss_estimate_bytes) if r.rss_estimate_bytes is not None else "-"])
+            cells = [
+                _est(q, "ppl", 3),
+                _est(q, "kld_mean", 5),
+                fmt_num(q.get("kld_median"), 5),
+                fmt_num(q.get("kld_p99"), 4),
+                fmt_num(q.get("kld_max"), 3),
+                _est(q, "same_top", 2, 100, " %"),
+            ]
+        t.rows.append(
+            [
+                r.weights + (" (ref)" if r.is_reference else ""),
+                r.kv_type,
+                fmt_bytes(r.file_size),
+                f"{r.bits_per_weight:.2f}",
+                *cells,
+                fmt_num(r.prefill_tps),
+                fmt_num(r.decode_tps),
+                fmt_bytes(r.rss_bytes) if r.rss_bytes is not None else "-",
+                fmt_bytes(r.rss_estimate_bytes) if r.rss_estimate_bytes is not None else "-",
+            ]
+        )
     c = report["corpus"]
     cfg = report["config"]
     cost = report["reference_logits"]
@@ -139,8 +170,10 @@ def table(report: dict[str, Any]) -> TableData:
 
 
 def verdict_table(report: dict[str, Any]) -> TableData:
-    t = TableData(f"Verdicts: the best quality that fits each memory budget at {report['budget_ctx']} ctx "
-                  "(predicted memory)", ["budget", "verdict"])
+    t = TableData(
+        f"Verdicts: the best quality that fits each memory budget at {report['budget_ctx']} ctx (predicted memory)",
+        ["budget", "verdict"],
+    )
     for v in report["verdicts"]:
         t.rows.append([format_size(v["budget_bytes"]), v["text"]])
     return t
@@ -210,8 +243,10 @@ def _html_table(t: TableData, wrap_last: bool = False) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
     body = ""
     for row in t.rows:
-        cells = [f"<td{' class=l' if wrap_last and i == len(row) - 1 else ''}>{html.escape(v)}</td>"
-                 for i, v in enumerate(row)]
+        cells = [
+            f"<td{' class=l' if wrap_last and i == len(row) - 1 else ''}>{html.escape(v)}</td>"
+            for i, v in enumerate(row)
+        ]
         body += "<tr>" + "".join(cells) + "</tr>"
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in t.notes)
     return f"<h2>{html.escape(t.title)}</h2><table><tr>{head}</tr>{body}</table>{notes}"
@@ -221,13 +256,17 @@ def html_report(report: dict[str, Any]) -> str:
     title = f"lmgauge quality: {report['model']}"
     png = base64.b64encode(png_bytes(report)).decode()
     machine = report.get("machine", {})
-    meta = html.escape(f"{machine.get('cpu', '?')}, {machine.get('cores_physical', '?')} cores; "
-                       f"wall time {report['wall_seconds']:.0f} s")
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class=note>{meta}</p>"
-            f"{_html_table(table(report))}{_html_table(verdict_table(report), wrap_last=True)}"
-            f"<h2>Plot</h2><img alt='KLD vs size' src='data:image/png;base64,{png}'>"
-            f"<p class=note>Generated by lmgauge at {time.strftime('%Y-%m-%d %H:%M:%S')}.</p></body></html>")
+    meta = html.escape(
+        f"{machine.get('cpu', '?')}, {machine.get('cores_physical', '?')} cores; "
+        f"wall time {report['wall_seconds']:.0f} s"
+    )
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class=note>{meta}</p>"
+        f"{_html_table(table(report))}{_html_table(verdict_table(report), wrap_last=True)}"
+        f"<h2>Plot</h2><img alt='KLD vs size' src='data:image/png;base64,{png}'>"
+        f"<p class=note>Generated by lmgauge at {time.strftime('%Y-%m-%d %H:%M:%S')}.</p></body></html>"
+    )
 
 
 def write_outputs(report: dict[str, Any], target: Path) -> list[Path]:

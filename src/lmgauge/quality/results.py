@@ -93,8 +93,10 @@ class QualityStore:
 
     def put(self, key: str, row: Row) -> None:
         with self.store.connect() as db:
-            db.execute("INSERT OR REPLACE INTO quality_rows (key, label, ts, data) VALUES (?,?,?,?)",
-                       (key, row.label, time.time(), json.dumps(row.to_dict())))
+            db.execute(
+                "INSERT OR REPLACE INTO quality_rows (key, label, ts, data) VALUES (?,?,?,?)",
+                (key, row.label, time.time(), json.dumps(row.to_dict())),
+            )
 
     def forget(self, key: str) -> None:
         with self.store.connect() as db:
@@ -102,10 +104,14 @@ class QualityStore:
 
     def begin(self, run_id: str, key: str, model: str) -> None:
         with self.store.connect() as db:
-            db.execute("INSERT OR REPLACE INTO quality_runs (id, key, model, started, status) VALUES (?,?,?,?,?)",
-                       (run_id, key, model, time.time(), "running"))
+            db.execute(
+                "INSERT OR REPLACE INTO quality_runs (id, key, model, started, status) VALUES (?,?,?,?,?)",
+                (run_id, key, model, time.time(), "running"),
+            )
 
     def finish(self, run_id: str, status: str, report: dict[str, Any] | None) -> None:
         with self.store.connect() as db:
-            db.execute("UPDATE quality_runs SET finished=?, status=?, report=? WHERE id=?",
-                       (time.time(), status, json.dumps(report, default=str) if report else None, run_id))
+            db.execute(
+                "UPDATE quality_runs SET finished=?, status=?, report=? WHERE id=?",
+                (time.time(), status, json.dumps(report, default=str) if report else None, run_id),
+            )

@@ -89,25 +89,39 @@ class QualityConfig:
             raise InvalidOptionError(f"--chunks must be at least 1 (got {self.chunks})")
 
 
-def run_quality(settings: Settings, config: QualityConfig, store: Store | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+def run_quality(
+    settings: Settings, config: QualityConfig, store: Store | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Measure every row (reusing stored ones) and return the report (see report.py)."""
     t_start = time.perf_counter()
     config.validate()
     ref_model = resolve(config.model, settings)
     if ref_model.engine != "llamacpp":
-        raise InvalidOptionError(f"{config.model} is served by {ref_model.engine}; `lmgauge quality` quantizes "
-                                 "and evaluates GGUF files on the embedded engine: name a local model or a .gguf file")
+        raise InvalidOptionError(
+            f"{config.model} is served by {ref_model.engine}; `lmgauge quality` quantizes "
+            "and evaluates GGUF files on the embedded engine: name a local model or a .gguf file"
+        )
     reference = choose_reference(ref_model.target, settings, config.reference)
     text = corpus_mod.load(config.text)
     imatrix = load_imatrix(config.imatrix) if config.imatrix else None
     st = Path(reference.path).stat()
-    key = results_key({
-        "reference": reference.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "corpus": text.sha256,
-        "ctx": config.ctx, "chunks": config.chunks, "top_k": config.top_k,
-        "reps": config.reps, "warmup": config.warmup, "num_predict": config.num_predict,
-        "imatrix": config.imatrix, "threads": settings.threads, "version": 1,
-    })
+    key = results_key(
+        {
+            "reference": reference.path,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "corpus": text.sha256,
+            "ctx": config.ctx,
+            "chunks": config.chunks,
+            "top_k": config.top_k,
+            "reps": config.reps,
+            "warmup": config.warmup,
+            "num_predict": config.num_predict,
+            "imatrix": config.imatrix,
+            "threads": settings.threads,
+            "version": 1,
+        }
+    )
     qstore = QualityStore(store) if store is not None else None
     runs = RunStore(store) if store is not None else None
     if qstore is not None and config.fresh:
@@ -117,9 +131,10 @@ def run_quality(settings: Settings, config: QualityConfig, store: Store | None =
     if qstore is not None:
         qstore.begin(run_id, key, config.model)
 
-    ref_store = ReferenceStore(settings.home / "quality" / "reference",
-                               ReferenceKey(reference.path, st.st_size, st.st_mtime_ns, text.sha256, config.ctx,
-                                            config.top_k))
+    ref_store = ReferenceStore(
+        settings.home / "quality" / "reference",
+        ReferenceKey(reference.path, st.st_size, st.st_mtime_ns, text.sha256, config.ctx, config.top_k),
+    )
     plan = _plan(reference, config)
     bench_units = (config.warmup + config.reps) if config.speed else 0
     chunks_estimate = config.chunks or 1
@@ -180,13 +195,21 @@ def run_quality(settings: Settings, config: QualityConfig, store: Store | None =
     report: dict[str, Any] = {
         "id": run_id,
         "model": config.model,
-        "reference": {"path": reference.path, "quantization": info.quantization,
-                      "bits_per_weight": bits_per_weight(info), "why": reference.why,
-                      "n_vocab": info.n_vocab, "parameters": info.parameters},
-        "corpus": {"label": text.label, "sha256": text.sha256,
-                   "chunks": n_chunks,
-                   "chunks_available": chunks.available if chunks else None,
-                   "scored_tokens": scored},
+        "reference": {
+            "path": reference.path,
+            "quantization": info.quantization,
+            "bits_per_weight": bits_per_weight(info),
+            "why": reference.why,
+            "n_vocab": info.n_vocab,
+            "parameters": info.parameters,
+        },
+        "corpus": {
+            "label": text.label,
+            "sha256": text.sha256,
+            "chunks": n_chunks,
+            "chunks_available": chunks.available if chunks else None,
+            "scored_tokens": scored,
+        },
         "config": {k: v for k, v in asdict(config).items() if k not in ("fresh",)},
         "reference_logits": _reference_cost(ref_store, n_chunks or 0, info.n_vocab, config),
         "rows": [r.to_dict() for r in rows],
@@ -218,8 +241,16 @@ def _plan(reference: Reference, config: QualityConfig) -> list[tuple[str, str, s
     return plan
 
 
-def _prepare_row(settings: Settings, reference: Reference, label: str, weights: str, kv: str,
-                 config: QualityConfig, imatrix: dict[str, list[float]] | None, notes: list[str]) -> tuple[Row, str]:
+def _prepare_row(
+    settings: Settings,
+    reference: Reference,
+    label: str,
+    weights: str,
+    kv: str,
+    config: QualityConfig,
+    imatrix: dict[str, list[float]] | None,
+    notes: list[str],
+) -> tuple[Row, str]:
     quantize_seconds = None
     if weights == "reference":
         path = reference.path
@@ -232,24 +263,42 @@ def _prepare_row(settings: Settings, reference: Reference, label: str, weights: 
             quantize_seconds = time.perf_counter() - t0
         path = str(path_obj)
     info = inspect_gguf(path)
-    row = Row(label=label, weights=info.quantization, kv_type=kv, path=path, file_size=info.file_size,
-              bits_per_weight=bits_per_weight(info), is_reference=weights == "reference",
-              quantize_seconds=quantize_seconds)
+    row = Row(
+        label=label,
+        weights=info.quantization,
+        kv_type=kv,
+        path=path,
+        file_size=info.file_size,
+        bits_per_weight=bits_per_weight(info),
+        is_reference=weights == "reference",
+        quantize_seconds=quantize_seconds,
+    )
     return row, path
 
 
-def _chunks_for(scorer: Scorer, config: QualityConfig, text: corpus_mod.Corpus, state: dict[str, Any]) -> corpus_mod.Chunks:
+def _chunks_for(
+    scorer: Scorer, config: QualityConfig, text: corpus_mod.Corpus, state: dict[str, Any]
+) -> corpus_mod.Chunks:
     chunks = corpus_mod.make_chunks(scorer.tokenize(text.text), config.ctx, config.chunks, scorer.bos)
     known = state.get("chunks")
     if known is not None and not np.array_equal(known.tokens, chunks.tokens):
-        raise InvalidOptionError(f"{scorer.path} tokenizes the text differently from the reference; "
-                                 "quality compares files of the same model only")
+        raise InvalidOptionError(
+            f"{scorer.path} tokenizes the text differently from the reference; "
+            "quality compares files of the same model only"
+        )
     state["chunks"] = chunks
     return chunks
 
 
-def _reference_pass(path: str, config: QualityConfig, text: corpus_mod.Corpus, ref_store: ReferenceStore,
-                    state: dict[str, Any], tick: Callable[[str, int], None], label: str) -> dict[str, Any]:
+def _reference_pass(
+    path: str,
+    config: QualityConfig,
+    text: corpus_mod.Corpus,
+    ref_store: ReferenceStore,
+    state: dict[str, Any],
+    tick: Callable[[str, int], None],
+    label: str,
+) -> dict[str, Any]:
     nll_all = []
     with Scorer(path, config.ctx, "f16") as scorer:
         chunks = _chunks_for(scorer, config, text, state)
@@ -268,15 +317,25 @@ def _reference_pass(path: str, config: QualityConfig, text: corpus_mod.Corpus, r
     return {"n": len(nll), "ppl": stats.perplexity(nll).to_dict()}
 
 
-def _variant_pass(path: str, kv: str, config: QualityConfig, text: corpus_mod.Corpus, ref_store: ReferenceStore,
-                  state: dict[str, Any], tick: Callable[[str, int], None], label: str) -> dict[str, Any]:
+def _variant_pass(
+    path: str,
+    kv: str,
+    config: QualityConfig,
+    text: corpus_mod.Corpus,
+    ref_store: ReferenceStore,
+    state: dict[str, Any],
+    tick: Callable[[str, int], None],
+    label: str,
+) -> dict[str, Any]:
     nll_all, ref_nll_all, kld_all, top_all = [], [], [], []
     with Scorer(path, config.ctx, kv) as scorer:
         chunks = _chunks_for(scorer, config, text, state)
         for i in range(chunks.count):
             if not ref_store.has(i):
-                raise InvalidOptionError(f"the reference's distributions for chunk {i} are missing from "
-                                         f"{ref_store.folder}; run again to recompute them")
+                raise InvalidOptionError(
+                    f"the reference's distributions for chunk {i} are missing from "
+                    f"{ref_store.folder}; run again to recompute them"
+                )
             ref, ref_nll = ref_store.read(i)
             logp = stats.log_softmax(scorer.chunk_logits(chunks.tokens[i], chunks.first))
             nll_all.append(stats.token_nll(logp, chunks.next_tokens(i)))
@@ -285,20 +344,28 @@ def _variant_pass(path: str, kv: str, config: QualityConfig, text: corpus_mod.Co
             top_all.append(stats.same_top(ref, logp))
             del logp
             tick(f"{label} · chunk {i + 1}/{chunks.count}", 1)
-    agreement = stats.agreement(np.concatenate(nll_all), np.concatenate(ref_nll_all),
-                                np.concatenate(kld_all), np.concatenate(top_all))
+    agreement = stats.agreement(
+        np.concatenate(nll_all), np.concatenate(ref_nll_all), np.concatenate(kld_all), np.concatenate(top_all)
+    )
     return agreement.to_dict()
 
 
-def _measure_speed(settings: Settings, row: Row, config: QualityConfig, runs: RunStore | None,
-                   tick: Callable[[str, int], None]) -> None:
+def _measure_speed(
+    settings: Settings, row: Row, config: QualityConfig, runs: RunStore | None, tick: Callable[[str, int], None]
+) -> None:
     """Prefill/decode tok/s and memory of this file + KV type with the bench code, and the
     sizing estimate for the same window."""
     bench_settings = settings.model_copy(update={"kv_type": row.kv_type, "parallel": 1, "keep_alive": -1})
     # the built-in "medium" prompt (~300 tokens) where the window holds it, else "short" (~40)
     prompt = builtin_prompts()[BENCH_PROMPT if config.ctx >= 512 else "short"]
-    bench = BenchConfig(models=[row.path], prompts=[prompt], reps=config.reps, warmup=config.warmup,
-                        num_predict=config.num_predict, num_ctx=config.ctx)
+    bench = BenchConfig(
+        models=[row.path],
+        prompts=[prompt],
+        reps=config.reps,
+        warmup=config.warmup,
+        num_predict=config.num_predict,
+        num_ctx=config.ctx,
+    )
     seen = 0
 
     def on_progress(what: str, n_done: int, n_total: int) -> None:

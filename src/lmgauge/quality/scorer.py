@@ -29,12 +29,13 @@ from ..errors import EngineError, InvalidOptionError, ModelFileError
 class Scorer:
     """A model file + a context of `n_ctx` cells with `kv_type`, ready to score chunks.
 
-        with Scorer(path, 512, "q8_0") as s:
-            logits = s.chunk_logits(tokens, first=256)   # (n_ctx - 1 - first, n_vocab) float32
+    with Scorer(path, 512, "q8_0") as s:
+        logits = s.chunk_logits(tokens, first=256)   # (n_ctx - 1 - first, n_vocab) float32
     """
 
-    def __init__(self, path: str, n_ctx: int, kv_type: str = "f16", threads: int | None = None,
-                 flash_attn: str = "auto"):
+    def __init__(
+        self, path: str, n_ctx: int, kv_type: str = "f16", threads: int | None = None, flash_attn: str = "auto"
+    ):
         if kv_type not in KV_TYPES:
             raise InvalidOptionError(f"unknown KV type {kv_type!r}; use one of {', '.join(KV_TYPES)}")
         _init_backend()
@@ -59,8 +60,9 @@ class Scorer:
         if not self.ctx:
             L.llama_model_free(self.model)
             self.model = None
-            raise EngineError(f"llama.cpp could not create a {self.n_ctx}-token context with KV type "
-                              f"{self.kv_type} for {self.path}")
+            raise EngineError(
+                f"llama.cpp could not create a {self.n_ctx}-token context with KV type {self.kv_type} for {self.path}"
+            )
         self.vocab: Any = L.llama_model_get_vocab(self.model)
         self.n_vocab: int = L.llama_vocab_n_tokens(self.vocab)
         self.bos: int | None = L.llama_vocab_bos(self.vocab) if L.llama_vocab_get_add_bos(self.vocab) else None
@@ -90,8 +92,7 @@ class Scorer:
                 raise EngineError(f"llama.cpp failed to decode a {n}-token chunk (code {rc})")
             rows = n - 1 - first
             ptr = L.llama_get_logits(self.ctx)  # the output rows, in batch order
-            view = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                         shape=(rows, self.n_vocab))
+            view = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(rows, self.n_vocab))
             return view.copy()  # the buffer is reused by the next decode
         finally:
             L.llama_batch_free(batch)
@@ -117,6 +118,7 @@ class Scorer:
     def __enter__(self) -> Scorer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -35,15 +35,28 @@ from ..models import GGUFInfo, inspect_gguf, local_models
 
 # The llama.cpp file types offered (LLAMA_FTYPE_MOSTLY_*), by the names llama-quantize uses.
 # The IQ1/IQ2/IQ3 types are left out: llama.cpp refuses them without an importance matrix.
-FTYPES = MappingProxyType({
-    "F16": L.LLAMA_FTYPE_MOSTLY_F16, "BF16": L.LLAMA_FTYPE_MOSTLY_BF16, "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0,
-    "Q6_K": L.LLAMA_FTYPE_MOSTLY_Q6_K, "Q5_K_M": L.LLAMA_FTYPE_MOSTLY_Q5_K_M,
-    "Q5_K_S": L.LLAMA_FTYPE_MOSTLY_Q5_K_S, "Q5_1": L.LLAMA_FTYPE_MOSTLY_Q5_1, "Q5_0": L.LLAMA_FTYPE_MOSTLY_Q5_0,
-    "Q4_K_M": L.LLAMA_FTYPE_MOSTLY_Q4_K_M, "Q4_K_S": L.LLAMA_FTYPE_MOSTLY_Q4_K_S,
-    "Q4_1": L.LLAMA_FTYPE_MOSTLY_Q4_1, "Q4_0": L.LLAMA_FTYPE_MOSTLY_Q4_0, "IQ4_NL": L.LLAMA_FTYPE_MOSTLY_IQ4_NL,
-    "IQ4_XS": L.LLAMA_FTYPE_MOSTLY_IQ4_XS, "Q3_K_L": L.LLAMA_FTYPE_MOSTLY_Q3_K_L,
-    "Q3_K_M": L.LLAMA_FTYPE_MOSTLY_Q3_K_M, "Q3_K_S": L.LLAMA_FTYPE_MOSTLY_Q3_K_S, "Q2_K": L.LLAMA_FTYPE_MOSTLY_Q2_K,
-})
+FTYPES = MappingProxyType(
+    {
+        "F16": L.LLAMA_FTYPE_MOSTLY_F16,
+        "BF16": L.LLAMA_FTYPE_MOSTLY_BF16,
+        "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0,
+        "Q6_K": L.LLAMA_FTYPE_MOSTLY_Q6_K,
+        "Q5_K_M": L.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+        "Q5_K_S": L.LLAMA_FTYPE_MOSTLY_Q5_K_S,
+        "Q5_1": L.LLAMA_FTYPE_MOSTLY_Q5_1,
+        "Q5_0": L.LLAMA_FTYPE_MOSTLY_Q5_0,
+        "Q4_K_M": L.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        "Q4_K_S": L.LLAMA_FTYPE_MOSTLY_Q4_K_S,
+        "Q4_1": L.LLAMA_FTYPE_MOSTLY_Q4_1,
+        "Q4_0": L.LLAMA_FTYPE_MOSTLY_Q4_0,
+        "IQ4_NL": L.LLAMA_FTYPE_MOSTLY_IQ4_NL,
+        "IQ4_XS": L.LLAMA_FTYPE_MOSTLY_IQ4_XS,
+        "Q3_K_L": L.LLAMA_FTYPE_MOSTLY_Q3_K_L,
+        "Q3_K_M": L.LLAMA_FTYPE_MOSTLY_Q3_K_M,
+        "Q3_K_S": L.LLAMA_FTYPE_MOSTLY_Q3_K_S,
+        "Q2_K": L.LLAMA_FTYPE_MOSTLY_Q2_K,
+    }
+)
 
 
 def parse_variants(text: str) -> list[str]:
@@ -62,7 +75,13 @@ def bits_per_weight(info: GGUFInfo) -> float:
 
 def _same_model(a: GGUFInfo, b: GGUFInfo) -> bool:
     return (a.architecture, a.name, a.n_layer, a.n_embd, a.n_vocab, a.parameters) == (
-        b.architecture, b.name, b.n_layer, b.n_embd, b.n_vocab, b.parameters)
+        b.architecture,
+        b.name,
+        b.n_layer,
+        b.n_embd,
+        b.n_vocab,
+        b.parameters,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,12 +100,18 @@ def choose_reference(model_path: str, settings: Settings, reference: str | None 
             raise InvalidOptionError(f"--reference: no such file {reference}")
         ref = inspect_gguf(ref_path)
         if (ref.architecture, ref.n_layer, ref.n_embd, ref.n_vocab) != (
-                model.architecture, model.n_layer, model.n_embd, model.n_vocab):
+            model.architecture,
+            model.n_layer,
+            model.n_embd,
+            model.n_vocab,
+        ):
             raise InvalidOptionError(
                 f"--reference {reference} is not the same model as {model_path} (architecture, layers, "
-                "width or vocabulary differ)")
-        return Reference(ref_path, ref, f"given with --reference ({ref.quantization}, "
-                                        f"{bits_per_weight(ref):.2f} bits/weight)")
+                "width or vocabulary differ)"
+            )
+        return Reference(
+            ref_path, ref, f"given with --reference ({ref.quantization}, {bits_per_weight(ref):.2f} bits/weight)"
+        )
     best, best_bpw = model_path, bits_per_weight(model)
     for found in local_models(settings):
         if found.path is None:
@@ -99,8 +124,10 @@ def choose_reference(model_path: str, settings: Settings, reference: str | None 
             best, best_bpw = str(found.path), bits_per_weight(info)
     info = inspect_gguf(best)
     if best == model_path:
-        why = (f"the model's own file ({info.quantization}, {best_bpw:.2f} bits/weight): no higher-precision "
-               "file of this model was found; variants are measured against it, not against the original weights")
+        why = (
+            f"the model's own file ({info.quantization}, {best_bpw:.2f} bits/weight): no higher-precision "
+            "file of this model was found; variants are measured against it, not against the original weights"
+        )
     else:
         why = f"the highest-precision local file of this model ({info.quantization}, {best_bpw:.2f} bits/weight)"
     return Reference(best, info, why)
@@ -139,8 +166,9 @@ def load_imatrix(path: str) -> dict[str, list[float]]:
     return out
 
 
-def quantize(source: str, ftype: str, dest: Path, imatrix: dict[str, list[float]] | None = None,
-             threads: int | None = None) -> Path:
+def quantize(
+    source: str, ftype: str, dest: Path, imatrix: dict[str, list[float]] | None = None, threads: int | None = None
+) -> Path:
     """llama_model_quantize(source -> dest) on the compute thread; dest appears only when done."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".partial")

@@ -59,8 +59,6 @@ class Task:
         return asdict(self)
 
 
-
-
 def _arithmetic(rng: random.Random, d: int) -> tuple[str, float]:
     if d == 0:
         a, b = rng.randint(2, 20), rng.randint(2, 20)
@@ -112,17 +110,24 @@ def _extraction(rng: random.Random, d: int) -> tuple[str, dict[str, Any], dict[s
         fields = {"name": name, "age": age, "city": city}
     elif d == 1:
         other = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
-        text = (f"Last spring {name} moved to {city} to work as {_a(job)}; {other}, a friend from school, "
-                f"helped with the move. {name.split()[0]} turned {age} in May.")
+        text = (
+            f"Last spring {name} moved to {city} to work as {_a(job)}; {other}, a friend from school, "
+            f"helped with the move. {name.split()[0]} turned {age} in May."
+        )
         fields = {"name": name, "age": age, "city": city, "job": job}
     else:
         other, city2 = f"{rng.choice(FIRST)} {rng.choice(LAST)}", rng.choice([c for c in CITIES if c != city])
         born = 2024 - age
-        text = (f"Born in {city2} in {born}, {name} trained as {_a(job)} before settling in {city}, where "
-                f"{other} was already working. Nobody expected the move.")
+        text = (
+            f"Born in {city2} in {born}, {name} trained as {_a(job)} before settling in {city}, where "
+            f"{other} was already working. Nobody expected the move."
+        )
         fields = {"name": name, "birth_year": born, "city": city, "job": job, "birthplace": city2}
-    schema = {"type": "object", "properties": {k: {"type": "integer" if isinstance(v, int) else "string"}
-                                               for k, v in fields.items()}, "required": list(fields)}
+    schema = {
+        "type": "object",
+        "properties": {k: {"type": "integer" if isinstance(v, int) else "string"} for k, v in fields.items()},
+        "required": list(fields),
+    }
     keys = ", ".join(fields)
     extra = " (city: where the person lives now)" if d == 2 else ""
     prompt = f"Extract {keys} of the main person{extra} from this text as JSON.\nText: {text}"
@@ -139,30 +144,53 @@ def _table(rng: random.Random, d: int) -> tuple[str, Any]:
         i = rng.randrange(n)
         return f"{table}\n\nUsing the table, what is the population of {cities[i]} (in thousands)?", pops[i]
     if d == 1:
-        return f"{table}\n\nUsing the table, which city has the largest population? Answer with the city name.", \
-            cities[int(np.argmax(pops))]
+        return f"{table}\n\nUsing the table, which city has the largest population? Answer with the city name.", cities[
+            int(np.argmax(pops))
+        ]
     limit = sorted(pops)[n // 2] - 1
     count = sum(p > limit for p in pops)
     return f"{table}\n\nUsing the table, how many cities have a population above {limit} thousand?", count
 
 
-CODE_TASKS: list[tuple[str, str, list[tuple[Any, Any]], int]] = [  # (description, function name, test cases, difficulty)
+CODE_TASKS: list[
+    tuple[str, str, list[tuple[Any, Any]], int]
+] = [  # (description, function name, test cases, difficulty)
     ("returns the square of a number x", "square", [(3, 9), (-4, 16), (0, 0)], 0),
     ("returns the string s reversed", "reverse", [("abc", "cba"), ("", ""), ("racecar", "racecar")], 0),
     ("returns True when the integer n is even and False otherwise", "is_even", [(4, True), (7, False), (0, True)], 0),
     ("returns the largest number in a non-empty list xs", "largest", [([3, 9, 2], 9), ([-5, -2], -2), ([7], 7)], 0),
-    ("returns the sum of the decimal digits of a non-negative integer n", "digit_sum",
-     [(123, 6), (0, 0), (9999, 36)], 1),
-    ("returns the number of vowels (a, e, i, o, u, either case) in a string s", "count_vowels",
-     [("Hello World", 3), ("xyz", 0), ("AEIOU", 5)], 1),
-    ("returns the list xs without duplicates, keeping the first occurrence of each item in order", "dedupe",
-     [([1, 2, 1, 3, 2], [1, 2, 3]), ([], []), (["a", "a"], ["a"])], 1),
+    (
+        "returns the sum of the decimal digits of a non-negative integer n",
+        "digit_sum",
+        [(123, 6), (0, 0), (9999, 36)],
+        1,
+    ),
+    (
+        "returns the number of vowels (a, e, i, o, u, either case) in a string s",
+        "count_vowels",
+        [("Hello World", 3), ("xyz", 0), ("AEIOU", 5)],
+        1,
+    ),
+    (
+        "returns the list xs without duplicates, keeping the first occurrence of each item in order",
+        "dedupe",
+        [([1, 2, 1, 3, 2], [1, 2, 3]), ([], []), (["a", "a"], ["a"])],
+        1,
+    ),
     ("returns the factorial of a non-negative integer n", "factorial", [(0, 1), (5, 120), (10, 3628800)], 1),
     ("returns the n-th prime number, where nth_prime(1) == 2", "nth_prime", [(1, 2), (6, 13), (25, 97)], 2),
-    ("returns True when the string s is a palindrome ignoring case, spaces and punctuation", "is_palindrome",
-     [("A man, a plan, a canal: Panama", True), ("hello", False), ("No 'x' in Nixon", True)], 2),
-    ("returns the length of the longest run of equal consecutive items in a list xs (0 for an empty list)",
-     "longest_run", [([1, 1, 2, 2, 2, 3], 3), ([], 0), ([5], 1)], 2),
+    (
+        "returns True when the string s is a palindrome ignoring case, spaces and punctuation",
+        "is_palindrome",
+        [("A man, a plan, a canal: Panama", True), ("hello", False), ("No 'x' in Nixon", True)],
+        2,
+    ),
+    (
+        "returns the length of the longest run of equal consecutive items in a list xs (0 for an empty list)",
+        "longest_run",
+        [([1, 1, 2, 2, 2, 3], 3), ([], 0), ([5], 1)],
+        2,
+    ),
     ("returns the n-th Fibonacci number, where fib(0) == 0 and fib(1) == 1", "fib", [(0, 0), (10, 55), (20, 6765)], 2),
 ]
 
@@ -192,11 +220,12 @@ def make_tasks(n: int = 125, seed: int = 0) -> list[Task]:
         else:
             options = [c for c in CODE_TASKS if c[3] == d]
             desc, fname, tests, _ = options[(i // 15) % len(options)]
-            q = (f"Write a Python function `{fname}` that {desc}. Reply with only the code in a ```python block, "
-                 "no explanation.")
+            q = (
+                f"Write a Python function `{fname}` that {desc}. Reply with only the code in a ```python block, "
+                "no explanation."
+            )
             tasks.append(Task(tid, family, d, q, fname, num_predict=200, tests=tests))
     return tasks
-
 
 
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -273,9 +302,16 @@ def run_code_tests(answer: str, fname: str, tests: list[tuple[Any, Any]], timeou
     """)
     with tempfile.TemporaryDirectory(prefix="lmgauge-code-") as cwd:
         try:
-            proc = subprocess.run([sys.executable, "-I", "-c", harness], input=code, text=True,
-                                  capture_output=True, timeout=timeout, cwd=cwd, env={"PATH": os.defpath},
-                                  preexec_fn=_limits if os.name == "posix" else None)
+            proc = subprocess.run(
+                [sys.executable, "-I", "-c", harness],
+                input=code,
+                text=True,
+                capture_output=True,
+                timeout=timeout,
+                cwd=cwd,
+                env={"PATH": os.defpath},
+                preexec_fn=_limits if os.name == "posix" else None,
+            )
         except subprocess.TimeoutExpired:
             return False
     return proc.returncode == 0
@@ -286,8 +322,6 @@ def _limits() -> None:
 
     resource.setrlimit(resource.RLIMIT_CPU, (5, 5))
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-
-
 
 
 @dataclass
@@ -301,8 +335,9 @@ class Outcome:
     answer: str = ""
 
 
-def run_tiers(caller: Any, tiers: list[Tier], tasks: list[Task],
-              progress: Callable[[str], None] | None = None) -> list[Outcome]:
+def run_tiers(
+    caller: Any, tiers: list[Tier], tasks: list[Task], progress: Callable[[str], None] | None = None
+) -> list[Outcome]:
     """Every tier answers every task once (temperature 0, seed 0). A tier at a time, so each
     model is loaded once; an error is recorded as a wrong answer with its message."""
     outcomes: list[Outcome] = []
@@ -310,11 +345,20 @@ def run_tiers(caller: Any, tiers: list[Tier], tasks: list[Task],
         for task in tasks:
             options = {"temperature": 0, "seed": 0, "num_predict": task.num_predict}
             try:
-                result = caller.chat(tier.model, [{"role": "user", "content": task.prompt}], options=options,
-                                     format=task.format)
+                result = caller.chat(
+                    tier.model, [{"role": "user", "content": task.prompt}], options=options, format=task.format
+                )
                 ok = check(task, result.content)
-                outcomes.append(Outcome(task.id, tier.name, ok, result.timings.e2e_ms, result.timings.output_tokens,
-                                        answer=result.content[:2000]))
+                outcomes.append(
+                    Outcome(
+                        task.id,
+                        tier.name,
+                        ok,
+                        result.timings.e2e_ms,
+                        result.timings.output_tokens,
+                        answer=result.content[:2000],
+                    )
+                )
             except LmgaugeError as exc:
                 outcomes.append(Outcome(task.id, tier.name, False, None, 0, error=str(exc)))
             if progress is not None:
@@ -349,8 +393,6 @@ def cheapest_correct(correct: np.ndarray) -> np.ndarray:
     return labels
 
 
-
-
 def labeled_as_tiers(tiers: list[Tier]) -> tuple[list[str], list[str]]:
     """The shipped labeled queries, their difficulty level spread over the tiers."""
     data = load_queries()
@@ -363,8 +405,9 @@ def labeled_as_tiers(tiers: list[Tier]) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def fit_router(tasks: list[Task], labels: np.ndarray, tiers: list[Tier], embedder: Embedder,
-               include_labeled: bool = True) -> FeatureClassifier:
+def fit_router(
+    tasks: list[Task], labels: np.ndarray, tiers: list[Tier], embedder: Embedder, include_labeled: bool = True
+) -> FeatureClassifier:
     names = [t.name for t in tiers]
     texts = [t.prompt for t in tasks]
     y = [names[i] for i in labels]
@@ -374,8 +417,15 @@ def fit_router(tasks: list[Task], labels: np.ndarray, tiers: list[Tier], embedde
     return FeatureClassifier(embedder).fit(texts, y, classes=names)
 
 
-def out_of_fold_proba(tasks: list[Task], labels: np.ndarray, tiers: list[Tier], embedder: Embedder,
-                      folds: int = 5, seed: int = 0, include_labeled: bool = True) -> np.ndarray:
+def out_of_fold_proba(
+    tasks: list[Task],
+    labels: np.ndarray,
+    tiers: list[Tier],
+    embedder: Embedder,
+    folds: int = 5,
+    seed: int = 0,
+    include_labeled: bool = True,
+) -> np.ndarray:
     """Router probabilities for each task from a router that never saw it (k-fold)."""
     order = np.random.default_rng(seed).permutation(len(tasks))
     proba = np.zeros((len(tasks), len(tiers)))
@@ -397,8 +447,9 @@ class CurvePoint:
     calls: dict[str, float]  # share of calls per tier
 
 
-def quality_cost_curve(proba: np.ndarray, correct: np.ndarray, times: np.ndarray,
-                       tier_names: list[str]) -> list[CurvePoint]:
+def quality_cost_curve(
+    proba: np.ndarray, correct: np.ndarray, times: np.ndarray, tier_names: list[str]
+) -> list[CurvePoint]:
     """Sweep the share of calls sent to the largest tier, RouteLLM style: the tasks the router
     thinks most need the largest tier go there first; the rest go to the router's choice among
     the smaller tiers."""
@@ -415,14 +466,16 @@ def quality_cost_curve(proba: np.ndarray, correct: np.ndarray, times: np.ndarray
         choice[rank[:m]] = largest
         got = correct[np.arange(n), choice].sum()
         calls = {name: float(np.mean(choice == j)) for j, name in enumerate(tier_names)}
-        points.append(CurvePoint(
-            share_largest=m / n if n else 0.0,
-            kept=float(got / strong) if strong else 1.0,
-            apgr=float((got - weak) / (strong - weak)) if strong != weak else 1.0,
-            accuracy=float(got / n) if n else 0.0,
-            time_share=float(times[np.arange(n), choice].sum() / total_time),
-            calls=calls,
-        ))
+        points.append(
+            CurvePoint(
+                share_largest=m / n if n else 0.0,
+                kept=float(got / strong) if strong else 1.0,
+                apgr=float((got - weak) / (strong - weak)) if strong != weak else 1.0,
+                accuracy=float(got / n) if n else 0.0,
+                time_share=float(times[np.arange(n), choice].sum() / total_time),
+                calls=calls,
+            )
+        )
     return points
 
 
@@ -441,8 +494,6 @@ def summarize_curve(points: list[CurvePoint], steps: int = 10) -> list[CurvePoin
         return points
     picks = sorted({round(i * n / steps) for i in range(steps + 1)})
     return [points[i] for i in picks]
-
-
 
 
 @dataclass
@@ -466,9 +517,17 @@ class CalibrationReport:
         return data
 
 
-def calibrate(caller: Any, tiers: list[Tier], embedder: Embedder, tasks: list[Task], *, keep: float = 0.95,
-              folds: int = 5, progress: Callable[[str], None] | None = None,
-              outcomes: list[Outcome] | None = None) -> tuple[CalibrationReport, FeatureClassifier, list[Outcome]]:
+def calibrate(
+    caller: Any,
+    tiers: list[Tier],
+    embedder: Embedder,
+    tasks: list[Task],
+    *,
+    keep: float = 0.95,
+    folds: int = 5,
+    progress: Callable[[str], None] | None = None,
+    outcomes: list[Outcome] | None = None,
+) -> tuple[CalibrationReport, FeatureClassifier, list[Outcome]]:
     """Run (or reuse `outcomes`), label, fit, and measure the quality-vs-cost curve."""
     if len(tiers) < 2:
         raise LmgaugeError("calibration compares tiers: configure at least two ([routing] tiers, or --tier)")
@@ -489,11 +548,15 @@ def calibrate(caller: Any, tiers: list[Tier], embedder: Embedder, tasks: list[Ta
         tiers={t.name: t.model for t in tiers},
         tasks=len(tasks),
         accuracy={n: float(correct[:, j].mean()) for j, n in enumerate(names)},
-        accuracy_by_family={n: {f: float(np.mean([correct[i, j] for i, t in enumerate(tasks) if t.family == f]))
-                                for f in families} for j, n in enumerate(names)},
+        accuracy_by_family={
+            n: {f: float(np.mean([correct[i, j] for i, t in enumerate(tasks) if t.family == f])) for f in families}
+            for j, n in enumerate(names)
+        },
         mean_e2e_ms={n: float(times[:, j].mean()) for j, n in enumerate(names)},
         label_share={n: float(np.mean(labels == j)) for j, n in enumerate(names)},
-        curve=curve, point=point, keep=keep,
+        curve=curve,
+        point=point,
+        keep=keep,
         router_accuracy_oof=float(np.mean(np.argmax(proba, axis=1) == labels)),
         random_kept_at_point=random_kept,
     )

@@ -47,8 +47,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1.0,
-                 iterations: int = 400) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1.0, iterations: int = 400
+) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression with an L2 penalty, by full-batch gradient descent with
     Nesterov momentum (a few hundred rows: exact enough and ~50 ms). Returns (weights, bias)."""
     n, d = x.shape
@@ -138,8 +139,15 @@ class FeatureClassifier:
 
     # --- persistence: the examples and hyper-parameters; weights are refitted on load ------------
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.name, "k": self.k, "l2": self.l2, "classes": list(self.classes),
-                "texts": self._texts, "labels": self._labels, "embedder": self.embedder.name}
+        return {
+            "kind": self.name,
+            "k": self.k,
+            "l2": self.l2,
+            "classes": list(self.classes),
+            "texts": self._texts,
+            "labels": self._labels,
+            "embedder": self.embedder.name,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], embedder: Embedder) -> FeatureClassifier:

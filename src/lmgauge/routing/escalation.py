@@ -103,8 +103,7 @@ class RoutedStream:
     """An iterator of Chunks for one routed request; `decision`, `attempts` and `result` are
     filled in as it runs (complete once the stream is exhausted)."""
 
-    def __init__(self, router: Router, messages: list[Message], kwargs: dict[str, Any],
-                 decision: Decision | None):
+    def __init__(self, router: Router, messages: list[Message], kwargs: dict[str, Any], decision: Decision | None):
         self.router = router
         self.messages = messages
         self.kwargs = kwargs
@@ -149,18 +148,21 @@ class RoutedStream:
                     assert result is not None
                 except ESCALATING_ERRORS as exc:
                     if last:
-                        self.attempts.append(Attempt(tier.name, tier.model, "error", str(exc),
-                                                     (time.perf_counter_ns() - t0) / 1e6))
+                        self.attempts.append(
+                            Attempt(tier.name, tier.model, "error", str(exc), (time.perf_counter_ns() - t0) / 1e6)
+                        )
                         raise
-                    self.attempts.append(Attempt(tier.name, tier.model, "error", f"error: {exc}",
-                                                 (time.perf_counter_ns() - t0) / 1e6))
+                    self.attempts.append(
+                        Attempt(tier.name, tier.model, "error", f"error: {exc}", (time.perf_counter_ns() - t0) / 1e6)
+                    )
                     index += 1
                     continue
                 why = check_answer(result, fmt)
                 e2e = result.timings.e2e_ms
                 if why is None or last:
-                    self.attempts.append(Attempt(tier.name, tier.model, "ok" if why is None else "failed_check",
-                                                 why, e2e))
+                    self.attempts.append(
+                        Attempt(tier.name, tier.model, "ok" if why is None else "failed_check", why, e2e)
+                    )
                     self.result = result
                     yield from held
                     yield Chunk(done=True, result=result)

@@ -58,9 +58,13 @@ def macro_f1(m: np.ndarray) -> tuple[float, list[float]]:
     return float(np.mean(f1s)), f1s
 
 
-def evaluate_classifier(classifier: Classifier, test: list[LabeledQuery], tiers: list[Tier],
-                        model: str | None = None,
-                        progress: Callable[[], None] | None = None) -> tuple[ClassifierReport, list[str]]:
+def evaluate_classifier(
+    classifier: Classifier,
+    test: list[LabeledQuery],
+    tiers: list[Tier],
+    model: str | None = None,
+    progress: Callable[[], None] | None = None,
+) -> tuple[ClassifierReport, list[str]]:
     """Classify each test query through a Router (so the overhead is what a request pays).
     Returns the report and the tier chosen for each query."""
     router = Router(None, tiers, classifier, threshold=0.0)
@@ -78,9 +82,15 @@ def evaluate_classifier(classifier: Classifier, test: list[LabeledQuery], tiers:
     m = confusion_matrix(truth, predicted, labels)
     f1, per_class = macro_f1(m)
     report = ClassifierReport(
-        classifier=classifier.name, n=len(test), accuracy=float(np.trace(m) / max(m.sum(), 1)), macro_f1=f1,
-        per_class_f1=dict(zip(labels, per_class, strict=True)), labels=labels, confusion=m.tolist(),
-        overhead_ms=summarize(overhead).to_dict(), model=model,
+        classifier=classifier.name,
+        n=len(test),
+        accuracy=float(np.trace(m) / max(m.sum(), 1)),
+        macro_f1=f1,
+        per_class_f1=dict(zip(labels, per_class, strict=True)),
+        labels=labels,
+        confusion=m.tolist(),
+        overhead_ms=summarize(overhead).to_dict(),
+        model=model,
     )
     return report, predicted
 
@@ -99,8 +109,13 @@ def sample_queries(test: list[LabeledQuery], per_level: int) -> list[LabeledQuer
     return [q for level in LEVELS for q in [x for x in test if x.label == level][:per_level]]
 
 
-def measure_tiers(caller: Any, tiers: list[Tier], sample: list[LabeledQuery], num_predict: int = 128,
-                  progress: Callable[[], None] | None = None) -> list[TierTimes]:
+def measure_tiers(
+    caller: Any,
+    tiers: list[Tier],
+    sample: list[LabeledQuery],
+    num_predict: int = 128,
+    progress: Callable[[], None] | None = None,
+) -> list[TierTimes]:
     """Every tier answers every sample query (greedy, capped output). Each tier is loaded by a
     warm-up call first (not timed), and the tiers take turns query by query, so a load spike on a
     shared machine hits all of them alike instead of whichever tier happened to be running."""
@@ -122,8 +137,16 @@ def measure_tiers(caller: Any, tiers: list[Tier], sample: list[LabeledQuery], nu
                 errors[tier.name] += 1
             if progress is not None:
                 progress()
-    return [TierTimes(t.name, t.model, {lvl: float(np.mean(v)) for lvl, v in samples[t.name].items() if v},
-                      samples[t.name], errors[t.name]) for t in tiers]
+    return [
+        TierTimes(
+            t.name,
+            t.model,
+            {lvl: float(np.mean(v)) for lvl, v in samples[t.name].items() if v},
+            samples[t.name],
+            errors[t.name],
+        )
+        for t in tiers
+    ]
 
 
 def time_saved(routed_tiers: list[str], truth: list[str], times: list[TierTimes]) -> dict[str, Any]:
@@ -137,8 +160,7 @@ def time_saved(routed_tiers: list[str], truth: list[str], times: list[TierTimes]
 
     routed = sum(cost(t, level) for t, level in zip(routed_tiers, truth, strict=True))
     always = sum(cost(largest.tier, level) for level in truth)
-    return {"routed_ms": routed, "always_largest_ms": always,
-            "saved_share": (1 - routed / always) if always else 0.0}
+    return {"routed_ms": routed, "always_largest_ms": always, "saved_share": (1 - routed / always) if always else 0.0}
 
 
 def tier_shares(routed_tiers: list[str], tiers: list[Tier]) -> dict[str, float]:
@@ -146,8 +168,9 @@ def tier_shares(routed_tiers: list[str], tiers: list[Tier]) -> dict[str, float]:
     return {t.name: routed_tiers.count(t.name) / n for t in tiers}
 
 
-def routed_tiers_for(classifier: Classifier, test: list[LabeledQuery], tiers: list[Tier],
-                     threshold: float) -> list[str]:
+def routed_tiers_for(
+    classifier: Classifier, test: list[LabeledQuery], tiers: list[Tier], threshold: float
+) -> list[str]:
     router = Router(None, tiers, classifier, threshold=threshold)
     return [router.route([{"role": "user", "content": q.text}]).tier for q in test]
 
@@ -157,17 +180,24 @@ def feature_classifier_for_eval(embedder: Embedder) -> Classifier:
     return default_classifier(embedder, split="train")
 
 
-def report_dict(reports: list[ClassifierReport], shares: dict[str, float] | None,
-                times: list[TierTimes] | None, saved: dict[str, Any] | None, tiers: list[Tier],
-                threshold: float) -> dict[str, Any]:
+def report_dict(
+    reports: list[ClassifierReport],
+    shares: dict[str, float] | None,
+    times: list[TierTimes] | None,
+    saved: dict[str, Any] | None,
+    tiers: list[Tier],
+    threshold: float,
+) -> dict[str, Any]:
     return {
         "test_queries": reports[0].n if reports else 0,
         "classifiers": [asdict(r) for r in reports],
         "tiers": {t.name: t.model for t in tiers},
         "confidence_threshold": threshold,
         "tier_share": shares,
-        "tier_times": [{"tier": t.tier, "model": t.model, "mean_e2e_ms": t.mean_e2e_ms, "errors": t.errors}
-                       for t in times] if times else None,
+        "tier_times": [
+            {"tier": t.tier, "model": t.model, "mean_e2e_ms": t.mean_e2e_ms, "errors": t.errors} for t in times
+        ]
+        if times
+        else None,
         "time_saved": saved,
     }
-

@@ -33,7 +33,7 @@ class GatewayRouter:
         decision = self.router.route(messages)
         log.info("auto -> %s (%s)", decision.model, decision.reason)
         tiers = self.router.tiers
-        return (tiers[decision.index:] if self.router.escalate else [tiers[decision.index]]), decision.reason
+        return (tiers[decision.index :] if self.router.escalate else [tiers[decision.index]]), decision.reason
 
     def check(self, request: Any, result: Result) -> str | None:
         """Why an answer visibly failed (a larger tier should answer), or None."""

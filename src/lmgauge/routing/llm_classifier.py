@@ -45,13 +45,18 @@ class LLMClassifier:
         shots = examples if examples is not None else _few_shot(load_queries("train"))
         self._shots: list[dict[str, str]] = []
         for q in shots:
-            self._shots += [{"role": "user", "content": q.text},
-                            {"role": "assistant", "content": json.dumps({"level": q.label})}]
+            self._shots += [
+                {"role": "user", "content": q.text},
+                {"role": "assistant", "content": json.dumps({"level": q.label})},
+            ]
 
     def _vote(self, text: str, i: int) -> str:
         messages = [{"role": "system", "content": LLM_SYSTEM}, *self._shots, {"role": "user", "content": text}]
-        options = {"temperature": 0, "num_predict": 16, "seed": 1} if i == 0 else \
-            {"temperature": 0.7, "num_predict": 16, "seed": 1 + i}
+        options = (
+            {"temperature": 0, "num_predict": 16, "seed": 1}
+            if i == 0
+            else {"temperature": 0.7, "num_predict": 16, "seed": 1 + i}
+        )
         result = self.caller.chat(self.model, messages, options=options, format=LLM_FORMAT)
         try:
             level = json.loads(result.content)["level"]
@@ -76,6 +81,6 @@ def _few_shot(train: list[LabeledQuery], per_class: int = 2) -> list[LabeledQuer
     """The shortest training examples of each class: cheap context for a small model."""
     shots: list[LabeledQuery] = []
     for level in LEVELS:
-        shots += sorted((q for q in train if q.label == level), key=lambda q: len(q.text))[per_class:2 * per_class]
+        shots += sorted((q for q in train if q.label == level), key=lambda q: len(q.text))[per_class : 2 * per_class]
     order = [1, 3, 5, 0, 2, 4]  # interleave the classes so the last example does not bias the answer
     return [shots[i] for i in order if i < len(shots)]

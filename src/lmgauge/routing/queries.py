@@ -26,7 +26,5 @@ def load_queries(split: str | None = None) -> list[LabeledQuery]:
     text = resources.files("lmgauge").joinpath("data/routing_queries.jsonl").read_text()
     items = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [
-        LabeledQuery(i["id"], i["text"], i["label"], i["split"])
-        for i in items
-        if split is None or i["split"] == split
+        LabeledQuery(i["id"], i["text"], i["label"], i["split"]) for i in items if split is None or i["split"] == split
     ]

@@ -82,8 +82,9 @@ class Router:
 
     # --- construction from settings --------------------------------------------------------------
     @classmethod
-    def from_settings(cls, caller: Any, settings: Settings | None = None, *,
-                      classifier: str | None = None, store: Any = None) -> Router:
+    def from_settings(
+        cls, caller: Any, settings: Settings | None = None, *, classifier: str | None = None, store: Any = None
+    ) -> Router:
         settings = settings or caller.settings
         rs: RoutingSettings = settings.routing
         tiers = tiers_from_settings(settings)
@@ -121,32 +122,54 @@ class Router:
             reason += f", below the {self.threshold:.2f} confidence threshold: one tier up"
         tier = self.tiers[index]
         return Decision(
-            tier=tier.name, model=tier.model, confidence=confidence, reason=reason, index=index,
-            label=label, probabilities={c: float(p) for c, p in zip(self.classifier.classes, probs, strict=True)},
-            classifier=self.classifier.name, overhead_ms=(time.perf_counter_ns() - t0) / 1e6,
+            tier=tier.name,
+            model=tier.model,
+            confidence=confidence,
+            reason=reason,
+            index=index,
+            label=label,
+            probabilities={c: float(p) for c, p in zip(self.classifier.classes, probs, strict=True)},
+            classifier=self.classifier.name,
+            overhead_ms=(time.perf_counter_ns() - t0) / 1e6,
         )
 
     # --- answering -------------------------------------------------------------------------------
-    def answer(self, messages: Iterable[Message | dict[str, Any]], *, options: Any = None,
-               format: Format = None, tools: list[dict[str, Any]] | None = None, keep_alive: Any = None,
-               decision: Decision | None = None) -> RoutedAnswer:
+    def answer(
+        self,
+        messages: Iterable[Message | dict[str, Any]],
+        *,
+        options: Any = None,
+        format: Format = None,
+        tools: list[dict[str, Any]] | None = None,
+        keep_alive: Any = None,
+        decision: Decision | None = None,
+    ) -> RoutedAnswer:
         """Route, answer, and escalate while an answer fails `check_answer` and a tier is left."""
-        stream = self.answer_stream(messages, options=options, format=format, tools=tools,
-                                    keep_alive=keep_alive, decision=decision)
+        stream = self.answer_stream(
+            messages, options=options, format=format, tools=tools, keep_alive=keep_alive, decision=decision
+        )
         for _ in stream:
             pass
         assert stream.result is not None and stream.decision is not None
         return RoutedAnswer(stream.result, stream.decision, stream.attempts)
 
-    def answer_stream(self, messages: Iterable[Message | dict[str, Any]], *, options: Any = None,
-                      format: Format = None, tools: list[dict[str, Any]] | None = None,
-                      keep_alive: Any = None, decision: Decision | None = None) -> RoutedStream:
+    def answer_stream(
+        self,
+        messages: Iterable[Message | dict[str, Any]],
+        *,
+        options: Any = None,
+        format: Format = None,
+        tools: list[dict[str, Any]] | None = None,
+        keep_alive: Any = None,
+        decision: Decision | None = None,
+    ) -> RoutedStream:
         """Like `answer`, as a stream of Chunks (the last carries the Result). An attempt that a
         later tier may replace is held back until it passes its check, so the caller only ever
         sees the answer it gets; with escalation off, or on the last tier, chunks flow live."""
         msgs = [m if isinstance(m, Message) else Message.from_dict(m) for m in messages]
-        return RoutedStream(self, msgs, dict(options=options, format=format, tools=tools,
-                                             keep_alive=keep_alive), decision)
+        return RoutedStream(
+            self, msgs, dict(options=options, format=format, tools=tools, keep_alive=keep_alive), decision
+        )
 
     def _log(self, decision: Decision, attempts: list[Attempt], chars: int) -> None:
         for a in attempts:
@@ -158,8 +181,17 @@ class Router:
             db.execute(
                 "INSERT INTO route_log (ts, classifier, label, confidence, first_tier, final_tier, attempts,"
                 " overhead_ms, query_chars) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), decision.classifier, decision.label, decision.confidence, decision.tier,
-                 attempts[-1].tier, json.dumps([asdict(a) for a in attempts]), decision.overhead_ms, chars),
+                (
+                    time.time(),
+                    decision.classifier,
+                    decision.label,
+                    decision.confidence,
+                    decision.tier,
+                    attempts[-1].tier,
+                    json.dumps([asdict(a) for a in attempts]),
+                    decision.overhead_ms,
+                    chars,
+                ),
             )
 
 
@@ -167,6 +199,8 @@ def router_embedder(name: str, client: Any = None) -> Embedder:
     """The feature classifier's embedder (it compares queries with labeled examples by embedding)."""
     embedder = make_embedder(name, client)
     if embedder is None:
-        raise InvalidOptionError("routing.embedder cannot be 'none' (the feature classifier compares queries "
-                                 "by embedding); use 'wordllama' (offline) or an embedding model")
+        raise InvalidOptionError(
+            "routing.embedder cannot be 'none' (the feature classifier compares queries "
+            "by embedding); use 'wordllama' (offline) or an embedding model"
+        )
     return embedder

@@ -21,15 +21,21 @@ from .tiers import Tier
 
 log = logging.getLogger("lmgauge.routing")
 
+
 def calibrated_path(settings: Settings) -> Path:
     return (settings.routing.calibrated or settings.home / "router.json").expanduser()
 
 
-def save_calibrated(path: Path, tiers: list[Tier], classifier: FeatureClassifier,
-                    report: dict[str, Any] | None = None) -> None:
+def save_calibrated(
+    path: Path, tiers: list[Tier], classifier: FeatureClassifier, report: dict[str, Any] | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"tiers": {t.name: t.model for t in tiers}, "classifier": classifier.to_dict(),
-            "report": report or {}, "created": time.time()}
+    data = {
+        "tiers": {t.name: t.model for t in tiers},
+        "classifier": classifier.to_dict(),
+        "report": report or {},
+        "created": time.time(),
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
@@ -42,10 +48,12 @@ def load_calibrated(path: Path, tiers: list[Tier], embedder: Embedder) -> Featur
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InvalidOptionError(f"cannot read the calibrated router {path}: {exc}; delete it or "
-                                 "run `lmgauge route calibrate` again") from None
+        raise InvalidOptionError(
+            f"cannot read the calibrated router {path}: {exc}; delete it or run `lmgauge route calibrate` again"
+        ) from None
     if data.get("tiers") != {t.name: t.model for t in tiers}:
-        log.warning("routing: %s was calibrated for other tiers (%s); using the default classifier",
-                    path, data.get("tiers"))
+        log.warning(
+            "routing: %s was calibrated for other tiers (%s); using the default classifier", path, data.get("tiers")
+        )
         return None
     return FeatureClassifier.from_dict(data["classifier"], embedder)

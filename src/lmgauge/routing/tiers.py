@@ -1,6 +1,6 @@
 """Tiers (model names, cheapest first) and the decision that picks one of them.
 
-    [routing] tiers = {small = "smollm2", large = "qwen2.5-coder:1.5b"}
+[routing] tiers = {small = "smollm2", large = "qwen2.5-coder:1.5b"}
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def now_iso() -> str:
 
 # --- tool calls: lmgauge's one shape ---------------------------------------------------------------
 
+
 def tool_call(name: str, arguments: dict[str, Any], call_id: str | None = None) -> dict[str, Any]:
     """A tool call in lmgauge's (Ollama's) shape."""
     call: dict[str, Any] = {"function": {"name": name, "arguments": arguments}}
@@ -75,6 +76,7 @@ def tool_call_from_wire(value: Any, where: str) -> dict[str, Any]:
 
 # --- requests: parsing what a client sent ----------------------------------------------------------
 
+
 def message_from_wire(m: Any, i: int) -> Message:
     """messages[i] of an Ollama (or OpenAI-style) request."""
     if not isinstance(m, dict):
@@ -108,8 +110,14 @@ def message_from_wire(m: Any, i: int) -> Message:
     call_id = m.get("tool_call_id")
     if call_id is not None and not isinstance(call_id, str):
         raise InvalidOptionError(f"messages[{i}].tool_call_id must be a string")
-    return Message(role=role, content=content or "", tool_calls=tool_calls or None, tool_name=tool_name,
-                   thinking=thinking, tool_call_id=call_id)
+    return Message(
+        role=role,
+        content=content or "",
+        tool_calls=tool_calls or None,
+        tool_name=tool_name,
+        thinking=thinking,
+        tool_call_id=call_id,
+    )
 
 
 def messages_from_wire(value: Any) -> list[Message]:
@@ -129,7 +137,7 @@ def tools_from_wire(value: Any) -> list[dict[str, Any]] | None:
     for i, tool in enumerate(value):
         fn = tool.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise InvalidOptionError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
+            raise InvalidOptionError(f'tools[{i}] must be {{"type": "function", "function": {{"name": ...}}}}')
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise InvalidOptionError(f"tools[{i}].function.parameters must be a JSON schema object")
@@ -147,6 +155,7 @@ def think_from_wire(value: Any) -> Think:
 
 
 # --- requests: building one for an upstream Ollama server -------------------------------------------
+
 
 def message_to_wire(m: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m.role, "content": m.content}
@@ -200,6 +209,7 @@ def generate_body(request: GenerateRequest, model: str, stream: bool) -> dict[st
 
 # --- answers: building them for a client -----------------------------------------------------------
 
+
 def final_fields(result: Result) -> dict[str, Any]:
     t = result.timings
     return {
@@ -213,23 +223,38 @@ def final_fields(result: Result) -> dict[str, Any]:
     }
 
 
-def chat_object(model: str, content: str, done: bool, result: Result | None = None, *, thinking: str = "",
-                tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def chat_object(
+    model: str,
+    content: str,
+    done: bool,
+    result: Result | None = None,
+    *,
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One /api/chat object: a streamed piece, or (done, with `result`) the final/whole answer."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if tool_calls:
-        message["tool_calls"] = [{"function": dict(c["function"])} | ({"id": c["id"]} if c.get("id") else {})
-                                 for c in tool_calls]
+        message["tool_calls"] = [
+            {"function": dict(c["function"])} | ({"id": c["id"]} if c.get("id") else {}) for c in tool_calls
+        ]
     obj: dict[str, Any] = {"model": model, "created_at": now_iso(), "message": message, "done": done}
     if result is not None:
         obj.update(final_fields(result))
     return obj
 
 
-def generate_object(model: str, content: str, done: bool, result: Result | None = None, *,
-                    thinking: str = "", tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def generate_object(
+    model: str,
+    content: str,
+    done: bool,
+    result: Result | None = None,
+    *,
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One /api/generate object (tool calls have no place in generate)."""
     obj: dict[str, Any] = {"model": model, "created_at": now_iso(), "response": content, "done": done}
     if thinking:
@@ -263,11 +288,12 @@ class StreamWriter:
         if chunk.thinking or chunk.content or chunk.tool_calls:
             self._sent_thinking |= bool(chunk.thinking)
             self._sent_calls += len(chunk.tool_calls or [])
-            out.append(self.make(self.model, chunk.content, False, thinking=chunk.thinking,
-                                 tool_calls=chunk.tool_calls))
+            out.append(
+                self.make(self.model, chunk.content, False, thinking=chunk.thinking, tool_calls=chunk.tool_calls)
+            )
         if chunk.done and chunk.result is not None:
             result = chunk.result
-            missing = (result.tool_calls or [])[self._sent_calls:]
+            missing = (result.tool_calls or [])[self._sent_calls :]
             thinking = result.thinking if not self._sent_thinking else ""
             if missing or thinking:
                 out.append(self.make(self.model, "", False, thinking=thinking, tool_calls=missing))
@@ -276,8 +302,13 @@ class StreamWriter:
 
 
 def embed_response(model: str, emb: Embeddings) -> dict[str, Any]:
-    return {"model": model, "embeddings": emb.vectors, "total_duration": emb.total_ns,
-            "load_duration": emb.load_ns, "prompt_eval_count": emb.prompt_tokens}
+    return {
+        "model": model,
+        "embeddings": emb.vectors,
+        "total_duration": emb.total_ns,
+        "load_duration": emb.load_ns,
+        "prompt_eval_count": emb.prompt_tokens,
+    }
 
 
 def embeddings_response(emb: Embeddings | None) -> dict[str, Any]:
@@ -286,6 +317,7 @@ def embeddings_response(emb: Embeddings | None) -> dict[str, Any]:
 
 
 # --- answers: reading what an Ollama server sent ---------------------------------------------------
+
 
 def timings_from_wire(obj: dict[str, Any]) -> Timings:
     """The engine clock of a final Ollama object, the one map from Ollama's fields. Ollama counts
@@ -303,9 +335,13 @@ def timings_from_wire(obj: dict[str, Any]) -> Timings:
 
 
 def embeddings_from_wire(obj: dict[str, Any], model: str) -> Embeddings:
-    return Embeddings(model=model, vectors=[list(map(float, v)) for v in obj.get("embeddings") or []],
-                      prompt_tokens=int(obj.get("prompt_eval_count") or 0),
-                      load_ns=int(obj.get("load_duration") or 0), total_ns=int(obj.get("total_duration") or 0))
+    return Embeddings(
+        model=model,
+        vectors=[list(map(float, v)) for v in obj.get("embeddings") or []],
+        prompt_tokens=int(obj.get("prompt_eval_count") or 0),
+        load_ns=int(obj.get("load_duration") or 0),
+        total_ns=int(obj.get("total_duration") or 0),
+    )
 
 
 def piece_from_wire(obj: dict[str, Any]) -> Chunk:
@@ -313,8 +349,9 @@ def piece_from_wire(obj: dict[str, Any]) -> Chunk:
     message = obj.get("message")
     if isinstance(message, dict):
         calls = [tool_call_from_wire(c, "message.tool_calls[]") for c in message.get("tool_calls") or []]
-        return Chunk(content=message.get("content") or "", thinking=message.get("thinking") or "",
-                     tool_calls=calls or None)
+        return Chunk(
+            content=message.get("content") or "", thinking=message.get("thinking") or "", tool_calls=calls or None
+        )
     return Chunk(content=obj.get("response") or "", thinking=obj.get("thinking") or "")
 
 
@@ -351,7 +388,13 @@ class StreamReader:
     def result(self, final: dict[str, Any]) -> Result:
         reason = final.get("done_reason") or "stop"
         context = final.get("context")
-        return Result(model=self.model, content="".join(self._text), thinking="".join(self._thinking),
-                      done_reason="length" if reason == "length" else "stop",
-                      timings=timings_from_wire(final), engine=self.engine,
-                      tool_calls=list(self._calls) or None, context=list(context) if context else None)
+        return Result(
+            model=self.model,
+            content="".join(self._text),
+            thinking="".join(self._thinking),
+            done_reason="length" if reason == "length" else "stop",
+            timings=timings_from_wire(final),
+            engine=self.engine,
+            tool_calls=list(self._calls) or None,
+            context=list(context) if context else None,
+        )

@@ -53,14 +53,26 @@ _EXTRAS = ("top_k", "min_p", "typical_p", "repeat_last_n", "mirostat", "mirostat
 # Fixed when the server starts (or meaningless over HTTP): never sent.
 _SERVER_SIDE = frozenset(
     {
-        "num_ctx", "num_thread", "num_batch", "num_gpu", "main_gpu", "low_vram", "use_mmap",
-        "use_mlock", "numa", "vocab_only", "f16_kv", "logits_all", "num_keep", "penalize_newline",
-        "tfs_z", "draft_num_predict",
+        "num_ctx",
+        "num_thread",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "low_vram",
+        "use_mmap",
+        "use_mlock",
+        "numa",
+        "vocab_only",
+        "f16_kv",
+        "logits_all",
+        "num_keep",
+        "penalize_newline",
+        "tfs_z",
+        "draft_num_predict",
     }
 )
 # OpenAI's reasoning_effort <-> Ollama's think.
-_EFFORT_TO_THINK: dict[str, Think] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
-                                      "high": "high"}
+_EFFORT_TO_THINK: dict[str, Think] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 
 
 def new_call_id() -> str:
@@ -68,6 +80,7 @@ def new_call_id() -> str:
 
 
 # --- requests: parsing what a client sent ----------------------------------------------------------
+
 
 def messages_from_wire(value: Any) -> list[Message]:
     """OpenAI messages: content parts, tool calls with string arguments, and tool results that
@@ -104,8 +117,9 @@ def tool_choice_from_wire(value: Any, tools: list[dict[str, Any]] | None) -> tup
         if not isinstance(name, str) or name not in known:
             raise InvalidOptionError(f"tool_choice names a function that is not in tools: {name!r:.60}")
         return "required", name
-    raise InvalidOptionError('tool_choice must be "auto", "none", "required" or {"type": "function", '
-                             '"function": {"name": ...}}')
+    raise InvalidOptionError(
+        'tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}'
+    )
 
 
 def tool_choice_to_wire(choice: ToolChoice, forced: str | None) -> Any:
@@ -135,7 +149,7 @@ def response_format_from_wire(value: Any) -> Format:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidOptionError("response_format must be an object like {\"type\": \"json_object\"}")
+        raise InvalidOptionError('response_format must be an object like {"type": "json_object"}')
     kind = value.get("type")
     if kind in (None, "text"):
         return None
@@ -178,9 +192,14 @@ def chat_fields(body: dict[str, Any]) -> dict[str, Any]:
     response_format, tools, tool_choice, reasoning_effort."""
     tools = tools_from_wire(body.get("tools"))
     choice, forced = tool_choice_from_wire(body.get("tool_choice"), tools)
-    return {"messages": messages_from_wire(body.get("messages")),
-            "format": response_format_from_wire(body.get("response_format")), "tools": tools,
-            "tool_choice": choice, "forced_tool": forced, "think": reasoning_from_wire(body.get("reasoning_effort"))}
+    return {
+        "messages": messages_from_wire(body.get("messages")),
+        "format": response_format_from_wire(body.get("response_format")),
+        "tools": tools,
+        "tool_choice": choice,
+        "forced_tool": forced,
+        "think": reasoning_from_wire(body.get("reasoning_effort")),
+    }
 
 
 def completion_format(body: dict[str, Any]) -> Format:
@@ -188,6 +207,7 @@ def completion_format(body: dict[str, Any]) -> Format:
 
 
 # --- requests: building one for an upstream OpenAI-compatible server --------------------------------
+
 
 def params_to_wire(options: Options, fmt: Format = None) -> dict[str, Any]:
     """Ollama-style options and format as OpenAI request fields."""
@@ -239,11 +259,16 @@ def messages_to_wire(messages: list[Message]) -> list[dict[str, Any]]:
                 fn = call.get("function", {})
                 call_id = call.get("id") or new_call_id()
                 args = fn.get("arguments", {})
-                calls.append({
-                    "id": call_id, "type": "function",
-                    "function": {"name": fn.get("name", ""),
-                                 "arguments": args if isinstance(args, str) else json.dumps(args)},
-                })
+                calls.append(
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": fn.get("name", ""),
+                            "arguments": args if isinstance(args, str) else json.dumps(args),
+                        },
+                    }
+                )
                 pending.append(call_id)
             msg["tool_calls"] = calls
         if m.role == "tool":
@@ -296,10 +321,14 @@ def embeddings_body(model: str, inputs: list[str]) -> dict[str, Any]:
 
 # --- answers: building them for a client -----------------------------------------------------------
 
+
 def usage(result: Result) -> dict[str, Any]:
     t = result.timings
-    out: dict[str, Any] = {"prompt_tokens": t.prompt_tokens, "completion_tokens": t.output_tokens,
-                           "total_tokens": t.prompt_tokens + t.output_tokens}
+    out: dict[str, Any] = {
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.output_tokens,
+        "total_tokens": t.prompt_tokens + t.output_tokens,
+    }
     if t.cached_tokens:
         out["prompt_tokens_details"] = {"cached_tokens": t.cached_tokens}
     if t.thinking_tokens:
@@ -308,14 +337,21 @@ def usage(result: Result) -> dict[str, Any]:
 
 
 def tool_calls_to_wire(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"id": c.get("id") or new_call_id(), "type": "function",
-             "function": {"name": c["function"]["name"],
-                          "arguments": json.dumps(c["function"].get("arguments", {}), ensure_ascii=False)}}
-            for c in calls]
+    return [
+        {
+            "id": c.get("id") or new_call_id(),
+            "type": "function",
+            "function": {
+                "name": c["function"]["name"],
+                "arguments": json.dumps(c["function"].get("arguments", {}), ensure_ascii=False),
+            },
+        }
+        for c in calls
+    ]
 
 
 def finish_reason(result: Result) -> str:
-    """"tool_calls" when the turn ended in calls, unless it was cut off (length wins: the client
+    """ "tool_calls" when the turn ended in calls, unless it was cut off (length wins: the client
     must know the answer is incomplete)."""
     if result.tool_calls and result.done_reason != "length":
         return "tool_calls"
@@ -329,18 +365,34 @@ def chat_completion(request_id: str, model: str, result: Result) -> dict[str, An
     if result.tool_calls:
         message["tool_calls"] = tool_calls_to_wire(result.tool_calls)
         message["content"] = result.content or None  # OpenAI sends null beside tool calls
-    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": "lmgauge",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(result)}],
-            "usage": usage(result)}
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "lmgauge",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(result)}],
+        "usage": usage(result),
+    }
 
 
 def text_completion(request_id: str, model: str, result: Result) -> dict[str, Any]:
-    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": "lmgauge",
-            "choices": [{"index": 0, "text": result.content, "logprobs": None,
-                         "finish_reason": FINISH.get(result.done_reason, "stop")}],
-            "usage": usage(result)}
+    return {
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "lmgauge",
+        "choices": [
+            {
+                "index": 0,
+                "text": result.content,
+                "logprobs": None,
+                "finish_reason": FINISH.get(result.done_reason, "stop"),
+            }
+        ],
+        "usage": usage(result),
+    }
 
 
 class StreamWriter:
@@ -352,8 +404,13 @@ class StreamWriter:
     def __init__(self, request_id: str, model: str, kind: str, with_usage: bool):
         self.kind = kind
         self.with_usage = with_usage
-        self.base = {"id": request_id, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                     "created": int(time.time()), "model": model, "system_fingerprint": "lmgauge"}
+        self.base = {
+            "id": request_id,
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "lmgauge",
+        }
         self._role_sent = False
         self._calls = 0
 
@@ -373,10 +430,16 @@ class StreamWriter:
         out = []
         for call in tool_calls_to_wire(calls):
             index, self._calls = self._calls, self._calls + 1
-            head = {"index": index, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            head = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
             out.append(self._delta(tool_calls=[head]))
-            out.append(self._delta(tool_calls=[{"index": index, "function": {"arguments": call["function"]["arguments"]}}]))
+            out.append(
+                self._delta(tool_calls=[{"index": index, "function": {"arguments": call["function"]["arguments"]}}])
+            )
         return out
 
     def events(self, chunk: Chunk) -> list[dict[str, Any]]:
@@ -394,7 +457,7 @@ class StreamWriter:
         if chunk.done and chunk.result is not None:
             result = chunk.result
             if self.kind == "chat":
-                out.extend(self._tool_events((result.tool_calls or [])[self._calls:]))
+                out.extend(self._tool_events((result.tool_calls or [])[self._calls :]))
                 out.append(self._event({}, finish_reason(result)))
             else:
                 out.append(self._event("", FINISH.get(result.done_reason, "stop")))
@@ -409,9 +472,12 @@ def error_event(exc: BaseException) -> dict[str, Any]:
 
 
 def embeddings_response(model: str, emb: Embeddings, encode: Any) -> dict[str, Any]:
-    return {"object": "list", "model": model,
-            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(emb.vectors)],
-            "usage": {"prompt_tokens": emb.prompt_tokens, "total_tokens": emb.prompt_tokens}}
+    return {
+        "object": "list",
+        "model": model,
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(emb.vectors)],
+        "usage": {"prompt_tokens": emb.prompt_tokens, "total_tokens": emb.prompt_tokens},
+    }
 
 
 def model_entry(name: str) -> dict[str, Any]:
@@ -423,6 +489,7 @@ def models_response(names: list[str]) -> dict[str, Any]:
 
 
 # --- answers: reading what an OpenAI-compatible server sent ----------------------------------------
+
 
 class ToolCallAssembler:
     """Streamed tool calls put back together: fragments keyed by index, the id and name from the
@@ -548,9 +615,15 @@ class StreamReader:
 
     def result(self) -> Result:
         t = timings_from_wire(self._usage, self._timings)
-        return Result(model=self.model, content=self.text, thinking="".join(self._thinking),
-                      done_reason="length" if self.finish_reason == "length" else "stop",
-                      timings=t, engine=self.engine, tool_calls=self._calls.calls())
+        return Result(
+            model=self.model,
+            content=self.text,
+            thinking="".join(self._thinking),
+            done_reason="length" if self.finish_reason == "length" else "stop",
+            timings=t,
+            engine=self.engine,
+            tool_calls=self._calls.calls(),
+        )
 
 
 def error_of(event: dict[str, Any]) -> tuple[int, str] | None:
@@ -568,8 +641,11 @@ def embeddings_from_wire(obj: dict[str, Any], model: str, n_inputs: int) -> Embe
     if len(rows) != n_inputs:
         raise EngineError(f"the server returned {len(rows)} embeddings for {n_inputs} inputs")
     u = obj.get("usage") or {}
-    return Embeddings(model=model, vectors=[[float(v) for v in row["embedding"]] for row in rows],
-                      prompt_tokens=int(u.get("prompt_tokens") or 0))
+    return Embeddings(
+        model=model,
+        vectors=[[float(v) for v in row["embedding"]] for row in rows],
+        prompt_tokens=int(u.get("prompt_tokens") or 0),
+    )
 
 
 def sse_data(lines: Iterator[str]) -> Iterator[str]:
