@@ -154,13 +154,7 @@ def bench(
     was measured.
     """
     from ..bench.prompts import load_prompts
-    from ..bench.runner import (
-        BenchConfig,
-        SweepConfig,
-        parse_token_counts,
-        run_bench,
-        run_sweep,
-    )
+    from ..bench.runner import BenchConfig, SweepConfig, parse_token_counts, run_bench, run_sweep
 
     options = parse_options(option)
     num_ctx = one_count(ctx, "--ctx")

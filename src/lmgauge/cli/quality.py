@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,9 @@ from ..config import load_settings
 from .console import err, out
 from .options import JsonFlag, ModelArg
 from .render import print_quality, progress_bar
+
+if TYPE_CHECKING:
+    from ..quality import QualityConfig
 
 VariantsFlag = Annotated[
     str, typer.Option(help="Weight variants to quantize from the reference and measure (llama-quantize's names).")
@@ -73,10 +76,9 @@ def quality(
     Variants are quantized with llama.cpp's quantizer and cached; results are stored per row, so
     running the same command again resumes (see docs/quality.md).
     """
-    from ..quality import QualityConfig, run_quality, write_outputs
+    from ..quality import QualityConfig, write_outputs
     from ..quality.report import parse_budgets
     from ..quality.variants import parse_variants
-    from ..store import Store
 
     config = QualityConfig(
         model=model,
@@ -96,15 +98,7 @@ def quality(
     )
     if chunks is not None:
         config.chunks = chunks or None
-    settings = load_settings()
-    with progress_bar(elapsed=True) as bar:
-        task = bar.add_task("quality", total=None)
-        report = run_quality(
-            settings,
-            config,
-            Store(settings.db_path),
-            progress=lambda what, done, total: bar.update(task, description=what, completed=done, total=total or None),
-        )
+    report = _run_with_progress(config)
     written = write_outputs(report, output) if output else []
     if json_out:
         out.print_json(data=report, default=str)
@@ -112,3 +106,19 @@ def quality(
         print_quality(report)
     for path in written:
         err.print(f"wrote {path}")
+
+
+def _run_with_progress(config: QualityConfig) -> dict[str, Any]:
+    """Run the evaluation with one progress bar that names the step in progress."""
+    from ..quality import run_quality
+    from ..store import Store
+
+    settings = load_settings()
+    with progress_bar(elapsed=True) as bar:
+        task = bar.add_task("quality", total=None)
+        return run_quality(
+            settings,
+            config,
+            Store(settings.db_path),
+            progress=lambda what, done, total: bar.update(task, description=what, completed=done, total=total or None),
+        )
