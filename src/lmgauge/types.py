@@ -116,6 +116,25 @@ OLLAMA_OPTION_NAMES = frozenset(
     }
 )
 
+# The options that decide how fast and where a model runs, not what it answers (threads, batch,
+# GPU placement, memory mapping). The cache ignores them in its keys; the OpenAI wire format has no
+# field for them, so they are never sent there.
+RESOURCE_OPTION_NAMES = frozenset(
+    {
+        "num_thread",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "low_vram",
+        "use_mmap",
+        "use_mlock",
+        "numa",
+        "f16_kv",
+        "vocab_only",
+        "logits_all",
+    }
+)
+
 
 @dataclass
 class Options:

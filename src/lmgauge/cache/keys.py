@@ -12,24 +12,10 @@ import hashlib
 import json
 from typing import Any
 
-from ..types import ChatRequest, Options
+from ..types import RESOURCE_OPTION_NAMES, ChatRequest, Options
 
 # Options that change how fast an answer comes, not what it says.
-NON_SEMANTIC_OPTIONS = frozenset(
-    {
-        "num_thread",
-        "num_batch",
-        "num_gpu",
-        "main_gpu",
-        "low_vram",
-        "use_mmap",
-        "use_mlock",
-        "numa",
-        "f16_kv",
-        "vocab_only",
-        "logits_all",
-    }
-)
+NON_SEMANTIC_OPTIONS = RESOURCE_OPTION_NAMES
 
 
 def squash_whitespace(text: str) -> str:

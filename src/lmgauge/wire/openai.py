@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import EngineError, InvalidOptionError
 from ..types import (
+    RESOURCE_OPTION_NAMES,
     ChatRequest,
     Chunk,
     Embeddings,
@@ -51,26 +52,13 @@ _SAME_NAME = ("temperature", "top_p", "seed", "presence_penalty", "frequency_pen
 # llama-server (and, where noted, vLLM) sampling extras, sent under these names in the body.
 _EXTRAS = ("top_k", "min_p", "typical_p", "repeat_last_n", "mirostat", "mirostat_tau", "mirostat_eta")
 # Fixed when the server starts (or meaningless over HTTP): never sent.
-_SERVER_SIDE = frozenset(
-    {
-        "num_ctx",
-        "num_thread",
-        "num_batch",
-        "num_gpu",
-        "main_gpu",
-        "low_vram",
-        "use_mmap",
-        "use_mlock",
-        "numa",
-        "vocab_only",
-        "f16_kv",
-        "logits_all",
-        "num_keep",
-        "penalize_newline",
-        "tfs_z",
-        "draft_num_predict",
-    }
-)
+_SERVER_SIDE = RESOURCE_OPTION_NAMES | {
+    "num_ctx",
+    "num_keep",
+    "penalize_newline",
+    "tfs_z",
+    "draft_num_predict",
+}
 # OpenAI's reasoning_effort <-> Ollama's think.
 _EFFORT_TO_THINK: dict[str, Think] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 
