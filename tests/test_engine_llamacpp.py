@@ -146,12 +146,13 @@ def test_concurrent_callers_all_finish(llama_engine, smollm2_path):
     assert not errors and len(results) == 3
 
 
+@pytest.mark.extra_models
 def test_embeddings_are_normalised(llama_engine):
     path = "/work/shared/models/all-MiniLM-L6-v2-q8_0.gguf"
     import os
 
     if not os.path.exists(path):
-        pytest.skip("the MiniLM GGUF is only on this machine kind")
+        pytest.fail(f"{path} is missing: this test needs the MiniLM embedding GGUF from ../shared/models")
     emb = llama_engine.embed(path, ["a cat sat on the mat", "a kitten rested on a rug", "stock market crash"])
     assert len(emb.vectors) == 3 and len(emb.vectors[0]) == 384
     dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731  a short factory, read where it is used

