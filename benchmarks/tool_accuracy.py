@@ -177,6 +177,8 @@ class Score:
         self.n += 1
         calls = answer if isinstance(answer, list) else []
         unparsed = isinstance(answer, str) and started_a_call(answer, syntax)
+        if unparsed:  # shown, so that a parse failure can be diagnosed
+            print(f"started a call that did not parse: {answer!r}", file=sys.stderr, flush=True)
         if calls or unparsed:
             self.started += 1
             self.parsed += bool(calls)
@@ -213,7 +215,9 @@ def main() -> None:
         help="llama.cpp threads (default: physical cores); 1 wastes no "
         "CPU spinning at barriers on a machine other processes keep busy",
     )
+    parser.add_argument("--grammar", choices=["both", "on", "off"], default="both", help="which mode(s) to run")
     args = parser.parse_args()
+    modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.grammar]
     engine = LlamaCppEngine(Settings(keep_alive=-1, threads=args.threads))
     header = (
         f"{'model':40} {'grammar':8} {'n':>3} {'function':>9} {'schema':>7} {'values':>7} {'parses':>7} "
@@ -225,17 +229,16 @@ def main() -> None:
             syntax = toolcalls.syntax_for(make_template(inspect_gguf(model), engine._vocab(model)))
             scores = {True: Score(), False: Score()}
             for i, (prompt, name, expected) in enumerate(LABELLED[: args.limit]):
-                for grammar in (True, False):  # the same prompt both ways, so a partial run still compares
+                for grammar in modes:  # the same prompt both ways, so a partial run still compares
                     scores[grammar].add(ask(engine, model, prompt, grammar), name, expected, syntax)
                 print(
                     f"[{i + 1}/{min(args.limit, len(LABELLED))}] so far:",
-                    scores[True].row(Path(model).name, "on"),
-                    scores[False].row(Path(model).name, "off"),
+                    *[scores[g].row(Path(model).name, "on" if g else "off") for g in modes],
                     sep="\n",
                     file=sys.stderr,
                     flush=True,
                 )
-            rows += [scores[True].row(Path(model).name, "on"), scores[False].row(Path(model).name, "off")]
+            rows += [scores[g].row(Path(model).name, "on" if g else "off") for g in modes]
             print(header, *rows, sep="\n", flush=True)
             engine.unload(model)
     finally:

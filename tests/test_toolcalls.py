@@ -213,11 +213,12 @@ def test_lazy_grammar_wakes_when_the_call_starts_and_then_holds(vocab):
 
 
 @pytest.mark.parametrize("syntax", [HERMES, GENERIC, MISTRAL, LLAMA3])
-@pytest.mark.parametrize("opening", ['```json\n{"name"', '  {"name"'])
+@pytest.mark.parametrize("opening", ['```json\n{"name"', '  {"name"', '```json\n{\n  "name"'])
 def test_lazy_grammar_wakes_for_a_call_the_answer_opens_with(vocab, syntax, opening):
     """Qwen2.5-Coder 0.5B writes its calls as ```json {"name", ...} ``` rather than in its template's
     <tool_call> tags: the grammar wakes on that opening too, and then holds the call to its schema
-    and the block to its closing fence."""
+    and the block to its closing fence. Pretty-printed calls too (a newline and an indent inside
+    the object): the converter's one-optional-space rule refused them, leaving the call unconstrained."""
     from lmgauge.engines.llamacpp import tokenize
 
     lazy = toolcalls.LazyGrammar(vocab, toolcalls.call_grammar(TOOLS, syntax, lazy=True), syntax)

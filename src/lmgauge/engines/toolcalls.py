@@ -152,6 +152,11 @@ def call_grammar(tools: list[dict[str, Any]], syntax: ToolSyntax, only: str | No
     if body is None:  # pragma: no cover - a schema always gives a grammar
         raise InvalidOptionError("the tools' schemas could not be turned into a grammar")
     body = re.sub(r"^root ::=", "tool-call ::=", body, flags=re.MULTILINE)
+    # The bundled converter allows one optional space between JSON tokens; models write calls
+    # pretty-printed too (Qwen2.5-Coder 0.5B: "```json\n{\n  \"name\": ..."), which that rule
+    # rejected at the first newline, so the call went unconstrained. llama.cpp's own rule: a
+    # space, or one or two newlines and an indent, bounded so the model cannot spin in whitespace.
+    body = re.sub(r"^space ::= .*$", PRETTY_SPACE, body, flags=re.MULTILINE)
     more = f"{{0,{MAX_CALLS - 1}}}"
     bare = f"tool-call (ws tool-call){more}"
     if syntax.name == "hermes":
@@ -169,6 +174,9 @@ def call_grammar(tools: list[dict[str, Any]], syntax: ToolSyntax, only: str | No
     else:
         root = f"root ::= {calls}"
     return f"{root}\nws ::= [ \\t\\n]{{0,4}}\nlead ::= [ \\t\\n]{{0,8}}\n{body}"
+
+
+PRETTY_SPACE = 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}'
 
 
 def _gbnf_escape(text: str) -> str:
