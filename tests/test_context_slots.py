@@ -207,3 +207,21 @@ def test_a_database_from_before_slots_is_migrated_in_place(tmp_path):
     with sqlite3.connect(db) as raw:
         columns = [r[1] for r in raw.execute("PRAGMA table_info(memories)")]
     assert columns.count("subject") == 1 and "ended_turn" in columns
+
+
+def test_a_misfiled_fact_does_not_replace_a_value_the_message_never_mentions(memory):
+    """Qwen2.5 0.5B filed "vegetarian", "ukulele" and "pottery" under job, each replacing the one
+    before (seed 1000 of the tuning set). A value is replaced only by a message that names the
+    slot or the value it replaces; otherwise the fact is kept as a note and the slot is untouched."""
+    memory.remember(None, "job", "baker", source_text="I'm a baker by profession.")
+    for value, said in [("vegetarian", "I'm vegetarian, just so you know."), ("piano", "I play the piano now.")]:
+        kept = memory.remember(None, "job", value, op="update", source_text=said)
+        assert kept.action in ("new", "appended") and kept.item.key == "note" and kept.replaced == []
+    assert {m.text for m in memory.current()} == {"job: baker", "note: vegetarian", "note: piano"}
+    # Naming the slot, or the value it replaces, still replaces it.
+    career = memory.remember(None, "job", "translator", op="update", source_text="I changed careers: I'm a translator.")
+    assert [m.value for m in career.replaced] == ["baker"]
+    named = memory.remember(None, "job", "pilot", source_text="No longer a translator, I fly planes: pilot.")
+    assert [m.value for m in named.replaced] == ["translator"]
+    # Without a message (an API caller, `lmgauge memory add`), the caller decides.
+    assert memory.remember(None, "job", "nurse").replaced[0].value == "pilot"

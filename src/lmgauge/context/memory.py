@@ -50,6 +50,7 @@ from .slots import (
     VOCABULARY,
     Canonicaliser,
     key_words,
+    named_in,
     normalise_key,
     normalise_subject,
     slot_for,
@@ -256,6 +257,16 @@ _CHANGE = re.compile(
 )
 
 
+def _supports_change(key: str, text: str | None, current: list[MemoryItem]) -> bool:
+    """Does the message back replacing the slot's current value: does it name the slot ("my new
+    job") or the value it replaces ("no longer a baker")? Words of change alone do not: "I gave
+    up the ukulele; I play the piano now", filed as job by a 0.5B extractor, would replace the
+    job. Without a message (an API caller's `remember`) the caller decides: yes."""
+    if text is None:
+        return True
+    return named_in(key, text) or any(mentions(text, m.value) for m in current)
+
+
 def _stem(word: str) -> str:
     for suffix in ("ies", "es", "s"):
         if word.endswith(suffix) and len(word) > len(suffix) + 2:
@@ -365,6 +376,19 @@ class Memory:
             ]
             current = [m for m in held if m.key == key]
             same = [m for m in current if same_value(m.value, value)]
+            if (
+                op != "delete"
+                and not slot.multi
+                and current
+                and not same
+                and not _supports_change(key, source_text, current)
+            ):
+                # It would replace the slot's value, and the message names neither the slot nor
+                # that value: small extractors misfile ("I'm vegetarian" filed as job replaced
+                # the job). The fact is kept as a note (recalled like any memory), the slot as it was.
+                key, slot = NOTE, slot_for(NOTE)
+                current = [m for m in held if m.key == key]
+                same = [m for m in current if same_value(m.value, value)]
             ended = (now, source_turn, conversation)
             # An update or a retraction names what it replaces ("We relocated from Lyon to Dublin",
             # "I sold my Volvo"): a current value the message states is replaced even when the model

@@ -161,6 +161,16 @@ def same_slot(a: str, b: str) -> bool:
     return small <= big and bool(small - _GENERIC)
 
 
+def named_in(key: str, text: str) -> bool:
+    """Does the message name the slot: its key's or one of its aliases' words, all of them, in
+    the text ("I'm a baker by profession" names job; "I'm vegetarian" does not)? Generic words
+    alone ("name") do not count."""
+    said = key_words(text)
+    slot = BY_KEY.get(key)
+    names = (key, *(slot.aliases if slot else ()))
+    return any(words and words - _GENERIC and words <= said for words in map(key_words, names))
+
+
 def slot_for(key: str) -> Slot:
     """The vocabulary's slot for a canonical key, or a single-valued fact slot of that name."""
     return BY_KEY.get(key) or Slot(key, "fact")
