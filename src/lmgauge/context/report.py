@@ -92,18 +92,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if memory:
         table = Table(
             "strategy",
-            "extraction P / R",
-            "misfiled",
-            "supersession",
-            "stale as current",
-            "answer ok",
-            "stale answers",
-            "other's value",
-            "added p50 / p95",
-            "answer p50",
-            "p95 share",
-            "waits",
-            "background p50 / p95",
+            *MEMORY_COLUMNS,
             box=None,
             title_justify="left",
             title="Memory: extraction, supersession, stale values, added latency per turn",
@@ -130,6 +119,23 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else (f"{v:.0f} ms" if v < 10_000 else f"{v / 1000:.1f} s")
+
+
+# The memory table's columns after the row labels; memory_cells() gives a row's cells in this order.
+MEMORY_COLUMNS = (
+    "extraction P / R",
+    "misfiled",
+    "supersession",
+    "stale as current",
+    "answer ok",
+    "stale answers",
+    "other's value",
+    "added p50 / p95",
+    "answer p50",
+    "p95 share",
+    "waits",
+    "background p50 / p95",
+)
 
 
 def memory_cells(s: dict[str, Any]) -> list[str]:
@@ -164,18 +170,7 @@ def print_models(reports: list[dict[str, Any]], console: Console) -> None:
     table = Table(
         "model",
         "strategy",
-        "extraction P / R",
-        "misfiled",
-        "supersession",
-        "stale as current",
-        "answer ok",
-        "stale answers",
-        "other's value",
-        "added p50 / p95",
-        "answer p50",
-        "p95 share",
-        "waits",
-        "background p50 / p95",
+        *MEMORY_COLUMNS,
         box=None,
         title_justify="left",
         title="Memory, per model (same run)",
