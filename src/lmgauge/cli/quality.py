@@ -28,7 +28,7 @@ TextFlag = Annotated[
     str | None, typer.Option(help="A UTF-8 text file to evaluate on (default: the shipped public-domain corpus).")
 ]
 CtxFlag = Annotated[int, typer.Option("--ctx", help="Tokens per chunk; the second half of each is scored.")]
-ChunksFlag = Annotated[int | None, typer.Option(help="Chunks to evaluate (default 16; 0 = the whole text).")]
+ChunksFlag = Annotated[int | None, typer.Option(help="Chunks to evaluate (default 8; 0 = the whole text).")]
 TopKFlag = Annotated[int, typer.Option("--top-k", help="Reference tokens kept per position (+ tail mass).")]
 ImatrixFlag = Annotated[
     str | None, typer.Option(help="An importance matrix from llama-imatrix (GGUF) for the quantizer.")
