@@ -28,7 +28,12 @@ TextFlag = Annotated[
     str | None, typer.Option(help="A UTF-8 text file to evaluate on (default: the shipped public-domain corpus).")
 ]
 CtxFlag = Annotated[int, typer.Option("--ctx", help="Tokens per chunk; the second half of each is scored.")]
-ChunksFlag = Annotated[int | None, typer.Option(help="Chunks to evaluate (default 8; 0 = the whole text).")]
+ChunksFlag = Annotated[
+    int | None,
+    typer.Option(
+        help="Chunks to evaluate (default 4; 0 = the whole text). More chunks, smaller ± columns, proportionally longer."
+    ),
+]
 TopKFlag = Annotated[int, typer.Option("--top-k", help="Reference tokens kept per position (+ tail mass).")]
 ImatrixFlag = Annotated[
     str | None, typer.Option(help="An importance matrix from llama-imatrix (GGUF) for the quantizer.")
@@ -42,7 +47,9 @@ BudgetsFlag = Annotated[
 BudgetCtxFlag = Annotated[
     int | None, typer.Option("--budget-ctx", help="The window the verdicts size for (default: min(8192, trained)).")
 ]
-RepsFlag = Annotated[int, typer.Option(help="Measured repetitions of the speed benchmark per row.")]
+RepsFlag = Annotated[
+    int, typer.Option(help="Measured repetitions of the speed benchmark per row (medians; `lmgauge bench` uses 5).")
+]
 WarmupFlag = Annotated[int, typer.Option(help="Unmeasured warmup requests per row.")]
 NoSpeedFlag = Annotated[bool, typer.Option("--no-speed", help="Skip the speed and memory benchmark.")]
 FreshFlag = Annotated[bool, typer.Option("--fresh", help="Measure every row again instead of reusing stored rows.")]
@@ -63,7 +70,7 @@ def quality(
     imatrix: ImatrixFlag = None,
     budgets: BudgetsFlag = None,
     budget_ctx: BudgetCtxFlag = None,
-    reps: RepsFlag = 5,
+    reps: RepsFlag = 3,
     warmup: WarmupFlag = 1,
     no_speed: NoSpeedFlag = False,
     fresh: FreshFlag = False,
