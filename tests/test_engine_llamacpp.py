@@ -206,3 +206,35 @@ def test_loaded_models_report_the_sizing_estimate(llama_engine, smollm2_path):
     ask(llama_engine, smollm2_path, "hi", num_predict=2)
     (m,) = [m for m in llama_engine.loaded() if not m.details["embedding"]]
     assert 100 * 2**20 < m.size_bytes < 400 * 2**20 and m.context_length == 4096
+
+
+def test_a_request_waiting_for_another_window_size_is_told_the_engine_is_shutting_down(smollm2_path):
+    """A request waits (up to 120 s) while the model runs with another client's num_ctx. If the
+    engine closes meanwhile, the waiter is refused at once and told why, not told that it
+    waited 120 s for the other window."""
+    import time
+
+    from lmgauge.config import Settings
+    from lmgauge.engines.llamacpp import LlamaCppEngine
+    from lmgauge.errors import ShuttingDownError
+
+    engine = LlamaCppEngine(Settings(keep_alive=-1))
+    ask(engine, smollm2_path, "hi", num_predict=1, num_ctx=256)
+    (key,) = list(engine._runners)
+    engine._runners[key].users += 1  # as if another client's answer were still decoding
+    failure: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            ask(engine, smollm2_path, "hi", num_predict=1, num_ctx=320)
+        except BaseException as exc:  # noqa: BLE001  the test inspects whatever it was
+            failure.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)  # the waiter is inside its wait for the busy window
+    assert thread.is_alive() and not failure
+    engine.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(failure[0], ShuttingDownError) and "shutting down" in str(failure[0]), failure

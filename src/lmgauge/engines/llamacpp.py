@@ -32,6 +32,7 @@ from ..errors import (
     EngineError,
     InsufficientMemoryError,
     ModelFileError,
+    ShuttingDownError,
 )
 from ..limits import check_context, check_prompt_fits
 from ..models import GGUFInfo, inspect_gguf, local_models
@@ -374,6 +375,8 @@ class LlamaCppEngine:
         path, _, embedding = key
         deadline = time.monotonic() + WINDOW_WAIT_S
         while True:
+            if self._closed.is_set():  # nothing loads after close(), and a waiter learns why at once
+                raise ShuttingDownError(f"{path}: the engine is shutting down; this request was not started")
             runner = self._runners.get(key)
             if runner is not None and runner.users == 0 and runner.n_outputs < runner.n_slots * (1 + draft_max):
                 # Loaded without room for drafts' logits and idle: reload with it. (A busy one
@@ -386,7 +389,7 @@ class LlamaCppEngine:
             if not any(self._runners[k].users for k in others):
                 break
             left = deadline - time.monotonic()
-            if left <= 0 or self._closed.is_set():
+            if left <= 0:
                 raise EngineBusyError(
                     f"{path}: busy with another window size (num_ctx {others[0][1]}); a model runs one window size "
                     f"at a time, and this request waited {WINDOW_WAIT_S:g}s for it. Retry later, or send the same "
