@@ -225,3 +225,17 @@ def test_a_misfiled_fact_does_not_replace_a_value_the_message_never_mentions(mem
     assert [m.value for m in named.replaced] == ["translator"]
     # Without a message (an API caller, `lmgauge memory add`), the caller decides.
     assert memory.remember(None, "job", "nurse").replaced[0].value == "pilot"
+
+
+def test_a_value_mentioned_without_words_of_change_is_not_replaced(memory):
+    """Qwen2.5 0.5B filed "Nala chewed my slippers again" as pet: slippers (op update), which
+    replaced pet: Nala; as the dog's name it would replace that. Naming a value is not replacing
+    it: the message must also say that something changed."""
+    memory.remember(None, "pet", "Nala", source_text="I have a dog called Nala.")
+    said = "Nala chewed my slippers again."
+    assert memory.remember(None, "pet", "slippers", op="update", source_text=said).replaced == []
+    assert memory.remember(None, "dog name", "slippers", op="update", source_text=said).replaced == []
+    assert {"pet: Nala", "pet: slippers"} <= {m.text for m in memory.current()}
+    # With words of change, the named value is replaced, in its slot or another.
+    moved = memory.remember(None, "pet", "Rex", op="update", source_text="Nala is gone; we adopted Rex instead.")
+    assert [m.value for m in moved.replaced] == ["Nala"]

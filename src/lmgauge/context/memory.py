@@ -251,7 +251,7 @@ _ALSO = re.compile(r"\b(also|too|as well|in addition|another)\b", re.I)
 # Words that say a value changed: a message with one of them and a current value is an update,
 # whatever operation the model chose ("I've switched from oat latte to hot chocolate" as "add").
 _CHANGE = re.compile(
-    r"\b(not|no longer|anymore|any more|instead|now|switched|moved|relocated|changed|"
+    r"\b(not|no longer|anymore|any more|instead|now|switched|move|moved|relocated|changed|"
     r"gave up|quit|left|dropped|sold|replaced|stopped)\b",
     re.I,
 )
@@ -259,12 +259,18 @@ _CHANGE = re.compile(
 
 def _supports_change(key: str, text: str | None, current: list[MemoryItem]) -> bool:
     """Does the message back replacing the slot's current value: does it name the slot ("my new
-    job") or the value it replaces ("no longer a baker")? Words of change alone do not: "I gave
-    up the ukulele; I play the piano now", filed as job by a 0.5B extractor, would replace the
-    job. Without a message (an API caller's `remember`) the caller decides: yes."""
+    job"), or name the value it replaces and say that something changed ("no longer a baker")?
+    Words of change alone do not ("I gave up the ukulele; I play the piano now", filed as job by a
+    0.5B extractor, would replace the job), nor does naming the value alone ("Nala chewed my
+    slippers again", filed as the dog's name). Without a message (an API caller's `remember`)
+    the caller decides: yes."""
     if text is None:
         return True
-    return named_in(key, text) or any(mentions(text, m.value) for m in current)
+    return named_in(key, text) or (_states_change(text) and any(mentions(text, m.value) for m in current))
+
+
+def _states_change(text: str) -> bool:
+    return bool(_CHANGE.search(text))
 
 
 def _stem(word: str) -> str:
@@ -383,9 +389,10 @@ class Memory:
                 and not same
                 and not _supports_change(key, source_text, current)
             ):
-                # It would replace the slot's value, and the message names neither the slot nor
-                # that value: small extractors misfile ("I'm vegetarian" filed as job replaced
-                # the job). The fact is kept as a note (recalled like any memory), the slot as it was.
+                # It would replace the slot's value, and the message neither names the slot nor
+                # says that value changed: small extractors misfile ("I'm vegetarian" filed as job
+                # replaced the job). The fact is kept as a note (recalled like any memory), the
+                # slot as it was.
                 key, slot = NOTE, slot_for(NOTE)
                 current = [m for m in held if m.key == key]
                 same = [m for m in current if same_value(m.value, value)]
@@ -393,7 +400,9 @@ class Memory:
             # An update or a retraction names what it replaces ("We relocated from Lyon to Dublin",
             # "I sold my Volvo"): a current value the message states is replaced even when the model
             # filed it under another slot (small extractors misfile; the store decides, not them).
-            changing = op != "add" or bool(source_text and _CHANGE.search(source_text))
+            # The message's words decide, not the model's op: a 0.5B extractor calls "Nala chewed
+            # my slippers again" an update.
+            changing = bool(source_text and _states_change(source_text))
             named = (
                 [
                     m
@@ -435,8 +444,14 @@ class Memory:
             if slot.multi:
                 # A multi-valued slot keeps its values, except those this message replaces: the
                 # ones it names ("I gave up the cello; I play the banjo now"), unless it adds.
+                # A value named without words of change is mentioned, not replaced ("Nala chewed my
+                # slippers again" filed as pet: slippers keeps pet: Nala).
                 adding = op == "add" and source_text is not None and _ALSO.search(source_text)
-                replaced = [] if adding or not source_text else [m for m in current if mentions(source_text, m.value)]
+                replaced = (
+                    []
+                    if adding or not source_text or not _states_change(source_text)
+                    else [m for m in current if mentions(source_text, m.value)]
+                )
             else:
                 replaced = list(current)
             replaced += [m for m in named if m not in replaced]
