@@ -239,3 +239,17 @@ def test_a_value_mentioned_without_words_of_change_is_not_replaced(memory):
     # With words of change, the named value is replaced, in its slot or another.
     moved = memory.remember(None, "pet", "Rex", op="update", source_text="Nala is gone; we adopted Rex instead.")
     assert [m.value for m in moved.replaced] == ["Nala"]
+
+
+def test_another_persons_memory_recalled_as_theirs_is_not_a_stale_value(memory):
+    """The evaluation's "stale as current" counted "friend's home city: Porto" as the user's old
+    value when it was recalled for "Which city do I live in now?": it is the friend's, labelled so."""
+    from lmgauge.context.evaluation import stale_recalled
+    from lmgauge.context.memory import Recalled
+
+    friend = memory.remember(None, "home city", "Porto", subject="friend", source_text="My friend lives in Porto.").item
+    mine = memory.remember(None, "home city", "Quito").item
+    stale = memory.remember(None, "note", "Oslo").item  # the user's old city, still held as current
+    lines = [Recalled("memory", m.id, m.text, 0.0, 0) for m in (friend, mine)]
+    assert stale_recalled(memory, lines, ["Oslo", "Porto"]) == 0
+    assert stale_recalled(memory, [*lines, Recalled("memory", stale.id, stale.text, 0.0, 0)], ["Oslo", "Porto"]) == 1

@@ -41,7 +41,7 @@ from ..errors import ContextOverflowError
 from ..stats import percentile
 from ..store import Store
 from .conversation import Conversation
-from .memory import Memory, same_value
+from .memory import Memory, Recalled, same_value
 from .retrieval import DocIndex
 from .search import pack
 from .slots import SUBJECT_USER
@@ -209,11 +209,7 @@ def run_strategy(
                         others=t.others,
                     )
                     wrong = t.old + t.others
-                    recalled_stale = sum(
-                        1
-                        for r in prep.recalled
-                        if r.source == "memory" and any(contains_value(o, r.text) for o in wrong)
-                    )
+                    recalled_stale = stale_recalled(memory, prep.recalled, wrong) if memory is not None else 0
                     run.stale_recalled += recalled_stale
                     held = memory.current(SUBJECT_USER) if memory is not None else []
                     q.stale_current = bool(recalled_stale) or any(same_value(o, m.value) for o in wrong for m in held)
@@ -255,6 +251,19 @@ def run_strategy(
             run.supersession = supersession_accuracy(memory, synth, upto=len(run.tokens))
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def stale_recalled(memory: Memory, recalled: list[Recalled], wrong: list[str]) -> int:
+    """Recalled memories *of the user* that hold an old value or another person's. A friend's
+    memory recalled as the friend's ("friend's home city: Porto") is right, not stale: it is not
+    recalled as the user's value."""
+    return sum(
+        1
+        for r in recalled
+        if r.source == "memory"
+        and memory.get(r.id).subject == SUBJECT_USER
+        and any(contains_value(o, r.text) for o in wrong)
+    )
 
 
 @dataclass
