@@ -253,3 +253,28 @@ def test_another_persons_memory_recalled_as_theirs_is_not_a_stale_value(memory):
     lines = [Recalled("memory", m.id, m.text, 0.0, 0) for m in (friend, mine)]
     assert stale_recalled(memory, lines, ["Oslo", "Porto"]) == 0
     assert stale_recalled(memory, [*lines, Recalled("memory", stale.id, stale.text, 0.0, 0)], ["Oslo", "Porto"]) == 1
+
+
+def test_recall_brings_someone_elses_facts_only_when_the_message_names_them(memory):
+    """A friend's home city ("friend's home city: Porto"), recalled beside the user's city for
+    "Which city do I live in now?", drew a 0.5B model's answer ("I live in Porto"). Another
+    person's facts are recalled when the message is about that person."""
+    memory.remember(None, "home city", "Quito")
+    memory.remember(None, "home city", "Porto", subject="friend", source_text="My friend lives in Porto.")
+    mine = memory.recall("Which city do I live in now?", ServerTokens(), 10_000)
+    assert [r.text for r in mine] == ["home city: Quito"]
+    theirs = memory.recall("Which city does my friend live in?", ServerTokens(), 10_000)
+    assert "friend's home city: Porto" in [r.text for r in theirs]
+
+
+def test_a_multi_valued_slot_is_recalled_on_one_line(memory):
+    """Two allergies on two lines: a 0.5B model answered with one of them."""
+    memory.remember(None, "allergy", "peanuts")
+    memory.remember(None, "allergy", "sesame", source_text="I found out I'm also allergic to sesame.")
+    memory.remember(None, "home city", "Quito")
+    block = recall_block(memory.recall("What am I allergic to?", ServerTokens(), 10_000))
+    lines = block.splitlines()
+    assert lines[0].startswith("What is true now")
+    allergy = next(line for line in lines if "allergy" in line)
+    assert len(lines) == 3 and "- home city: Quito" in lines
+    assert allergy in ("- allergy: peanuts; sesame", "- allergy: sesame; peanuts")

@@ -683,7 +683,14 @@ class Memory:
             return []
         candidates: list[Recalled] = []
         vectors: list[np.ndarray] = []
-        items = [m for m in self.current() if m.id not in (exclude_memories or set())]
+        # Someone else's facts only when the message names them: "friend's home city: Porto"
+        # beside the user's city, for "Which city do I live in now?", drew a 0.5B model's answer.
+        asked = key_words(query)
+        items = [
+            m
+            for m in self.current()
+            if m.id not in (exclude_memories or set()) and (m.subject == SUBJECT_USER or key_words(m.subject) <= asked)
+        ]
         if items:
             replaced: dict[int, list[MemoryItem]] = {}
             if self.history_notes:
@@ -773,8 +780,24 @@ def recall_block(items: list[Recalled]) -> str:
     if turns:
         lines += ["Earlier messages from the user (oldest first):"] + [format_recalled(i) for i in turns]
     if memories:
-        lines += ["What is true now (long-term memory, up to date):"] + [format_recalled(i) for i in memories]
+        lines += ["What is true now (long-term memory, up to date):"] + _one_line_per_slot(memories)
     return "\n".join(lines)
+
+
+def _one_line_per_slot(memories: list[Recalled]) -> list[str]:
+    """The values of a multi-valued slot on one line ("- allergy: peanuts; sesame"): as separate
+    lines, small models answered with one of them."""
+    lines: list[str] = []
+    slot_line: dict[str, int] = {}
+    for item in memories:
+        key, _, value = item.text.partition(": ")
+        if key in slot_line and not item.note and not key.endswith(NOTE):
+            lines[slot_line[key]] += f"; {value}"
+            continue
+        if not item.note:
+            slot_line[key] = len(lines)
+        lines.append(format_recalled(item))
+    return lines
 
 
 def pinned_block(items: list[MemoryItem]) -> str:
