@@ -185,6 +185,12 @@ def test_embeddings_endpoints(http):
     )
     cut = http.post("/api/embed", json={"model": "smollm2", "input": "hello", "dimensions": 4}).json()
     assert len(cut["embeddings"][0]) == 4
+    # Nothing to embed: Ollama answers an empty list (after checking the model); OpenAI refuses.
+    for nothing in ("", []):
+        empty = http.post("/api/embed", json={"model": "smollm2", "input": nothing})
+        assert empty.status_code == 200 and empty.json()["embeddings"] == []
+        assert http.post("/api/embed", json={"model": "no-such-model", "input": nothing}).status_code == 404
+        assert http.post("/v1/embeddings", json={"model": "smollm2", "input": nothing}).status_code == 400
 
 
 def test_raw_generate_and_upstream_generate(http):

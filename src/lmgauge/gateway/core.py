@@ -731,7 +731,9 @@ class Gateway:
         if any(not text for text in inputs):
             raise InvalidOptionError("input must not be empty (nor contain empty strings)")
         arrived = time.perf_counter_ns()
-        backend = await self.backend_for(name)
+        backend = await self.backend_for(name)  # an unknown or refused model fails here, input or not
+        if not inputs:
+            return Embeddings(name, [])
         admission = self._admission_for(backend)
         await admission.acquire(self.settings.gateway.request_timeout)
         try:

@@ -144,10 +144,12 @@ async def api_chat(request: Request) -> Response:
     return await _answer(request, "chat")
 
 
-def parse_embed_input(value: Any, name: str = "input") -> list[str]:
+def parse_embed_input(value: Any, name: str = "input", allow_empty: bool = False) -> list[str]:
+    """The texts to embed. `allow_empty`: "" and [] mean no texts (Ollama's /api/embed answers
+    them with an empty list; OpenAI's /v1/embeddings refuses them)."""
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [value] if value or not allow_empty else []
+    if isinstance(value, list) and (value or allow_empty) and all(isinstance(v, str) for v in value):
         return value
     raise InvalidOptionError(f"{name} must be a string or a non-empty array of strings")
 
@@ -157,7 +159,7 @@ async def api_embed(request: Request) -> Response:
     try:
         body = await read_json(request, gateway.settings.gateway.max_body_bytes)
         model = model_name(body)
-        inputs = parse_embed_input(body.get("input"))
+        inputs = parse_embed_input(body.get("input"), allow_empty=True)
         truncate = get(body, "truncate", bool, True)
         dimensions = get(body, "dimensions", int)
         parse_options(body.get("options"))
