@@ -187,6 +187,45 @@ def test_invalid_json_is_retried_once_then_skipped_with_a_warning(settings, tmp_
         assert len(server.requests) == 4
 
 
+def test_a_fact_about_someone_the_message_never_names_is_rejected(settings, tmp_path):
+    """Qwen2.5 0.5B added "friend / job: Bluefin Robotics" to "I left Quarry Bank and joined
+    Bluefin Robotics": no friend in the message, so not stored; the user's fact is."""
+    reply = (
+        '{"memories": [{"op": "update", "subject": "user", "key": "employer", "value": "Bluefin Robotics"}, '
+        '{"op": "add", "subject": "friend", "key": "job", "value": "Bluefin Robotics"}]}'
+    )
+    with RawOllama(reply=reply) as server, _client(settings, server.url) as client:
+        out = Extractor(client, "ollama:standin", Memory(Store(tmp_path / "m.db"))).extract(
+            "I left Quarry Bank and joined Bluefin Robotics."
+        )
+    assert [(r.item.subject, r.item.text) for r in out.stored] == [("user", "employer: Bluefin Robotics")]
+    assert [p["subject"] for p in out.rejected] == ["friend"]
+
+
+def test_an_answer_whose_facts_are_all_rejected_is_asked_once_more(settings, tmp_path):
+    """Qwen2.5 0.5B answered "Let's move the project review from Friday to Tuesday" with the value
+    "Project Review Day 2": never said, rejected, and the update was lost. Nothing grounded: one
+    more attempt (another seed, some temperature), as for invalid JSON; a good answer is not
+    asked twice."""
+    answers = iter(
+        [
+            '{"memories": [{"op": "update", "subject": "user", "key": "project name", "value": "Review Day 2"}]}',
+            '{"memories": [{"op": "update", "subject": "user", "key": "project review day", "value": "Tuesday"}]}',
+        ]
+    )
+    with (
+        RawOllama(reply=lambda body: next(answers, '{"memories": []}')) as server,
+        _client(settings, server.url) as client,
+    ):
+        extractor = Extractor(client, "ollama:standin", Memory(Store(tmp_path / "m.db")))
+        out = extractor.extract("Let's move the project review from Friday to Tuesday.")
+        assert [r.item.text for r in out.stored] == ["project review day: Tuesday"] and out.attempts == 2
+        assert [p["value"] for p in out.rejected] == ["Review Day 2"] and len(out.proposed) == 2
+        assert [r.body["options"]["temperature"] for r in server.requests] == [0, 0.3]
+        # An answer with nothing to store ("no memories") is not a rejection: one request.
+        assert extractor.extract("What a lovely day.").attempts == 1 and len(server.requests) == 3
+
+
 def test_an_unreachable_extraction_model_does_not_fail_the_turn(settings, tmp_path, closed_url):
     with _client(settings, closed_url) as client:
         out = Extractor(client, "ollama:standin", Memory(Store(tmp_path / "m.db"))).extract("I live in Oslo.")

@@ -98,7 +98,25 @@ VOCABULARY: tuple[Slot, ...] = (
     _s("instrument", "fact", "musical instrument", "plays", "plays instrument", multi=True),
     _s("hobby", "preference", "hobbies", "interest", "pastime", "sport", multi=True),
     _s("allergy", "fact", "allergies", "allergic to", "allergic", multi=True),
-    _s("diet", "preference", "dietary preference", "eating habits", "dietary restriction"),
+    # The common diets name the slot: "I'm vegan" says which attribute it is (small extractors
+    # filed such values as job or hobby).
+    _s(
+        "diet",
+        "preference",
+        "dietary preference",
+        "eating habits",
+        "dietary restriction",
+        "vegetarian",
+        "vegan",
+        "pescatarian",
+        "gluten-free",
+        "keto",
+        "paleo",
+        "halal",
+        "kosher",
+        "dairy-free",
+        "lactose-free",
+    ),
     _s("morning drink", "preference", "drink", "favorite drink", "breakfast drink", "coffee", "tea", "beverage"),
     _s("favorite food", "preference", "food", "favourite food", "favorite dish", "cuisine"),
     _s("favorite color", "preference", "colour", "color", "favourite colour"),
@@ -161,14 +179,29 @@ def same_slot(a: str, b: str) -> bool:
     return small <= big and bool(small - _GENERIC)
 
 
-def named_in(key: str, text: str) -> bool:
-    """Does the message name the slot: its key's or one of its aliases' words, all of them, in
-    the text ("I'm a baker by profession" names job; "I'm vegetarian" does not)? Generic words
-    alone ("name") do not count."""
+def _naming(key: str, text: str) -> frozenset[str]:
+    """The words by which the message names the slot (its key's or an alias's, the longest that
+    occurs whole), or none. Generic words alone ("name") do not count."""
     said = key_words(text)
     slot = BY_KEY.get(key)
-    names = (key, *(slot.aliases if slot else ()))
-    return any(words and words - _GENERIC and words <= said for words in map(key_words, names))
+    found = [w for w in map(key_words, (key, *(slot.aliases if slot else ()))) if w and w - _GENERIC and w <= said]
+    return max(found, key=len, default=frozenset())
+
+
+def named_in(key: str, text: str) -> bool:
+    """Does the message name the slot: its key's or one of its aliases' words, all of them, in
+    the text ("I'm a baker by profession" names job; "I'm vegetarian" does not)?"""
+    return bool(_naming(key, text))
+
+
+def named_slots(text: str) -> list[str]:
+    """The vocabulary's slots a message names (see named_in): ["instrument"] for "I gave up the
+    cello; I play the banjo now", ["job", "brother name"] for "My brother works as a nurse". A
+    slot named by words within another's is left out: "project review" names the project
+    review day, not the project name."""
+    naming = {s.key: _naming(s.key, text) for s in VOCABULARY if s.key != NOTE}
+    naming = {k: w for k, w in naming.items() if w}
+    return [k for k, w in naming.items() if not any(w < other for other in naming.values())]
 
 
 def slot_for(key: str) -> Slot:
@@ -250,3 +283,27 @@ def normalise_subject(subject: str | None) -> str:
         return SUBJECT_USER
     words = [w for w in _WORD.findall(text) if w not in {"my", "the", "a", "an", "user", "s"}]
     return " ".join(words[:3]) or SUBJECT_USER
+
+
+# People a user talks about ("my colleague"): a message about one of them, without I, me or we,
+# is about that person, whatever subject the extractor gave.
+PEOPLE = frozenset(
+    "friend colleague coworker neighbour neighbor partner wife husband boyfriend girlfriend sister brother "
+    "mother mom mum father dad son daughter boss cousin aunt uncle grandmother grandfather roommate "
+    "flatmate".split()
+)
+_FIRST_PERSON = re.compile(r"\b(i|me|we|us|our|ours|myself)\b", re.I)
+
+
+def people_in(text: str) -> list[str]:
+    """The people a message names, in order: ["brother"] for "My brother works as a nurse"."""
+    return [w for w in _WORD.findall(text.lower()) if w in PEOPLE]
+
+
+def spoken_of(text: str) -> str | None:
+    """The person a message is about when it is not the user: "My colleague always drinks
+    espresso" -> "colleague" (a 0.5B extractor gave it as the user's). None when the user speaks
+    of themselves ("My friend and I moved to Oslo") or names no one."""
+    if _FIRST_PERSON.search(text):
+        return None
+    return next(iter(people_in(text)), None)
