@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,14 @@ def _client(settings, url):
     return Client(settings.model_copy(update={"ollama_host": url}))
 
 
+@contextmanager
+def _scripted(settings, tmp_path, answers, then):
+    """An extractor whose model answers `answers` in turn, then always `then` (a stand-in Ollama)."""
+    replies = iter(answers)
+    with RawOllama(reply=lambda body: next(replies, then)) as server, _client(settings, server.url) as client:
+        yield server, Extractor(client, "ollama:standin", Memory(Store(tmp_path / "m.db")))
+
+
 def test_extraction_sends_the_schema_and_stores_grounded_facts(settings, tmp_path):
     reply = (
         '{"memories": [{"op": "update", "subject": "user", "key": "home city", "value": "Oslo"}, '
@@ -166,18 +175,11 @@ def test_extraction_sends_the_schema_and_stores_grounded_facts(settings, tmp_pat
 
 
 def test_invalid_json_is_retried_once_then_skipped_with_a_warning(settings, tmp_path):
-    answers = iter(
-        [
-            '{"memories": [{"op": "add", "key": "dog',
-            '{"memories": [{"op": "add", "subject": "user", "key": "dog name", "value": "Rex"}]}',
-        ]
-    )
-    with (
-        RawOllama(reply=lambda body: next(answers, "not json at all")) as server,
-        _client(settings, server.url) as client,
-    ):
-        memory = Memory(Store(tmp_path / "m.db"))
-        extractor = Extractor(client, "ollama:standin", memory)
+    answers = [
+        '{"memories": [{"op": "add", "key": "dog',
+        '{"memories": [{"op": "add", "subject": "user", "key": "dog name", "value": "Rex"}]}',
+    ]
+    with _scripted(settings, tmp_path, answers, then="not json at all") as (server, extractor):
         ok = extractor.extract("My dog is called Rex.")
         assert ok.attempts == 2 and [r.item.text for r in ok.stored] == ["dog name: Rex"]
         assert len(ok.warnings) == 1 and "invalid output" in ok.warnings[0]
@@ -207,17 +209,11 @@ def test_an_answer_whose_facts_are_all_rejected_is_asked_once_more(settings, tmp
     "Project Review Day 2": never said, rejected, and the update was lost. Nothing grounded: one
     more attempt (another seed, some temperature), as for invalid JSON; a good answer is not
     asked twice."""
-    answers = iter(
-        [
-            '{"memories": [{"op": "update", "subject": "user", "key": "project name", "value": "Review Day 2"}]}',
-            '{"memories": [{"op": "update", "subject": "user", "key": "project review day", "value": "Tuesday"}]}',
-        ]
-    )
-    with (
-        RawOllama(reply=lambda body: next(answers, '{"memories": []}')) as server,
-        _client(settings, server.url) as client,
-    ):
-        extractor = Extractor(client, "ollama:standin", Memory(Store(tmp_path / "m.db")))
+    answers = [
+        '{"memories": [{"op": "update", "subject": "user", "key": "project name", "value": "Review Day 2"}]}',
+        '{"memories": [{"op": "update", "subject": "user", "key": "project review day", "value": "Tuesday"}]}',
+    ]
+    with _scripted(settings, tmp_path, answers, then='{"memories": []}') as (server, extractor):
         out = extractor.extract("Let's move the project review from Friday to Tuesday.")
         assert [r.item.text for r in out.stored] == ["project review day: Tuesday"] and out.attempts == 2
         assert [p["value"] for p in out.rejected] == ["Review Day 2"] and len(out.proposed) == 2
