@@ -927,14 +927,16 @@ class Extractor:
 def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[dict[str, str]]:
     """The proposals with each one's slot checked against the message's own words. Small
     extractors misfile (on the tuning seeds a 0.5B model put about one fact in three under another
-    slot: "I play the piano now" as job, "I have a dog named Nala" as pet). A proposal whose slot
-    the message does not name moves to:
-    1. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
-       names dog name), or else
-    2. when the message says something changed, the slot of the one current value it names and
+    slot: "I play the piano now" as job, "I have a dog named Nala" as pet). First the subject is
+    checked against the people the message names (whose). Then a proposal whose slot the message
+    does not name moves to:
+    1. the slot that already holds that value ("It's raining again here in Oslo", filed as home
+       country while home city is Oslo), else
+    2. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
+       names dog name, "vegan" names diet), else
+    3. when the message says something changed, the slot of the one current value it names and
        replaces ("I sold the Mazda and bought a Subaru", filed as job: the car's slot).
-    Otherwise the model's slot stands (remember() still guards a single-valued slot's value). A
-    message about someone else and not the user (spoken_of) files the user's facts as theirs."""
+    Otherwise the model's slot stands (remember() still guards a single-valued slot's value)."""
     placed = [(*attribute_of(normalise_subject(p["subject"]), p["key"]), p) for p in proposals]
     placed = [(whose(subject, key, text), key, p) for subject, key, p in placed]
     placed = [(subject, memory.canonical_key(key, subject), p) for subject, key, p in placed]
