@@ -280,6 +280,20 @@ def test_a_multi_valued_slot_is_recalled_on_one_line(memory):
     assert allergy in ("- allergy: peanuts; sesame", "- allergy: sesame; peanuts")
 
 
+def test_a_multi_valued_slot_is_recalled_whole_even_when_a_value_is_pinned(memory):
+    """After a compaction "allergy: peanuts" was pinned in the system prompt and only "allergy:
+    sesame" recalled beside the question: the 0.5B model answered "sesame". The recalled line
+    carries every current value of the slot, and never a value that is no longer current."""
+    peanuts = memory.remember(None, "allergy", "peanuts").item
+    memory.remember(None, "allergy", "sesame", source_text="I found out I'm also allergic to sesame.")
+    memory.remember(None, "allergy", "pollen", source_text="I'm also allergic to pollen.")
+    memory.remember(None, "allergy", "latex", op="delete", source_text="I'm not allergic to pollen anymore.")
+    memory.remember(None, "allergy", "pollen", op="delete", source_text="I'm not allergic to pollen anymore.")
+    recalled = memory.recall("What am I allergic to?", ServerTokens(), 10_000, exclude_memories={peanuts.id})
+    (allergy,) = [line for line in recall_block(recalled).splitlines() if "allergy" in line]
+    assert allergy in ("- allergy: peanuts; sesame", "- allergy: sesame; peanuts")
+
+
 def test_the_message_names_the_slot_a_misfiled_proposal_belongs_in(memory):
     """Qwen2.5 0.5B filed "I play the piano now" as job, "I have a dog named Nala" as pet and
     "I live in Graz" as home country (tuning seeds 1000-1003). A proposal whose slot the message

@@ -695,23 +695,25 @@ class Memory:
         # Someone else's facts only when the message names them: "friend's home city: Porto"
         # beside the user's city, for "Which city do I live in now?", drew a 0.5B model's answer.
         asked = key_words(query)
+        current = self.current()
         items = [
             m
-            for m in self.current()
+            for m in current
             if m.id not in (exclude_memories or set()) and (m.subject == SUBJECT_USER or key_words(m.subject) <= asked)
         ]
+        replaced: dict[int, list[MemoryItem]] = {}
+        if items and self.history_notes:
+            for old in self.list("superseded"):
+                if old.superseded_by is not None:
+                    replaced.setdefault(old.superseded_by, []).append(old)
+
+        def line(m: MemoryItem) -> Recalled:
+            return Recalled(
+                "memory", m.id, m.text, 0.0, 0, m.source_turn, note=self.history_note(m, replaced.get(m.id, []))
+            )
+
         if items:
-            replaced: dict[int, list[MemoryItem]] = {}
-            if self.history_notes:
-                for old in self.list("superseded"):
-                    if old.superseded_by is not None:
-                        replaced.setdefault(old.superseded_by, []).append(old)
-            candidates += [
-                Recalled(
-                    "memory", m.id, m.text, 0.0, 0, m.source_turn, note=self.history_note(m, replaced.get(m.id, []))
-                )
-                for m in items
-            ]
+            candidates += [line(m) for m in items]
             vec = self._vectors("memories", [m.id for m in items], [m.text for m in items])
             if vec is not None:
                 vectors.append(vec)
@@ -739,6 +741,16 @@ class Memory:
             c.tokens = counter.count_text(format_recalled(c) + "\n")
             ranked.append(c)
         chosen, _ = pack(ranked, lambda c: c.tokens, budget)
+        # A multi-valued slot is recalled whole: its other values, pinned in the system prompt or
+        # left out by the budget, join the recalled one (with "allergy: sesame" recalled and
+        # "allergy: peanuts" pinned, a 0.5B model named one allergy of two). A few tokens over
+        # the budget; the prompt is measured again before it is sent (Conversation._build).
+        ids = {c.id for c in chosen if c.source == "memory"}
+        whole = {(m.subject, m.key) for m in current if m.id in ids and m.key != NOTE and slot_for(m.key).multi}
+        for m in current:
+            if (m.subject, m.key) in whole and m.id not in ids:
+                chosen.append(line(m))
+                chosen[-1].tokens = counter.count_text(format_recalled(chosen[-1]) + "\n")
         return sorted(chosen, key=lambda c: (c.source == "memory", c.turn if c.turn is not None else -1))
 
     def pinned(self, counter: TokenCounter, budget: int) -> builtins.list[MemoryItem]:
