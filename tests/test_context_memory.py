@@ -218,8 +218,45 @@ def test_an_answer_whose_facts_are_all_rejected_is_asked_once_more(settings, tmp
         assert [r.item.text for r in out.stored] == ["project review day: Tuesday"] and out.attempts == 2
         assert [p["value"] for p in out.rejected] == ["Review Day 2"] and len(out.proposed) == 2
         assert [r.body["options"]["temperature"] for r in server.requests] == [0, 0.3]
+        # The second request names what was rejected, so the model does not give it again.
+        assert '(Not "Review Day 2"' in server.requests[1].body["messages"][-1]["content"]
         # An answer with nothing to store ("no memories") is not a rejection: one request.
         assert extractor.extract("What a lovely day.").attempts == 1 and len(server.requests) == 3
+
+
+def test_an_update_to_the_value_it_replaces_is_rejected_and_asked_again(settings, tmp_path):
+    """Qwen2.5 0.5B answered "I'm not gluten-free anymore, I'm vegan now" with an update to
+    "gluten-free": stored, that would merge into the old value and lose the change."""
+    answers = [
+        '{"memories": [{"op": "update", "subject": "user", "key": "diet", "value": "gluten-free"}]}',
+        '{"memories": [{"op": "update", "subject": "user", "key": "diet", "value": "vegan"}]}',
+    ]
+    with _scripted(settings, tmp_path, answers, then='{"memories": []}') as (_, extractor):
+        extractor.memory.remember(None, "diet", "gluten-free", source_text="I'm gluten-free, just so you know.")
+        out = extractor.extract("I'm not gluten-free anymore, I'm vegan now.")
+        assert [(r.action, r.item.text) for r in out.stored] == [("superseded", "diet: vegan")]
+        assert [p["value"] for p in out.rejected] == ["gluten-free"] and out.attempts == 2
+    assert [m.text for m in extractor.memory.current()] == ["diet: vegan"]
+
+
+def test_a_change_answered_with_only_its_retraction_is_asked_again(settings, tmp_path):
+    """Qwen2.5 0.5B answered "I gave up the ukulele; I play the piano now" with an update to
+    "ukulele" (rejected: the old value) and a deletion of it: the piano was lost. Kept
+    retractions alone do not end the extraction; the second answer's facts join them."""
+    answers = [
+        '{"memories": [{"op": "update", "subject": "user", "key": "instrument", "value": "ukulele"}, '
+        '{"op": "delete", "subject": "user", "key": "instrument", "value": "ukulele"}]}',
+        '{"memories": [{"op": "update", "subject": "user", "key": "instrument", "value": "piano"}]}',
+        '{"memories": [{"op": "delete", "subject": "user", "key": "instrument", "value": "piano"}]}',
+    ]
+    with _scripted(settings, tmp_path, answers, then='{"memories": []}') as (server, extractor):
+        extractor.memory.remember(None, "instrument", "ukulele", source_text="I've been learning the ukulele.")
+        out = extractor.extract("I gave up the ukulele; I play the piano now.")
+        assert [r.action for r in out.stored] == ["retracted", "new"] and out.attempts == 2
+        assert [m.text for m in extractor.memory.current()] == ["instrument: piano"]
+        # A retraction alone, with nothing rejected, is one request.
+        assert extractor.extract("I no longer play the piano.").attempts == 1 and len(server.requests) == 3
+    assert extractor.memory.current() == []
 
 
 def test_an_unreachable_extraction_model_does_not_fail_the_turn(settings, tmp_path, closed_url):

@@ -168,6 +168,8 @@ Examples:
 "I swapped the violin for the flute." -> {"memories": [{"op": "update", "subject": "user", "key": "instrument", \
 "value": "flute"}]}
 "I've started knitting too." -> {"memories": [{"op": "add", "subject": "user", "key": "hobby", "value": "knitting"}]}
+"Let's move the dentist appointment from Saturday to Sunday." -> {"memories": [{"op": "update", "subject": "user", \
+"key": "appointment", "value": "Sunday"}]}
 "My friend works as a chef." -> {"memories": [{"op": "add", "subject": "friend", "key": "job", "value": "chef"}]}
 "I no longer have a hamster." -> {"memories": [{"op": "delete", "subject": "user", "key": "pet", \
 "value": "hamster"}]}
@@ -857,11 +859,18 @@ class Extractor:
         system = EXTRACTION_PROMPT + "\nAllowed keys: " + ", ".join(keys) + "."
         return [Message("system", system), Message("user", text)], extraction_schema(keys)
 
-    def propose(self, text: str, attempts: tuple[int, ...] = (1, 2)) -> tuple[list[dict[str, str]], list[str], int]:
+    def propose(
+        self, text: str, attempts: tuple[int, ...] = (1, 2), rejected: list[dict[str, str]] | None = None
+    ) -> tuple[list[dict[str, str]], list[str], int]:
         """The model's proposals for one message, the warnings, and the attempts made. A second
-        attempt uses another seed and some temperature."""
+        attempt uses another seed and some temperature; `rejected` (an earlier answer's facts that
+        were not kept) are named in the message, so the model does not give them again."""
         warnings: list[str] = []
         messages, schema = self._messages(text)
+        if rejected:
+            values = ", ".join(json.dumps(p["value"]) for p in rejected)
+            note = f"(Not {values}: not a new value the message states.)"
+            messages[-1] = Message("user", f"{text}\n{note}")
         for attempt in attempts:
             options = dict(self.options)
             if attempt > 1:
@@ -892,6 +901,10 @@ class Extractor:
             # ukulele and hobby: playing ukulele in a local band).
             if p["subject"] != SUBJECT_USER and grounding(p["subject"], text) < 1:
                 score = 0.0
+            # "I'm not gluten-free anymore, I'm vegan now" answered as an update to gluten-free: the
+            # value being replaced, not the new one (a 0.5B model; it would keep the old value).
+            if p["op"] == "update" and _states_change(text) and self._holds(p):
+                score = 0.0
             if (
                 score < self.memory.min_grounding
                 or not normalise_key(p["key"])
@@ -902,17 +915,24 @@ class Extractor:
                 kept.append((p, score))
         return kept, rejected
 
+    def _holds(self, proposal: dict[str, str]) -> bool:
+        """Is the proposal's value already its slot's current value?"""
+        subject, key = proposal["subject"], proposal["key"]
+        return any(m.key == key and same_value(m.value, proposal["value"]) for m in self.memory.current(subject))
+
     def extract(self, text: str, conversation: str | None = None, turn: int | None = None) -> Extraction:
         t0 = time.perf_counter()
         out = Extraction()
         out.proposed, out.warnings, out.attempts = self.propose(text)
         kept, out.rejected = self._check(out.proposed, text)
-        if out.proposed and not kept and out.attempts == 1:
-            # The model answered and every fact was rejected: ask once more, as for invalid JSON
-            # (a 0.5B model gave "Project Review Day 2" for "Let's move the project review from
-            # Friday to Tuesday").
-            again, warnings, out.attempts = self.propose(text, attempts=(2,))
-            kept, rejected = self._check(again, text)
+        if out.rejected and out.attempts == 1 and all(p["op"] == "delete" for p, _ in kept):
+            # Facts were rejected and none was kept but retractions: ask once more, as for invalid
+            # JSON (a 0.5B model gave "Project Review Day 2" for "Let's move the project review
+            # from Friday to Tuesday", and "I gave up the ukulele; I play the piano now" as an
+            # update to ukulele and a deletion of it, which lost the piano).
+            again, warnings, out.attempts = self.propose(text, attempts=(2,), rejected=out.rejected)
+            more, rejected = self._check(again, text)
+            kept += [(p, score) for p, score in more if not any(p == q for q, _ in kept)]
             out.proposed += again
             out.rejected += rejected
             out.warnings += warnings
