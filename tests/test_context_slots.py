@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from lmgauge.context.memory import Memory, recall_block, refile, whose
+from lmgauge.context.memory import Memory, pinned_block, recall_block, refile, whose
 from lmgauge.context.slots import Canonicaliser
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
@@ -359,3 +359,16 @@ def test_the_subject_is_checked_against_the_people_the_message_names(memory):
     # Someone, when the message names no one, stays (the extractor then rejects the fact:
     # test_context_memory.py).
     assert whose("friend", "job", "I left Quarry Bank and joined Bluefin Robotics.") == "friend"
+
+
+def test_pinned_values_of_a_multi_valued_slot_are_on_one_line(memory):
+    """A compaction pinned "allergy: sesame" and "allergy: peanuts" as two lines of the system
+    prompt; both Qwen models answered "Sesame" to "What am I allergic to?"."""
+    memory.remember(None, "allergy", "peanuts")
+    memory.remember(None, "allergy", "sesame", source_text="I found out I'm also allergic to sesame.")
+    memory.remember(None, "home city", "Quito")
+    memory.remember("fact", "friend's allergy", "pollen", subject="friend")
+    block = pinned_block(memory.pinned(ServerTokens(), 10_000)).splitlines()
+    assert block[0] == "What you know about the user:" and len(block) == 4
+    assert {"- allergy: sesame; peanuts", "- allergy: peanuts; sesame"} & set(block)
+    assert "- home city: Quito" in block and any(line.startswith("- friend's") for line in block)

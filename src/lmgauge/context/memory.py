@@ -824,9 +824,22 @@ def _one_line_per_slot(memories: list[Recalled]) -> list[str]:
 
 
 def pinned_block(items: list[MemoryItem]) -> str:
+    """The pinned memories for the system prompt, a multi-valued slot's values on one line (as in
+    recall: with "- allergy: sesame" and "- allergy: peanuts" on two lines, both Qwen models
+    answered "Sesame")."""
     if not items:
         return ""
-    return "\n".join(["What you know about the user:"] + [f"- {m.text}" for m in items])
+    lines: list[str] = []
+    slot_line: dict[tuple[str, str], int] = {}
+    for m in items:
+        slot = (m.subject, m.key)
+        if slot in slot_line:
+            lines[slot_line[slot]] += f"; {m.value}"
+            continue
+        if m.key != NOTE and slot_for(m.key).multi:
+            slot_line[slot] = len(lines)
+        lines.append(f"- {m.text}")
+    return "\n".join(["What you know about the user:", *lines])
 
 
 # --- extraction --------------------------------------------------------------------------------
