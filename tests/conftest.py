@@ -4,6 +4,7 @@ server, a headless Chromium) are found or installed by support/provision.py befo
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -15,6 +16,12 @@ import pytest
 from lmgauge.config import Settings, load_settings
 from support import provision
 from support.standin_fixtures import closed_url, ollama_standin, openai_standin, start_standin  # noqa: F401
+
+# A test run started in the background by a shell without job control inherits SIGINT ignored
+# (POSIX), and Python then never raises KeyboardInterrupt: the Ctrl-C tests would see a run
+# finish instead of stop. Restore it, here and (by exec) in the lmgauge processes tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
