@@ -32,6 +32,7 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -803,23 +804,28 @@ def recall_block(items: list[Recalled]) -> str:
     if turns:
         lines += ["Earlier messages from the user (oldest first):"] + [format_recalled(i) for i in turns]
     if memories:
-        lines += ["What is true now (long-term memory, up to date):"] + _one_line_per_slot(memories)
+        entries = []
+        for item in memories:
+            slot, _, value = item.text.partition(": ")  # "friend's home city: Porto"
+            joins = not item.note and not slot.endswith(NOTE)  # a changed value keeps its own line
+            entries.append((slot if joins else None, format_recalled(item), value))
+        lines += ["What is true now (long-term memory, up to date):"] + one_line_per_slot(entries)
     return "\n".join(lines)
 
 
-def _one_line_per_slot(memories: list[Recalled]) -> list[str]:
-    """The values of a multi-valued slot on one line ("- allergy: peanuts; sesame"): as separate
-    lines, small models answered with one of them."""
+def one_line_per_slot(entries: Sequence[tuple[Hashable | None, str, str]]) -> list[str]:
+    """Lines from (slot, line, value) entries, a slot's later values joined to its first line
+    ("- allergy: peanuts; sesame"): as separate lines, small models answered with one of them
+    (both Qwen models named one allergy of two). A slot of None never joins."""
     lines: list[str] = []
-    slot_line: dict[str, int] = {}
-    for item in memories:
-        key, _, value = item.text.partition(": ")
-        if key in slot_line and not item.note and not key.endswith(NOTE):
-            lines[slot_line[key]] += f"; {value}"
+    slot_line: dict[Hashable, int] = {}
+    for slot, line, value in entries:
+        if slot is not None and slot in slot_line:
+            lines[slot_line[slot]] += f"; {value}"
             continue
-        if not item.note:
-            slot_line[key] = len(lines)
-        lines.append(format_recalled(item))
+        if slot is not None:
+            slot_line[slot] = len(lines)
+        lines.append(line)
     return lines
 
 
@@ -829,17 +835,10 @@ def pinned_block(items: list[MemoryItem]) -> str:
     answered "Sesame")."""
     if not items:
         return ""
-    lines: list[str] = []
-    slot_line: dict[tuple[str, str], int] = {}
-    for m in items:
-        slot = (m.subject, m.key)
-        if slot in slot_line:
-            lines[slot_line[slot]] += f"; {m.value}"
-            continue
-        if m.key != NOTE and slot_for(m.key).multi:
-            slot_line[slot] = len(lines)
-        lines.append(f"- {m.text}")
-    return "\n".join(["What you know about the user:", *lines])
+    entries = [
+        ((m.subject, m.key) if m.key != NOTE and slot_for(m.key).multi else None, f"- {m.text}", m.value) for m in items
+    ]
+    return "\n".join(["What you know about the user:", *one_line_per_slot(entries)])
 
 
 # --- extraction --------------------------------------------------------------------------------
@@ -906,6 +905,7 @@ class Extractor:
         """The proposals to store (refiled, with their grounding) and those rejected."""
         kept: list[tuple[dict[str, str], float]] = []
         rejected: list[dict[str, str]] = []
+        current = self.memory.current()
         for p in refile(proposals, text, self.memory):
             score = grounding(p["value"], text)
             # Someone else's fact needs that someone in the message (a 0.5B model added "friend's
@@ -916,7 +916,7 @@ class Extractor:
                 score = 0.0
             # "I'm not gluten-free anymore, I'm vegan now" answered as an update to gluten-free: the
             # value being replaced, not the new one (a 0.5B model; it would keep the old value).
-            if p["op"] == "update" and _states_change(text) and self._holds(p):
+            if p["op"] == "update" and _states_change(text) and _holds(current, p):
                 score = 0.0
             if (
                 score < self.memory.min_grounding
@@ -927,11 +927,6 @@ class Extractor:
             else:
                 kept.append((p, score))
         return kept, rejected
-
-    def _holds(self, proposal: dict[str, str]) -> bool:
-        """Is the proposal's value already its slot's current value?"""
-        subject, key = proposal["subject"], proposal["key"]
-        return any(m.key == key and same_value(m.value, proposal["value"]) for m in self.memory.current(subject))
 
     def extract(self, text: str, conversation: str | None = None, turn: int | None = None) -> Extraction:
         t0 = time.perf_counter()
@@ -969,6 +964,14 @@ class Extractor:
         return out
 
 
+def _holds(current: list[MemoryItem], proposal: dict[str, str]) -> bool:
+    """Is the proposal's value already its slot's current value?"""
+    return any(
+        (m.subject, m.key) == (proposal["subject"], proposal["key"]) and same_value(m.value, proposal["value"])
+        for m in current
+    )
+
+
 def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[dict[str, str]]:
     """The proposals with each one's slot checked against the message's own words. Small
     extractors misfile (on the tuning seeds a 0.5B model put about one fact in three under another
@@ -985,15 +988,17 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     placed = [(*attribute_of(normalise_subject(p["subject"]), p["key"]), p) for p in proposals]
     placed = [(whose(subject, key, text), key, p) for subject, key, p in placed]
     placed = [(subject, memory.canonical_key(key, subject), p) for subject, key, p in placed]
+    current = [m for m in memory.current() if m.key != NOTE]
+    named = named_slots(text)
     out = []
     for subject, key, p in placed:
         if not named_in(key, text):
-            held = [m for m in memory.current(subject) if m.key != NOTE]
+            held = [m for m in current if m.subject == subject]
             again = {m.key for m in held if same_value(m.value, p["value"])}
             taken = {other for _, other, q in placed if q is not p}
             # "My partner works at Acme" names the partner (the subject) and the employer: the slot
             # is the employer.
-            free = [k for k in named_slots(text) if k not in taken and not named_in(k, subject)]
+            free = [k for k in named if k not in taken and not named_in(k, subject)]
             replaced = {m.key for m in held if mentions(text, m.value) and not same_value(m.value, p["value"])}
             if len(again) == 1:  # the same value, said again ("It's raining here in Oslo")
                 key = again.pop()
