@@ -4,13 +4,14 @@ extractor), gets every change right, which is what the evaluation's supersession
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
 
 from lmgauge.context.evaluation import ExtractionScore, supersession_accuracy
 from lmgauge.context.memory import Memory, MemoryItem, Remembered
-from lmgauge.context.synthetic import TUNING_SEEDS, conversation
+from lmgauge.context.synthetic import SLOTS, TUNING_PHRASINGS, TUNING_SEEDS, conversation
 from lmgauge.store import Store
 
 
@@ -28,6 +29,40 @@ def test_conversations_hold_every_kind_of_change_with_its_truth():
         if t.kind == "retract":
             assert t.facts[0].op == "delete" and t.slot not in {q.slot for _, q in c.questions}
     assert 0 not in TUNING_SEEDS  # the reported seeds are not the tuning seeds
+
+
+def _sentences(field_templates):
+    return {t if isinstance(t, str) else t[1] for t in field_templates}
+
+
+def test_the_tuning_seeds_say_the_facts_in_other_words():
+    """A rule fitted to the tuning seeds' sentences must not be fitted to the test's: no template
+    is shared, each seed's fact messages come from its own set, and what changes is the same."""
+    fields = ("state", "question", "update", "repeat", "retract", "add", "distractor")
+    for spec in SLOTS:
+        tuning = TUNING_PHRASINGS[spec.key]
+        for f in fields:
+            assert not _sentences(getattr(spec, f)) & _sentences(tuning.get(f, ())), (spec.key, f)
+        for f in ("update", "retract", "add", "distractor"):
+            assert bool(getattr(spec, f)) == bool(tuning.get(f)), (spec.key, f)
+
+    def said(seed):
+        return {t.user for t in conversation(seed, turns=60).turns if t.kind != "filler"}
+
+    def renders(sentence, templates):
+        return any(_matches(sentence, t) for t in templates)
+
+    test_templates = {t for spec in SLOTS for f in fields for t in _sentences(getattr(spec, f))}
+    tuning_templates = {t for v in TUNING_PHRASINGS.values() for f in fields for t in _sentences(v.get(f, ()))}
+    for seed in (0, 1, 2):
+        assert all(renders(s, test_templates) and not renders(s, tuning_templates) for s in said(seed))
+    for seed in (1000, 1001, 1002):
+        assert all(renders(s, tuning_templates) and not renders(s, test_templates) for s in said(seed))
+
+
+def _matches(sentence, template):
+    pattern = re.escape(template).replace(r"\{v\}", ".+").replace(r"\{old\}", ".+")
+    return re.fullmatch(pattern, sentence) is not None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

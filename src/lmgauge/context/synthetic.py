@@ -10,7 +10,8 @@ canned answers never mention a fact's value. Every user message carries its grou
 facts it states, with their operation and subject), so extraction can be scored too.
 
 Seeds 0-999 are the test set (`lmgauge eval context` defaults to seed 0); prompts and the slot
-vocabulary may be tuned only on seeds >= 1000 (TUNING_SEEDS), so the figures are not fitted.
+vocabulary may be tuned only on seeds >= 1000 (TUNING_SEEDS), which say the facts in other words
+(TUNING_PHRASINGS), so the figures are not fitted to the test's sentences.
 
 The corpus is a folder of Markdown service descriptions, Python modules and meeting notes about
 fictional services. Every service has the same sections (storage, security, deployment, ...),
@@ -20,7 +21,7 @@ so the other services are distractors; each question's answer sits in one sectio
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -172,6 +173,105 @@ SLOTS: tuple[SlotSpec, ...] = (
     ),
 )
 MULTI = {"allergy", "hobby"}  # multi-valued slots: an addition keeps the other values
+
+# The tuning seeds say the same facts in other words. Prompts, rules and vocabularies fitted to the
+# tuning seeds' sentences would otherwise be fitted to the test seeds' too (until 2026-12-03 both
+# used SLOTS' templates, and the extractor's rules were tuned on them). Which slots change, and how,
+# is the same: a slot without updates here has none in SLOTS either.
+TUNING_PHRASINGS: dict[str, dict[str, tuple]] = {
+    "home city": dict(
+        state=("I've lived in {v} for a few years now.", "Home for me is {v}."),
+        question=("Where am I living at the moment?", "What city is home for me?"),
+        update=(
+            "I'm writing from {v} now; I left {old} in the spring.",
+            "After years in {old} I finally moved to {v}.",
+        ),
+        repeat=("The trams in {v} are late again.",),
+        distractor=(("cousin", "My cousin lives in {v}."), ("boss", "My boss is flying back home to {v} tonight.")),
+    ),
+    "job": dict(
+        state=("I earn my living as a {v}.", "My job? I'm a {v}."),
+        question=("What's my profession?", "What kind of work do I do?"),
+        update=("I quit being a {old} and retrained as a {v}.", "No more {old} work for me: I'm a {v} these days."),
+        repeat=("Another long day at work as a {v}.",),
+        distractor=(("roommate", "My roommate is a {v}."),),
+    ),
+    "dog name": dict(
+        state=("Our dog's name is {v}.", "I adopted a puppy and named him {v}."),
+        question=("What did I name my dog?",),
+        repeat=("Took {v} to the park this morning.",),
+        retract=(
+            "{old} passed away last week, so I don't have a dog anymore.",
+            "We rehomed {old}; there's no dog at home now.",
+        ),
+        distractor=(("neighbour", "My neighbour's dog is named {v}."),),
+    ),
+    "sister name": dict(
+        state=("{v} is my sister.", "My older sister is {v}."),
+        question=("What's my sister called?",),
+    ),
+    "car": dict(
+        state=("I get around in a {v}.", "I own a {v}."),
+        question=("What make is my car?", "What do I drive these days?"),
+        update=("Traded in my {old} for a {v} yesterday.", "My {old} was stolen, so now I drive a {v}."),
+        retract=("I got rid of the {old} and I'm car-free now.",),
+        distractor=(("boss", "My boss drives a {v}."),),
+    ),
+    "morning drink": dict(
+        state=("My mornings begin with a cup of {v}.", "First thing every morning I have {v}."),
+        question=("What's my usual morning drink?",),
+        update=(
+            "These days I have {v} in the morning instead of {old}.",
+            "I stopped having {old} in the mornings; it's {v} now.",
+        ),
+        distractor=(("roommate", "My roommate can't start the day without {v}."),),
+    ),
+    "project review day": dict(
+        state=("The project review is scheduled for {v}.", "We'll do the project review every {v}."),
+        question=("Which day did we pick for the project review?",),
+        update=(
+            "The project review moved to {v}; {old} didn't work for the team.",
+            "Change of plan: project review on {v} instead of {old}.",
+        ),
+    ),
+    "instrument": dict(
+        state=("I've played the {v} since I was a kid.", "I take {v} lessons every week."),
+        question=("What instrument do I play?",),
+        update=("I switched from the {old} to the {v}.", "I sold my {old} and started learning the {v}."),
+    ),
+    "allergy": dict(
+        state=("I have an allergy to {v}.", "I react badly to {v}; I'm allergic."),
+        question=("Which allergies do I have?",),
+        add=("Turns out I'm allergic to {v} as well.", "My doctor says I have a {v} allergy too."),
+    ),
+    "language learning": dict(
+        state=("This year I'm going to learn {v}.", "I signed up for a {v} course."),
+        question=("What language am I learning?",),
+        update=("I switched my course from {old} to {v}.", "I gave up on {old} and started {v}."),
+    ),
+    "employer": dict(
+        state=("I'm employed by {v}.", "I've been with {v} for two years."),
+        question=("Who is my employer?",),
+        update=("I resigned from {old}; I start at {v} next week.", "{v} hired me away from {old}."),
+        distractor=(("wife", "My wife is employed at {v}."),),
+    ),
+    "diet": dict(
+        state=("I eat a {v} diet.", "I've been {v} for years."),
+        question=("What diet do I follow?",),
+        update=("I went from {old} to {v} this month.", "I used to be {old}, but I've become {v}."),
+    ),
+    "hobby": dict(
+        state=("I love {v} on weekends.", "My favourite pastime is {v}."),
+        question=("What do I do for fun?",),
+        add=("Lately I've gotten into {v} too.", "I started {v} as well."),
+    ),
+}
+
+
+def phrased_for(spec: SlotSpec, seed: int) -> SlotSpec:
+    """The slot as a seed says it: the tuning seeds in their own words (TUNING_PHRASINGS)."""
+    return replace(spec, **TUNING_PHRASINGS[spec.key]) if seed in TUNING_SEEDS else spec
+
 
 FILLER: tuple[tuple[str, str], ...] = (
     (
@@ -373,7 +473,7 @@ def conversation(
     if turns < 12:
         raise ValueError("a synthetic conversation needs at least 12 turns")
     rng = random.Random(seed)
-    specs = rng.sample(SLOTS, min(slots, len(SLOTS)))
+    specs = [phrased_for(s, seed) for s in rng.sample(SLOTS, min(slots, len(SLOTS)))]
     updatable = [s for s in specs if s.update]
     to_update = set(s.key for s in rng.sample(updatable, min(updates, len(updatable))))
     retractable = [s for s in specs if s.retract and s.key not in to_update]
