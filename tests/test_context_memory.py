@@ -259,6 +259,47 @@ def test_a_change_answered_with_only_its_retraction_is_asked_again(settings, tmp
     assert extractor.memory.current() == []
 
 
+def test_a_change_answered_with_nothing_is_asked_again(settings, tmp_path):
+    """Qwen2.5 1.5B answered "Nala passed away last week, so I don't have a dog anymore" with no
+    memories (tuning seeds): the dog stayed current. A message that says a held value changed,
+    answered with nothing, is asked once more; small talk answered with nothing is not."""
+    answers = [
+        '{"memories": []}',
+        '{"memories": [{"op": "delete", "subject": "user", "key": "dog name", "value": "Nala"}]}',
+    ]
+    with _scripted(settings, tmp_path, answers, then='{"memories": []}') as (server, extractor):
+        extractor.memory.remember(None, "dog name", "Nala", source_text="I have a dog named Nala.")
+        out = extractor.extract("Nala passed away last week, so I don't have a dog anymore.")
+        assert [r.action for r in out.stored] == ["retracted"] and out.attempts == 2
+        assert extractor.memory.current() == []
+        assert extractor.extract("I think I'll go for a walk now.").attempts == 1 and len(server.requests) == 3
+
+
+def test_an_old_value_or_the_slot_name_as_a_fact_is_rejected(settings, tmp_path):
+    """Qwen2.5 0.5B (tuning seeds) gave "Bluefin Robotics hired me away from Nordlys Labs" as an
+    add of the old employer, and "The project review is scheduled for Monday" as project review
+    day: "Project Review". Neither is a value the message states; both are asked again."""
+    answers = [
+        '{"memories": [{"op": "add", "subject": "user", "key": "employer", "value": "Nordlys Labs"}]}',
+        '{"memories": [{"op": "update", "subject": "user", "key": "employer", "value": "Bluefin Robotics"}]}',
+        '{"memories": [{"op": "add", "subject": "user", "key": "project review day", "value": "Project Review"}]}',
+        '{"memories": [{"op": "add", "subject": "user", "key": "project review day", "value": "Monday"}]}',
+    ]
+    with _scripted(settings, tmp_path, answers, then='{"memories": []}') as (_, extractor):
+        extractor.memory.remember(None, "employer", "Nordlys Labs", source_text="I work at Nordlys Labs.")
+        out = extractor.extract("Bluefin Robotics hired me away from Nordlys Labs.")
+        assert [(r.action, r.item.text) for r in out.stored] == [("superseded", "employer: Bluefin Robotics")]
+        assert [p["value"] for p in out.rejected] == ["Nordlys Labs"]
+        out = extractor.extract("The project review is scheduled for Monday.")
+        assert [r.item.text for r in out.stored] == ["project review day: Monday"]
+        assert [p["value"] for p in out.rejected] == ["Project Review"]
+    # Saying a held value again without a change is no rejection: it is merged.
+    with _scripted(settings, tmp_path / "again", [answers[1]], then='{"memories": []}') as (_, extractor):
+        extractor.memory.remember(None, "employer", "Bluefin Robotics", source_text="I work at Bluefin Robotics.")
+        out = extractor.extract("Another day at Bluefin Robotics.")
+        assert [r.action for r in out.stored] == ["merged"] and out.attempts == 1
+
+
 def test_an_unreachable_extraction_model_does_not_fail_the_turn(settings, tmp_path, closed_url):
     with _client(settings, closed_url) as client:
         out = Extractor(client, "ollama:standin", Memory(Store(tmp_path / "m.db"))).extract("I live in Oslo.")

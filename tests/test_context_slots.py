@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from lmgauge.context.memory import Memory, pinned_block, recall_block, refile, whose
-from lmgauge.context.slots import Canonicaliser
+from lmgauge.context.slots import Canonicaliser, in_passing, named_slots
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
 from lmgauge.store import Store
@@ -327,6 +327,29 @@ def test_the_message_names_the_slot_a_misfiled_proposal_belongs_in(memory):
         ("user", "car"),
         ("user", "job"),
     ]
+
+
+def test_a_slot_is_named_by_any_form_of_its_words_and_by_its_phrases_whole(memory):
+    """Tuning seeds said facts as "I've lived in Graz" and "I've played the banjo since I was a
+    kid": the 0.5B filed them as home country and instrument, and with plurals as the only forms,
+    "lived" named nothing and "kid" named child name, so the city stayed a country and the banjo
+    became a child. Words are stemmed now; a phrase names a slot only in a row ("moved to"), and
+    a value's own words name no slot ("Acme Foods" is no favorite food)."""
+
+    def filed(text, key, value, op="add"):
+        (p,) = refile([{"op": op, "subject": "user", "key": key, "value": value}], text, memory)
+        return p["key"], p["value"]
+
+    assert filed("I've lived in Graz for a few years now.", "home country", "Graz") == ("home city", "Graz")
+    assert filed("I've played the banjo since I was a kid.", "instrument", "banjo") == ("instrument", "banjo")
+    assert named_slots("Let's move the project review from Friday to Tuesday.") == ["project review day"]
+    assert "home city" in named_slots("My sister just moved to Oslo.")
+    assert filed("I'm employed by Acme Foods.", "home country", "Acme Foods") == ("employer", "Acme Foods")
+    assert in_passing("favorite food", "Acme Foods") and not in_passing("diet", "vegan")
+    # A retraction of a value the slot does not hold retracts the one the message names.
+    memory.remember(None, "car", "Mazda", source_text="I drive a Mazda.")
+    assert filed("I got rid of the Mazda and I'm car-free now.", "car", "free", "delete") == ("car", "Mazda")
+    assert filed("I'm car-free now.", "car", "free", "delete") == ("car", "free")
 
 
 def test_an_update_moves_to_the_slot_of_the_value_it_replaces(memory):

@@ -21,10 +21,12 @@ it covers (see docs/context.md on keeping the test set apart).
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import Stemmer
 
 if TYPE_CHECKING:
     from ..embedding import Embedder
@@ -149,16 +151,22 @@ _NOISE = {"my", "the", "a", "an", "current", "users", "user", "s", "of", "is", "
 _GENERIC = {"name", "day", "date", "time", "number", "type", "year", "place", "thing"}
 
 
-def _stem(word: str) -> str:
-    for suffix in ("ies", "es", "s"):
-        if word.endswith(suffix) and len(word) > len(suffix) + 2:
-            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
-    return word
+_local = threading.local()
+
+
+def stem(word: str) -> str:
+    """The word's English Snowball stem ("lived" ~ "live", "plays" ~ "play", "employed" ~
+    "employer"): with plurals only, "I've lived in Graz" did not name the home city. PyStemmer's
+    objects are not thread-safe, so each thread has its own."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = Stemmer.Stemmer("english")
+    return str(stemmer.stemWord(word))
 
 
 def key_words(key: str) -> frozenset[str]:
     text = key.lower().replace("favourite", "favorite").replace("colour", "color")
-    return frozenset(_stem(w) for w in _WORD.findall(text) if w not in _NOISE)
+    return frozenset(stem(w) for w in _WORD.findall(text) if w not in _NOISE)
 
 
 def normalise_key(key: str) -> str:
@@ -182,16 +190,38 @@ def same_slot(a: str, b: str) -> bool:
 def _naming(key: str, text: str) -> frozenset[str]:
     """The words by which the message names the slot (its key's or an alias's, the longest that
     occurs whole), or none. Generic words alone ("name") do not count."""
-    said = key_words(text)
+    said = _phrase(text)
     slot = BY_KEY.get(key)
-    found = [w for w in map(key_words, (key, *(slot.aliases if slot else ()))) if w and w - _GENERIC and w <= said]
+    names = [(_phrase(key), True)] + [(_phrase(a), False) for a in (slot.aliases if slot else ())]
+    found = [frozenset(words) for words, is_key in names if set(words) - _GENERIC and _within(words, said, is_key)]
     return max(found, key=len, default=frozenset())
+
+
+def _phrase(text: str) -> tuple[str, ...]:
+    text = text.lower().replace("favourite", "favorite").replace("colour", "color")
+    return tuple(stem(w) for w in _WORD.findall(text) if w not in _NOISE)
+
+
+def _within(words: tuple[str, ...], said: tuple[str, ...], anywhere: bool = False) -> bool:
+    """An alias's words in a row ("moved to" in "I moved to Oslo", not in "Let's move the review
+    from Friday to Tuesday"); a slot's key's words anywhere ("I drink chai every morning")."""
+    if anywhere:
+        return set(words) <= set(said)
+    n = len(words)
+    return any(said[i : i + n] == words for i in range(len(said) - n + 1))
 
 
 def named_in(key: str, text: str) -> bool:
     """Does the message name the slot: its key's or one of its aliases' words, all of them, in
     the text ("I'm a baker by profession" names job; "I'm vegetarian" does not)?"""
     return bool(_naming(key, text))
+
+
+def in_passing(key: str, value: str) -> bool:
+    """Does a value name the slot with some of its words only ("Acme Foods" and favorite food),
+    rather than being one of its names ("vegan" and diet, "dog" and dog name)?"""
+    words = _naming(key, value)
+    return bool(words) and not key_words(value) <= words
 
 
 def named_slots(text: str) -> list[str]:
