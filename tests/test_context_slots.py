@@ -342,6 +342,8 @@ def test_a_slot_is_named_by_any_form_of_its_words_and_by_its_phrases_whole(memor
 
     assert filed("I've lived in Graz for a few years now.", "home country", "Graz") == ("home city", "Graz")
     assert filed("I've played the banjo since I was a kid.", "instrument", "banjo") == ("instrument", "banjo")
+    # Two slots named ("played", "kid"): the one named nearest the value.
+    assert filed("I've played the banjo since I was a kid.", "hobby", "banjo") == ("instrument", "banjo")
     assert named_slots("Let's move the project review from Friday to Tuesday.") == ["project review day"]
     assert "home city" in named_slots("My sister just moved to Oslo.")
     assert filed("I'm employed by Acme Foods.", "home country", "Acme Foods") == ("employer", "Acme Foods")

@@ -54,6 +54,7 @@ from .slots import (
     key_words,
     named_in,
     named_slots,
+    nearest_slot,
     normalise_key,
     normalise_subject,
     people_in,
@@ -883,7 +884,7 @@ class Extractor:
         warnings: list[str] = []
         messages, schema = self._messages(text)
         if rejected:
-            values = ", ".join(json.dumps(p["value"]) for p in rejected)
+            values = ", ".join(dict.fromkeys(json.dumps(p["value"]) for p in rejected))
             note = f"(Not {values}: not a new value the message states.)"
             messages[-1] = Message("user", f"{text}\n{note}")
         for attempt in attempts:
@@ -1000,7 +1001,7 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     1. the slot that already holds that value ("It's raining again here in Oslo", filed as home
        country while home city is Oslo), else
     2. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
-       names dog name, "vegan" names diet), else
+       names dog name, "vegan" names diet), or of several the one named nearest the value, else
     3. when the message says something changed, the slot of the one current value it names and
        replaces ("I sold the Mazda and bought a Subaru", filed as job: the car's slot).
     Otherwise the model's slot stands (remember() still guards a single-valued slot's value).
@@ -1025,6 +1026,8 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
                 key = again.pop()
             elif len(free) == 1:
                 key = free[0]
+            elif len(free) > 1 and (nearest := nearest_slot(free, text, p["value"])):
+                key = nearest
             elif p["op"] != "delete" and _states_change(text) and len(replaced) == 1:
                 key = replaced.pop()
         value = p["value"]

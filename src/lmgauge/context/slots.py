@@ -224,6 +224,24 @@ def in_passing(key: str, value: str) -> bool:
     return bool(words) and not key_words(value) <= words
 
 
+def nearest_slot(keys: list[str], text: str, value: str) -> str | None:
+    """Of slots the message names, the one named nearest the value, if one is strictly nearest:
+    "I've played the banjo since I was a kid" names instrument and child name; "played" is next
+    to the banjo."""
+    said = _phrase(text)
+    at = [i for i, w in enumerate(said) if w in set(_phrase(value))]
+    distance = {}
+    for key in keys:
+        naming = _naming(key, text)
+        spots = [j for j, w in enumerate(said) if w in naming]
+        if at and spots:
+            distance[key] = min(abs(i - j) for i in at for j in spots)
+    ranked = sorted(distance.items(), key=lambda kv: kv[1])
+    if ranked and (len(ranked) == 1 or ranked[0][1] < ranked[1][1]):
+        return ranked[0][0]
+    return None
+
+
 def named_slots(text: str) -> list[str]:
     """The vocabulary's slots a message names (see named_in): ["instrument"] for "I gave up the
     cello; I play the banjo now", ["job", "brother name"] for "My brother works as a nurse". A
