@@ -369,6 +369,17 @@ def test_an_update_moves_to_the_slot_of_the_value_it_replaces(memory):
     assert refile([again], "It's raining again here in Oslo.", memory)[0]["key"] == "home city"
     # The model's op does not decide: "add" moves too.
     assert refile([{**proposal, "op": "add"}], said, memory)[0]["key"] == "car"
+    # The replaced value decides before the slots the message names: "moved to" names a home city
+    # too (the 1.5B filed the new day as appointment, tuning seeds), and "Acme Foods", a held
+    # value the message mentions, names no favorite food.
+    memory.remember(None, "project review day", "Tuesday", source_text="The review is on Tuesday.")
+    moved = {"op": "update", "subject": "user", "key": "appointment", "value": "Monday"}
+    said = "The project review moved to Monday; Tuesday didn't work for the team."
+    assert refile([moved], said, memory)[0]["key"] == "project review day"
+    memory.remember(None, "employer", "Acme Foods", source_text="I work at Acme Foods.")
+    hired = {"op": "update", "subject": "user", "key": "job", "value": "Nordlys Labs"}
+    assert refile([hired], "Nordlys Labs hired me away from Acme Foods.", memory)[0]["key"] == "employer"
+    assert refile([hired], "Nordlys Labs wrote to me about Acme Foods.", memory)[0]["key"] == "job"
 
 
 def test_the_subject_is_checked_against_the_people_the_message_names(memory):

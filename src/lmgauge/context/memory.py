@@ -1000,10 +1000,12 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     does not name moves to:
     1. the slot that already holds that value ("It's raining again here in Oslo", filed as home
        country while home city is Oslo), else
-    2. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
-       names dog name, "vegan" names diet), or of several the one named nearest the value, else
-    3. when the message says something changed, the slot of the one current value it names and
-       replaces ("I sold the Mazda and bought a Subaru", filed as job: the car's slot).
+    2. when the message says something changed, the slot of the one current value it names and
+       replaces ("I sold the Mazda and bought a Subaru", filed as job: the car's slot; "The
+       project review moved to Monday; Tuesday didn't work", where "moved to" names a home city
+       too), else
+    3. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
+       names dog name, "vegan" names diet), or of several the one named nearest the value.
     Otherwise the model's slot stands (remember() still guards a single-valued slot's value).
     A retraction of a value the slot does not hold retracts the slot's one value the message
     names."""
@@ -1011,7 +1013,10 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     placed = [(whose(subject, key, text), key, p) for subject, key, p in placed]
     placed = [(subject, memory.canonical_key(key, subject), p) for subject, key, p in placed]
     current = [m for m in memory.current() if m.key != NOTE]
-    named = named_slots(text)
+    # A value's own words name no slot: "Acme Foods" names no favorite food, in this message's
+    # facts or in a held value it mentions ("Nordlys Labs hired me away from Acme Foods").
+    values = [p["value"] for p in proposals] + [m.value for m in current if mentions(text, m.value)]
+    named = [k for k in named_slots(text) if not any(in_passing(k, v) for v in values)]
     out = []
     for subject, key, p in placed:
         if not named_in(key, text):
@@ -1019,17 +1024,17 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
             again = {m.key for m in held if same_value(m.value, p["value"])}
             taken = {other for _, other, q in placed if q is not p}
             # "My partner works at Acme" names the partner (the subject) and the employer: the slot
-            # is the employer; "Acme Foods" names no favorite food.
-            free = [k for k in named if k not in taken and not named_in(k, subject) and not in_passing(k, p["value"])]
+            # is the employer.
+            free = [k for k in named if k not in taken and not named_in(k, subject)]
             replaced = {m.key for m in held if mentions(text, m.value) and not same_value(m.value, p["value"])}
             if len(again) == 1:  # the same value, said again ("It's raining here in Oslo")
                 key = again.pop()
+            elif p["op"] != "delete" and _states_change(text) and len(replaced) == 1:
+                key = replaced.pop()
             elif len(free) == 1:
                 key = free[0]
             elif len(free) > 1 and (nearest := nearest_slot(free, text, p["value"])):
                 key = nearest
-            elif p["op"] != "delete" and _states_change(text) and len(replaced) == 1:
-                key = replaced.pop()
         value = p["value"]
         if p["op"] == "delete":  # "I got rid of the Mazda and I'm car-free now" as car: "free"
             values = [m.value for m in current if (m.subject, m.key) == (subject, key)]

@@ -63,7 +63,7 @@ VOCABULARY: tuple[Slot, ...] = (
         "current city",
         "place of residence",
         "town",
-        "live",
+        "live in",  # a phrase: "I earn my living as a baker" names no city
         "based in",
         "moved to",
         "relocated to",
