@@ -165,7 +165,8 @@ Keys: job is the user's profession only (plumber); employer is the company they 
 home city is the city they live in, home country only ever a country; \
 instrument is a musical instrument they play; hobby is something they do for fun (sports, crafts); \
 diet is how they eat (keto, halal); morning drink is what they drink in the morning; car is the \
-car they drive; a dog's or cat's name goes in dog name or cat name, other animals in pet.
+car they drive; language learning is a language they learn; a dog's or cat's name goes in dog name \
+or cat name, other animals in pet.
 Examples:
 "We moved from Rome to Madrid." -> {"memories": [{"op": "update", "subject": "user", "key": "home city", \
 "value": "Madrid"}]}
@@ -1012,10 +1013,11 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     placed = [(*attribute_of(normalise_subject(p["subject"]), p["key"]), p) for p in proposals]
     placed = [(whose(subject, key, text), key, p) for subject, key, p in placed]
     placed = [(subject, memory.canonical_key(key, subject), p) for subject, key, p in placed]
-    current = [m for m in memory.current() if m.key != NOTE]
+    held_all = memory.current()
+    current = [m for m in held_all if m.key != NOTE]
     # A value's own words name no slot: "Acme Foods" names no favorite food, in this message's
-    # facts or in a held value it mentions ("Nordlys Labs hired me away from Acme Foods").
-    values = [p["value"] for p in proposals] + [m.value for m in current if mentions(text, m.value)]
+    # facts or in a held value (notes too) it mentions ("Nordlys Labs hired me away from Acme Foods").
+    values = [p["value"] for p in proposals] + [m.value for m in held_all if mentions(text, m.value)]
     named = [k for k in named_slots(text) if not any(in_passing(k, v) for v in values)]
     out = []
     for subject, key, p in placed:
