@@ -132,6 +132,24 @@ def test_tiny_evaluation_separates_retrieval_from_the_model(client, embedder):
     assert hybrid.supersession["accuracy"] == 1.0 and hybrid.stale_recalled == 0
 
 
+def test_each_run_starts_from_a_freshly_loaded_model(client, monkeypatch):
+    """A run must not depend on the one before: the prefix cache it leaves changes the
+    floating-point path, and greedy answers flipped with it. The model is unloaded and loaded
+    again before each run."""
+    ref = client.resolve("smollm2")
+    engine = client.engine(ref)
+    unloaded = []
+    real = engine.unload
+    monkeypatch.setattr(engine, "unload", lambda model: (unloaded.append(model), real(model)))
+    synth = conversation(5, turns=12, slots=3, updates=1)
+    for _ in range(2):
+        run_strategy(
+            client, "smollm2", synth, "t", "trim", 512, base=client.settings.context, embedder=None, answer=False
+        )
+    assert unloaded == [ref.target, ref.target]
+    assert [m.name for m in client.loaded()].count(ref.target) == 1, client.loaded()  # loaded again, once
+
+
 def test_tiny_retrieval_evaluation_reports_every_method(client, embedder):
     report = eval_retrieval(counter_for(client, "smollm2"), {"wordllama": embedder}, questions=10)
     methods = [r["method"] for r in report["rows"]]

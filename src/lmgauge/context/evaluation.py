@@ -40,6 +40,7 @@ from ..embedding import Embedder
 from ..errors import ContextOverflowError
 from ..stats import percentile
 from ..store import Store
+from ..types import Message
 from .conversation import Conversation
 from .memory import Memory, Recalled, same_value
 from .retrieval import DocIndex
@@ -159,6 +160,7 @@ def run_strategy(
 ) -> StrategyRun:
     """Replay one conversation under one strategy; see the module docstring."""
     t0 = time.perf_counter()
+    fresh_model(client, model)
     cfg = _config(base, strategy, reserve)
     window = ContextWindow.for_model(client, model, num_ctx=num_ctx, reserve=reserve, alert_at=cfg.alert_at)
     run = StrategyRun(name, strategy, num_ctx, window.limit, answered=answer)
@@ -251,6 +253,18 @@ def run_strategy(
             run.supersession = supersession_accuracy(memory, synth, upto=len(run.tokens))
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def fresh_model(client: Client, model: str) -> None:
+    """Unload the model and load it again, so that a run does not depend on the one before. The
+    engine's prefix cache, left by the run before, decides how much of a prompt is evaluated anew,
+    and so the order of floating-point sums; greedy answers flipped with it (Qwen2.5 0.5B, oracle
+    memories, test seed 0: "Biscuit" and "Quito" when run alone, "My dog's name is Biscuit." and
+    then "I live in Oslo." after the row with the model's own extraction). The reload happens
+    here, outside every timing."""
+    ref = client.resolve(model)
+    client.engine(ref).unload(ref.target)
+    client.chat(model, [Message("user", "Hi")], options={"num_predict": 1, "temperature": 0})
 
 
 def stale_recalled(memory: Memory, recalled: list[Recalled], wrong: list[str]) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 TurnKind = Literal["filler", "state", "repeat", "update", "retract", "add", "distractor", "question"]
 TUNING_SEEDS = range(1000, 2000)  # what prompt or vocabulary tuning may look at; never reported
@@ -178,7 +178,7 @@ MULTI = {"allergy", "hobby"}  # multi-valued slots: an addition keeps the other 
 # tuning seeds' sentences would otherwise be fitted to the test seeds' too (until 2026-12-03 both
 # used SLOTS' templates, and the extractor's rules were tuned on them). Which slots change, and how,
 # is the same: a slot without updates here has none in SLOTS either.
-TUNING_PHRASINGS: dict[str, dict[str, tuple]] = {
+TUNING_PHRASINGS: dict[str, dict[str, Any]] = {
     "home city": dict(
         state=("I've lived in {v} for a few years now.", "Home for me is {v}."),
         question=("Where am I living at the moment?", "What city is home for me?"),
