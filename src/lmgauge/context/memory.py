@@ -1039,9 +1039,9 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
                 key = nearest
         value = p["value"]
         if p["op"] == "delete":  # "I got rid of the Mazda and I'm car-free now" as car: "free"
-            values = [m.value for m in current if (m.subject, m.key) == (subject, key)]
-            said = [v for v in values if mentions(text, v)]
-            if len(said) == 1 and not any(same_value(v, value) for v in values):
+            in_slot = [m.value for m in current if (m.subject, m.key) == (subject, key)]
+            said = [v for v in in_slot if mentions(text, v)]
+            if len(said) == 1 and not any(same_value(v, value) for v in in_slot):
                 value = said[0]
         out.append({**p, "subject": subject, "key": key, "value": value})
     return out

@@ -165,8 +165,7 @@ def stem(word: str) -> str:
 
 
 def key_words(key: str) -> frozenset[str]:
-    text = key.lower().replace("favourite", "favorite").replace("colour", "color")
-    return frozenset(stem(w) for w in _WORD.findall(text) if w not in _NOISE)
+    return frozenset(_phrase(key))
 
 
 def normalise_key(key: str) -> str:
@@ -198,6 +197,7 @@ def _naming(key: str, text: str) -> frozenset[str]:
 
 
 def _phrase(text: str) -> tuple[str, ...]:
+    """The text's stemmed words in order, without noise words (key_words is their set)."""
     text = text.lower().replace("favourite", "favorite").replace("colour", "color")
     return tuple(stem(w) for w in _WORD.findall(text) if w not in _NOISE)
 
@@ -228,8 +228,8 @@ def nearest_slot(keys: list[str], text: str, value: str) -> str | None:
     """Of slots the message names, the one named nearest the value, if one is strictly nearest:
     "I've played the banjo since I was a kid" names instrument and child name; "played" is next
     to the banjo."""
-    said = _phrase(text)
-    at = [i for i, w in enumerate(said) if w in set(_phrase(value))]
+    said, value_words = _phrase(text), set(_phrase(value))
+    at = [i for i, w in enumerate(said) if w in value_words]
     distance = {}
     for key in keys:
         naming = _naming(key, text)
