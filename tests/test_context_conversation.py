@@ -7,7 +7,7 @@ import pytest
 
 from lmgauge.client import Client
 from lmgauge.config import load_settings
-from lmgauge.context.conversation import Conversation
+from lmgauge.context.conversation import OUTDATED, Conversation
 from lmgauge.context.evaluation import eval_retrieval, run_strategy
 from lmgauge.context.memory import Memory
 from lmgauge.context.synthetic import FILLER, conversation
@@ -107,6 +107,45 @@ def test_memory_extraction_between_turns_keeps_the_chat_cache(client, tmp_path):
     assert first.extraction is not None and first.extraction.attempts >= 1  # a model call ran
     second = conv.send("And one about Mars?")
     assert second.result.timings.cached_tokens >= first.result.timings.prompt_tokens
+
+
+def test_the_prompt_marks_what_memory_has_since_replaced(client, tmp_path):
+    # Memories written as the evaluation's oracle does: no extraction, only what was said.
+    memory = Memory(Store(tmp_path / "s.db"))
+    conv = Conversation(client, "smollm2", num_ctx=2048, options=GREEDY, memory=memory)
+    said = ["I live in Lyon.", "We relocated from Lyon to Dublin."]
+    conv.record(said[0], "Noted.", extract=False)
+    memory.remember(None, "home city", "Lyon", conversation=conv.id, source_turn=1, source_text=said[0])
+    assert conv.prepare("Which city do I live in now?").messages[1].content == said[0]  # still true
+    conv.record(said[1], "Noted.", extract=False)
+    memory.remember(None, "home city", "Dublin", op="update", conversation=conv.id, source_turn=2, source_text=said[1])
+    conv.summary = "The user lives in Lyon. They have a dog, Rex.\nThe user moved from Lyon to Dublin."
+    prompt = conv.prepare("Which city do I live in now?").messages
+    users = [m.content for m in prompt if m.role == "user"]
+    # The old statement is marked, the change itself is not; the history keeps what was said.
+    assert users[:2] == [f"{OUTDATED} {said[0]}", said[1]]
+    assert [m.content for m in conv.history if m.role == "user"] == said
+    # The summary in the system prompt loses the stale sentence and keeps the rest.
+    system = prompt[0].content
+    assert "lives in Lyon" not in system
+    assert "They have a dog, Rex.\nThe user moved from Lyon to Dublin." in system
+
+
+def test_a_newly_marked_history_is_evaluated_before_the_next_turn(client, tmp_path):
+    memory = Memory(Store(tmp_path / "s.db"))
+    conv = Conversation(client, "smollm2", num_ctx=2048, options=GREEDY, memory=memory, background=True, extract=False)
+    conv.send("I live in Lyon.")
+    memory.remember(None, "home city", "Lyon", conversation=conv.id, source_turn=1)
+    change = conv.prepare("We relocated from Lyon to Dublin.")
+    memory.remember(None, "home city", "Dublin", op="update", conversation=conv.id, source_turn=2)
+    conv.commit(change, "Noted.")  # the mark on turn 1 changes how the next prompt starts
+    conv.settle()
+    start = conv.system_message() + conv._shown_history()
+    assert start[1].content.startswith(OUTDATED)
+    asked = conv.send("Which city do I live in now?")
+    # The marked start was evaluated in the background: the question found it in the cache.
+    assert asked.result.timings.cached_tokens >= conv.counter.count(start) - 8
+    assert [j.name for j in conv.background.jobs if j.turn == 2] == ["prefill"]
 
 
 def test_tiny_evaluation_separates_retrieval_from_the_model(client, embedder):

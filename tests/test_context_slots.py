@@ -171,6 +171,22 @@ def test_recall_drops_archived_turns_that_state_a_replaced_value(memory):
     assert "I live in Lyon" not in block
 
 
+def test_a_summary_loses_the_sentences_that_state_a_replaced_or_retracted_value(memory):
+    memory.remember(None, "project review day", "Tuesday", source_turn=13)
+    memory.remember(None, "car", "Volvo", source_turn=12)
+    summary = (
+        "I have a sister called Amara. Let's hold the project review on Tuesday. My car is a Volvo.\n"
+        "- The review moved from Tuesday to Wednesday."
+    )
+    assert memory.without_outdated(summary) == summary  # nothing has changed yet
+    memory.remember(None, "project review day", "Wednesday", op="update", source_turn=21)
+    memory.remember(None, "car", "Volvo", op="delete", source_turn=16)
+    # The change itself names the current value and stays; the layout of what is kept stays.
+    assert memory.without_outdated(summary) == (
+        "I have a sister called Amara.\n- The review moved from Tuesday to Wednesday."
+    )
+
+
 def test_the_change_note_can_be_turned_off(tmp_path, embedder):
     memory = Memory(Store(tmp_path / "m.db"), embedder, history_notes=False)
     memory.remember(None, "home city", "Lyon", source_turn=1)

@@ -63,6 +63,8 @@ SUMMARY_SHARE = 0.15
 
 
 EXTRACTION_MIN_CTX = 1024  # the extractor's window: its prompt (~480 tokens) plus up to 180 tokens of JSON
+# In front of a message in the history that states a value the memory has since replaced.
+OUTDATED = "[outdated, changed later]"
 
 
 @dataclass
@@ -225,8 +227,40 @@ class Conversation:
 
     # --- the prompt ------------------------------------------------------------------------------
     def system_message(self) -> list[Message]:
-        text = compose_system(self.base_system, self.summary, self.pinned)
+        text = compose_system(self.base_system, self._summary(), self.pinned)
         return [Message("system", text)] if text else []
+
+    def _summary(self) -> str | None:
+        """The summary without the sentences that state a value since replaced or retracted
+        (Memory.without_outdated): the prompt never states a stale value as known."""
+        if self.summary and self.memory is not None:
+            return self.memory.without_outdated(self.summary) or None
+        return self.summary
+
+    def _shown_history(self) -> list[Message]:
+        """The history as the prompt shows it (see _mark_outdated)."""
+        return self._mark_outdated(self.history, self._history_turns)
+
+    def _mark_outdated(self, history: list[Message], turns: list[int]) -> list[Message]:
+        """`history` with each user message that states a value the memory has since replaced
+        or retracted (Memory.outdated_turns) marked OUTDATED. With "By the way, I live in Oslo."
+        unmarked in the window, the 0.5B answered "Which city do I live in now?" with "I live in
+        Oslo." beside the recalled "home city: Quito (changed from Oslo on turn 14)" (test seed
+        0). A mark changes how the prompt starts, once per change: see _prefill."""
+        if self.memory is None or not history:
+            return history
+        pairs = list(zip(history, turns, strict=True))
+        outdated = self.memory.outdated_turns(self.id, [(0, t, m.content) for m, t in pairs if m.role == "user"])
+        if not outdated:
+            return history
+        return [
+            dataclasses.replace(m, content=f"{OUTDATED} {m.content}") if m.role == "user" and t in outdated else m
+            for m, t in pairs
+        ]
+
+    def _shown(self) -> list[Message]:
+        """System message and history, as this turn's prompt starts."""
+        return self.system_message() + self._shown_history()
 
     def _budgets(self) -> tuple[int, int]:
         """Tokens for recalled memory and for document excerpts per turn: the configured values,
@@ -265,7 +299,7 @@ class Conversation:
 
     def _build(self, text: str, turn: int) -> tuple[list[Message], list[Recalled], list[DocChunk]]:
         """The prompt: system, history, and the message with the context that fits beside them."""
-        plain = self.system_message() + self.history + [Message("user", text)]
+        plain = self._shown() + [Message("user", text)]
         room = self.window.limit - self.window.measure(plain).used
         recalled, retrieved = self._context_for(text, turn, room) if room > 0 else ([], [])
         messages = plain[:-1] + [Message("user", self._with_context(text, recalled, retrieved))]
@@ -296,7 +330,7 @@ class Conversation:
         messages, recalled, retrieved = self._build(text, turn)
         # What the alert and the triggers look at: the whole conversation as it stands, with this
         # turn's context at its full budget (a conversation near the window gets less of it).
-        before = self.window.measure(self.system_message() + self.history + [messages[-1]])
+        before = self.window.measure(self._shown() + [messages[-1]])
         prepared = Prepared(turn, text, messages, before, before, recalled=recalled, retrieved=retrieved)
         prepared.compaction = applied
         if self._compacting is not None and self.window.measure(messages).over:
@@ -305,7 +339,7 @@ class Conversation:
             prepared.compaction = self._take_compaction(wait=True) or prepared.compaction
             prepared.waited_ms = (time.perf_counter() - waited) * 1000
             messages, prepared.recalled, prepared.retrieved = self._build(text, turn)
-            before = self.window.measure(self.system_message() + self.history + [messages[-1]])
+            before = self.window.measure(self._shown() + [messages[-1]])
             prepared.before = before
         if before.alert and not self._alerting:
             prepared.alert = True
@@ -323,14 +357,14 @@ class Conversation:
             reason = None  # it fits: compact after the answer, in the background (see commit)
         if reason:
             waited = time.perf_counter()  # with background work: nothing in flight helps, a wait
-            plain = self.system_message() + self.history + [Message("user", text)]
+            plain = self._shown() + [Message("user", text)]
             result = compact(
                 plain,
                 self.cfg.strategy,
                 self.window,  # type: ignore[arg-type]
                 summarizer=self.summarizer,
                 memory=self.memory if self.cfg.strategy == "hybrid" else None,
-                previous_summary=self.summary,
+                previous_summary=self._summary(),
                 keep_turns=self.cfg.keep_turns,
                 target=self.cfg.target,
                 memory_tokens=self._budgets()[0],
@@ -399,7 +433,22 @@ class Conversation:
                 self.background.submit("extraction", prepared.turn, run)
         if self.background is not None:
             self._schedule_compaction(prepared.turn)
+            if self.memory is not None:
+                # The history as it is now: the next turn may change it while the job waits.
+                sent, history, turns = prepared.messages[:-1], list(self.history), list(self._history_turns)
+                self.background.submit("prefill", prepared.turn, lambda: self._prefill(sent, history, turns))
         return turn
+
+    def _prefill(self, sent: list[Message], history: list[Message], turns: list[int]) -> None:
+        """After this turn's extraction: if the next prompt will not start as this one did (a
+        statement newly marked OUTDATED, a summary sentence or a pinned memory dropped), have the
+        engine evaluate its new start now, so that the user's next turn finds it in the prefix
+        cache instead of waiting for the whole history to be evaluated again (seconds on a CPU)."""
+        if self._compacting is not None:
+            return  # the next turn applies the compaction: its prompt starts anew anyway
+        start = self.system_message() + self._mark_outdated(history, turns)
+        if start[: len(sent)] != sent:
+            self.client.chat(self.model, start, options={**self.options, "num_predict": 1})
 
     # --- background compaction -------------------------------------------------------------------
     def _schedule_compaction(self, turn: int) -> None:
@@ -407,7 +456,7 @@ class Conversation:
         of it in the background (queued after this turn's extraction, so hybrid pins its facts)."""
         if self.background is None or self._compacting is not None or self.cfg.strategy == "none":
             return
-        snapshot = self.system_message() + list(self.history)
+        snapshot = self._shown()
         # The next prompt will also hold a message and this turn's recalled context: count that
         # room now, so the compaction is ready before the prompt stops fitting.
         memory_budget, docs_budget = self._budgets()
@@ -416,7 +465,7 @@ class Conversation:
         reason = should_compact(dataclasses.replace(measured, used=measured.used + room), len(snapshot) + 1, self.cfg)
         if not reason:
             return
-        summary, n_history = self.summary, len(self.history)
+        summary, n_history = self._summary(), len(self.history)
         kwargs = dict(
             summarizer=self.summarizer,
             memory=self.memory if self.cfg.strategy == "hybrid" else None,

@@ -645,18 +645,32 @@ class Memory:
         )
         return [(items[i], score) for i, score in index.search(query, k, mode)]  # type: ignore[arg-type]
 
+    def _ended_values(self) -> builtins.list[tuple[MemoryItem, builtins.list[str]]]:
+        """The user's replaced or retracted values, each with its slot's current values (other
+        than itself): what a statement must not say alone to be current."""
+        ended = [m for m in self.ended() if m.subject == SUBJECT_USER]
+        if not ended:
+            return []
+        current_by_key: dict[str, builtins.list[str]] = {}
+        for m in self.current(SUBJECT_USER):
+            current_by_key.setdefault(m.key, []).append(m.value)
+        return [(m, [v for v in current_by_key.get(m.key, []) if not same_value(v, m.value)]) for m in ended]
+
+    @staticmethod
+    def _states_ended(text: str, m: MemoryItem, current: builtins.list[str]) -> bool:
+        """`text` states the ended value `m` and none of its slot's current values ("I live in
+        Lyon", not "I moved from Lyon to Dublin")."""
+        return mentions(text, m.value) and not any(mentions(text, v) for v in current)
+
     def outdated_turns(self, conversation: str, turns: builtins.list[tuple[int, int, str]]) -> set[int]:
         """Turns (numbers) that state a value a later message replaced or retracted, and none of
         the slot's current values: recalling them would contradict memory ("I live in Lyon"
         after "We moved to Dublin"). A turn is 'before' the change by its number within the
         conversation that made the change; for a change made in another conversation, every
         turn archived before the change's time."""
-        ended = [m for m in self.ended() if m.subject == SUBJECT_USER]
+        ended = self._ended_values()
         if not ended:
             return set()
-        current_by_key: dict[str, list[str]] = {}
-        for m in self.current(SUBJECT_USER):
-            current_by_key.setdefault(m.key, []).append(m.value)
         with self.store.connect() as db:
             ts = {
                 r[0]: r[1]
@@ -666,19 +680,33 @@ class Memory:
             }
         out: set[int] = set()
         for _, turn, text in turns:
-            for m in ended:
+            for m, current in ended:
                 if m.ended_conversation == conversation and m.ended_turn is not None:
                     before = turn < m.ended_turn
                 else:
                     before = m.ended is not None and ts.get(turn, 0.0) < m.ended
-                if (
-                    before
-                    and mentions(text, m.value)
-                    and not any(mentions(text, v) for v in current_by_key.get(m.key, []) if not same_value(v, m.value))
-                ):
+                if before and self._states_ended(text, m, current):
                     out.add(turn)
                     break
         return out
+
+    def without_outdated(self, text: str) -> str:
+        """`text` (a summary of the conversation so far) without its sentences that state a
+        value since replaced or retracted. A summary made before a change, or by a model that
+        kept the first of two values, says "Let's hold the project review on Tuesday" next to
+        the memory's "project review day: Wednesday", and the 1.5B answered "Tuesday" from it
+        (test seed 1, oracle memories)."""
+        ended = self._ended_values()
+        if not ended:
+            return text
+        lines = []
+        for line in text.splitlines():  # line by line, so that what is kept keeps its layout
+            indent = line[: len(line) - len(line.lstrip())]
+            sentences = re.split(r"(?<=[.!?])\s+", line.strip())
+            kept = [s for s in sentences if not any(self._states_ended(s, m, current) for m, current in ended)]
+            if kept or not line.strip():
+                lines.append(indent + " ".join(kept))
+        return "\n".join(lines).strip()
 
     def recall(
         self,
