@@ -330,7 +330,8 @@ class Conversation:
         messages, recalled, retrieved = self._build(text, turn)
         # What the alert and the triggers look at: the whole conversation as it stands, with this
         # turn's context at its full budget (a conversation near the window gets less of it).
-        before = self.window.measure(self._shown() + [messages[-1]])
+        # `messages` is that prompt: _build made it from the shown start and this message.
+        before = self.window.measure(messages)
         prepared = Prepared(turn, text, messages, before, before, recalled=recalled, retrieved=retrieved)
         prepared.compaction = applied
         if self._compacting is not None and self.window.measure(messages).over:
@@ -339,7 +340,7 @@ class Conversation:
             prepared.compaction = self._take_compaction(wait=True) or prepared.compaction
             prepared.waited_ms = (time.perf_counter() - waited) * 1000
             messages, prepared.recalled, prepared.retrieved = self._build(text, turn)
-            before = self.window.measure(self._shown() + [messages[-1]])
+            before = self.window.measure(messages)
             prepared.before = before
         if before.alert and not self._alerting:
             prepared.alert = True
