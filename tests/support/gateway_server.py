@@ -12,6 +12,7 @@ import uvicorn
 from lmgauge.config import Settings
 from lmgauge.gateway.app import create_app
 from lmgauge.gateway.limits import http_protocol
+from lmgauge.store import Store
 
 
 def free_port() -> int:
@@ -62,6 +63,17 @@ class GatewayServer:
         """Wait until the log writer has written at least n rows."""
         deadline = time.time() + timeout
         while self.gateway.log.written < n and time.time() < deadline:
+            time.sleep(0.02)
+
+    def logged(self, models: set[str], since: float, timeout: float = 10.0) -> list[dict]:
+        """The gateway's request-log rows since `since` (newest first), once one is written for
+        each of `models`. Counting rows (wait_logged) can be satisfied by a row an earlier test's
+        request writes late, before this test's own rows are in."""
+        deadline = time.time() + timeout
+        while True:
+            rows = Store(self.settings.db_path).requests(source="gateway", since=since)
+            if models <= {r["model"] for r in rows} or time.time() > deadline:
+                return rows
             time.sleep(0.02)
 
 
