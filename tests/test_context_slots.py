@@ -105,6 +105,28 @@ def test_a_retraction_ends_the_value_and_history_stays_queryable(memory):
     assert memory.remember(None, "pet", "hamster", op="delete").replaced == []
 
 
+def test_a_retraction_beside_an_update_does_not_end_the_new_value(memory):
+    """The 1.5B answered "I'm not gluten-free anymore, I'm vegetarian now" with diet: vegetarian
+    and a retraction of allergy: "gluten"; the retraction's value was matched to the diet slot by
+    embedding similarity and ended the vegetarian diet just stored, leaving no diet at all. A
+    retraction's value names a slot by its words only, and a message never retracts what it has
+    itself just stated."""
+    memory.remember(None, "diet", "dairy-free", source_turn=2, source_text="I'm dairy-free, for the record.")
+    said = "I'm not dairy-free anymore, I'm keto now."
+    keto = memory.remember(None, "diet", "keto", op="update", source_turn=9, source_text=said)
+    assert [m.value for m in keto.replaced] == ["dairy-free"]
+    dropped = memory.remember(None, "allergy", "dairy", op="delete", source_turn=9, source_text=said)
+    assert dropped.replaced == []
+    again = memory.remember(None, "diet", "keto", op="delete", source_turn=9, source_text=said)
+    assert again.replaced == []
+    assert [m.text for m in memory.current()] == ["diet: keto"]
+    # Said again later, a retraction of the same value ends it.
+    later = "I've stopped keto."
+    assert [
+        m.value for m in memory.remember(None, "diet", "keto", op="delete", source_turn=12, source_text=later).replaced
+    ] == ["keto"]
+
+
 def test_an_update_replaces_the_value_it_names_even_in_another_slot(memory):
     # A small extractor filed the city under "home country"; the update names it.
     misfiled = memory.remember(None, "home country", "Dublin").item

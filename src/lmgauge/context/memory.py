@@ -59,6 +59,7 @@ from .slots import (
     normalise_subject,
     people_in,
     slot_for,
+    slot_named_by,
     spoken_of,
 )
 
@@ -439,8 +440,15 @@ class Memory:
                     if m.key != key and same_value(m.value, value) and source_text and mentions(source_text, m.value)
                 ]
                 # "I no longer have a dog" (value "dog"): the value names a slot; its values end.
-                named_slot = self.slots.canonical(value, [m.key for m in held])
+                named_slot = slot_named_by(value, [m.key for m in held])
                 same += [m for m in held if m.key == named_slot and m not in same]
+                # Not what this message has just stated: the 1.5B answered "I'm not gluten-free
+                # anymore, I'm vegetarian now" with diet: vegetarian and a retraction of "gluten".
+                same = [
+                    m
+                    for m in same
+                    if not (source_text and (m.source_text, m.source_turn) == (source_text, source_turn))
+                ]
                 for m in same:
                     self._end(db, m.id, "retracted", None, ended)
                 return Remembered(

@@ -252,6 +252,17 @@ def named_slots(text: str) -> list[str]:
     return [k for k, w in naming.items() if not any(w < other for other in naming.values())]
 
 
+def slot_named_by(value: str, keys: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The slot a value is one of the names of, by its words only ("dog", "the dog" -> dog name;
+    "car" -> car), among the vocabulary's and the given keys; None for any other value. Not by
+    embedding similarity: that put "gluten" next to the diet slot, and a retraction of "gluten"
+    ended the diet the same message had just set."""
+    words = key_words(value)
+    if not words:
+        return None
+    return next((k for k in [*BY_KEY, *keys] if k != NOTE and _naming(k, value) == words), None)
+
+
 def slot_for(key: str) -> Slot:
     """The vocabulary's slot for a canonical key, or a single-valued fact slot of that name."""
     return BY_KEY.get(key) or Slot(key, "fact")
