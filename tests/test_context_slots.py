@@ -127,6 +127,24 @@ def test_a_retraction_beside_an_update_does_not_end_the_new_value(memory):
     ] == ["keto"]
 
 
+def test_called_names_the_name_of_what_comes_just_before_it(memory):
+    """ "My friend's dog is called Rex", filed as the friend's pet, moved to the slot named
+    nearest the value: "called" names the name slot, so it became a name (both Qwen models). What
+    is called is the word before "called"."""
+
+    def filed(text, key, value, subject="user"):
+        (p,) = refile([{"op": "add", "subject": subject, "key": key, "value": value}], text, memory)
+        return p["subject"], p["key"]
+
+    assert named_slots("My neighbour's cat is called Tom.") == ["cat name"]
+    assert filed("My neighbour's cat is called Tom.", "pet", "Tom", subject="neighbour") == ("neighbour", "cat name")
+    assert filed("My neighbour's cat is called Tom.", "name", "Tom", subject="neighbour") == ("neighbour", "cat name")
+    assert filed("I have a brother called Jonas.", "pet", "Jonas") == ("user", "brother name")
+    # The user called something: their own name, beside the dog the message also names.
+    assert set(named_slots("I'm called Ana and I have a dog.")) == {"name", "dog name"}
+    assert filed("I'm called Ana and I have a dog.", "other", "Ana") == ("user", "name")
+
+
 def test_an_update_replaces_the_value_it_names_even_in_another_slot(memory):
     # A small extractor filed the city under "home country"; the update names it.
     misfiled = memory.remember(None, "home country", "Dublin").item

@@ -1054,10 +1054,13 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     # A value's own words name no slot: "Acme Foods" names no favorite food, in this message's
     # facts or in a held value (notes too) it mentions ("Nordlys Labs hired me away from Acme Foods").
     values = [p["value"] for p in proposals] + [m.value for m in held_all if mentions(text, m.value)]
-    named = [k for k in named_slots(text) if not any(in_passing(k, v) for v in values)]
+    said = named_slots(text)
+    named = [k for k in said if not any(in_passing(k, v) for v in values)]
     out = []
     for subject, key, p in placed:
-        if not named_in(key, text):
+        # A vocabulary slot is named as named_slots decides ("My friend's dog is called Rex" names
+        # the dog's name, not the name), another slot by its words.
+        if not (key in said if key in BY_KEY else named_in(key, text)):
             held = [m for m in current if m.subject == subject]
             again = {m.key for m in held if same_value(m.value, p["value"])}
             taken = {other for _, other, q in placed if q is not p}

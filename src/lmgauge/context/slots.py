@@ -249,7 +249,20 @@ def named_slots(text: str) -> list[str]:
     review day, not the project name."""
     naming = {s.key: _naming(s.key, text) for s in VOCABULARY if s.key != NOTE}
     naming = {k: w for k, w in naming.items() if w}
+    if _called_is_another_name(naming, _phrase(text)):
+        del naming["name"]
     return [k for k, w in naming.items() if not any(w < other for other in naming.values())]
+
+
+def _called_is_another_name(naming: dict[str, frozenset[str]], said: tuple[str, ...]) -> bool:
+    """Does "called" name another name slot than the user's own? What is called is the word just
+    before it: "My friend's dog is called Rex" names the dog's name ("name" was the slot named
+    nearest the value, so a misfiled fact became the user's name); "I'm called Ana and I have a
+    dog" names the user's."""
+    if "name" not in naming:
+        return False
+    before = {said[i - 1] for i, w in enumerate(said) if i and w in naming["name"]}
+    return any(k != "name" and "name" in k.split() and w & before for k, w in naming.items())
 
 
 def slot_named_by(value: str, keys: list[str] | tuple[str, ...] = ()) -> str | None:
