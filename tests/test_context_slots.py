@@ -404,6 +404,12 @@ def test_a_slot_is_named_by_any_form_of_its_words_and_by_its_phrases_whole(memor
     assert "home city" in named_slots("My sister just moved to Oslo.")
     assert filed("I'm employed by Acme Foods.", "home country", "Acme Foods") == ("employer", "Acme Foods")
     assert in_passing("favorite food", "Acme Foods") and not in_passing("diet", "vegan")
+    # A common noun's words say what it is: "coffee" names the drink (the 0.5B filed it as a job).
+    flatmate = "My flatmate can't function without black coffee."
+    assert not in_passing("morning drink", "black coffee", flatmate)
+    assert in_passing("favorite food", "Acme Foods", "I'm employed by Acme Foods.")
+    (drink,) = refile([{"op": "add", "subject": "friend", "key": "job", "value": "black coffee"}], flatmate, memory)
+    assert (drink["subject"], drink["key"]) == ("flatmate", "morning drink")
     # A retraction of a value the slot does not hold retracts the one the message names.
     memory.remember(None, "car", "Mazda", source_text="I drive a Mazda.")
     assert filed("I got rid of the Mazda and I'm car-free now.", "car", "free", "delete") == ("car", "Mazda")

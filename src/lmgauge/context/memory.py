@@ -1051,11 +1051,12 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
     placed = [(subject, memory.canonical_key(key, subject), p) for subject, key, p in placed]
     held_all = memory.current()
     current = [m for m in held_all if m.key != NOTE]
-    # A value's own words name no slot: "Acme Foods" names no favorite food, in this message's
-    # facts or in a held value (notes too) it mentions ("Nordlys Labs hired me away from Acme Foods").
+    # A name's own words name no slot: "Acme Foods" names no favorite food, in this message's
+    # facts or in a held value (notes too) it mentions ("Nordlys Labs hired me away from Acme Foods");
+    # "green tea" is a drink.
     values = [p["value"] for p in proposals] + [m.value for m in held_all if mentions(text, m.value)]
     said = named_slots(text)
-    named = [k for k in said if not any(in_passing(k, v) for v in values)]
+    named = [k for k in said if not any(in_passing(k, v, text) for v in values)]
     out = []
     for subject, key, p in placed:
         # A vocabulary slot is named as named_slots decides ("My friend's dog is called Rex" names

@@ -217,11 +217,21 @@ def named_in(key: str, text: str) -> bool:
     return bool(_naming(key, text))
 
 
-def in_passing(key: str, value: str) -> bool:
+def in_passing(key: str, value: str, text: str | None = None) -> bool:
     """Does a value name the slot with some of its words only ("Acme Foods" and favorite food),
-    rather than being one of its names ("vegan" and diet, "dog" and dog name)?"""
+    rather than being one of its names ("vegan" and diet, "dog" and dog name)? With the message,
+    only a name counts (the value capitalised where the message says it): a common noun's words
+    say what it is ("My roommate can't start the day without green tea": "tea" names the morning
+    drink; the 0.5B filed it as a job, tuning seeds)."""
     words = _naming(key, value)
-    return bool(words) and not key_words(value) <= words
+    return bool(words) and not key_words(value) <= words and (text is None or _is_name(value, text))
+
+
+def _is_name(value: str, text: str) -> bool:
+    """Is the value written as a name in the message (a capital letter where it occurs)? A value the
+    message does not contain counts as a name."""
+    at = text.lower().find(value.lower())
+    return at < 0 or text[at : at + len(value)] != text[at : at + len(value)].lower()
 
 
 def nearest_slot(keys: list[str], text: str, value: str) -> str | None:
