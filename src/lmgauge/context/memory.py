@@ -975,27 +975,33 @@ class Extractor:
                 kept.append((p, score))
         return kept, rejected
 
-    def _missed(self, text: str, kept: list[tuple[dict[str, str], float]]) -> bool:
-        """Nothing kept, from a message that says a value the store holds changed?"""
-        return not kept and _states_change(text) and any(mentions(text, m.value) for m in self.memory.current())
+    def _changed(self, text: str) -> list[MemoryItem]:
+        """The user's current values a message names while saying something changed."""
+        if not _states_change(text):
+            return []
+        return [m for m in self.memory.current(SUBJECT_USER) if m.key != NOTE and mentions(text, m.value)]
 
     def extract(self, text: str, conversation: str | None = None, turn: int | None = None) -> Extraction:
         t0 = time.perf_counter()
         out = Extraction()
         out.proposed, out.warnings, out.attempts = self.propose(text)
         kept, out.rejected = self._check(out.proposed, text)
-        if (
-            out.attempts == 1
-            and all(p["op"] == "delete" for p, _ in kept)
-            and (out.rejected or self._missed(text, kept))
-        ):
-            # Facts were rejected and none was kept but retractions, or nothing was kept from a
-            # message that changes a value the store holds: ask once more, as for invalid JSON (a
-            # 0.5B model gave "Project Review Day 2" for "Let's move the project review from Friday
-            # to Tuesday", and "I gave up the ukulele; I play the piano now" as an update to ukulele
-            # and a deletion of it, which lost the piano; the 1.5B gave nothing for "Nala passed
-            # away last week, so I don't have a dog anymore").
-            again, warnings, out.attempts = self.propose(text, attempts=(2,), rejected=out.rejected)
+        changed = self._changed(text)
+        if out.attempts == 1 and all(p["op"] == "delete" for p, _ in kept) and (out.rejected or changed):
+            # Nothing was kept but retractions, from a message that changes a value the store holds
+            # or with facts rejected: ask once more, as for invalid JSON (a 0.5B model gave "Project
+            # Review Day 2" for "Let's move the project review from Friday to Tuesday", and "I gave
+            # up the ukulele; I play the piano now" as an update to ukulele and a deletion of it,
+            # which lost the piano; the 1.5B gave nothing for "Nala passed away last week, so I
+            # don't have a dog anymore"). Where the message names a value the store holds, the
+            # second request names it by its slot instead (masked); else it says which values
+            # were not new.
+            if changed:
+                again, warnings, tries = self.propose(masked(text, changed))
+                again = unmasked(again, changed)
+                out.attempts += tries
+            else:
+                again, warnings, out.attempts = self.propose(text, attempts=(2,), rejected=out.rejected)
             more, rejected = self._check(again, text)
             kept += [(p, score) for p, score in more if not any(p == q for q, _ in kept)]
             out.proposed += again
@@ -1019,6 +1025,29 @@ class Extractor:
             log.warning(w)
         out.ms = (time.perf_counter() - t0) * 1000
         return out
+
+
+def masked(text: str, changed: list[MemoryItem]) -> str:
+    """The message with the old values it names replaced by what they are ("Acme Foods hired me
+    away from my old employer."). Asked what changed, the 0.5B answered with the value it already
+    knew, on both attempts, even when told not to ("Acme Foods hired me away from Tern Logistics"
+    gave employer: Tern Logistics twice, "I resigned from Quarry Bank; I start at Tern Logistics
+    next week" only its retraction; tuning seeds); without the old value in the message, it gave
+    the new one (4 of 4 such messages, and retractions stayed retractions)."""
+    for m in sorted(changed, key=lambda m: -len(m.value)):
+        text = re.sub(rf"\b(?:(?:my|the|a|an|our)\s+)?{re.escape(m.value)}\b", f"my old {m.key}", text, flags=re.I)
+    return text
+
+
+def unmasked(proposals: list[dict[str, str]], changed: list[MemoryItem]) -> list[dict[str, str]]:
+    """Proposals from a masked message with its placeholders turned back into the values they
+    stand for ("old dog name" in a retraction is the dog's name the message named)."""
+    out = []
+    for p in proposals:
+        words = set(_WORD.findall(p["value"].lower()))
+        stands_for = [m for m in changed if "old" in words and set(_WORD.findall(m.key)) <= words]
+        out.append({**p, "value": stands_for[0].value} if len(stands_for) == 1 else p)
+    return out
 
 
 def _holds(current: list[MemoryItem], proposal: dict[str, str]) -> bool:
