@@ -264,13 +264,13 @@ def test_a_change_is_asked_again_without_the_value_it_replaces(settings, tmp_pat
     """Qwen2.5 0.5B answered "No more baker work for me: I'm a architect these days" with only a
     retraction of "baker", and "Acme Foods hired me away from Tern Logistics" with the old
     employer twice, even when told it was not new (tuning seeds). The second request names the
-    old value by what it is, so the model cannot answer with it; a placeholder it gives back
-    ("old dog name") stands for the value it replaced."""
+    old value by what it is, so the model cannot answer with it; a retraction of the placeholder
+    ("old dog") is checked against the message itself and retracts the value it stands for."""
     answers = [
         '{"memories": [{"op": "delete", "subject": "user", "key": "job", "value": "baker"}]}',
         '{"memories": [{"op": "update", "subject": "user", "key": "job", "value": "architect"}]}',
         '{"memories": []}',
-        '{"memories": [{"op": "delete", "subject": "user", "key": "dog name", "value": "old dog name"}]}',
+        '{"memories": [{"op": "delete", "subject": "user", "key": "pet", "value": "old dog"}]}',
     ]
     with _scripted(settings, tmp_path, answers, then='{"memories": []}') as (server, extractor):
         extractor.memory.remember(None, "job", "baker", source_text="I earn my living as a baker.")

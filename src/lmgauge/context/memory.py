@@ -997,8 +997,9 @@ class Extractor:
             # second request names it by its slot instead (masked); else it says which values
             # were not new.
             if changed:
+                # A placeholder given back ("delete dog name: old dog") is checked against the
+                # message itself like any value: refile finds the value it stands for.
                 again, warnings, tries = self.propose(masked(text, changed))
-                again = unmasked(again, changed)
                 out.attempts += tries
             else:
                 again, warnings, out.attempts = self.propose(text, attempts=(2,), rejected=out.rejected)
@@ -1037,17 +1038,6 @@ def masked(text: str, changed: list[MemoryItem]) -> str:
     for m in sorted(changed, key=lambda m: -len(m.value)):
         text = re.sub(rf"\b(?:(?:my|the|a|an|our)\s+)?{re.escape(m.value)}\b", f"my old {m.key}", text, flags=re.I)
     return text
-
-
-def unmasked(proposals: list[dict[str, str]], changed: list[MemoryItem]) -> list[dict[str, str]]:
-    """Proposals from a masked message with its placeholders turned back into the values they
-    stand for ("old dog name" in a retraction is the dog's name the message named)."""
-    out = []
-    for p in proposals:
-        words = set(_WORD.findall(p["value"].lower()))
-        stands_for = [m for m in changed if "old" in words and set(_WORD.findall(m.key)) <= words]
-        out.append({**p, "value": stands_for[0].value} if len(stands_for) == 1 else p)
-    return out
 
 
 def _holds(current: list[MemoryItem], proposal: dict[str, str]) -> bool:
