@@ -250,7 +250,7 @@ class Conversation:
         if self.memory is None or not history:
             return history
         pairs = list(zip(history, turns, strict=True))
-        outdated = self.memory.outdated_turns(self.id, [(0, t, m.content) for m, t in pairs if m.role == "user"])
+        outdated = self.memory.outdated_turns(self.id, [(t, m.content) for m, t in pairs if m.role == "user"])
         if not outdated:
             return history
         return [
@@ -328,13 +328,13 @@ class Conversation:
                 what=f"this message alone (with {self.window.reserve} tokens reserved for the answer)",
             )
         messages, recalled, retrieved = self._build(text, turn)
-        # What the alert and the triggers look at: the whole conversation as it stands, with this
-        # turn's context at its full budget (a conversation near the window gets less of it).
-        # `messages` is that prompt: _build made it from the shown start and this message.
+        # What the alert and the triggers look at: the prompt this turn would send, i.e. the
+        # whole conversation as it stands plus as much of this turn's context as fits (a
+        # conversation near the window gets less of its budget; see _build).
         before = self.window.measure(messages)
         prepared = Prepared(turn, text, messages, before, before, recalled=recalled, retrieved=retrieved)
         prepared.compaction = applied
-        if self._compacting is not None and self.window.measure(messages).over:
+        if self._compacting is not None and before.over:
             # The background compaction has not finished and this prompt does not fit: wait.
             waited = time.perf_counter()
             prepared.compaction = self._take_compaction(wait=True) or prepared.compaction

@@ -670,12 +670,12 @@ class Memory:
         Lyon", not "I moved from Lyon to Dublin")."""
         return mentions(text, m.value) and not any(mentions(text, v) for v in current)
 
-    def outdated_turns(self, conversation: str, turns: builtins.list[tuple[int, int, str]]) -> set[int]:
-        """Turns (numbers) that state a value a later message replaced or retracted, and none of
-        the slot's current values: recalling them would contradict memory ("I live in Lyon"
-        after "We moved to Dublin"). A turn is 'before' the change by its number within the
-        conversation that made the change; for a change made in another conversation, every
-        turn archived before the change's time."""
+    def outdated_turns(self, conversation: str, turns: builtins.list[tuple[int, str]]) -> set[int]:
+        """Of the (turn number, text) pairs, the turns that state a value a later message
+        replaced or retracted, and none of the slot's current values: recalling them would
+        contradict memory ("I live in Lyon" after "We moved to Dublin"). A turn is 'before' the
+        change by its number within the conversation that made the change; for a change made in
+        another conversation, every turn archived before the change's time."""
         ended = self._ended_values()
         if not ended:
             return set()
@@ -687,7 +687,7 @@ class Memory:
                 )
             }
         out: set[int] = set()
-        for _, turn, text in turns:
+        for turn, text in turns:
             for m, current in ended:
                 if m.ended_conversation == conversation and m.ended_turn is not None:
                     before = turn < m.ended_turn
@@ -767,7 +767,7 @@ class Memory:
                 if t[1] not in (exclude_turns or set()) and not is_question(t[2]):
                     latest[t[2].strip()] = t
             turns = sorted(latest.values(), key=lambda t: t[1])
-            outdated = self.outdated_turns(conversation, turns)
+            outdated = self.outdated_turns(conversation, [(t[1], t[2]) for t in turns])
             turns = [t for t in turns if t[1] not in outdated]
             if turns:
                 candidates += [Recalled("turn", row_id, text, 0.0, 0, turn) for row_id, turn, text in turns]
