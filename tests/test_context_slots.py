@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from lmgauge.context.memory import Memory, pinned_block, recall_block, refile, whose
+from lmgauge.context.memory import Memory, one_line_per_slot, pinned_block, recall_block, refile, whose
 from lmgauge.context.slots import Canonicaliser, in_passing, named_slots
 from lmgauge.context.tokens import ServerTokens
 from lmgauge.embedding import WordLlamaEmbedder
@@ -333,7 +333,26 @@ def test_a_multi_valued_slot_is_recalled_on_one_line(memory):
     assert lines[0].startswith("What is true now")
     allergy = next(line for line in lines if "allergy" in line)
     assert len(lines) == 3 and "- home city: Quito" in lines
-    assert allergy in ("- allergy: peanuts; sesame", "- allergy: sesame; peanuts")
+    assert allergy in ("- allergy: peanuts and sesame", "- allergy: sesame and peanuts")
+
+
+def test_a_slots_values_are_listed_in_words_and_other_lines_keep_their_own():
+    """ "; "-joined values still drew one of two from the 0.5B; a list in words ("a, b and c")
+    less often. A changed value (slot None) and another slot keep their lines."""
+    lines = one_line_per_slot(
+        [
+            ("allergy", "- allergy: peanuts", "peanuts"),
+            (None, "- home city: Quito (changed from Oslo on turn 3)", "Quito"),
+            ("allergy", "- allergy: sesame", "sesame"),
+            ("hobby", "- hobby: chess", "chess"),
+            ("allergy", "- allergy: pollen", "pollen"),
+        ]
+    )
+    assert lines == [
+        "- allergy: peanuts, sesame and pollen",
+        "- home city: Quito (changed from Oslo on turn 3)",
+        "- hobby: chess",
+    ]
 
 
 def test_a_multi_valued_slot_is_recalled_whole_even_when_a_value_is_pinned(memory):
@@ -347,7 +366,7 @@ def test_a_multi_valued_slot_is_recalled_whole_even_when_a_value_is_pinned(memor
     memory.remember(None, "allergy", "pollen", op="delete", source_text="I'm not allergic to pollen anymore.")
     recalled = memory.recall("What am I allergic to?", ServerTokens(), 10_000, exclude_memories={peanuts.id})
     (allergy,) = [line for line in recall_block(recalled).splitlines() if "allergy" in line]
-    assert allergy in ("- allergy: peanuts; sesame", "- allergy: sesame; peanuts")
+    assert allergy in ("- allergy: peanuts and sesame", "- allergy: sesame and peanuts")
 
 
 def test_the_message_names_the_slot_a_misfiled_proposal_belongs_in(memory):
@@ -468,5 +487,5 @@ def test_pinned_values_of_a_multi_valued_slot_are_on_one_line(memory):
     memory.remember("fact", "friend's allergy", "pollen", subject="friend")
     block = pinned_block(memory.pinned(ServerTokens(), 10_000)).splitlines()
     assert block[0] == "What you know about the user:" and len(block) == 4
-    assert {"- allergy: sesame; peanuts", "- allergy: peanuts; sesame"} & set(block)
+    assert {"- allergy: sesame and peanuts", "- allergy: peanuts and sesame"} & set(block)
     assert "- home city: Quito" in block and any(line.startswith("- friend's") for line in block)

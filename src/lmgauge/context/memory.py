@@ -855,19 +855,31 @@ def recall_block(items: list[Recalled]) -> str:
 
 
 def one_line_per_slot(entries: Sequence[tuple[Hashable | None, str, str]]) -> list[str]:
-    """Lines from (slot, line, value) entries, a slot's later values joined to its first line
-    ("- allergy: peanuts; sesame"): as separate lines, small models answered with one of them
-    (both Qwen models named one allergy of two). A slot of None never joins."""
+    """Lines from (slot, line, value) entries, a slot's values on its first line as a list in
+    words ("- allergy: peanuts and sesame"; the line ends with its value). As separate lines,
+    small models answered with one of them (both Qwen models named one allergy of two); joined
+    with "; " the 0.5B still named one of two in 6 of 12 questions on the tuning seeds, with
+    "and" in 4 (replayed prompts, the other 99 questions unchanged). A slot of None never joins."""
     lines: list[str] = []
+    values: dict[int, list[str]] = {}  # line index -> the slot's values
     slot_line: dict[Hashable, int] = {}
     for slot, line, value in entries:
         if slot is not None and slot in slot_line:
-            lines[slot_line[slot]] += f"; {value}"
+            values[slot_line[slot]].append(value)
             continue
         if slot is not None:
             slot_line[slot] = len(lines)
+            values[len(lines)] = [value]
         lines.append(line)
+    for i, vals in values.items():
+        if len(vals) > 1:
+            lines[i] = lines[i].removesuffix(vals[0]) + words_list(vals)
     return lines
+
+
+def words_list(values: Sequence[str]) -> str:
+    """ "peanuts", "peanuts and sesame", "peanuts, sesame and pollen"."""
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
 
 
 def pinned_block(items: list[MemoryItem]) -> str:
