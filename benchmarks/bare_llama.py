@@ -42,7 +42,7 @@ class BareLlama:
         n_seq: int = 1,
         n_batch: int = 512,
         flash_attn: int = -1,
-        kv_unified: bool = True,
+        kv_unified: bool = False,  # one KV stream per sequence, as the engine
     ):
         L.llama_log_set(_quiet, ctypes.c_void_p(0))
         L.llama_backend_init()

@@ -1,9 +1,9 @@
-"""Does batching change greedy answers? Each model answers 8 prompts at temperature 0 twice on
-the same engine (8 slots): one at a time, then all 8 at once in one batch. Prints, per model,
-how many of the 8 answers are identical token for token, and where the first differing one
-diverges. For SmolLM2 (Q4_1) the answers are identical (tests/test_batching.py asserts it); for
-K-quants (Q4_K_M) llama.cpp's batched matrix products may sum in another order than a single
-row's, so a near-tie between two tokens can flip and the answers part from there.
+"""Does batching change greedy answers? Each model answers 8 prompts at temperature 0 three
+times on the same engine (8 slots): one at a time; all 8 at once; and staggered, each sent a
+quarter of a second after the previous one, so newcomers' prompts are evaluated beside running
+streams and their KV cells land among theirs. Prints, per model and way, how many of the 8
+answers are identical token for token to the ones given alone, and where the first differing
+one diverges. tests/test_batching.py asserts the same for short answers on SmolLM2.
 
     python benchmarks/batch_identity.py [--model smollm2 --model /work/models/qwen...gguf] [--tokens 64]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from pathlib import Path
 
 from lmgauge import Client
@@ -22,15 +23,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from batching import GREEDY, TOPICS  # noqa: E402  (the same greedy settings and story topics)
 
+STAGGER_S = 0.25
 
-def answers(client: Client, model: str, together: bool, tokens: int) -> list[str]:
+
+def answers(client: Client, model: str, way: str, tokens: int) -> list[str]:
     prompts = [f"Write a detailed story about {t}." for t in TOPICS[:8]]
     out: list[str] = [""] * len(prompts)
 
     def one(i: int) -> None:
+        if way == "staggered":
+            time.sleep(i * STAGGER_S)
         out[i] = client.chat(model, [Message("user", prompts[i])], options={**GREEDY, "num_predict": tokens}).content
 
-    if not together:
+    if way == "alone":
         for i in range(len(prompts)):
             one(i)
     else:
@@ -50,22 +55,28 @@ def main() -> None:
     args = ap.parse_args()
     models = args.model or ["smollm2", *map(str, sorted(Path("/work/models").glob("*0.5b*.gguf")))]
     for model in models:
-        # The same engine both times (a different context size alone changes the sums' order too);
+        # The same engine every time (a different context size alone changes the sums' order too);
         # no prefix reuse, so every answer is computed from its whole prompt.
         with Client(parallel=8, num_ctx=args.ctx, keep_alive=-1, prefix_cache=False) as client:
-            alone = answers(client, model, False, args.tokens)
-            batched = answers(client, model, True, args.tokens)
-        same = sum(a == b for a, b in zip(alone, batched, strict=True))
-        line = f"{Path(model).name}: {same}/8 answers identical alone vs in a batch of 8"
-        for a, b in zip(alone, batched, strict=True):
-            if a != b:
-                at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-                line += (
-                    f"; first difference at character {at} of {len(a)}: {a[max(0, at - 20) : at + 20]!r} vs "
-                    f"{b[max(0, at - 20) : at + 20]!r}"
+            alone = answers(client, model, "alone", args.tokens)
+            for way in ("together", "staggered"):
+                print(
+                    f"{Path(model).name}, {way}: {compare(alone, answers(client, model, way, args.tokens))}", flush=True
                 )
-                break
-        print(line, flush=True)
+
+
+def compare(alone: list[str], other: list[str]) -> str:
+    """'k/8 identical', and where the first differing answer parts from the one given alone."""
+    same = sum(a == b for a, b in zip(alone, other, strict=True))
+    line = f"{same}/{len(alone)} answers identical to the ones given alone"
+    for a, b in zip(alone, other, strict=True):
+        if a != b:
+            at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            return line + (
+                f"; first difference at character {at} of {len(a)}: {a[max(0, at - 20) : at + 20]!r} vs "
+                f"{b[max(0, at - 20) : at + 20]!r}"
+            )
+    return line
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Continuous batching in the embedded engine, with the real model: same answers alone or in a
-batch, cancellation isolated to one stream, shared prompt prefixes computed once."""
+batch (whenever the other requests arrive), cancellation isolated to one stream, shared prompt
+prefixes computed once."""
 
+import itertools
 import threading
 
 import pytest
@@ -43,6 +45,18 @@ def run_concurrently(engine, requests):
     return results
 
 
+def join_one_by_one(engine, requests):
+    """Start each request after the previous one has begun answering, so every newcomer's prompt
+    is evaluated beside running streams and its cells land among theirs; returns the streams,
+    each with its first chunk put back."""
+    streams = []
+    for r in requests:
+        stream = engine.chat(r)
+        first = next(stream)
+        streams.append(itertools.chain([first], stream))
+    return streams
+
+
 def slots(engine):
     (runner,) = [r for r in engine._runners.values() if not r.embedding]
     return runner.scheduler.slots
@@ -61,26 +75,30 @@ def test_more_requests_than_slots_all_complete(batch_engine, smollm2_path):
     assert all(r.timings.output_tokens > 0 for r in results)
 
 
+def test_greedy_answers_do_not_depend_on_when_the_others_arrive(batch_engine, smollm2_path):
+    # Arrivals a few steps apart used to change answers: in one KV cache shared by all
+    # sequences, a newcomer's cells filled holes in front of older cells, and attention summed
+    # them in another order (4 requests: 5 of 6 such runs parted from the answers given alone).
+    reqs = [request(smollm2_path, f"Write a short story about planet number {i}.", n=32) for i in range(4)]
+    alone = [collect(batch_engine.chat(r)).content for r in reqs]
+    staggered = [collect(s).content for s in join_one_by_one(batch_engine, reqs)]
+    assert staggered == alone
+    assert all(s.job is None for s in slots(batch_engine))
+
+
 def test_cancelling_one_stream_frees_its_cells_and_leaves_the_others_intact(batch_engine, smollm2_path):
+    import llama_cpp.llama_cpp as L
+
     reqs = [request(smollm2_path, f"Write a short story about animal number {i}.", n=32) for i in range(4)]
     alone = [collect(batch_engine.chat(r)).content for r in reqs]
 
     victim = batch_engine.chat(request(smollm2_path, "Write an endless story.", n=400))
     next(victim)  # it is decoding in a slot now
     victim_slot = next(s for s in slots(batch_engine) if s.job is not None)
-    results = [None] * 4
-
-    def worker(i):
-        results[i] = collect(batch_engine.chat(reqs[i]))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    victim.close()  # the client disconnects mid-stream
-    for t in threads:
-        t.join(timeout=300)
-    assert [r.content for r in results] == alone
-    import llama_cpp.llama_cpp as L
+    first_two = join_one_by_one(batch_engine, reqs[:2])
+    victim.close()  # the client disconnects mid-stream, while two others are answering
+    streams = first_two + join_one_by_one(batch_engine, reqs[2:])  # these may take its slot
+    assert [collect(s).content for s in streams] == alone
 
     runner = next(r for r in batch_engine._runners.values() if not r.embedding)
     if victim_slot.job is None and not victim_slot.cache:

@@ -70,8 +70,8 @@ def test_kv_types_hand_computed(kv_type, expected):
 
 
 def test_kv_parallel_is_one_unified_cache_of_num_ctx_times_sequences():
-    # the engine creates n_ctx = num_ctx * parallel cells; llama.cpp pads to a multiple of 256
-    est = sizing.estimate(make_info(), 1000, n_parallel=3)
+    # n_ctx = num_ctx * parallel cells; llama.cpp pads to a multiple of 256
+    est = sizing.estimate(make_info(), 1000, n_parallel=3, kv_unified=True)
     assert est.n_ctx == 3072  # 3000 -> 3072
     assert est.kv_bytes == 2 * 30 * 3072 * 3 * 64 * 2
     assert est.output_bytes == 3 * 49152 * 4  # one row of logits per sequence
@@ -81,6 +81,9 @@ def test_kv_per_sequence_caches_pad_each_sequence():
     est = sizing.estimate(make_info(), 1000, n_parallel=3, kv_unified=False)
     cells = sizing.kv_cells(make_info(), est.n_ctx, 3, kv_unified=False)
     assert cells == [3 * 1024] * 30  # 3072 / 3 = 1024 per sequence, already a multiple of 256
+    # the engine's default: 300 x 2 = 600 -> 768 cells, 384 per stream, each padded to 512
+    assert sizing.kv_cells(make_info(), sizing.estimate(make_info(), 300, n_parallel=2).n_ctx, 2) == [1024] * 30
+    assert sizing.kv_cells(make_info(), 768, 2, kv_unified=True) == [768] * 30
 
 
 def test_n_ctx_padding():
@@ -324,8 +327,9 @@ def test_kv_estimate_equals_llamacpp_kv_buffer(num_ctx, parallel, kv_type):
     est = sizing.estimate(inspect_gguf(path), num_ctx, kv_type=kv_type, n_parallel=parallel)
     lines = handler.lines
     # "llama_kv_cache: size = 11.25 MiB (512 cells, 30 layers, 1/1 seqs), K (f16): 5.62 MiB, ..."
+    # The cells are per stream: the engine gives each sequence its own.
     cells = int(_mib(lines, r"\(\s*(\d+) cells"))
-    assert cells == est.n_ctx
+    assert cells * parallel == sizing.kv_cells(inspect_gguf(path), est.n_ctx, parallel)[0]
     # the log has two decimals of MiB: equal to that precision
     assert round(est.kv_bytes / MiB, 2) == _mib(lines, r"KV buffer size =\s*([\d.]+) MiB")
     k_logged = _mib(lines, r"K \(\w+\):\s*([\d.]+) MiB")

@@ -30,10 +30,10 @@ LOOKUP = Speculation(lookup=True)
 
 @pytest.fixture(scope="module")
 def engine():
-    # One slot and no prefix reuse, as for any bit-for-bit comparison: with several slots in one
-    # unified KV cache, or a prompt resumed from the previous request's cache (its last token
-    # evaluated alone instead of in a 64+ token batch, another matmul path), the same greedy
-    # request repeated can already part at a near-tie without speculation (measured on EXTRACT).
+    # One slot and no prefix reuse, as for any bit-for-bit comparison: with a prompt resumed from
+    # the previous request's cache (its last token evaluated alone instead of in a 64+ token
+    # batch, another matmul path), the same greedy request repeated can already part at a
+    # near-tie without speculation (measured on EXTRACT).
     # Verification batches themselves round exactly like single-token steps (checked row by
     # row: identical logits for batches of 2..33 tokens).
     engine = LlamaCppEngine(Settings(parallel=1, keep_alive=-1, num_ctx=1024, prefix_cache=False))

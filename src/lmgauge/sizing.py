@@ -3,7 +3,7 @@ predicted from the GGUF header alone (nothing is loaded), and the largest window
 
 The model follows how llama.cpp (as vendored by llama-cpp-python 0.3.36) allocates on the
 CPU backend, and how `engines.llamacpp.Runner` configures it: one context with
-n_ctx = num_ctx * n_parallel cells in a unified KV cache, n_batch = n_ubatch, flash
+n_ctx = num_ctx * n_parallel cells in one KV stream per sequence, n_batch = n_ubatch, flash
 attention "auto" (on, for CPU), llama.cpp's default full-size sliding-window cache, and the
 scheduler asking for logits of at most one token per sequence per step.
 
@@ -125,16 +125,16 @@ def estimate(
     n_batch: int = 512,
     flash_attn: bool = True,
     *,
-    kv_unified: bool = True,
+    kv_unified: bool = False,
     swa_full: bool = True,
     cpu_repack: bool = True,
     n_outputs: int | None = None,
 ) -> MemoryEstimate:
     """Predict the memory of `info`'s model loaded with a `num_ctx`-token window per sequence.
 
-    Defaults match the embedded engine: unified KV cache, llama.cpp's full-size sliding-window
-    cache (`swa_full`), CPU repacking of Q4 weights (`cpu_repack`; pass False on CPUs without
-    AVX2/NEON kernels). `n_batch` is the engine's n_batch (= n_ubatch). `n_outputs` is the rows
+    Defaults match the embedded engine: one KV stream per sequence, llama.cpp's full-size
+    sliding-window cache (`swa_full`), CPU repacking of Q4 weights (`cpu_repack`; pass False on
+    CPUs without AVX2/NEON kernels). `n_batch` is the engine's n_batch (= n_ubatch). `n_outputs` is the rows
     of logits one step may ask for: one per sequence (the default), more when the engine
     verifies speculative drafts (every drafted token needs its own row).
     """
@@ -186,7 +186,7 @@ def max_context(
     n_batch: int = 512,
     flash_attn: bool = True,
     *,
-    kv_unified: bool = True,
+    kv_unified: bool = False,
     swa_full: bool = True,
     cpu_repack: bool = True,
 ) -> int:
@@ -291,7 +291,7 @@ def kv_cells(
     n_parallel: int = 1,
     n_ubatch: int = 512,
     *,
-    kv_unified: bool = True,
+    kv_unified: bool = False,
     swa_full: bool = True,
 ) -> list[int]:
     """KV cells per layer, all sequences together (llama.cpp's kv_size x streams; n_ctx is
@@ -319,7 +319,7 @@ def kv_cache_sizes(
     n_parallel: int = 1,
     n_ubatch: int = 512,
     *,
-    kv_unified: bool = True,
+    kv_unified: bool = False,
     swa_full: bool = True,
 ) -> list[int]:
     """Cells per stream of each distinct KV cache llama.cpp creates: one cache, or two for a
@@ -341,7 +341,7 @@ def kv_cache_bytes(
     n_parallel: int = 1,
     n_ubatch: int = 512,
     *,
-    kv_unified: bool = True,
+    kv_unified: bool = False,
     swa_full: bool = True,
 ) -> int:
     """The KV cache buffer: for each layer, cells x (n_head_kv x head_dim_k + n_head_kv x

@@ -111,7 +111,13 @@ class Runner:
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.n_seq_max = self.n_slots
         cparams.n_ctx = num_ctx * self.n_slots
-        cparams.kv_unified = True  # any sequence may use any cell, so prefixes can be shared
+        # One KV stream per sequence, not one cache shared by all: in a shared cache a freed
+        # sequence's cells are refilled by whoever decodes next, so a sequence's cells stop being
+        # in position order, flash attention sums them in another order, and a greedy answer
+        # changed with what other requests happened to run (SmolLM2, 4 requests arriving a few
+        # steps apart: 5 of 6 runs parted from the answers given alone; with streams: none).
+        # A shared prefix is then copied between streams (scheduler.py) instead of shared.
+        cparams.kv_unified = False
         cparams.flash_attn_type = FLASH_ATTN[settings.flash_attn]
         cparams.type_k = cparams.type_v = KV_TYPES[settings.kv_type]
         cparams.no_perf = False

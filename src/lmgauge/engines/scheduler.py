@@ -10,8 +10,9 @@ requested, each with its own sampler chain (options, grammar), stop strings and 
 Requests join between steps and leave when they finish or are cancelled. Each slot (a KV
 sequence id) remembers which tokens its KV cells hold, so a request whose prompt starts with
 tokens already in the cache (a shared system prompt, the previous turn of a conversation)
-reuses them instead of recomputing: in place when the slot is idle, or by copying cells from a
-running sequence (`llama_memory_seq_cp`). Reused tokens are reported as cached, never as work.
+reuses them instead of recomputing: in place when the slot is idle, or by copying another
+sequence's cells (`llama_memory_seq_cp`; each sequence has its own KV stream, so that a greedy
+answer does not depend on which other requests ran beside it). Reused tokens are reported as cached, never as work.
 
 A job that speculates (engines/speculative.py) puts its drafted tokens right after its last
 token, with logits for each; after the decode its rows are sampled in order while the drafts
@@ -227,9 +228,12 @@ class Scheduler:
                 continue
             self._waiting.remove(job)
             slot, reuse, source = self._pick_slot(job, idle)
-            if source is not None:  # copy the shared prefix from another sequence's cells
+            if source is not None:  # copy the shared prefix from another sequence's stream
+                # Each sequence has its own KV stream (llamacpp.py), and llama.cpp copies between
+                # streams only whole: copy all of the donor's cells, then cut after the prefix.
                 L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
-                L.llama_memory_seq_cp(self.mem, source.seq, slot.seq, 0, reuse)
+                L.llama_memory_seq_cp(self.mem, source.seq, slot.seq, -1, -1)
+                L.llama_memory_seq_rm(self.mem, slot.seq, reuse, -1)
                 slot.cache = source.cache[:reuse]
             elif not L.llama_memory_seq_rm(self.mem, slot.seq, reuse, -1):
                 L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)  # cannot cut: start over

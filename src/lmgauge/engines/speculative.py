@@ -269,7 +269,7 @@ class Drafter:
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.n_seq_max = n_slots
         cparams.n_ctx = num_ctx * n_slots
-        cparams.kv_unified = True
+        cparams.kv_unified = False  # one stream per sequence, as the target's (llamacpp.py)
         cparams.flash_attn_type = flash_attn
         cparams.type_k = cparams.type_v = kv_type
         cparams.n_batch = cparams.n_ubatch = self.n_batch
