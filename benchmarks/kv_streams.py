@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bare_llama import BareLlama, on_llama_thread  # noqa: E402
 from batching import TOPICS  # noqa: E402
-
 from lmgauge import Client  # noqa: E402
 from lmgauge.types import Message  # noqa: E402
 
