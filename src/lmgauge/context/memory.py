@@ -52,6 +52,7 @@ from .slots import (
     Canonicaliser,
     in_passing,
     key_words,
+    kind_slots,
     named_in,
     named_slots,
     nearest_slot,
@@ -60,6 +61,7 @@ from .slots import (
     people_in,
     slot_for,
     slot_named_by,
+    slot_of_kind,
     spoken_of,
 )
 
@@ -1072,7 +1074,10 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
        replaces ("I sold the Mazda and bought a Subaru", filed as job: the car's slot; "The
        project review moved to Monday; Tuesday didn't work", where "moved to" names a home city
        too), else
-    3. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
+    3. from a slot of a kind the lexicon knows (drink, food, city, country, instrument), the slot
+       of the value's own kind ("I always start my day with oat latte", filed as favorite food: a
+       latte is a drink; slots.slot_of_kind), else
+    4. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
        names dog name, "vegan" names diet), or of several the one named nearest the value.
     Otherwise the model's slot stands (remember() still guards a single-valued slot's value).
     A retraction of a value the slot does not hold retracts the slot's one value the message
@@ -1104,6 +1109,8 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
                 key = again.pop()
             elif p["op"] != "delete" and _states_change(text) and len(replaced) == 1:
                 key = replaced.pop()
+            elif key in kind_slots() and (kind := slot_of_kind(p["value"])) and kind != key and kind not in taken:
+                key = kind  # "I always start my day with oat latte", filed as favorite food
             elif len(free) == 1:
                 key = free[0]
             elif len(free) > 1 and (nearest := nearest_slot(free, text, p["value"])):

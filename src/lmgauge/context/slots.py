@@ -20,9 +20,11 @@ it covers (see docs/context.md on keeping the test set apart).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -284,6 +286,42 @@ def slot_named_by(value: str, keys: list[str] | tuple[str, ...] = ()) -> str | N
     if not words:
         return None
     return next((k for k in [*BY_KEY, *keys] if k != NOTE and _naming(k, value) == words), None)
+
+
+# Words that keep a value from being read by its last words: "trip to Paris" is a plan, not a city.
+_LINKS = {"to", "in", "at", "from", "of", "for", "with", "on", "by", "and", "or"}
+
+
+@functools.cache
+def _kinds() -> dict[str, str]:
+    """The shipped lexicon (data/lexicon/kinds.tsv, built from WordNet 3.1 by
+    tools/build_lexicon.py): word -> the slot its meaning belongs to."""
+    text = resources.files("lmgauge").joinpath("data/lexicon/kinds.tsv").read_text(encoding="utf-8")
+    return dict(line.split("\t") for line in text.splitlines() if line)
+
+
+def kind_slots() -> frozenset[str]:
+    """The slots the lexicon knows the kinds of (a drink, a food, a city, a country, an instrument)."""
+    return frozenset(_kinds().values())
+
+
+def slot_of_kind(value: str) -> str | None:
+    """The slot a value belongs to by what it is, when WordNet says so without doubt: "oat latte"
+    -> morning drink (a latte is a drink), "Porto" -> home city, "banjo" -> instrument; None for
+    anything else ("chai" is not in WordNet 3.1; "java" is first an island). A short value is read
+    by its last words too ("oat latte", "lattes"), a longer one or one with a linking word
+    ("trip to Paris") only whole."""
+    words = _WORD.findall(value.lower())
+    if not words:
+        return None
+    kinds = _kinds()
+    tails = [words[i:] for i in range(len(words))] if len(words) <= 3 and not _LINKS & set(words) else [words]
+    for tail in tails:
+        phrase = " ".join(tail)
+        for form in (phrase, phrase[:-1] if phrase.endswith("s") else None):
+            if form and form in kinds:
+                return kinds[form]
+    return None
 
 
 def slot_for(key: str) -> Slot:
