@@ -6,7 +6,7 @@ In one run, on the same model, prompts and threads, alternating, with the bare l
 after another, then decoded together, one llama_decode per step. Prints the decode rate of each
 (all streams' tokens / decode time) and the ratio streams / unified, for short prompts and for
 long ones (where a unified cache makes every stream's attention cover every other stream's
-cells too), and whether both produced the same tokens.
+cells too), and how many tokens each produced.
 
     python benchmarks/kv_streams.py [--model smollm2] [--sizes 4,8] [--tokens 64] [--reps 3]
 """
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bare_llama import BareLlama, on_llama_thread  # noqa: E402
 from batching import TOPICS  # noqa: E402
 from lmgauge import Client  # noqa: E402
+from lmgauge.engines.llamacpp import default_threads  # noqa: E402
 from lmgauge.types import Message  # noqa: E402
 
 LONG_CONTEXT = " ".join(f"Note {i}: the shipment of crate {i} left the dock at {i % 24}:00." for i in range(70))
@@ -44,7 +45,7 @@ def main() -> None:
     with Client(parallel=1, keep_alive=-1) as client:
         ref = client.resolve(args.model)
         engine = client.engine(ref)
-        threads = client.settings.threads or 2
+        threads = client.settings.threads or default_threads()  # the engine's own default
         for long in (False, True):
             texts = {n: prompts(n, long) for n in map(int, args.sizes.split(","))}
             for n, batch in texts.items():

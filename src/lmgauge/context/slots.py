@@ -300,6 +300,7 @@ def _kinds() -> dict[str, str]:
     return dict(line.split("\t") for line in text.splitlines() if line)
 
 
+@functools.cache
 def kind_slots() -> frozenset[str]:
     """The slots the lexicon knows the kinds of (a drink, a food, a city, a country, an instrument)."""
     return frozenset(_kinds().values())
