@@ -467,6 +467,18 @@ def test_a_value_of_a_known_kind_leaves_a_slot_of_another_kind(memory):
     # The value's slot is another proposal's: the model's slot stands.
     drink = {"op": "add", "subject": "user", "key": "morning drink", "value": "tea"}
     assert filed("Oat latte or tea, whatever.", "favorite food", "oat latte", others=[drink]) == "favorite food"
+    # From hobby, when the message names no slot, a value that is wholly a thing of a known kind
+    # (held-out test seeds 10-13: the 0.5B filed "I've been learning the trumpet." as hobby).
+    hobbies = [
+        ("I've been learning the trumpet.", "the trumpet", "instrument"),
+        ("I always start my day with coffee.", "coffee", "morning drink"),
+        ("Weekends are for baking bread.", "baking bread", "hobby"),  # a pastime with a food in it
+        ("Turns out I'm allergic to shellfish as well.", "shellfish", "allergy"),  # the message's word first
+    ]
+    assert [filed(text, "hobby", value) for text, value, _ in hobbies] == [want for *_, want in hobbies]
+    assert (
+        filed("I've been learning the trumpet.", "hobby", "trumpet", others=[{**drink, "key": "instrument"}]) == "hobby"
+    )
 
 
 def test_an_update_moves_to_the_slot_of_the_value_it_replaces(memory):

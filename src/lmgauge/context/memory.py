@@ -45,6 +45,7 @@ from ..types import Message
 from .search import HybridSearch, pack
 from .slots import (
     BY_KEY,
+    HOBBY,
     NOTE,
     OTHER,
     SUBJECT_USER,
@@ -1078,7 +1079,11 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
        of the value's own kind ("I always start my day with oat latte", filed as favorite food: a
        latte is a drink; slots.slot_of_kind), else
     4. the one slot the message names that no other proposal uses ("play" names instrument, "dog"
-       names dog name, "vegan" names diet), or of several the one named nearest the value.
+       names dog name, "vegan" names diet), or of several the one named nearest the value, else
+    5. from hobby, the slot of the value's kind when the whole value is of one ("I've been
+       learning the trumpet.": a trumpet is no pastime; "baking bread" stays). Only after the
+       message's own words: "Turns out I'm allergic to shellfish as well.", filed as hobby, is an
+       allergy, not a favorite food.
     Otherwise the model's slot stands (remember() still guards a single-valued slot's value).
     A retraction of a value the slot does not hold retracts the slot's one value the message
     names."""
@@ -1115,6 +1120,8 @@ def refile(proposals: list[dict[str, str]], text: str, memory: Memory) -> list[d
                 key = free[0]
             elif len(free) > 1 and (nearest := nearest_slot(free, text, p["value"])):
                 key = nearest
+            elif key == HOBBY and (kind := slot_of_kind(p["value"], whole=True)) and kind not in taken:
+                key = kind  # "I've been learning the trumpet.", filed as hobby
         value = p["value"]
         if p["op"] == "delete":  # "I got rid of the Mazda and I'm car-free now" as car: "free"
             in_slot = [m.value for m in current if (m.subject, m.key) == (subject, key)]

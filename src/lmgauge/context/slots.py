@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 OTHER = "other"  # the enum's escape hatch: a fact no slot names is kept as a note
 NOTE = "note"
+HOBBY = "hobby"  # the pastimes: a value wholly of a known kind ("the trumpet") is no pastime
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,7 @@ def slot_named_by(value: str, keys: list[str] | tuple[str, ...] = ()) -> str | N
 
 # Words that keep a value from being read by its last words: "trip to Paris" is a plan, not a city.
 _LINKS = {"to", "in", "at", "from", "of", "for", "with", "on", "by", "and", "or"}
+_ARTICLES = {"a", "an", "the"}
 
 
 @functools.cache
@@ -306,17 +308,21 @@ def kind_slots() -> frozenset[str]:
     return frozenset(_kinds().values())
 
 
-def slot_of_kind(value: str) -> str | None:
+def slot_of_kind(value: str, whole: bool = False) -> str | None:
     """The slot a value belongs to by what it is, when WordNet says so without doubt: "oat latte"
     -> morning drink (a latte is a drink), "Porto" -> home city, "banjo" -> instrument; None for
     anything else ("chai" is not in WordNet 3.1; "java" is first an island). A short value is read
     by its last words too ("oat latte", "lattes"), a longer one or one with a linking word
-    ("trip to Paris") only whole."""
+    ("trip to Paris") only whole; with `whole`, every value only whole ("the trumpet" is an
+    instrument, "baking bread" no food)."""
     words = _WORD.findall(value.lower())
+    while words[:1] and words[0] in _ARTICLES:
+        words = words[1:]
     if not words:
         return None
     kinds = _kinds()
-    tails = [words[i:] for i in range(len(words))] if len(words) <= 3 and not _LINKS & set(words) else [words]
+    short = len(words) <= 3 and not _LINKS & set(words) and not whole
+    tails = [words[i:] for i in range(len(words))] if short else [words]
     for tail in tails:
         phrase = " ".join(tail)
         for form in (phrase, phrase[:-1] if phrase.endswith("s") else None):
