@@ -211,6 +211,42 @@ def test_recall_drops_archived_turns_that_state_a_replaced_value(memory):
     assert "I live in Lyon" not in block
 
 
+def test_a_recalled_change_brings_the_value_as_it_is_now(memory):
+    """After a compaction the current value sits in the system prompt (pinned, so not recalled);
+    the recalled change "moved to Wednesday; Friday didn't work" then ended nearest the question
+    with Friday, and the 0.5B answered Friday (tuning seeds, oracle memories)."""
+    said = [
+        "The project review is on Friday.",
+        "The project review moved to Wednesday; Friday didn't work for the team.",
+        "My dog is called Rex.",
+        "I adopted a second dog, Nala, and Rex loves her.",
+    ]
+    for turn, text in enumerate(said, start=1):
+        memory.archive_turn("c1", turn, "user", text)
+    memory.remember(None, "project review day", "Friday", conversation="c1", source_turn=1, source_text=said[0])
+    now = memory.remember(
+        None, "project review day", "Wednesday", op="update", conversation="c1", source_turn=2, source_text=said[1]
+    ).item
+    rex = memory.remember(None, "dog name", "Rex", conversation="c1", source_turn=3, source_text=said[2]).item
+    pinned = {now.id, rex.id}
+    recalled = memory.recall(
+        "Which day did we pick for the project review?",
+        ServerTokens(),
+        10_000,
+        conversation="c1",
+        exclude_memories=pinned,
+    )
+    assert [r.turn for r in recalled if r.source == "turn"] == [2, 3, 4]  # turn 1 states the old day
+    # The changed value comes with its message, without a note that would name Friday again; a
+    # value without history (Rex, in recalled turns 3 and 4) stays pinned only.
+    block = recall_block(recalled)
+    assert block.endswith("What is true now (long-term memory, up to date):\n- project review day: Wednesday")
+    # A recalled message that names the current value but says no change brings nothing.
+    memory.archive_turn("c2", 1, "user", "Wednesday works for the project review.")
+    other = memory.recall("When is the review?", ServerTokens(), 10_000, conversation="c2", exclude_memories=pinned)
+    assert [r.source for r in other] == ["turn"]
+
+
 def test_a_summary_loses_the_sentences_that_state_a_replaced_or_retracted_value(memory):
     memory.remember(None, "project review day", "Tuesday", source_turn=13)
     memory.remember(None, "car", "Volvo", source_turn=12)

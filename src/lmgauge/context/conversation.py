@@ -63,8 +63,8 @@ SUMMARY_SHARE = 0.15
 
 
 EXTRACTION_MIN_CTX = 1024  # the extractor's window: its prompt (~480 tokens) plus up to 180 tokens of JSON
-# In front of a message in the history that states a value the memory has since replaced.
-OUTDATED = "[outdated, changed later]"
+# Shown instead of a message in the history that states a value the memory has since replaced.
+OUTDATED = "[a message whose facts changed later: see the memory]"
 
 
 @dataclass
@@ -238,25 +238,26 @@ class Conversation:
         return self.summary
 
     def _shown_history(self) -> list[Message]:
-        """The history as the prompt shows it (see _mark_outdated)."""
-        return self._mark_outdated(self.history, self._history_turns)
+        """The history as the prompt shows it (see _hide_outdated)."""
+        return self._hide_outdated(self.history, self._history_turns)
 
-    def _mark_outdated(self, history: list[Message], turns: list[int]) -> list[Message]:
+    def _hide_outdated(self, history: list[Message], turns: list[int]) -> list[Message]:
         """`history` with each user message that states a value the memory has since replaced
-        or retracted (Memory.outdated_turns) marked OUTDATED. With "By the way, I live in Oslo."
-        unmarked in the window, the 0.5B answered "Which city do I live in now?" with "I live in
+        or retracted (Memory.outdated_turns) shown as OUTDATED instead. With "By the way, I live
+        in Oslo." in the window, the 0.5B answered "Which city do I live in now?" with "I live in
         Oslo." beside the recalled "home city: Quito (changed from Oslo on turn 14)" (test seed
-        0). A mark changes how the prompt starts, once per change: see _prefill."""
+        0); marked "[outdated, changed later] Home for me is Bergen.", it still answered "Home
+        for me is Bergen." (tuning seeds, oracle memories: 2 stale answers of 111, none without
+        the old words). The history keeps what was said, and the message count stays, so a
+        compaction's snapshot maps onto the history. A change of what is shown changes how the
+        prompt starts, once per change: see _prefill."""
         if self.memory is None or not history:
             return history
         pairs = list(zip(history, turns, strict=True))
         outdated = self.memory.outdated_turns(self.id, [(t, m.content) for m, t in pairs if m.role == "user"])
         if not outdated:
             return history
-        return [
-            dataclasses.replace(m, content=f"{OUTDATED} {m.content}") if m.role == "user" and t in outdated else m
-            for m, t in pairs
-        ]
+        return [dataclasses.replace(m, content=OUTDATED) if m.role == "user" and t in outdated else m for m, t in pairs]
 
     def _shown(self) -> list[Message]:
         """System message and history, as this turn's prompt starts."""
@@ -442,12 +443,12 @@ class Conversation:
 
     def _prefill(self, sent: list[Message], history: list[Message], turns: list[int]) -> None:
         """After this turn's extraction: if the next prompt will not start as this one did (a
-        statement newly marked OUTDATED, a summary sentence or a pinned memory dropped), have the
+        statement newly hidden as OUTDATED, a summary sentence or a pinned memory dropped), have the
         engine evaluate its new start now, so that the user's next turn finds it in the prefix
         cache instead of waiting for the whole history to be evaluated again (seconds on a CPU)."""
         if self._compacting is not None:
             return  # the next turn applies the compaction: its prompt starts anew anyway
-        start = self.system_message() + self._mark_outdated(history, turns)
+        start = self.system_message() + self._hide_outdated(history, turns)
         if start[: len(sent)] != sent:
             self.client.chat(self.model, start, options={**self.options, "num_predict": 1})
 

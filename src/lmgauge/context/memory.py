@@ -598,6 +598,30 @@ class Memory:
             ).fetchall()
         return [MemoryItem.from_row(r) for r in rows]
 
+    @staticmethod
+    def _values_now(
+        chosen: builtins.list[Recalled],
+        theirs: builtins.list[MemoryItem],
+        replaced: dict[int, builtins.list[MemoryItem]],
+        ids: set[int],
+        counter: TokenCounter,
+    ) -> builtins.list[Recalled]:
+        """A recalled message that changed a value brings the value as it is now. With "The
+        project review moved to Wednesday; Friday didn't work for the team." recalled and
+        "project review day: Wednesday" only in the system prompt (pinned by a compaction), the
+        0.5B answered "Friday": it reads the value named last, nearest the question (tuning seeds,
+        oracle memories: 2 stale answers of 111). The current value is listed under "What is true
+        now", below the message, without a change note: the message beside it tells the change,
+        and a note would name the old value once more."""
+        said = [c.text for c in chosen if c.source == "turn" and _states_change(c.text)]
+        out = []
+        for m in theirs:
+            if m.id not in ids and replaced.get(m.id) and any(mentions(text, m.value) for text in said):
+                item = Recalled("memory", m.id, m.text, 0.0, 0, m.source_turn)
+                item.tokens = counter.count_text(format_recalled(item) + "\n")
+                out.append(item)
+        return out
+
     def history_note(self, item: MemoryItem, replaced: builtins.list[MemoryItem]) -> str:
         """ "(changed from Lyon on turn 40)" for a current value that replaced others."""
         if not replaced:
@@ -743,20 +767,23 @@ class Memory:
         # beside the user's city, for "Which city do I live in now?", drew a 0.5B model's answer.
         asked = key_words(query)
         current = self.current()
-        items = [
-            m
-            for m in current
-            if m.id not in (exclude_memories or set()) and (m.subject == SUBJECT_USER or key_words(m.subject) <= asked)
-        ]
+        theirs = [m for m in current if m.subject == SUBJECT_USER or key_words(m.subject) <= asked]
+        items = [m for m in theirs if m.id not in (exclude_memories or set())]
         replaced: dict[int, list[MemoryItem]] = {}
-        if items and self.history_notes:
+        if theirs:  # what each current value replaced: its note, and _values_now
             for old in self.list("superseded"):
                 if old.superseded_by is not None:
                     replaced.setdefault(old.superseded_by, []).append(old)
 
         def line(m: MemoryItem) -> Recalled:
             return Recalled(
-                "memory", m.id, m.text, 0.0, 0, m.source_turn, note=self.history_note(m, replaced.get(m.id, []))
+                "memory",
+                m.id,
+                m.text,
+                0.0,
+                0,
+                m.source_turn,
+                note=self.history_note(m, replaced.get(m.id, [])) if self.history_notes else "",
             )
 
         if items:
@@ -798,6 +825,8 @@ class Memory:
             if (m.subject, m.key) in whole and m.id not in ids:
                 chosen.append(line(m))
                 chosen[-1].tokens = counter.count_text(format_recalled(chosen[-1]) + "\n")
+                ids.add(m.id)
+        chosen += self._values_now(chosen, theirs, replaced, ids, counter)
         return sorted(chosen, key=lambda c: (c.source == "memory", c.turn if c.turn is not None else -1))
 
     def pinned(self, counter: TokenCounter, budget: int) -> builtins.list[MemoryItem]:
