@@ -109,7 +109,7 @@ def test_memory_extraction_between_turns_keeps_the_chat_cache(client, tmp_path):
     assert second.result.timings.cached_tokens >= first.result.timings.prompt_tokens
 
 
-def test_the_prompt_marks_what_memory_has_since_replaced(client, tmp_path):
+def test_the_prompt_hides_what_memory_has_since_replaced(client, tmp_path):
     # Memories written as the evaluation's oracle does: no extraction, only what was said.
     memory = Memory(Store(tmp_path / "s.db"))
     conv = Conversation(client, "smollm2", num_ctx=2048, options=GREEDY, memory=memory)
@@ -132,19 +132,19 @@ def test_the_prompt_marks_what_memory_has_since_replaced(client, tmp_path):
     assert "They have a dog, Rex.\nThe user moved from Lyon to Dublin." in system
 
 
-def test_a_newly_marked_history_is_evaluated_before_the_next_turn(client, tmp_path):
+def test_a_newly_hidden_statement_is_evaluated_before_the_next_turn(client, tmp_path):
     memory = Memory(Store(tmp_path / "s.db"))
     conv = Conversation(client, "smollm2", num_ctx=2048, options=GREEDY, memory=memory, background=True, extract=False)
     conv.send("I live in Lyon.")
     memory.remember(None, "home city", "Lyon", conversation=conv.id, source_turn=1)
     change = conv.prepare("We relocated from Lyon to Dublin.")
     memory.remember(None, "home city", "Dublin", op="update", conversation=conv.id, source_turn=2)
-    conv.commit(change, "Noted.")  # the mark on turn 1 changes how the next prompt starts
+    conv.commit(change, "Noted.")  # hiding turn 1 changes how the next prompt starts
     conv.settle()
     start = conv.system_message() + conv._shown_history()
     assert start[1].content == OUTDATED
     asked = conv.send("Which city do I live in now?")
-    # The marked start was evaluated in the background: the question found it in the cache.
+    # The new start was evaluated in the background: the question found it in the cache.
     assert asked.result.timings.cached_tokens >= conv.counter.count(start) - 8
     assert [j.name for j in conv.background.jobs if j.turn == 2] == ["prefill"]
 
