@@ -236,7 +236,9 @@ def test_compare_flags_a_real_slowdown_and_not_a_run_against_itself(runs):
     rows = {r.metric: r for r in compare_runs(a, b)}
     tpot = rows["tpot_ms"]
     assert tpot.comparison.significant and tpot.verdict == "worse" and tpot.comparison.delta > 1
-    assert tpot.comparison.p_value == pytest.approx(0.0022, abs=1e-3)  # complete separation, 6 vs 6
+    # A 10x slowdown is significant whatever the machine's noise does to one or two samples; the
+    # exact p-value of complete separation is checked on fixed numbers in test_metrics.
+    assert tpot.comparison.min_p <= tpot.comparison.p_value < 0.05
     assert rows["decode_tps"].verdict == "worse"
     same = compare_runs(a, runs.load(a.id))
     assert all(r.verdict == "~" and r.comparison.delta == 0 for r in same)
