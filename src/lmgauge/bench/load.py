@@ -262,29 +262,35 @@ class _Level:
         """`concurrency` workers, each sending a request as soon as its previous one ends."""
         issued = [0]
 
-        def worker() -> None:
-            while not self.cancel.is_set():
-                with self.lock:
-                    if self.config.requests is not None and issued[0] >= self.config.requests:
-                        return
-                    if self.deadline is not None and time.perf_counter() >= self.deadline:
-                        return
-                    index = issued[0]
-                    issued[0] += 1
-                self.send(index)
+        def worker(finished: threading.Event) -> None:
+            try:
+                while not self.cancel.is_set():
+                    with self.lock:
+                        if self.config.requests is not None and issued[0] >= self.config.requests:
+                            return
+                        if self.deadline is not None and time.perf_counter() >= self.deadline:
+                            return
+                        index = issued[0]
+                        issued[0] += 1
+                    self.send(index)
+            finally:
+                finished.set()
 
-        threads = [threading.Thread(target=worker, name=f"lmgauge-load-{i}", daemon=True) for i in range(concurrency)]
-        for t in threads:
-            t.start()
+        # Workers say they are done with an Event, not by join(): on CPython 3.11 a join() that
+        # Ctrl-C interrupts marks the thread stopped while it still runs, and the request it was
+        # cutting short would be stored after the run had returned.
+        done = [threading.Event() for _ in range(concurrency)]
+        for i, finished in enumerate(done):
+            threading.Thread(target=worker, args=(finished,), name=f"lmgauge-load-{i}", daemon=True).start()
         try:
-            while any(t.is_alive() for t in threads):
+            while not all(e.is_set() for e in done):
                 self._cancel_if_overdue()
-                for t in threads:
-                    t.join(0.1)  # short steps, so Ctrl-C is heard
+                for e in done:
+                    e.wait(0.1)  # short steps, so Ctrl-C is heard
         except KeyboardInterrupt:
             self.cancel.set()
-            for t in threads:
-                t.join()
+            for e in done:
+                e.wait()
             raise
 
     def open_loop(self, rate: float) -> None:
