@@ -4,6 +4,7 @@ happens on failures and Ctrl-C, load-generator behaviour, comparison. No model n
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import signal
 import statistics
@@ -258,9 +259,13 @@ def test_compare_two_models_by_prompt_and_refuse_unrelated_runs(runs):
 
 
 def test_closed_loop_keeps_exactly_concurrency_requests_in_flight(runs):
-    probe = ConcurrencyProbe(ANSWER, token_delay_s=0.01, models=("m",))
+    # the first streams wait until 4 are open (10 s at most), so the count does not depend on how
+    # soon the machine starts each worker; a generator running 3 (or 5) at once still fails.
+    # No warmup: it would be a first stream alone at the gate.
+    probe = ConcurrencyProbe(ANSWER, token_delay_s=0.01, models=("m",), hold_until=4)
     client = ScriptedClient({"m": probe})
-    run = run_load(client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[4], requests=12), runs)
+    config = LoadConfig(model="m", prompts=prompts("short"), concurrency=[4], requests=12, warmup=0)
+    run = run_load(client, config, runs)
     assert probe.max_in_flight == 4
     assert len(run.samples) == 12 and {s.level for s in run.samples} == {"c=4"}
     probe.reset()
@@ -301,14 +306,15 @@ def test_load_levels_report_throughput_errors_goodput_and_percentiles(runs):
 
 
 def test_a_level_is_bounded_by_its_duration_and_stragglers_are_cancelled(runs):
-    engine = ScriptedEngine(" ".join(["w"] * 50), token_delay_s=0.05, models=("m",))  # 2.5 s per request
+    engine = ScriptedEngine(" ".join(["w"] * 100), token_delay_s=0.05, models=("m",))  # 5 s per request
     client = ScriptedClient({"m": engine})
+    # 1 s for both workers to start their first request even on a busy machine; none ends in time
     run = run_load(
         client,
-        LoadConfig(model="m", prompts=prompts("short"), concurrency=[2], duration_s=0.2, grace_s=0.2, warmup=0),
+        LoadConfig(model="m", prompts=prompts("short"), concurrency=[2], duration_s=1.0, grace_s=0.2, warmup=0),
         runs,
     )
-    assert [s.status for s in run.samples] == ["cancel", "cancel"]  # 2 users, no request started after 0.2 s
+    assert [s.status for s in run.samples] == ["cancel", "cancel"]  # 2 users, no request started after 1 s
     assert run.analysis["levels"][0]["cancelled"] == 2
 
 
@@ -332,7 +338,14 @@ def test_open_loop_sends_on_a_seeded_poisson_schedule(runs):
 
 
 def test_ctrl_c_during_a_load_test_keeps_finished_requests(runs):
-    client = ScriptedClient({"m": ScriptedEngine(ANSWER, token_delay_s=0.01, models=("m",))})
+    # The main thread hears the signal only when its join(0.1) wakes, so the warmup and the first
+    # 3 requests take 80 ms and every later one 4 s: the request in flight at Ctrl-C cannot
+    # finish before it is cancelled, however threads are scheduled.
+    calls = itertools.count()
+    long = " ".join(["w"] * 400)
+    client = ScriptedClient(
+        {"m": ScriptedEngine(lambda prompt: ANSWER if next(calls) < 4 else long, token_delay_s=0.01, models=("m",))}
+    )
     seen = []
 
     def on_sample(sample):  # runs in a worker thread; a real SIGINT goes to the main thread
@@ -340,12 +353,12 @@ def test_ctrl_c_during_a_load_test_keeps_finished_requests(runs):
         if len(seen) == 3:
             signal.raise_signal(signal.SIGINT)
 
-    run = run_load(
-        client, LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=50), runs, on_sample=on_sample
-    )
+    config = LoadConfig(model="m", prompts=prompts("short"), concurrency=[1], requests=6, num_predict=400)
+    run = run_load(client, config, runs, on_sample=on_sample)
     assert run.status == "interrupted"
-    stored = runs.load(run.id).samples
-    assert [s.status for s in stored][:3] == ["ok"] * 3 and len(stored) <= 4  # + the one cut short, if any
+    # run_load returns once the worker has stored the request it cut short (read at once)
+    stored = [s.status for s in runs.load(run.id).samples]
+    assert stored in (["ok"] * 3, ["ok"] * 3 + ["cancel"])  # + the one cut short, if it had started
     assert run.analysis["levels"][0]["ok"] == 3
 
 

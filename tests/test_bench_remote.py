@@ -27,13 +27,23 @@ def test_load_test_against_an_openai_compatible_url(start_standin, settings, run
     server = start_standin(OpenAIStandin, reply="one two three four five six", token_delay=0.01)
     name, overrides = resolve_url_target(server.url, None)
     assert name == f"openai:standin-model@{server.base_url}" and overrides == {}
+    held = []
+
+    def progress(what, done, planned):  # called as each level starts, and after each request
+        if what.endswith("c=3") and not held:
+            # the c=3 answers wait until 3 are open (10 s at most), so the count does not depend
+            # on how soon the machine starts each worker; 2 (or 4) at once still fails
+            server.hold_streams(3)
+            held.append(what)
+
     with Client(settings) as client:
         run = run_load(
             client,
             LoadConfig(model=name, prompts=load_prompts("short"), concurrency=[1, 3], requests=6, num_predict=16),
             runs,
+            progress=progress,
         )
-    assert run.status == "complete"
+    assert run.status == "complete" and held
     assert server.max_active == 3  # three real concurrent HTTP streams at the top level
     levels = {lv["level"]: lv for lv in run.analysis["levels"]}
     assert [levels[k]["ok"] for k in ("c=1", "c=3")] == [6, 6]

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.store import Store
-from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
+from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub, wait_for
 
 pytestmark = pytest.mark.integration
 SHORT = {"temperature": 0, "num_predict": 8, "seed": 1}
@@ -290,7 +290,7 @@ def test_max_body_and_api_key(tmp_path, stubs):
 
 def test_busy_gateway_answers_503_with_retry_after(tmp_path):
     slow = ollama_stub()
-    slow.faults.first_token_delay = 1.0
+    slow.faults.first_token_delay = 2.0  # holds the one slot while the second request comes in
     try:
         settings = Settings(
             home=tmp_path,
@@ -304,7 +304,9 @@ def test_busy_gateway_answers_503_with_retry_after(tmp_path):
             body = {"model": "stub", "messages": [{"role": "user", "content": "x"}], "stream": False}
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 first = pool.submit(httpx.post, srv.url + "/api/chat", json=body, timeout=30)
-                time.sleep(0.3)
+                # the first request has the slot once the gateway counts it in flight (a pool
+                # thread may be slow to send it)
+                assert wait_for(lambda: srv.gateway.gauges()["models"].get("stub", {}).get("in_flight") == 1)
                 second = httpx.post(srv.url + "/api/chat", json=body, timeout=30)
                 assert first.result().status_code == 200
             assert second.status_code == 503 and second.headers["retry-after"] == "1"

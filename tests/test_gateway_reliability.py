@@ -7,14 +7,13 @@ exactly what happened."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 
 from lmgauge.config import GatewaySettings, ResilienceSettings, Settings, UpstreamSettings
 from lmgauge.store import Store
-from support.gateway_server import GatewayServer, free_port, ollama_stub, openai_stub
+from support.gateway_server import GatewayServer, free_port, ollama_stub, openai_stub, wait_for
 
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "x"}]}
 
@@ -34,17 +33,6 @@ def log_rows(srv: GatewayServer, n: int) -> list[dict]:
 
 def nodes(srv: GatewayServer) -> dict[str, dict]:
     return {n["url"]: n for n in srv.gateway.gauges()["upstreams"]}
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:
-    """Poll a condition (a behaviour, not a timing: the bound only keeps a broken gateway from
-    hanging the suite)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def failovers_counted(metrics: str) -> dict[str, float]:
@@ -395,18 +383,20 @@ def test_timeout_messages_say_what_did_not_happen(tmp_path):
             home=tmp_path,
             ollama_host=node.url,
             aliases={"remote": "ollama:stub"},
-            gateway=GatewaySettings(first_token_timeout=0.5, request_timeout=1.5),
+            # the first token is sent at once and the whole answer takes 5.7 s: bounds that a busy
+            # machine still meets for the first token, and the answer still overruns
+            gateway=GatewaySettings(first_token_timeout=1.5, request_timeout=2.5),
         )
         with GatewayServer(settings) as srv:
             node.faults.hang, node.faults.paths, node.faults.times = True, ["/api/chat"], 1
             r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "remote", "stream": False}, timeout=30)
             assert r.status_code == 504
             assert r.json()["error"] == (
-                "remote: the first token did not come within 0.5s (gateway.first_token_timeout)"
+                "remote: the first token did not come within 1.5s (gateway.first_token_timeout)"
             )
             r = httpx.post(srv.url + "/api/chat", json={**CHAT, "model": "remote", "stream": True}, timeout=30)
             last = json.loads(r.text.splitlines()[-1])
-            assert last["error"] == "remote: the answer did not finish within 1.5s (gateway.request_timeout)"
+            assert last["error"] == "remote: the answer did not finish within 2.5s (gateway.request_timeout)"
     finally:
         node.stop()
 
@@ -470,11 +460,16 @@ def test_a_node_that_refuses_the_test_chat_with_a_4xx_is_alive(tmp_path):
     node.faults.status, node.faults.paths, node.faults.times = 500, ["/api/embed"], 1
     try:
         with GatewayServer(pool_settings(tmp_path, [node.url], cooldown=0.2, health_interval=0.1)) as srv:
+            # the node's cooldown runs on a clock the test moves: no probe (which would pass before
+            # the 400 is set up) can bring it back while the machine is slow to get to the asserts
+            now = [100.0]
+            srv.gateway.upstreams["stub"].nodes[0].health.clock = lambda: now[0]
             assert (
                 httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 502
             )
             assert not nodes(srv)[node.url]["healthy"]
             node.faults.status, node.faults.paths, node.faults.times = 400, ["/api/chat"], None
+            now[0] += 0.2  # the cooldown is over: the next health check probes with a test chat
             assert wait_for(lambda: nodes(srv)[node.url]["healthy"])
             assert (
                 httpx.post(srv.url + "/api/embed", json={"model": "stub", "input": "x"}, timeout=30).status_code == 200

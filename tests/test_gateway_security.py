@@ -18,7 +18,7 @@ import pytest
 
 from lmgauge.config import GatewaySettings, Settings, UpstreamSettings
 from lmgauge.models import smollm2_path
-from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub
+from support.gateway_server import REPLY, GatewayServer, ollama_stub, openai_stub, wait_for
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 
@@ -719,7 +719,9 @@ def test_keep_alive_zero_waits_for_the_stream_in_flight(tmp_path):
         assert "".join(json.loads(line)["response"] for line in lines) == alone["response"]
         if not thread.is_alive() and ps:  # still listed while it streamed; gone once it finished
             assert [m["name"] for m in ps] == ["smollm2"]
-        assert httpx.get(srv.url + "/api/ps", timeout=10).json()["models"] == []
+        # the unload runs once the stream has ended on the server, which may be a moment after
+        # the client read its last line
+        assert wait_for(lambda: httpx.get(srv.url + "/api/ps", timeout=10).json()["models"] == [], timeout=10)
         victim_after = httpx.post(
             srv.url + "/api/generate",
             json={"model": "smollm2", "prompt": "hi", "stream": False, "options": {"num_predict": 4}},

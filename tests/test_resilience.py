@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -156,13 +155,18 @@ def test_repeated_500_opens_the_breaker_and_then_fails_fast(start_standin):
 def test_breaker_half_opens_and_closes_when_the_server_recovers(start_standin):
     server = start_standin(OllamaStandin, reply="back")
     server.faults.status = 500
-    with resilient(server, retries=0, breaker_failures=1, breaker_reset=0.3) as lm:
+    with resilient(server, retries=0, breaker_failures=1, breaker_reset=5.0) as lm:
+        clock = FakeClock()  # the reset time passes when the test says, not when the machine does
+        lm.breaker("ollama:standin").clock = clock
         with pytest.raises(EngineError):
             lm.chat("ollama:standin", MESSAGES)
         with pytest.raises(CircuitOpenError):
             lm.chat("ollama:standin", MESSAGES)
         server.faults.status = None
-        time.sleep(0.35)
+        clock.now += 4.5
+        with pytest.raises(CircuitOpenError):  # still open just before the reset time
+            lm.chat("ollama:standin", MESSAGES)
+        clock.now += 0.5
         assert lm.chat("ollama:standin", MESSAGES).content == "back"
         assert list(lm.breaker_states().values()) == ["closed"]
 

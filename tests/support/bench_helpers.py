@@ -61,13 +61,21 @@ class FlakyEngine(ScriptedEngine):
 
 
 class ConcurrencyProbe(ScriptedEngine):
-    """Counts how many of its streams are open at once (the load generator's real concurrency)."""
+    """Counts how many of its streams are open at once (the load generator's real concurrency).
 
-    def __init__(self, *args, **kwargs):
+    `hold_until=N`: the first streams wait before their first token until N are open at once
+    (at most `hold_limit_s`), then the gate stays open. So a test sees the full concurrency
+    however late the machine starts a worker thread, and a generator that never has N in flight
+    costs one wait, not one per request."""
+
+    def __init__(self, *args, hold_until: int | None = None, hold_limit_s: float = 10.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.in_flight = 0
         self.max_in_flight = 0
-        self._lock = threading.Lock()
+        self.hold_until = hold_until
+        self.hold_limit_s = hold_limit_s
+        self._gate_open = hold_until is None
+        self._lock = threading.Condition()
 
     def reset(self) -> None:
         self.max_in_flight = 0
@@ -79,6 +87,13 @@ class ConcurrencyProbe(ScriptedEngine):
             with self._lock:
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                if not self._gate_open:
+                    self._lock.notify_all()
+                    self._lock.wait_for(
+                        lambda: self._gate_open or self.in_flight >= (self.hold_until or 0), self.hold_limit_s
+                    )
+                    self._gate_open = True
+                    self._lock.notify_all()
             try:
                 yield from inner
             finally:

@@ -1,5 +1,6 @@
-"""Start a real gateway (uvicorn) on a free 127.0.0.1 port in a thread, for tests; and the
-stand-in upstreams (support/standins.py) the gateway tests put behind it."""
+"""Start a real gateway (uvicorn) on a free 127.0.0.1 port in a thread, for tests; the
+stand-in upstreams (support/standins.py) the gateway tests put behind it; and wait_for, which
+polls for what a test waits on instead of sleeping."""
 
 from __future__ import annotations
 
@@ -75,6 +76,17 @@ class GatewayServer:
             if models <= {r["model"] for r in rows} or time.time() > deadline:
                 return rows
             time.sleep(0.02)
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:
+    """Poll a condition (a behaviour, not a timing: the bound only keeps a broken gateway from
+    hanging the suite)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
 
 
 REPLY = "The sky is blue because of Rayleigh scattering."  # 8 stand-in tokens

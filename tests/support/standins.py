@@ -32,6 +32,10 @@ after): `status` answers that HTTP status with an error body; `hang` never answe
 in-band error; `first_token_delay` waits before the first token. `times` limits a fault to the
 next N requests and `paths` to some endpoints.
 
+`server.hold_streams(n)`: the answers that start from then on wait before their first token until
+n requests are open at once (at most 10 s), once; a load test then sees its full concurrency
+however late the machine starts a client thread.
+
 From a shell:  python tests/support/standins.py ollama --port 11434 --token-delay 0.02
 """
 
@@ -217,6 +221,7 @@ class StandinServer:
         self.requests: list[Recorded] = []
         self.active = 0  # requests being answered right now (a stream counts until its end)
         self.max_active = 0  # the most at once since start
+        self._hold: tuple[int, float] | None = None  # (n, deadline): see hold_streams
         self.host = host
         self.port = port
         self._lock = threading.Lock()
@@ -298,6 +303,20 @@ class StandinServer:
 
     def routes(self) -> list[Route]:
         raise NotImplementedError
+
+    def hold_streams(self, n: int, limit_s: float = 10.0) -> None:
+        """Answers starting from now wait before their first token until `n` requests are open
+        at once, or `limit_s` has passed; then the hold is over for good. (A client that never has
+        `n` open costs one wait, and its test sees fewer than `n`.)"""
+        self._hold = (n, time.monotonic() + limit_s)
+
+    async def _wait_for_hold(self) -> None:
+        while (hold := self._hold) is not None:
+            n, deadline = hold
+            if self.active >= n or time.monotonic() >= deadline:
+                self._hold = None
+                return
+            await asyncio.sleep(0.005)
 
     # --- what tests look at ----------------------------------------------------------------------
     def received(self, path: str | None = None) -> list[Recorded]:
@@ -445,6 +464,8 @@ class StandinServer:
                     raise _InBandError(fault.message)
             if i == len(tokens):
                 return
+            if i == 0 and self._hold is not None:
+                await self._wait_for_hold()
             if i == 0 and fault is not None and fault.first_token_delay:
                 await asyncio.sleep(fault.first_token_delay)
             elif i > 0 and self.token_delay:
