@@ -1,5 +1,6 @@
-"""Compaction: trim never splits a tool call from its results, summarize folds into a running
-summary (never from scratch), hybrid pins memories, every compaction is logged."""
+"""Compaction: trim never splits a tool call from its results, summarize adds notes on the dropped
+turns to a running summary (never from scratch) and keeps no copy of the transcript, hybrid pins
+memories, every compaction is logged."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from lmgauge.context.compaction import (
     Summarizer,
     compact,
     compactions,
+    copies_prompt,
     should_compact,
     split_text,
     turn_blocks,
+    whole_sentences,
 )
 from lmgauge.context.memory import Memory
 from lmgauge.context.tokens import ServerTokens
@@ -32,6 +35,10 @@ def conversation(turns: int, words: int = 20) -> list[Message]:
     for i in range(1, turns + 1):
         out += [Message("user", f"u{i} " + "word " * words), Message("assistant", f"a{i} " + "reply " * words)]
     return out
+
+
+def ids(messages: list[Message]) -> str:
+    return " ".join(m.content.split()[0] for m in messages)
 
 
 def tool_turn(i: int) -> list[Message]:
@@ -99,29 +106,35 @@ def test_settings_refuse_a_target_above_the_trigger():
         ContextSettings(compact_at=0.5, target=0.6)
 
 
-def summarizing_server() -> OllamaStandin:
-    """Answers a summary request with 'S(<previous summary>; <ids of the new messages>)'."""
+def summarizing_server(echo: set[str] = frozenset(), copies_notes: bool = False) -> OllamaStandin:  # type: ignore[assignment]
+    """Answers a request for notes with 'N(<ids of the messages>)', or with the conversation
+    itself when it holds a message id in `echo` (what small models do); a request to shorten
+    notes with 'M(<first id>-<last id>)', or (`copies_notes`) with its own prompt."""
 
     def reply(body):
         text = body["messages"][-1]["content"]
-        previous = re.search(r"Summary so far:\n(.*?)\n\nNew messages:", text, re.S).group(1)
-        ids = re.findall(r"\b([ua]\d+)\b", text.split("New messages:")[1])
-        return f"S({'' if previous == '(empty)' else previous}; {' '.join(ids)})"
+        ids = re.findall(r"\b([ua]\d+)\b", text)
+        if text.startswith("Notes about a user"):
+            return text if copies_notes else f"M({ids[0]}-{ids[-1]})"
+        if echo & set(ids):
+            return "Conversation:\n" + text.split('"""')[1]
+        return f"N({' '.join(ids)})"
 
     return OllamaStandin(reply=reply)
 
 
-def test_summaries_fold_new_turns_into_the_previous_summary(settings, tmp_path):
+def test_summaries_add_notes_on_the_new_turns_to_the_previous_summary(settings, tmp_path):
     store = Store(tmp_path / "s.db")
     with summarizing_server() as server, Client(settings.model_copy(update={"ollama_host": server.url})) as client:
         window = ContextWindow(ServerTokens(), num_ctx=1500, reserve=200)
-        summarizer = Summarizer(client, "ollama:standin", window.counter, num_ctx=4000, max_tokens=60)
+        summarizer = Summarizer(client, "ollama:standin", window.counter, num_ctx=4000, max_tokens=150)
         first = compact(
             conversation(8), "summarize", window, summarizer=summarizer, keep_turns=2, store=store, conversation="c1"
         )
-        assert first.summary.startswith("S(; u1 a1") and "u7" not in first.summary
+        dropped = conversation(8)[1 : 1 + first.dropped]
+        assert first.summary == f"N({ids(dropped)})" and first.kept[0].content.split()[0] not in first.summary
         assert first.messages[0].content.startswith("Be helpful.\n\n" + SUMMARY_HEADER)
-        # The session goes on with what it kept; the next compaction folds only the new turns.
+        # The session goes on with what it kept; the next compaction takes notes on the new turns only.
         later = first.kept + conversation(12)[17:]
         second = compact(
             [Message("system", "Be helpful.")] + later,
@@ -134,12 +147,55 @@ def test_summaries_fold_new_turns_into_the_previous_summary(settings, tmp_path):
             conversation="c1",
         )
         prompt = server.requests[-1].body["messages"][-1]["content"]
-        assert first.summary in prompt  # folded into the previous summary...
-        assert "u1 " not in prompt.split("New messages:")[1]  # ...not re-summarized from scratch
-        assert second.summary.startswith("S(S(; u1")
+        assert "u1 " not in prompt  # not re-summarized from scratch
+        assert second.summary == first.summary + f"\nN({ids(later[: second.dropped])})"
     logged = compactions(store, "c1")
     assert len(logged) == 2 and all(r["tokens_after"] < r["tokens_before"] and r["ms"] > 0 for r in logged)
     assert logged[0]["strategy"] == "summarize" and logged[0]["summary_tokens"] > 0
+
+
+def test_notes_grown_past_their_bound_are_rewritten_shorter(settings):
+    with summarizing_server() as server, Client(settings.model_copy(update={"ollama_host": server.url})) as client:
+        counter = ServerTokens()
+        summarizer = Summarizer(client, "ollama:standin", counter, num_ctx=4000, max_tokens=60)
+        previous = "N(" + " ".join(f"u{i} a{i}" for i in range(1, 9)) + ")"
+        summary = summarizer.fold(previous, conversation(12)[17:])
+        shorten = server.requests[-1].body["messages"][-1]["content"]
+    assert previous in shorten and "N(u9 a9" in shorten  # both notes, oldest first
+    assert summary == "M(u1-a12)"
+
+
+def test_notes_that_cannot_be_shortened_lose_their_oldest_part_and_say_so(settings):
+    with (
+        summarizing_server(copies_notes=True) as server,
+        Client(settings.model_copy(update={"ollama_host": server.url})) as client,
+    ):
+        summarizer = Summarizer(client, "ollama:standin", ServerTokens(), num_ctx=4000, max_tokens=60)
+        previous = "N(" + " ".join(f"u{i} a{i}" for i in range(1, 9)) + ")"
+        summary = summarizer.fold(previous, conversation(12)[17:])
+    assert summary == "N(u9 a9 u10 a10 u11 a11 u12 a12)"  # the newest notes
+    assert summarizer.problems == [
+        "the summarizer copied its prompt; its answer is not used",
+        "the summary could not be shortened; its 1 oldest note(s) were dropped",
+    ]
+
+
+def test_a_summary_that_copies_the_conversation_is_not_kept(settings):
+    """Small models asked for notes sometimes write the transcript out again: that is no
+    summary, and would bring back the old words of every message it copied."""
+    with (
+        summarizing_server(echo={"u3"}) as server,
+        Client(settings.model_copy(update={"ollama_host": server.url})) as client,
+    ):
+        window = ContextWindow(ServerTokens(), num_ctx=1500, reserve=200)
+        summarizer = Summarizer(client, "ollama:standin", window.counter, num_ctx=4000, max_tokens=60)
+        result = compact(
+            conversation(8), "summarize", window, summarizer=summarizer, keep_turns=2, previous_summary="N(u0)"
+        )
+    assert result.summary == "N(u0)" and "word word" not in result.messages[0].content
+    assert result.warnings == ["the summarizer copied its prompt; its answer is not used"]
+    assert copies_prompt("The user lives in Lyon.\nUser: I moved to Dub")  # cut off mid-line, as at num_predict
+    assert not copies_prompt("The user said u1.\nThe user's dog is Rex.")
 
 
 def test_a_stateless_caller_reuses_what_was_folded_for_the_same_prefix(settings, tmp_path):
@@ -152,9 +208,9 @@ def test_a_stateless_caller_reuses_what_was_folded_for_the_same_prefix(settings,
         # The gateway gets the whole history again, two turns longer: only the new part is folded.
         again = compact(conversation(10), "summarize", window, summarizer=summarizer, keep_turns=2)
         assert len(server.requests) == calls + 1
-        new_part = server.requests[-1].body["messages"][-1]["content"].split("New messages:")[1]
+        new_part = server.requests[-1].body["messages"][-1]["content"]
         assert "u7" in new_part and "u1 " not in new_part
-        assert again.summary.startswith("S(S(; u1")
+        assert again.summary.startswith("N(u1") and again.summary.split("\n")[1].startswith("N(u7")
 
 
 def test_turns_too_long_for_one_summary_call_are_folded_in_a_chain(settings):
@@ -164,7 +220,7 @@ def test_turns_too_long_for_one_summary_call_are_folded_in_a_chain(settings):
         summary = summarizer.fold(None, conversation(12)[1:])
         prompts = [r.body["messages"] for r in server.requests]
     assert len(prompts) >= 2 and all(counter.count([Message(**m) for m in p]) <= 900 - 60 for p in prompts)
-    assert summary.startswith("S(S(") and "a12" in summary  # each call folds into the previous one
+    assert "a12" in summary  # each call adds its notes; the notes, grown too long, are shortened
 
 
 def test_hybrid_pins_current_memories(settings, tmp_path):
@@ -216,3 +272,9 @@ def test_the_gateway_guard_entry_point_trims_to_its_budget_by_its_own_count(tmp_
     assert all(b[0].role == "user" for b in turn_blocks(out)[1])
     with pytest.raises(ContextOverflowError):
         compactor(messages, 100, counter.count)
+
+
+def test_notes_cut_off_at_the_token_limit_end_at_their_last_whole_sentence():
+    assert whole_sentences("The user is a baker. She moved to Perth, which she") == "The user is a baker."
+    assert whole_sentences("The user likes tea!\nThe user") == "The user likes tea!"
+    assert whole_sentences("version 1.5 of the") == "version 1.5 of the"  # no sentence end: kept whole

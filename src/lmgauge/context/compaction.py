@@ -2,8 +2,9 @@
 
 Strategies (context.strategy):
   trim       the system prompt + the last turns that fit (at most keep_turns)
-  summarize  the same, plus a running summary: the dropped turns are folded by the model into
-             the previous summary (never re-summarized from scratch)
+  summarize  the same, plus a running summary: the model takes notes on the dropped turns, added
+             to the previous summary (never re-summarized from scratch); notes grown past
+             summary_tokens are rewritten shorter
   hybrid     summarize + facts pinned from long-term memory (memory.py)
   none       no compaction: the window check refuses at 100%
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -80,10 +82,43 @@ SCHEMA = [
 
 SUMMARY_HEADER = "Summary of the earlier conversation:"
 
-SUMMARY_PROMPT = """You keep a running summary of a conversation between a user and an assistant.
-Rewrite the summary so that it also covers the new messages. Keep every fact the user stated \
-(names, places, numbers, dates, preferences, decisions); when a fact changed, keep only the new \
-value. At most {words} words, plain sentences, no preamble."""
+NOTES_SYSTEM = "You take short notes on a conversation between a user and an assistant."
+
+# The new turns alone, framed as a quoted document, the question last. Small models given "Summary
+# so far: ... New messages: User: ..." continue the transcript instead of summarizing it (the 0.5B
+# Qwen did so in 8 of 8 folds on the tuning seeds), so the earlier notes are not in this prompt.
+NOTES_PROMPT = """Conversation:
+\"\"\"
+{transcript}
+\"\"\"
+
+What did the user say about themselves in this conversation (names, places, jobs, numbers, dates, \
+preferences, plans, changes)? Answer in at most {words} words, in the third person ("The user \
+..."), facts only, no advice."""
+
+# Notes grown past their bound are rewritten once; the newest note wins where facts changed.
+SHORTEN_PROMPT = """Notes about a user, oldest first:
+\"\"\"
+{notes}
+\"\"\"
+
+Rewrite these notes in at most {words} words, in the third person ("The user ..."). Keep every \
+fact; when a fact changed, keep only its newest value. Facts only."""
+
+# How a copy of the prompt starts: the transcript's role labels, or the prompt's own framing.
+ECHO_MARKS = ("User:", "Assistant:", "System:", "Conversation:", '"""', "Notes about a user")
+
+
+def copies_prompt(text: str) -> bool:
+    """True when `text` writes out the conversation it was asked about (a line in the
+    transcript's "User: ..." form, or the prompt's framing) instead of notes on it."""
+    return any(line.strip().startswith(ECHO_MARKS) for line in text.splitlines())
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to its last sentence end (all of it when it has none)."""
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[: ends[-1]] if ends else text
 
 
 @dataclass
@@ -220,9 +255,15 @@ class Summarizer:
     """Folds messages into a running summary with a model.
 
     `fold(previous, messages)` folds new messages into a known summary (what a chat session
-    does). `fold_from_start(messages)` is for callers that hold no state (the gateway gets the
-    whole history with every request): it finds the longest prefix already folded (cached in
-    the store by fingerprint) and folds only what follows."""
+    does): the model writes notes on the new messages alone, added to the summary; when that
+    passes `max_tokens` the model rewrites the notes shorter (keeping the newest value of a
+    changed fact), and if it cannot, the oldest notes go. An answer that copies the transcript
+    instead of taking notes (small models do: "Summary so far: ... User: ...") is not used;
+    `problems` says what went wrong in the last fold.
+
+    `fold_from_start(messages)` is for callers that hold no state (the gateway gets the whole
+    history with every request): it finds the longest prefix already folded (cached in the
+    store by fingerprint) and folds only what follows."""
 
     def __init__(
         self,
@@ -242,24 +283,23 @@ class Summarizer:
         self.store = store
         self.options = {"temperature": 0, "seed": 11, "num_ctx": num_ctx, "num_predict": max_tokens, **(options or {})}
         self.calls = 0
+        self.problems: list[str] = []  # what went wrong in the last fold (compaction warnings)
         if store is not None:
             store.ensure(SCHEMA)
 
-    def _prompt(self, previous: str | None, messages: list[Message]) -> list[Message]:
-        words = max(20, int(self.max_tokens * 0.6))
-        body = (
-            f"Summary so far:\n{previous.strip() if previous else '(empty)'}\n\n"
-            f"New messages:\n{transcript(messages)}\n\nWrite the updated summary."
-        )
-        return [Message("system", SUMMARY_PROMPT.format(words=words)), Message("user", body)]
+    @property
+    def words(self) -> int:
+        return max(20, int(self.max_tokens * 0.6))
 
-    def _batches(self, previous: str | None, messages: list[Message]) -> list[list[Message]]:
-        """Groups of messages each small enough to fold in one call (with room for the answer)."""
+    def _prompt(self, messages: list[Message]) -> list[Message]:
+        body = NOTES_PROMPT.format(transcript=transcript(messages), words=self.words)
+        return [Message("system", NOTES_SYSTEM), Message("user", body)]
+
+    def _batches(self, messages: list[Message]) -> list[list[Message]]:
+        """Groups of messages each small enough to take notes on in one call (with room for the
+        answer)."""
         room = self.num_ctx - self.max_tokens - 8
-        # From the second call on, the summary in the prompt is the model's: at most max_tokens.
-        bound = "x " * self.max_tokens
-        longest = previous if previous and len(previous) > len(bound) else bound
-        fixed = self.counter.count(self._prompt(longest, [Message("user", "")]))
+        fixed = self.counter.count(self._prompt([Message("user", "")]))
         if room - fixed <= 16:
             raise InvalidOptionError(
                 f"num_ctx {self.num_ctx} is too small to summarize with summary_tokens {self.max_tokens}"
@@ -273,7 +313,7 @@ class Summarizer:
                 pieces = [Message(m.role, p, tool_name=m.tool_name) for p in split_text(m.content, fits)]
             for piece in pieces:
                 trial = current + [piece]
-                if current and self.counter.count(self._prompt(longest, trial)) > room:
+                if current and self.counter.count(self._prompt(trial)) > room:
                     batches.append(current)
                     current = [piece]
                 else:
@@ -282,19 +322,59 @@ class Summarizer:
             batches.append(current)
         return batches
 
+    def _ask(self, prompt: list[Message]) -> str | None:
+        """The model's notes, or None when it returned nothing or copied its prompt. Notes cut
+        off at max_tokens end at their last whole sentence."""
+        result = self.client.chat(self.model, prompt, options=self.options)
+        self.calls += 1
+        text = result.content.strip()
+        if text and result.done_reason == "length":
+            text = whole_sentences(text)
+        if not text:
+            problem = "returned nothing"
+        elif copies_prompt(text):
+            problem = "copied its prompt"
+        else:
+            return text
+        self.problems.append(f"the summarizer {problem}; its answer is not used")
+        log.warning(self.problems[-1])
+        return None
+
     def fold(self, previous: str | None, messages: list[Message]) -> str:
-        summary = previous
-        for batch in self._batches(previous, messages):
-            result = self.client.chat(self.model, self._prompt(summary, batch), options=self.options)
-            self.calls += 1
-            text = result.content.strip()
+        """The previous summary with notes on `messages` added (a call per batch that fits the
+        summarizer's window), rewritten once if that grew past `max_tokens`."""
+        self.problems = []
+        notes = [previous.strip()] if previous and previous.strip() else []
+        for batch in self._batches(messages):
+            text = self._ask(self._prompt(batch))
             if text:
-                summary = text
-            else:
-                log.warning("the summarizer returned nothing for %d messages; keeping the previous summary", len(batch))
-        return summary or ""
+                notes.append(text)
+        summary = "\n".join(notes)
+        if self.counter.count_text(summary) <= self.max_tokens:
+            return summary
+        return self._shorten(notes)
+
+    def _shorten(self, notes: list[str]) -> str:
+        """Notes past the bound, rewritten by the model; if that fails, the newest notes that fit
+        (the oldest go first, and the log says so)."""
+        text = "\n".join(notes)
+        room = self.num_ctx - self.max_tokens - 8
+        prompt = [Message("system", NOTES_SYSTEM), Message("user", SHORTEN_PROMPT.format(notes=text, words=self.words))]
+        if self.counter.count(prompt) <= room:
+            shorter = self._ask(prompt)
+            if shorter and self.counter.count_text(shorter) <= self.max_tokens:
+                return shorter
+        kept = list(notes)
+        while len(kept) > 1 and self.counter.count_text("\n".join(kept)) > self.max_tokens:
+            kept.pop(0)
+        self.problems.append(
+            f"the summary could not be shortened; its {len(notes) - len(kept)} oldest note(s) were dropped"
+        )
+        log.warning(self.problems[-1])
+        return "\n".join(kept)
 
     def fold_from_start(self, messages: list[Message]) -> str:
+        self.problems = []
         prefixes = prefix_fingerprints(messages)
         start, previous = 0, None
         if self.store is not None and messages:
@@ -384,6 +464,7 @@ def compact(
         except LmgaugeError as exc:  # the summarizer failed: fall back to trimming, say so
             warnings.append(f"summarizing failed ({exc}); the dropped turns are only trimmed")
             log.warning(warnings[-1])
+        warnings += summarizer.problems
 
     out = prompt(kept_blocks, summary)
     tokens_after = counter.count(out)
