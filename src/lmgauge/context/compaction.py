@@ -291,6 +291,11 @@ class Summarizer:
     def words(self) -> int:
         return max(20, int(self.max_tokens * 0.6))
 
+    @property
+    def room(self) -> int:
+        """Tokens a prompt may take: the window less the answer (and a few for the template)."""
+        return self.num_ctx - self.max_tokens - 8
+
     def _prompt(self, messages: list[Message]) -> list[Message]:
         body = NOTES_PROMPT.format(transcript=transcript(messages), words=self.words)
         return [Message("system", NOTES_SYSTEM), Message("user", body)]
@@ -298,7 +303,7 @@ class Summarizer:
     def _batches(self, messages: list[Message]) -> list[list[Message]]:
         """Groups of messages each small enough to take notes on in one call (with room for the
         answer)."""
-        room = self.num_ctx - self.max_tokens - 8
+        room = self.room
         fixed = self.counter.count(self._prompt([Message("user", "")]))
         if room - fixed <= 16:
             raise InvalidOptionError(
@@ -358,9 +363,8 @@ class Summarizer:
         """Notes past the bound, rewritten by the model; if that fails, the newest notes that fit
         (the oldest go first, and the log says so)."""
         text = "\n".join(notes)
-        room = self.num_ctx - self.max_tokens - 8
         prompt = [Message("system", NOTES_SYSTEM), Message("user", SHORTEN_PROMPT.format(notes=text, words=self.words))]
-        if self.counter.count(prompt) <= room:
+        if self.counter.count(prompt) <= self.room:
             shorter = self._ask(prompt)
             if shorter and self.counter.count_text(shorter) <= self.max_tokens:
                 return shorter
