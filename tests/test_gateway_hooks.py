@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from lmgauge.config import CacheSettings, GatewaySettings, RoutingSettings, Settings, UpstreamSettings
-from support.gateway_server import GatewayServer
+from support.gateway_server import GatewayServer, wait_for
 
 SMALL, LARGE = "small-model", "large-model"
 EASY = "hi there"
@@ -93,7 +93,8 @@ def test_repeated_deterministic_requests_come_from_the_cache(tmp_path):
         with GatewayServer(settings) as srv:
             question = "What is the capital of France?"
             first = chat(srv.url, question, model=SMALL, temperature=0).json()
-            wait_until(lambda: srv.gateway.cache.cache.stats().entries == 1)
+            # the gateway stores an answer after sending it (off the response path)
+            assert wait_for(lambda: srv.gateway.cache.cache.stats().entries == 1, timeout=10)
             second = chat(srv.url, question, model=SMALL, temperature=0).json()
             assert first["message"] == second["message"] and model_calls(standin) == 1
             # a paraphrase is a semantic hit; a changed number is not (the guard)
@@ -129,21 +130,11 @@ def test_two_gateway_replicas_share_answers_through_redis(tmp_path, redis_url):
         with GatewayServer(a) as first, GatewayServer(b) as second:
             first.gateway.cache.cache.clear()
             answer = chat(first.url, "Name a prime number.", model=SMALL, seed=7).json()["message"]
-            wait_until(lambda: first.gateway.cache.cache.stats().entries == 1)
+            assert wait_for(lambda: first.gateway.cache.cache.stats().entries == 1, timeout=10)
             assert chat(second.url, "Name a prime number.", model=SMALL, seed=7).json()["message"] == answer
             assert model_calls(standin) == 1
     finally:
         standin.stop()
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    """The gateway stores an answer after sending it (off the response path)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.mark.integration
