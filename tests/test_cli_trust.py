@@ -585,7 +585,7 @@ def test_10_serve_says_what_it_serves(tmp_path):
 
 @pytest.mark.integration
 def test_10_readme_json_example_returns_content():
-    schema = '{"type":"object","properties":{"colors":{"type":"array","items":{"type":"string","maxLength":20},"maxItems":5}},"required":["colors"]}'
+    schema = '{"type":"object","properties":{"colors":{"type":"array","items":{"type":"string","maxLength":20},"minItems":1,"maxItems":5}},"required":["colors"]}'
     proc = lmgauge("run", "smollm2", "List 3 colors", "--json", "--format", schema)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(json.loads(proc.stdout)["content"])["colors"]) >= 1
