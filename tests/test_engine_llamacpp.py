@@ -86,6 +86,16 @@ def test_prompt_over_the_window_is_refused_naming_both_numbers(llama_engine, smo
     assert f"{exc.value.prompt_tokens} tokens" in str(exc.value) and "256" in str(exc.value)
 
 
+def test_empty_text_is_an_option_error_and_the_engine_goes_on(llama_engine, smollm2_path):
+    # SmolLM2 adds no BOS: "" is zero tokens, which llama.cpp cannot decode (an EngineError before).
+    with pytest.raises(InvalidOptionError, match="the prompt is empty"):
+        collect(llama_engine.generate(GenerateRequest(model=smollm2_path, prompt="", raw=True)))
+    with pytest.raises(InvalidOptionError, match="embedding input 1 is empty"):
+        llama_engine.embed(smollm2_path, ["hello", ""])
+    assert len(llama_engine.embed(smollm2_path, ["hello"]).vectors) == 1
+    assert ask(llama_engine, smollm2_path, "hi").timings.output_tokens >= 1
+
+
 def test_num_ctx_beyond_the_trained_context_is_an_option_error(llama_engine, smollm2_path):
     with pytest.raises(InvalidOptionError, match="exceeds the model's trained context of 8192"):
         ask(llama_engine, smollm2_path, "hi", num_ctx=16384)

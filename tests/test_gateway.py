@@ -224,6 +224,19 @@ def test_error_shapes(http):
     assert http.get("/api/chat").status_code == 405
 
 
+def test_an_empty_raw_completion_prompt_is_a_client_error_not_a_500(http):
+    # An empty raw prompt is zero tokens for SmolLM2 (no BOS), and llama.cpp cannot decode an
+    # empty batch: that was a 500 "llama_decode failed" (found by the fuzz).
+    r = http.post("/v1/completions", json={"model": "smollm2", "prompt": "", "max_tokens": 1})
+    assert r.status_code == 400 and "prompt is empty" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    r = http.post("/api/generate", json={"model": "smollm2", "prompt": "", "suffix": "", "raw": True})
+    assert r.status_code == 200 and r.json()["done"]  # Ollama's load request, not a generation
+    # The slot was freed: the next request is answered.
+    r = http.post("/v1/completions", json={"model": "smollm2", "prompt": "1, 2,", "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
 def test_upstream_4xx_passes_through_without_failover(http, stubs):
     before = [len(s.requests) for s in stubs]
     r = http.post(

@@ -31,6 +31,7 @@ from ..errors import (
     EngineBusyError,
     EngineError,
     InsufficientMemoryError,
+    InvalidOptionError,
     ModelFileError,
     ShuttingDownError,
 )
@@ -512,6 +513,8 @@ class LlamaCppEngine:
                     grammar = plan.grammar  # a call must come out, whatever `format` said
             else:
                 tokens = make_prompt(runner)
+            if not tokens:  # an empty raw prompt: llama.cpp cannot decode an empty batch
+                raise InvalidOptionError("the prompt is empty: a raw prompt needs some text to continue")
             window = runner.n_ctx_seq
             check_prompt_fits(len(tokens), window)
             room = window - len(tokens)
@@ -616,8 +619,10 @@ class LlamaCppEngine:
         n_tokens = 0
         try:
             with runner.lock:
-                for text in inputs:
+                for i, text in enumerate(inputs):
                     tokens = tokenize(runner.vocab, text, True, parse_special=False)  # client text
+                    if not tokens:  # "" with a model that adds no BOS: llama.cpp cannot decode an empty batch
+                        raise InvalidOptionError(f"embedding input {i} is empty: there is nothing to embed")
                     if len(tokens) > runner.n_ctx_seq:  # an embedding fills the window exactly: no output token
                         raise ContextOverflowError(len(tokens), runner.n_ctx_seq, what="embedding input")
                     n_tokens += len(tokens)
