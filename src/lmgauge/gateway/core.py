@@ -256,10 +256,13 @@ class Gateway:
             await asyncio.sleep(1.0)
 
     def gauges(self) -> dict[str, Any]:
+        # Read from other threads (the dashboard, tests) while requests add models and errors:
+        # iterate over copies, so a dict that grows meanwhile cannot break the read.
+        remote_errors = dict(self._remote_errors)
         return {
             "models": {
                 name: {"queued": a.queued, "in_flight": a.active, "limit": a.limit}
-                for name, a in self._admission.items()
+                for name, a in list(self._admission.items())
             },
             "upstreams": [node for pool in self.upstreams.values() for node in pool.status()]
             + [
@@ -269,10 +272,10 @@ class Gateway:
                     "kind": b.ref.engine,
                     "healthy": False,
                     "outstanding": 0,
-                    "last_error": self._remote_errors[b.identity],
+                    "last_error": remote_errors[b.identity],
                 }
                 for b in list(self._engines.values())
-                if b.identity in self._remote_errors
+                if b.identity in remote_errors
             ],
         }
 
