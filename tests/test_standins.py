@@ -235,6 +235,44 @@ def test_hung_requests_are_counted_and_released(start_standin):
     assert not any(t.is_alive() for t in threads)
 
 
+def test_hold_streams_waits_for_n_open_streams_then_lets_all_go(start_standin):
+    server = start_standin(OllamaStandin)
+    server.hold_streams(3)
+    first_token: dict[int, float] = {}
+
+    def stream(i: int) -> None:
+        body = {"model": "standin", "prompt": "x", "stream": True}
+        with httpx.stream("POST", f"{server.url}/api/generate", json=body, timeout=30) as r:
+            for _ in r.iter_lines():
+                first_token.setdefault(i, time.monotonic())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
+    for t in threads[:2]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while server.active < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert server.active == 2 and not first_token  # two open, both held before their first token
+    threads[2].start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(first_token) == [0, 1, 2] and server.max_active == 3
+    # The hold is over for good: a lone stream is not held again.
+    t0 = time.monotonic()
+    stream(3)
+    assert first_token[3] - t0 < 5
+
+
+def test_hold_streams_gives_up_after_its_limit(start_standin):
+    server = start_standin(OllamaStandin)
+    server.hold_streams(5, limit_s=0.3)
+    t0 = time.monotonic()
+    r = httpx.post(f"{server.url}/api/generate", json={"model": "standin", "prompt": "x", "stream": False}, timeout=30)
+    assert r.status_code == 200 and r.json()["done"]
+    assert time.monotonic() - t0 >= 0.3  # it waited for the others that never came, then answered
+
+
 def test_context_manager_frees_the_port():
     with OllamaStandin() as server:
         url = server.url
