@@ -14,6 +14,7 @@ import httpx
 import jsonschema
 import pytest
 
+from support.gateway_server import wait_for
 from support.standins import DEFAULT_REPLY, OllamaStandin, OpenAIStandin, split_tokens
 
 # Ollama's OpenAPI file, kept in tests/data (MIT, tests/data/OLLAMA-LICENSE) so the check runs anywhere.
@@ -225,9 +226,7 @@ def test_hung_requests_are_counted_and_released(start_standin):
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while server.active < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: server.active >= 3, timeout=10)
     assert server.active == 3 and server.max_active == 3
     server.stop()  # releases the hung requests instead of waiting for the clients to give up
     for t in threads:
@@ -249,9 +248,7 @@ def test_hold_streams_waits_for_n_open_streams_then_lets_all_go(start_standin):
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
     for t in threads[:2]:
         t.start()
-    deadline = time.monotonic() + 10
-    while server.active < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: server.active >= 2, timeout=10)
     time.sleep(0.2)
     assert server.active == 2 and not first_token  # two open, both held before their first token
     threads[2].start()
